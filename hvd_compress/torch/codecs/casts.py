@@ -1,0 +1,67 @@
+"""Lossless and cast codecs: NoCompression, FP16 (summable), BF16."""
+from __future__ import annotations
+
+import torch
+
+from hvd_compress.torch.codecs.base import Codec
+
+
+class NoCompression(Codec):
+    """fp32 as is, through a plain allreduce; the baseline every codec is compared against."""
+
+    name = "none"
+    summable = True
+
+    def payload_nbytes(self, numel):
+        return 4 * numel
+
+    def to_summable(self, x):
+        return x
+
+    def from_summable(self, t):
+        return t
+
+    def encode(self, x, generator=None, scale=None):
+        return x.to(torch.float32).contiguous().view(torch.uint8)
+
+    def decode(self, payload, numel):
+        return payload.clone().view(torch.float32)
+
+
+class FP16(Codec):
+    """fp16 cast, summed by the allreduce itself (Horovod's ``Compression.fp16``, with our stats
+    and non-finite policy). Values above 65504 overflow to inf, as with Horovod's."""
+
+    name = "fp16"
+    summable = True
+
+    def payload_nbytes(self, numel):
+        return 2 * numel
+
+    def to_summable(self, x):
+        return x.to(torch.float16)
+
+    def from_summable(self, t):
+        return t.to(torch.float32)
+
+    def encode(self, x, generator=None, scale=None):
+        return x.to(torch.float16).contiguous().view(torch.uint8)
+
+    def decode(self, payload, numel):
+        return payload.clone().view(torch.float16).to(torch.float32)
+
+
+class BF16(Codec):
+    """bfloat16 cast: fp32's range, 8 bits of mantissa. Horovod's torch allreduce has no bf16, so
+    payloads travel as bytes through allgather or reduce-scatter and are summed in fp32."""
+
+    name = "bf16"
+
+    def payload_nbytes(self, numel):
+        return 2 * numel
+
+    def encode(self, x, generator=None, scale=None):
+        return x.to(torch.bfloat16).contiguous().view(torch.uint8)
+
+    def decode(self, payload, numel):
+        return payload.clone().view(torch.bfloat16).to(torch.float32)

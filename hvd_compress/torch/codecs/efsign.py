@@ -1,0 +1,50 @@
+"""EF-SignSGD (Karimireddy et al., ICML 2019): scaled sign with error feedback."""
+from __future__ import annotations
+
+import torch
+
+from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
+from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
+from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
+
+
+class ScaledSign(Codec):
+    """``(||v||_1 / d) * sign(v)`` per chunk: 1 bit per value plus one fp32 scale.
+
+    Wire format per chunk of ``n`` values: ``ceil(n / 8)`` bytes of sign bits (1: non-negative),
+    then the fp32 scale (mean absolute value of the chunk).
+    """
+
+    name = "scaled_sign"
+
+    def payload_nbytes(self, numel):
+        return packed_nbytes(numel, 1) + 4
+
+    def encode(self, x, generator=None, scale=None):
+        s = nan_where_nonfinite(x.abs().mean().reshape(1)) if x.numel() else torch.zeros(1)
+        bits = pack_bits((x >= 0).to(torch.uint8), 1)
+        return torch.cat([bits, f32_bytes(s)])
+
+    def decode(self, payload, numel):
+        nb = packed_nbytes(numel, 1)
+        s = bytes_f32(payload[nb:nb + 4])
+        signs = unpack_bits(payload[:nb], 1, numel).to(torch.float32).mul_(2).sub_(1)
+        return signs.mul_(s)
+
+
+class EFSign(ErrorFeedback):
+    """EF-SignSGD: :class:`ScaledSign` with error feedback.
+
+    The paper applies the feedback to ``lr * g``; here it applies to the gradient, which is the same
+    update for a constant learning rate and keeps the codec independent of the optimizer. The
+    compression error is exactly ``(1 - phi) ||p||^2`` with ``phi = ||p||_1^2 / (d ||p||_2^2)``.
+
+    Example::
+
+        compression = hvd_compress.torch.EFSign()
+    """
+
+    name = "efsign"
+
+    def __init__(self, **options):
+        super().__init__(ScaledSign(), **options)

@@ -1,0 +1,37 @@
+"""Error feedback (memory): a wrapper that makes any codec's compression error re-enter."""
+from __future__ import annotations
+
+import torch
+
+from hvd_compress.torch.codecs.base import Codec, Wrapper
+
+
+class ErrorFeedback(Wrapper):
+    """Error feedback around any codec: ``p = g + e``; send ``C(p)``; keep ``e = p - C(p)``.
+
+    The identity ``C(p) + e_new == g + e_old`` holds exactly (up to fp32 rounding of one
+    subtraction) every step, so nothing the codec drops is lost, only delayed. The residual ``e`` is
+    per tensor name, fp32, in ``state["residual"]``; a non-finite residual is reset to zero
+    (never carried into later steps).
+    """
+
+    name = "ef"
+    worker_feedback = True
+
+    def describe(self):
+        # Named algorithms built on feedback (OneBit, EFSign, TopK) describe themselves by name.
+        if type(self) is ErrorFeedback:
+            return f"{self.name}({self.inner.describe()})"
+        return Codec.describe(self)
+
+    def worker_encode(self, x, key, bounds, draw, scale=None):
+        residuals = self.state.setdefault("residual", {})
+        r = residuals.get(key)
+        p = x + r if r is not None and r.numel() == x.numel() else x.clone()
+        payloads = self.inner.worker_encode(p, key, bounds, draw, scale)
+        decoded = torch.cat([self.inner.decode(pl, b - a) for pl, (a, b) in zip(payloads, bounds)])
+        r = p.sub_(decoded)
+        if not torch.isfinite(r).all():
+            r.zero_()
+        residuals[key] = r
+        return payloads

@@ -1,0 +1,86 @@
+"""QSGD (Alistarh et al., NeurIPS 2017): unbiased stochastic quantization per bucket."""
+from __future__ import annotations
+
+import torch
+
+from hvd_compress.torch.codecs.base import Codec, bucket_view, nan_where_nonfinite
+from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
+
+
+class QSGD(Codec):
+    """QSGD stochastic quantization with ``bits`` bits per value and one fp32 scale per bucket.
+
+    Bits-to-levels map: ``bits`` counts the sign. Each value lands on the grid
+    ``scale * {-s, ..., -1, 0, 1, ..., s} / s`` with ``s = 2**(bits-1) - 1`` (2 bits: ternary;
+    4 bits: 7 levels a side; 8 bits: 127), rounded stochastically to a neighbouring level so the
+    result is unbiased. ``scale`` is the bucket's max-abs (``norm="max"``, the paper's experiments,
+    lower variance) or its L2 norm (``norm="l2"``, the paper's analysis).
+
+    Wire format per chunk of ``n`` values: ``ceil(n * bits / 8)`` bytes of codes (code = level + s,
+    packed low bits first), then ``ceil(n / bucket_size)`` fp32 scales. 4 bits / bucket 512 costs
+    4.0625 bits per value.
+
+    Not summable (each worker has its own scales): carried by allgather or compressed
+    reduce-scatter.
+
+    How to tune: 8 bits / 512 matched fp32 accuracy in every published setting; 4 bits / 512 is
+    the usual trade-off; 2 bits needs a small bucket (128) to keep the variance down.
+
+    Example::
+
+        import horovod.torch as hvd, hvd_compress.torch as hc
+        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
+                                       compression=hc.QSGD(bits=4, bucket_size=512))
+    """
+
+    name = "qsgd"
+    stochastic = True
+
+    def __init__(self, bits: int = 4, bucket_size: int = 512, norm: str = "max", **options):
+        super().__init__(**options)
+        if bits not in (2, 4, 8):
+            raise ValueError(f"QSGD bits must be 2, 4 or 8 (fixed-width packing), got {bits}")
+        if bucket_size < 1:
+            raise ValueError(f"bucket_size must be positive, got {bucket_size}")
+        if norm not in ("max", "l2"):
+            raise ValueError(f"norm must be 'max' or 'l2', got {norm!r}")
+        self.bits, self.bucket_size, self.norm = int(bits), int(bucket_size), norm
+        self.levels = 2 ** (self.bits - 1) - 1
+
+    def params(self):
+        return {"bits": self.bits, "bucket_size": self.bucket_size, "norm": self.norm}
+
+    def alignment(self):
+        return self.bucket_size
+
+    def payload_nbytes(self, numel):
+        return packed_nbytes(numel, self.bits) + 4 * (-(-numel // self.bucket_size))
+
+    def encode(self, x, generator=None, scale=None):
+        n = x.numel()
+        if n == 0:
+            return torch.empty(0, dtype=torch.uint8)
+        buckets, _ = bucket_view(x, self.bucket_size)
+        mag = buckets.abs()
+        if self.norm == "max":
+            scales = mag.amax(dim=1)
+        else:
+            scales = buckets.norm(dim=1)
+        scales = nan_where_nonfinite(scales)
+        inv = torch.where(scales > 0, self.levels / scales, torch.zeros_like(scales))
+        y = (mag * inv.unsqueeze(1)).view(-1)[:n]
+        noise = torch.rand(n, generator=generator)
+        level = torch.floor(y).add_((noise < (y - torch.floor(y))).to(y.dtype))
+        level = torch.nan_to_num(level, nan=0.0).clamp_(0, self.levels)
+        signed = torch.where(x < 0, -level, level).add_(self.levels)
+        codes = pack_bits(signed.to(torch.uint8), self.bits)
+        return torch.cat([codes, f32_bytes(scales)])
+
+    def decode(self, payload, numel):
+        if numel == 0:
+            return torch.empty(0)
+        ncode = packed_nbytes(numel, self.bits)
+        codes = unpack_bits(payload[:ncode], self.bits, numel)
+        scales = bytes_f32(payload[ncode:])
+        step = (scales / self.levels).repeat_interleave(self.bucket_size)[:numel]
+        return (codes.to(torch.float32) - self.levels).mul_(step)

@@ -1,0 +1,66 @@
+"""signSGD with majority vote (Bernstein et al., 2018/2019)."""
+from __future__ import annotations
+
+import torch
+
+from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
+from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
+
+
+class SignSGD(Codec):
+    """signSGD with majority vote: each worker sends ``sign(g)``; the result is the sign of the sum
+    of the workers' signs. Biased, no memory.
+
+    ``scaled=True`` (default) multiplies the vote by the workers' mean ``|g|`` (one fp32 per chunk
+    on the wire), so it trains with an SGD learning rate; ``scaled=False`` returns the bare ``+-1``
+    vote (use a signSGD learning rate, around 1e-4). Ties (possible with an even number of workers)
+    go to the sign of the scale-weighted sum, then to +1.
+
+    Wire format per chunk: ``ceil(n / 8)`` bytes of sign bits (1: non-negative), then the fp32
+    scale. The vote is exactly representable, so the reduce-scatter re-encode loses nothing.
+    """
+
+    name = "signsgd"
+
+    def __init__(self, scaled: bool = True, **options):
+        super().__init__(**options)
+        self.scaled = bool(scaled)
+
+    def params(self):
+        return {"scaled": self.scaled}
+
+    def payload_nbytes(self, numel):
+        return packed_nbytes(numel, 1) + 4
+
+    def encode(self, x, generator=None, scale=None):
+        if self.scaled:
+            s = x.abs().mean().reshape(1) if x.numel() else torch.zeros(1)
+        else:
+            s = torch.ones(1)
+        if x.numel() and not torch.isfinite(x).all():
+            s = torch.full((1,), float("nan"))
+        bits = pack_bits((x >= 0).to(torch.uint8), 1)
+        return torch.cat([bits, f32_bytes(nan_where_nonfinite(s))])
+
+    def _signs_and_scale(self, payload, numel):
+        nb = packed_nbytes(numel, 1)
+        signs = unpack_bits(payload[:nb], 1, numel).to(torch.float32).mul_(2).sub_(1)
+        return signs, bytes_f32(payload[nb:nb + 4])
+
+    def decode(self, payload, numel):
+        signs, s = self._signs_and_scale(payload, numel)
+        return signs.mul_(s)
+
+    def aggregate(self, payloads, numel):
+        votes = torch.zeros(numel)
+        weighted = torch.zeros(numel)
+        scale = torch.zeros(1)
+        for p in payloads:
+            signs, s = self._signs_and_scale(p, numel)
+            votes += signs
+            weighted += signs * s
+            scale += s
+        direction = torch.sign(votes)
+        tie = direction == 0
+        direction[tie] = torch.where(weighted[tie] < 0, -1.0, 1.0)
+        return direction.mul_(scale / len(payloads))

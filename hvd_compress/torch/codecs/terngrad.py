@@ -1,0 +1,82 @@
+"""TernGrad (Wen et al., NeurIPS 2017): ternary gradients with a scale shared across workers."""
+from __future__ import annotations
+
+import torch
+
+from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
+from hvd_compress.torch.packing import (base3_nbytes, bytes_f32, f32_bytes, pack_base3,
+                                        pack_bits, packed_nbytes, unpack_base3, unpack_bits)
+
+
+class TernGrad(Codec):
+    """TernGrad: each value becomes ``s * sign(g) * Bernoulli(|g| / s)``, unbiased for ``|g| <= s``.
+
+    Scaler sharing: each worker proposes ``s = min(max|g|, clip * std(g))`` (the reference code's
+    ``c * sigma`` scaler, ``clip=2.5``), the exchange takes the max over workers with one
+    one-value allreduce, and every worker clips to ``[-s, s]`` and encodes with that ``s``; so
+    every payload shares one scale. ``clip=None`` disables clipping (``s = max|g|``).
+
+    Wire format per chunk of ``n`` values: ternary codes (0: -s, 1: 0, 2: +s) packed five per byte
+    (``packing="base3"``, 1.6 bits per value, the default) or four per byte (``packing="2bit"``),
+    then the fp32 scale ``s``.
+
+    How to tune: clipping at 2.5 standard deviations is what recovered AlexNet accuracy in the
+    paper; raise ``clip`` if your gradients are heavy-tailed and accuracy suffers.
+    """
+
+    name = "terngrad"
+    stochastic = True
+    shared_scale = True
+
+    def __init__(self, clip: float | None = 2.5, packing: str = "base3", **options):
+        super().__init__(**options)
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip must be positive or None, got {clip}")
+        if packing not in ("base3", "2bit"):
+            raise ValueError(f"packing must be 'base3' or '2bit', got {packing!r}")
+        self.clip = None if clip is None else float(clip)
+        self.packing = packing
+
+    def params(self):
+        return {"clip": self.clip, "packing": self.packing}
+
+    def alignment(self):
+        return 40  # whole bytes for both packings, so chunk payloads never share a byte
+
+    def _code_nbytes(self, numel):
+        return base3_nbytes(numel) if self.packing == "base3" else packed_nbytes(numel, 2)
+
+    def payload_nbytes(self, numel):
+        return self._code_nbytes(numel) + 4
+
+    def local_scale(self, x):
+        if x.numel() == 0:
+            return torch.zeros(1)
+        s = x.abs().max()
+        if self.clip is not None and x.numel() > 1:
+            s = torch.minimum(s, self.clip * x.std())
+        return nan_where_nonfinite(s.reshape(1).to(torch.float32))
+
+    def encode(self, x, generator=None, scale=None):
+        n = x.numel()
+        s = self.local_scale(x) if scale is None else scale.reshape(1).to(torch.float32)
+        if n == 0:
+            return torch.cat([torch.empty(0, dtype=torch.uint8), f32_bytes(s)])
+        sv = float(s)
+        if sv > 0 and sv == sv and sv != float("inf"):
+            prob = (x.abs() / sv).clamp_(max=1.0)
+            hit = torch.rand(n, generator=generator) < prob
+            codes = torch.where(hit, torch.where(x < 0, 0, 2), 1).to(torch.uint8)
+        else:
+            codes = torch.ones(n, dtype=torch.uint8)
+        if not torch.isfinite(x).all():
+            s = torch.full((1,), float("nan"))
+        packed = pack_base3(codes) if self.packing == "base3" else pack_bits(codes, 2)
+        return torch.cat([packed, f32_bytes(s)])
+
+    def decode(self, payload, numel):
+        nc = self._code_nbytes(numel)
+        s = bytes_f32(payload[nc:nc + 4])
+        codes = unpack_base3(payload[:nc], numel) if self.packing == "base3" else \
+            unpack_bits(payload[:nc], 2, numel)
+        return (codes.to(torch.float32) - 1.0).mul_(s)

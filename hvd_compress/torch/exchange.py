@@ -1,0 +1,288 @@
+"""Exchange: from "N workers each hold a tensor" to "everyone holds the average".
+
+Each tensor's exchange is a generator that yields in-flight collectives (``Pending``) and returns the
+averaged tensor. :func:`drive` advances many such generators round by round: every generator
+issues its next collective before any rank blocks on one, so ranks may visit tensors in different
+orders without deadlock, and the phases of different tensors overlap.
+
+Patterns (chosen by :meth:`Codec.pattern`):
+
+* ``allreduce``: summable codecs (FP16, NoCompression, linear codecs) and uncompressed tensors.
+* ``allgather``: every worker's whole payload to everyone; each decodes and averages N payloads
+  (one quantization; traffic grows with N).
+* ``reduce_scatter``: the tensor is cut into N chunks; an alltoall sends chunk i's payload to its
+  owner i, who averages the N payloads, re-encodes the mean (with a server-side residual under
+  DoubleSqueeze), and an allgather returns every owner's payload to everyone. Traffic per worker
+  is ``2 (N-1)/N`` payloads, like a ring allreduce of the compressed tensor.
+
+Every byte handed to a collective is counted in :data:`WIRE_STATS`.
+"""
+from __future__ import annotations
+
+import threading
+import zlib
+from typing import Dict, Generator, Iterable, List, Optional, Tuple
+
+import torch
+
+from hvd_compress.torch.codecs.base import Codec
+
+UNCOMPRESSED = "uncompressed"
+
+
+class WireStats:
+    """Bytes handed to collectives, per codec label, since start (or the last reset).
+
+    ``payload_bytes``: bytes this worker's encoder produced (what one copy of its message costs).
+    ``sent_bytes``: bytes this worker transmits to other ranks under the collective's standard
+    algorithm (ring allreduce ``2(N-1)/N n``; alltoall: the splits for other ranks; ring allgather
+    ``(N-1)/N`` of the gathered buffer). ``values``: tensor values exchanged.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self._lock:
+            self._rows: Dict[str, Dict[str, float]] = {}
+
+    def add(self, label: str, values: int, payload_bytes: int, sent_bytes: float, tensors: int = 1):
+        with self._lock:
+            row = self._rows.setdefault(label, {"values": 0, "payload_bytes": 0, "sent_bytes": 0.0,
+                                                "tensors": 0})
+            row["values"] += int(values)
+            row["payload_bytes"] += int(payload_bytes)
+            row["sent_bytes"] += float(sent_bytes)
+            row["tensors"] += tensors
+
+    def snapshot(self) -> Dict[str, Dict[str, float]]:
+        with self._lock:
+            out = {}
+            for label, row in self._rows.items():
+                row = dict(row)
+                v = max(row["values"], 1)
+                row["bits_per_value"] = 8.0 * row["payload_bytes"] / v
+                row["sent_bits_per_value"] = 8.0 * row["sent_bytes"] / v
+                out[label] = row
+            return out
+
+
+WIRE_STATS = WireStats()
+
+
+def wire_stats() -> Dict[str, Dict[str, float]]:
+    """Bytes handed to collectives and values exchanged, per codec, since start or the last
+    :func:`reset_wire_stats`. Keys per codec: ``values``, ``payload_bytes``, ``sent_bytes``,
+    ``tensors``, ``bits_per_value`` and ``sent_bits_per_value``. Tensors that went uncompressed
+    (below ``min_numel``, 1-D, integer) are counted under ``"uncompressed"``."""
+    return WIRE_STATS.snapshot()
+
+
+def reset_wire_stats() -> None:
+    WIRE_STATS.reset()
+
+
+def chunk_bounds(numel: int, parts: int, align: int) -> List[Tuple[int, int]]:
+    """Split ``numel`` values into ``parts`` non-empty chunks starting at multiples of ``align``
+    where that is possible, else of 8 (whole packed bytes), else balanced."""
+    for step in (align, 8, 1):
+        per = -(-numel // parts)
+        per = -(-per // step) * step
+        if per * (parts - 1) < numel:
+            return [(min(i * per, numel), min((i + 1) * per, numel)) for i in range(parts)]
+    base, extra = divmod(numel, parts)
+    sizes = [base + (i < extra) for i in range(parts)]
+    starts = [sum(sizes[:i]) for i in range(parts)]
+    return [(s, s + z) for s, z in zip(starts, sizes)]
+
+
+def _mix(*parts: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class Exchange:
+    """Runs one codec's exchange for named tensors over a collectives backend."""
+
+    def __init__(self, codec: Codec, comm, label: Optional[str] = None, stats: WireStats = WIRE_STATS):
+        self.codec, self.comm, self.stats = codec, comm, stats
+        self.label = label or codec.describe()
+        self._checked = False
+
+    # ---------------------------------------------------------------- config agreement
+    def check_config(self) -> Generator:
+        """Gather every rank's codec fingerprint; raise the same clear error on all on mismatch."""
+        mine = self.codec.fingerprint().encode()
+        lengths = yield self.comm.allgather_async(torch.tensor([len(mine)], dtype=torch.int64),
+                                                  name="hvdc.config_check.len")
+        gathered = yield self.comm.allgather_async(torch.frombuffer(bytearray(mine), dtype=torch.uint8),
+                                                   name="hvdc.config_check")
+        texts, pos = [], 0
+        for n in lengths.tolist():
+            texts.append(bytes(gathered[pos:pos + n].tolist()).decode())
+            pos += n
+        if len(set(texts)) > 1:
+            listing = "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts))
+            raise ValueError("hvd_compress: ranks use different compression settings (" + listing +
+                             "). Construct the same codec with the same arguments on every rank.")
+        self._checked = True
+
+    def ensure_checked(self) -> None:
+        """Blocking config agreement check, once, before the first exchange of this engine."""
+        if not self._checked:
+            drive({"hvdc.config_check": self.check_config()})
+
+    # ---------------------------------------------------------------- one tensor
+    def average(self, key: str, tensor: torch.Tensor, compress: Optional[bool] = None) -> Generator:
+        """Generator: yields collectives, returns the average of ``tensor`` over ranks, with the
+        shape and dtype of ``tensor``. ``compress=None`` lets the codec decide
+        (:meth:`Codec.should_compress`); ``False`` forces the plain allreduce."""
+        codec, comm = self.codec, self.comm
+        shape, dtype = tensor.shape, tensor.dtype
+        if tensor.numel() == 0:
+            return tensor.detach().clone()
+        flat = tensor.detach().reshape(-1)
+        if compress is None:
+            compress = codec.should_compress(tensor)
+        if not compress:
+            out = yield from self._allreduce_plain(key, flat)
+        else:
+            flat = flat.to(torch.float32).contiguous()
+            pattern = codec.pattern(comm.size, flat.numel())
+            if pattern == "allreduce":
+                out = yield from self._allreduce_summable(key, flat)
+            else:
+                out = yield from self._compressed(key, flat, pattern)
+        out = out.view(shape).to(dtype)
+        if codec.nonfinite == "raise" and tensor.dtype.is_floating_point \
+                and not torch.isfinite(out).all():
+            raise FloatingPointError(
+                f"hvd_compress: gradient '{key}' holds NaN or Inf on at least one rank "
+                f"(codec {self.label}). Fix the loss or learning rate, or pass nonfinite='propagate' "
+                f"to the codec to let non-finite values through (e.g. for AMP's GradScaler).")
+        return out
+
+    def _allreduce_plain(self, key, flat):
+        n = flat.numel()
+        send = flat
+        if flat.dtype not in (torch.float32, torch.float64, torch.float16, torch.int32, torch.int64):
+            send = flat.to(torch.float32 if flat.dtype.is_floating_point else torch.int64)
+        op = "average" if send.dtype.is_floating_point else "sum"
+        out = yield self.comm.allreduce_async(send.contiguous(), name=f"hvdc.{key}.plain", op=op)
+        if op == "sum":
+            out = out // self.comm.size
+        nbytes = send.numel() * send.element_size()
+        self.stats.add(UNCOMPRESSED, n, nbytes, _ring_allreduce_bytes(nbytes, self.comm.size))
+        return out
+
+    def _allreduce_summable(self, key, flat):
+        t = self.codec.to_summable(flat)
+        out = yield self.comm.allreduce_async(t.contiguous(), name=f"hvdc.{key}.sum", op="average")
+        nbytes = t.numel() * t.element_size()
+        self.stats.add(self.label, flat.numel(), nbytes, _ring_allreduce_bytes(nbytes, self.comm.size))
+        return self.codec.from_summable(out)
+
+    def _compressed(self, key, flat, pattern):
+        codec, comm = self.codec, self.comm
+        n, size, rank = flat.numel(), comm.size, comm.rank
+        step = codec.next_step(key)
+        key_hash = zlib.crc32(key.encode())
+
+        def draw(chunk: int, phase: int) -> Optional[torch.Generator]:
+            if not codec.stochastic:
+                return None
+            g = torch.Generator()
+            g.manual_seed(_mix(codec.seed, rank, step, key_hash, chunk, phase))
+            return g
+
+        scale = None
+        if codec.shared_scale:
+            proposal = codec.local_scale(flat).reshape(1).to(torch.float32)
+            scale = yield comm.allreduce_async(proposal, name=f"hvdc.{key}.scale", op="max")
+            self.stats.add(self.label, 0, 4, _ring_allreduce_bytes(4, size), tensors=0)
+
+        if pattern == "allgather":
+            payload = codec.worker_encode(flat, key, [(0, n)], draw, scale)[0]
+            gathered = yield comm.allgather_async(payload, name=f"hvdc.{key}.ag")
+            nbytes = payload.numel()
+            self.stats.add(self.label, n, nbytes, nbytes * (size - 1))
+            return codec.aggregate(list(gathered.view(size, nbytes)), n)
+
+        bounds = chunk_bounds(n, size, codec.alignment())
+        payloads = codec.worker_encode(flat, key, bounds, draw, scale)
+        splits = [p.numel() for p in payloads]
+        received = yield comm.alltoall_async(torch.cat(payloads), splits, name=f"hvdc.{key}.a2a")
+        lo, hi = bounds[rank]
+        mine = received.view(size, splits[rank])
+        mean = codec.aggregate(list(mine), hi - lo)
+        reencoded = codec.server_encode(mean, key, draw, rank, scale)
+        gathered = yield comm.allgather_async(reencoded, name=f"hvdc.{key}.ag")
+        out = torch.empty(n)
+        pos = 0
+        for (a, b), nbytes in zip(bounds, splits):
+            out[a:b] = codec.decode(gathered[pos:pos + nbytes], b - a)
+            pos += nbytes
+        # alltoall: the chunks for the other ranks; ring allgather: the N-1 chunks it does not own
+        sent = 2 * (sum(splits) - splits[rank])
+        self.stats.add(self.label, n, sum(splits), sent)
+        return out
+
+
+def _ring_allreduce_bytes(nbytes: int, size: int) -> float:
+    return 2.0 * (size - 1) / size * nbytes
+
+
+class Driver:
+    """Advances exchange generators round by round until all are done.
+
+    Every generator issues its next collective before this rank blocks on any, so all ranks make
+    progress whatever order they visit tensors in. An exception from one generator is raised after
+    the others have finished, so no collective is left half-done on this rank.
+    """
+
+    def __init__(self):
+        self.results: Dict[str, torch.Tensor] = {}
+        self._waiting: Dict[str, Tuple[Generator, object]] = {}
+        self._errors: List[BaseException] = []
+
+    def start(self, key: str, gen: Generator) -> None:
+        """Run ``gen`` up to its first collective (which is then in flight)."""
+        self._advance(key, gen, None)
+
+    def _advance(self, key, gen, value):
+        try:
+            pending = gen.send(value)
+        except StopIteration as stop:
+            self.results[key] = stop.value
+        except BaseException as exc:  # noqa: BLE001 - re-raised by finish(), after the others
+            self._errors.append(exc)
+        else:
+            self._waiting[key] = (gen, pending)
+
+    def finish(self) -> Dict[str, torch.Tensor]:
+        while self._waiting:
+            batch = list(self._waiting.items())
+            self._waiting.clear()
+            for key, (gen, pending) in batch:
+                self._advance(key, gen, pending.wait())
+        results, errors = self.results, self._errors
+        self.results, self._errors = {}, []
+        if errors:
+            raise errors[0]
+        return results
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting)
+
+
+def drive(generators: Dict[str, Generator]) -> Dict[str, torch.Tensor]:
+    """Run exchange generators to completion (see :class:`Driver`); returns each one's result."""
+    driver = Driver()
+    for key, gen in generators.items():
+        driver.start(key, gen)
+    return driver.finish()

@@ -1,0 +1,138 @@
+"""hvd_compress's own DistributedOptimizer: bucketed small tensors, codec state in state_dict()."""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional, Tuple
+
+import torch
+
+from hvd_compress.torch.codecs.base import Codec
+from hvd_compress.torch.collectives import HorovodCollectives
+from hvd_compress.torch.exchange import Driver, Exchange
+from hvd_compress.torch.spec import from_spec
+
+STATE_KEY = "hvd_compress"
+
+
+class DistributedOptimizer(torch.optim.Optimizer):
+    """Wraps any torch optimizer (by delegation): averages gradients over Horovod ranks with a
+    codec, then steps the wrapped optimizer.
+
+    Differences from ``hvd.DistributedOptimizer(compression=codec)``, which also works:
+
+    * tensors that the codec leaves uncompressed (small, 1-D, integer) are fused into one fp32
+      allreduce per dtype instead of one Horovod request each;
+    * codec state (error-feedback residuals, RNG steps), keyed by parameter name, is part of
+      ``state_dict()`` / ``load_state_dict()``, also before the first step;
+    * the exchange runs in ``step()`` (or an explicit ``synchronize()``), after backward, so
+      gradient accumulation needs nothing special: call ``step()`` when you want to communicate.
+
+    Example::
+
+        hvd.init()
+        opt = hvd_compress.torch.DistributedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            named_parameters=model.named_parameters(), compression="onebit")
+        loss.backward(); opt.step(); opt.zero_grad()
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, path)
+
+    How to tune: raise the codec's ``min_numel`` if many mid-sized tensors dominate latency (they
+    then ride the fused fp32 allreduce); lower it to compress more of the model.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer,
+                 named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
+                 compression: "Codec | str" = "none", process_set=None, comm=None):
+        self.optimizer = optimizer
+        self.codec = from_spec(compression)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if named_parameters is None:
+            named = [(f"param.{i}", p) for i, p in enumerate(params)]
+        else:
+            named = list(named_parameters)
+        names = [n for n, _ in named]
+        if len(set(names)) != len(names):
+            dups = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"parameter names must be unique; duplicates: {dups}")
+        by_id = {id(p): n for n, p in named}
+        missing = [i for i, p in enumerate(params) if id(p) not in by_id]
+        if missing:
+            raise ValueError(f"named_parameters does not name {len(missing)} of the optimizer's "
+                             "parameters; pass model.named_parameters() for the model the optimizer trains")
+        # A fixed order (sorted by name) so every rank fuses and exchanges the same way.
+        self._params = sorted(((by_id[id(p)], p) for p in params if p.requires_grad), key=lambda t: t[0])
+        self.comm = comm if comm is not None else HorovodCollectives(process_set)
+        self.exchange = Exchange(self.codec, self.comm)
+
+    # delegation, as accelerate's AcceleratedOptimizer does
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value):
+        self.optimizer.param_groups = value
+
+    @property
+    def defaults(self):
+        return self.optimizer.defaults
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group):
+        raise NotImplementedError("add parameter groups to the wrapped optimizer before wrapping it")
+
+    def __repr__(self):
+        return f"hvd_compress.DistributedOptimizer({self.optimizer!r}, compression={self.codec})"
+
+    # communication
+    def synchronize(self) -> None:
+        """Average every parameter's gradient over the ranks, in place."""
+        self.exchange.ensure_checked()
+        driver = Driver()
+        fused: Dict[torch.dtype, list] = {}
+        for name, p in self._params:
+            if p.grad is None:  # another rank may have computed it; everyone must take part
+                p.grad = torch.zeros_like(p)
+            if p.grad.is_sparse:
+                raise ValueError(f"sparse gradient for '{name}': use dense gradients "
+                                 "(e.g. nn.Embedding(sparse=False)) with hvd_compress")
+            if self.codec.should_compress(p.grad):
+                driver.start(name, self.exchange.average(name, p.grad))
+            else:
+                fused.setdefault(p.grad.dtype, []).append((name, p))
+        for dtype, members in fused.items():
+            flat = torch.cat([p.grad.detach().reshape(-1) for _, p in members])
+            key = f"fused.{str(dtype).replace('torch.', '')}"
+            driver.start(key, self.exchange.average(key, flat, compress=False))
+        results = driver.finish()
+        for name, p in self._params:
+            if name in results:
+                p.grad.copy_(results[name])
+        for dtype, members in fused.items():
+            out, pos = results[f"fused.{str(dtype).replace('torch.', '')}"], 0
+            for _, p in members:
+                n = p.grad.numel()
+                p.grad.copy_(out[pos:pos + n].view_as(p.grad))
+                pos += n
+
+    def step(self, closure=None):
+        self.synchronize()
+        return self.optimizer.step(closure)
+
+    # checkpointing
+    def state_dict(self):
+        sd = self.optimizer.state_dict()
+        sd[STATE_KEY] = self.codec.state_dict()
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        saved = state_dict.pop(STATE_KEY, None)
+        self.optimizer.load_state_dict(state_dict)
+        if saved is not None:
+            self.codec.load_state_dict(saved)
