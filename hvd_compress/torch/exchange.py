@@ -153,7 +153,10 @@ class Exchange:
         else:
             flat = flat.to(torch.float32).contiguous()
             pattern = codec.pattern(comm.size, flat.numel())
-            if pattern == "allreduce":
+            custom = codec.custom_exchange(self, key, flat)
+            if custom is not None:
+                out = yield from custom
+            elif pattern == "allreduce":
                 out = yield from self._allreduce_summable(key, flat)
             else:
                 out = yield from self._compressed(key, flat, pattern)

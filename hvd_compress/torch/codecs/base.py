@@ -139,6 +139,14 @@ class Codec(_HorovodCompressor):
         """For ``shared_scale`` codecs: this worker's proposal; the exchange takes the max."""
         raise NotImplementedError
 
+    def custom_exchange(self, exchange, key: str, flat: torch.Tensor):
+        """Codecs with their own collective schedule (PowerSGD's two allreduces, GradiVeQ's
+        phases) return a generator here, written like ``Exchange._compressed``: it yields
+        ``exchange.comm`` collectives, records bytes in ``exchange.stats`` under ``exchange.label``
+        and returns the averaged flat fp32 tensor. ``None`` (the default) uses the standard patterns.
+        """
+        return None
+
     # summable codecs: the allreduce carries the compressed tensor itself
     def to_summable(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

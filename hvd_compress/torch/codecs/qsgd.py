@@ -56,7 +56,7 @@ class QSGD(Codec):
     def payload_nbytes(self, numel):
         return packed_nbytes(numel, self.bits) + 4 * (-(-numel // self.bucket_size))
 
-    def encode(self, x, generator=None, scale=None):
+    def encode(self, x, generator=None, scale=None, noise=None):
         n = x.numel()
         if n == 0:
             return torch.empty(0, dtype=torch.uint8)
@@ -69,7 +69,8 @@ class QSGD(Codec):
         scales = nan_where_nonfinite(scales)
         inv = torch.where(scales > 0, self.levels / scales, torch.zeros_like(scales))
         y = (mag * inv.unsqueeze(1)).view(-1)[:n]
-        noise = torch.rand(n, generator=generator)
+        if noise is None:  # explicit noise lets tests feed two frameworks the same draws
+            noise = torch.rand(n, generator=generator)
         level = torch.floor(y).add_((noise < (y - torch.floor(y))).to(y.dtype))
         level = torch.nan_to_num(level, nan=0.0).clamp_(0, self.levels)
         signed = torch.where(x < 0, -level, level).add_(self.levels)
