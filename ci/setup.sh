@@ -24,6 +24,9 @@ VENV="$ROOT/.venv"
 CACHE="${HVD_COMPRESS_CACHE:-$HOME/.cache/hvd_compress}"
 STAMP="$VENV/.hvd_compress_setup"
 log() { echo "[setup] $*" >&2; }
+# The machine's pip config lists local mirror folders that may be absent; drop pip's warning lines
+# about them (and nothing else), keeping pip's exit status.
+quiet() { { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; } >&2; }
 
 # --- system packages: OpenMPI (optional) and cmake ----------------------------------------
 if ! command -v mpicxx >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -46,8 +49,8 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV/bin/python" -c "
 fi
 
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-"${PIP[@]}" --upgrade "pip<26" "setuptools<81" wheel >/dev/null
+PIP=(quiet "$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+"${PIP[@]}" --upgrade "pip<26" "setuptools<81" wheel
 log "installing torch $TORCH_VERSION, tensorflow-cpu $TF_VERSION and requirements"
 "${PIP[@]}" "torch==$TORCH_VERSION" "tensorflow-cpu==$TF_VERSION" "tf-keras==$TF_VERSION" -r "$ROOT/ci/requirements.txt"
 # pip's cmake (4.x) breaks Horovod's bundled gloo; make sure the venv does not shadow the system one.
@@ -61,7 +64,7 @@ if ! ls "$WHEEL_DIR"/horovod-*.whl >/dev/null 2>&1; then
   log "building Horovod $HOROVOD_VERSION (torch + tensorflow, gloo, mpi=$WITH_MPI); takes 10-20 minutes"
   BUILD=$(mktemp -d)
   trap 'rm -rf "$BUILD"' EXIT
-  "$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$BUILD"
+  quiet "$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$BUILD"
   tar xzf "$BUILD"/horovod-$HOROVOD_VERSION.tar.gz -C "$BUILD"
   SRC="$BUILD/horovod-$HOROVOD_VERSION"
   sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$SRC/CMakeLists.txt" "$SRC/horovod/torch/CMakeLists.txt"
@@ -82,8 +85,8 @@ fi
 "${PIP[@]}" cloudpickle psutil pyyaml packaging
 "${PIP[@]}" --no-deps -e "$ROOT"
 
-CHECK=$("$VENV/bin/horovodrun" --check-build)
-echo "$CHECK" >&2
+CHECK=$(TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/horovodrun" --check-build 2>/dev/null)
+echo "$CHECK" | grep -v "^$" >&2
 for fw in PyTorch TensorFlow Gloo; do
   echo "$CHECK" | grep -q "\[X\] $fw" || { log "Horovod lacks $fw support"; exit 1; }
 done

@@ -84,17 +84,21 @@ def reset_wire_stats() -> None:
 
 
 def chunk_bounds(numel: int, parts: int, align: int) -> List[Tuple[int, int]]:
-    """Split ``numel`` values into ``parts`` non-empty chunks starting at multiples of ``align``
-    where that is possible, else of 8 (whole packed bytes), else balanced."""
+    """Split ``numel`` values into ``parts`` balanced chunks that start at multiples of ``align``
+    (whole buckets) where every chunk can still be non-empty, else of 8 (whole packed bytes),
+    else of 1."""
     for step in (align, 8, 1):
-        per = -(-numel // parts)
-        per = -(-per // step) * step
-        if per * (parts - 1) < numel:
-            return [(min(i * per, numel), min((i + 1) * per, numel)) for i in range(parts)]
-    base, extra = divmod(numel, parts)
-    sizes = [base + (i < extra) for i in range(parts)]
-    starts = [sum(sizes[:i]) for i in range(parts)]
-    return [(s, s + z) for s, z in zip(starts, sizes)]
+        units = -(-numel // step)
+        base, extra = divmod(units, parts)
+        if base == 0 and step > 1:
+            continue
+        starts, pos = [], 0
+        for i in range(parts):
+            starts.append(min(pos * step, numel))
+            pos += base + (i < extra)
+        ends = starts[1:] + [numel]
+        return list(zip(starts, ends))
+    raise AssertionError("unreachable")
 
 
 def _mix(*parts: int) -> int:

@@ -35,8 +35,8 @@ class SignSGD(Codec):
     def encode(self, x, generator=None, scale=None):
         if self.scaled:
             s = x.abs().mean().reshape(1) if x.numel() else torch.zeros(1)
-        else:
-            s = torch.ones(1)
+        else:  # a bare vote, but an all-zero chunk stays exactly zero
+            s = (x.abs().amax() > 0).to(torch.float32).reshape(1) if x.numel() else torch.zeros(1)
         if x.numel() and not torch.isfinite(x).all():
             s = torch.full((1,), float("nan"))
         bits = pack_bits((x >= 0).to(torch.uint8), 1)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test suite: sets up the environment (idempotent), then runs every test, multi-process
+# Horovod/torch.distributed jobs included. Extra arguments go to pytest (e.g. -k qsgd).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash ci/setup.sh
+export TF_CPP_MIN_LOG_LEVEL=2 OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1
+# --timeout: a hung multi-process job fails its test instead of stalling CI
+exec .venv/bin/python -m pytest tests -q -p no:cacheprovider --timeout=1500 -ra "$@"
