@@ -8,4 +8,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash ci/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2 OMP_NUM_THREADS=1
 mkdir -p out
-exec .venv/bin/horovodrun -np "${NP:-2}" --gloo .venv/bin/python -m hvd_compress.demo --json out/demo.json "$@"
+exec .venv/bin/python -m hvd_compress.demo --np "${NP:-2}" --json out/demo.json "$@"

@@ -1,8 +1,13 @@
 """The main job: train a small model with Horovod once per codec and compare.
 
-Run under Horovod (``ci/demo.sh`` does this)::
+Run it (``ci/demo.sh`` does this); it launches ``horovodrun -np N --gloo`` itself, draws a progress
+bar and prints the table::
 
-    horovodrun -np 2 --gloo python -m hvd_compress.demo --codecs fp32,hvd-fp16,qsgd,onebit
+    python -m hvd_compress.demo --np 2 --codecs fp32,hvd-fp16,qsgd:bits=4,onebit
+
+or launch the workers yourself (then rank 0 prints the table)::
+
+    horovodrun -np 2 --gloo python -m hvd_compress.demo --codecs fp32,qsgd:bits=4
 
 Every codec trains the same MLP on scikit-learn's digits from the same initial weights, the
 training set sharded across ranks. Rank 0 prints a table (codec, bits per value on the wire,
@@ -61,6 +66,7 @@ def split_codecs(text: str):
 
 
 def train_one(codec_name: str, data, args, hvd, progress=None):
+    """Train one codec from the shared initial weights; ``progress()`` after each epoch."""
     import hvd_compress.torch as hc
     xtr, ytr, xte, yte = data
     model = make_model(args.seed, args.hidden)
@@ -96,7 +102,7 @@ def train_one(codec_name: str, data, args, hvd, progress=None):
             step_time += time.perf_counter() - t0
             steps += 1
         if progress is not None:
-            progress.update(1)
+            progress()
     model.eval()
     with torch.no_grad():
         acc = (model(xte).argmax(1) == yte).float().mean().item()
@@ -135,8 +141,82 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
+def _worker(args):
+    import horovod.torch as hvd
+    hvd.init()
+    torch.set_num_threads(1)
+    codecs = split_codecs(args.codecs)
+    data = load_digits_split(args.seed)
+    done = [0]
+
+    def progress():
+        done[0] += 1
+        if hvd.rank() == 0 and args.progress_file:
+            with open(args.progress_file, "w") as f:
+                f.write(f"{done[0]} {len(codecs) * args.epochs} {codecs[min(done[0] // args.epochs, len(codecs) - 1)]}")
+
+    rows = [train_one(name, data, args, hvd, progress) for name in codecs]
+    if hvd.rank() == 0:
+        result = {"world_size": hvd.size(), "frontend": args.frontend, "epochs": args.epochs,
+                  "hidden": args.hidden, "batch_size": args.batch_size, "rows": rows}
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        if not args.quiet_table:
+            print(_report(result))
+    hvd.shutdown()
+
+
+def _report(result) -> str:
+    return (f"\nhvd_compress demo: MLP 64-{result['hidden']}-{result['hidden']}-10 on digits, "
+            f"{result['world_size']} workers, {result['epochs']} epochs, batch {result['batch_size']}/worker, "
+            f"frontend={result['frontend']}\n" + format_table(result["rows"]) +
+            "\nbits/value: payload bits per compressed value (scales included); bytes/step: bytes this "
+            "worker sent per step, all tensors (ring-allreduce model for fp32 and fp16)")
+
+
+def _launch(args, argv):
+    """Run the workers under horovodrun, draw a progress bar from rank 0's progress file."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tqdm import tqdm
+    tmp = Path(tempfile.mkdtemp(prefix="hvdc-demo-"))
+    progress_file, json_path, log_path = tmp / "progress", Path(args.json or tmp / "result.json"), tmp / "workers.log"
+    horovodrun = Path(sys.executable).with_name("horovodrun")
+    cmd = [str(horovodrun if horovodrun.exists() else "horovodrun"), "-np", str(args.np), "--gloo",
+           sys.executable, "-m", "hvd_compress.demo", *argv, "--progress-file", str(progress_file),
+           "--json", str(json_path), "--quiet-table"]
+    total = len(split_codecs(args.codecs)) * args.epochs
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    with open(log_path, "w") as log, tqdm(total=total, unit="epoch", disable=args.no_progress,
+                                          desc=f"{args.np} workers") as bar:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        while proc.poll() is None:
+            time.sleep(0.3)
+            try:
+                done, _, name = progress_file.read_text().split(" ", 2)
+                if int(done) != bar.n:
+                    bar.set_postfix_str(name, refresh=False)
+                    bar.update(int(done) - bar.n)
+            except (OSError, ValueError):
+                pass
+        if proc.returncode == 0:
+            bar.update(total - bar.n)
+    if proc.returncode != 0:
+        sys.stderr.write(log_path.read_text()[-6000:])
+        sys.exit(f"hvd_compress demo: workers failed (exit {proc.returncode}); full log: {log_path}")
+    print(_report(json.loads(json_path.read_text())))
+    if args.json:
+        print(f"rows written to {args.json}")
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--np", type=int, default=2, help="workers to launch with horovodrun (launcher mode)")
     ap.add_argument("--codecs", default=",".join(DEFAULT_CODECS),
                     help="codecs to compare (fp32, hvd-fp16 or hvd_compress spec strings)")
     ap.add_argument("--frontend", choices=["stock", "ours"], default="stock",
@@ -146,39 +226,19 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="write the rows as JSON here (rank 0)")
+    ap.add_argument("--json", help="write the rows as JSON here")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--progress-file", help=argparse.SUPPRESS)
+    ap.add_argument("--quiet-table", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import horovod.torch as hvd
-    hvd.init()
-    torch.set_num_threads(1)
-    codecs = split_codecs(args.codecs)
-    data = load_digits_split(args.seed)
-    progress = None
-    if hvd.rank() == 0 and not args.no_progress:
-        from tqdm import tqdm
-        progress = tqdm(total=len(codecs) * args.epochs, desc=f"training {len(codecs)} codecs x {args.epochs} epochs",
-                        unit="epoch", file=sys.stderr)
-    rows = []
-    for name in codecs:
-        if progress is not None:
-            progress.set_postfix_str(name)
-        rows.append(train_one(name, data, args, hvd, progress))
-    if progress is not None:
-        progress.close()
-    if hvd.rank() == 0:
-        print(f"\nhvd_compress demo: MLP 64-{args.hidden}-{args.hidden}-10 on digits, {hvd.size()} workers, "
-              f"{args.epochs} epochs, batch {args.batch_size}/worker, frontend={args.frontend}")
-        print(format_table(rows))
-        print("bits/value: payload bits per compressed value (scales included); bytes/step: bytes this "
-              "worker sent per step, all tensors (ring-allreduce model for fp32 and fp16)")
-        if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w") as f:
-                json.dump({"world_size": hvd.size(), "frontend": args.frontend, "epochs": args.epochs,
-                           "rows": rows}, f, indent=1)
-    hvd.shutdown()
+    under_horovod = any(k in os.environ for k in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"))
+    if under_horovod:
+        _worker(args)
+    else:
+        launcher_argv = [a for i, a in enumerate(argv) if not (a == "--np" or (i and argv[i - 1] == "--np"))
+                         and not a.startswith("--np=") and a != "--json" and not (i and argv[i - 1] == "--json")]
+        _launch(args, launcher_argv)
 
 
 if __name__ == "__main__":
