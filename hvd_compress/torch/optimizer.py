@@ -107,14 +107,13 @@ class DistributedOptimizer(torch.optim.Optimizer):
                 fused.setdefault(p.grad.dtype, []).append((name, p))
         for dtype, members in fused.items():
             flat = torch.cat([p.grad.detach().reshape(-1) for _, p in members])
-            key = f"fused.{str(dtype).replace('torch.', '')}"
-            driver.start(key, self.exchange.average(key, flat, compress=False))
+            driver.start(_fused_key(dtype), self.exchange.average(_fused_key(dtype), flat, compress=False))
         results = driver.finish()
         for name, p in self._params:
             if name in results:
                 p.grad.copy_(results[name])
         for dtype, members in fused.items():
-            out, pos = results[f"fused.{str(dtype).replace('torch.', '')}"], 0
+            out, pos = results[_fused_key(dtype)], 0
             for _, p in members:
                 n = p.grad.numel()
                 p.grad.copy_(out[pos:pos + n].view_as(p.grad))
@@ -136,3 +135,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self.optimizer.load_state_dict(state_dict)
         if saved is not None:
             self.codec.load_state_dict(saved)
+
+
+def _fused_key(dtype: torch.dtype) -> str:
+    """Name of the one plain allreduce that carries every uncompressed gradient of ``dtype``."""
+    return "fused." + str(dtype).replace("torch.", "")
