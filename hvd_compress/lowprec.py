@@ -217,16 +217,31 @@ def expected_sq_error(v: np.ndarray, bits: int, bucket_size: Optional[int] = Non
     return float(np.sum(delta ** 2 * f * (1.0 - f)))
 
 
-def fewest_bits(v: np.ndarray, budget: float, candidates=range(MIN_BITS, MAX_BITS + 1),
-                bucket_size: Optional[int] = None) -> Optional[int]:
-    """The fewest ``bits`` with ``expected_sq_error(v, bits) <= budget``; ``None`` if none does.
+def fewest_bits(v: np.ndarray, budget: float, candidates=range(MIN_BITS, MAX_BITS + 1)) -> Optional[int]:
+    """The fewest ``bits`` with ``expected_sq_error(v, bits) <= budget`` (one bucket: the whole
+    vector); ``None`` if no candidate does.
 
-    AsyLPG's model-precision rule calls this with ``budget = mu * ||x - x_snapshot||^2``.
+    AsyLPG's model-precision rule calls this with ``budget = mu * ||x - x_snapshot||^2``. All
+    candidates are evaluated in one vectorized pass (a bits x n matrix).
     """
-    for bits in candidates:
-        if expected_sq_error(v, bits, bucket_size) <= budget:
-            return int(bits)
-    return None
+    v = np.abs(np.asarray(v, dtype=np.float64).reshape(-1))
+    cands = np.array(sorted(int(b) for b in candidates))
+    if cands.size == 0:
+        return None
+    for b in cands:
+        _check_bits(int(b))
+    m = v.max(initial=0.0)
+    if m == 0.0:
+        return int(cands[0])
+    if not np.isfinite(m):
+        return None
+    s = (2.0 ** (cands - 1) - 1.0)[:, None]
+    delta = m / s
+    y = v[None, :] * (s / m)
+    f = y - np.floor(y)
+    err = (delta[:, 0] ** 2) * np.sum(f * (1.0 - f), axis=1)
+    ok = np.flatnonzero(err <= budget)
+    return int(cands[ok[0]]) if ok.size else None
 
 
 # --------------------------------------------------------------------------------- sparsification
