@@ -163,9 +163,10 @@ class ServerShard:
 class Worker:
     """One asynchronous worker: pulls models, pushes SVRG gradients; no barriers in the inner loop.
 
-    ``fault`` (for tests and demonstrations): ``{"after": k, "where": "before_push" | "mid_push"}``
-    makes the worker's process exit after ``k`` completed updates, either before pushing its
-    next gradient or after pushing it to the first shard only (a partially delivered update).
+    ``fault`` (for tests and demonstrations): ``{"after": k, "where": "before_push" | "mid_push" |
+    "hang"}`` makes the worker's process exit after ``k`` completed updates, either before pushing
+    its next gradient or after pushing it to the first shard only (a partially delivered update),
+    or stop responding there (``"hang"``).
     """
 
     def __init__(self, worker_id: int, problem, shards: Sequence, bounds: Sequence[Tuple[int, int]],
@@ -240,6 +241,8 @@ class Worker:
             alpha = self.problem.grad(x_hat, idx) - self.problem.grad(self.snapshot, idx) + self.full_grad
             versions = [r.version for r in replies]
             if self.fault is not None and self.updates >= int(self.fault.get("after", 0)):
+                if self.fault.get("where") == "hang":
+                    time.sleep(1e6)  # alive but silent: the driver kills it after epoch_timeout_s
                 if self.fault.get("where") == "mid_push":
                     self._push("gradient", epoch, alpha, encode, versions, only={0})
                 os._exit(1)  # a real crash: the actor's process is gone
@@ -250,6 +253,62 @@ class Worker:
             if any(r.kind == "closed" for r in replies):
                 break
         return {"worker": self.id, "updates": done}
+
+
+# ==================================================================================== actors
+class Host:
+    """A Ray actor process that becomes a :class:`ServerShard` or a :class:`Worker` for one run.
+
+    Starting a Python process per actor costs seconds on a small machine, so :func:`run` keeps
+    idle hosts in a pool and reuses them across runs (a host whose process died is never reused).
+    ``handle`` is forwarded directly (the hot path); everything else goes through ``call``.
+    """
+
+    def __init__(self):
+        self.obj = None
+
+    def become(self, cls, *args) -> bool:
+        self.obj = cls(*args)
+        return True
+
+    def release(self) -> bool:
+        self.obj = None
+        return True
+
+    def handle(self, msg):
+        return self.obj.handle(msg)
+
+    def call(self, method: str, *args):
+        return getattr(self.obj, method)(*args)
+
+
+_POOL: Dict[str, Any] = {"job": None, "idle": []}
+
+
+def _acquire(ray, k: int) -> List[Any]:
+    job = ray.get_runtime_context().get_job_id()
+    if _POOL["job"] != job:  # a new Ray session: the old handles are gone
+        _POOL["job"], _POOL["idle"] = job, []
+    hosts = [_POOL["idle"].pop() for _ in range(min(k, len(_POOL["idle"])))]
+    cls = ray.remote(num_cpus=0, max_restarts=0)(Host)
+    hosts += [cls.remote() for _ in range(k - len(hosts))]
+    return hosts
+
+
+def _release(ray, hosts: List[Any]) -> None:
+    futures = {h.release.remote(): h for h in hosts}
+    ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=30)
+    for f in ready:
+        try:
+            ray.get(f)
+            _POOL["idle"].append(futures[f])
+        except Exception:  # noqa: BLE001 - a dead host is simply not reused
+            pass
+    for f in pending:
+        try:
+            ray.kill(futures[f])
+        except Exception:  # noqa: BLE001
+            pass
 
 
 # ==================================================================================== driver
@@ -346,7 +405,10 @@ def run(problem, algorithm, *, num_workers: int = 4, num_shards: int = 2, epochs
         ``bits_to_target`` is the bit count at the first checkpoint at or below it.
       checkpoints_per_epoch: how often shards record their model for the loss-vs-bits curve.
       address: an existing Ray cluster (``"auto"``, ``"ray://head:10001"``); local Ray by default.
-      faults: ``{worker_id: {"after": k, "where": "before_push"|"mid_push"}}`` crash injection.
+      faults: ``{worker_id: {"after": k, "where": "before_push"|"mid_push"|"hang"}}`` crash
+        injection (see :class:`Worker`).
+      epoch_timeout_s: a worker whose call has not returned after this long is killed and
+        treated as dead.
       progress: optional callable ``progress(epoch, loss, bits)`` after every epoch.
     """
     ray = ensure_ray(address)
@@ -359,140 +421,140 @@ def run(problem, algorithm, *, num_workers: int = 4, num_shards: int = 2, epochs
     every = max(1, inner_steps // max(1, checkpoints_per_epoch))
     t0 = time.time()
 
-    shard_cls = ray.remote(num_cpus=0, max_restarts=0)(ServerShard)
-    worker_cls = ray.remote(num_cpus=0, max_restarts=0)(Worker)
     problem_ref = ray.put(problem)
-    shards = [shard_cls.remote(i, x0[lo:hi], algorithm, inner_steps, every, seed)
-              for i, (lo, hi) in enumerate(bounds)]
+    hosts = _acquire(ray, num_shards + num_workers)
+    shards, worker_hosts = hosts[:num_shards], hosts[num_shards:]
     faults = faults or {}
-    workers = {w: worker_cls.remote(w, problem_ref, shards, bounds, algorithm, batch_size, seed,
-                                    faults.get(w)) for w in range(num_workers)}
-    dead: List[int] = []
+    setup = [h.become.remote(ServerShard, i, x0[lo:hi], algorithm, inner_steps, every, seed)
+             for i, (h, (lo, hi)) in enumerate(zip(shards, bounds))]
+    setup += [h.become.remote(Worker, w, problem_ref, shards, bounds, algorithm, batch_size, seed,
+                              faults.get(w)) for w, h in enumerate(worker_hosts)]
+    ray.get(setup)
+    workers = dict(enumerate(worker_hosts))
+    try:
+        dead: List[int] = []
 
-    def drop(wid):
-        if wid in workers:
-            try:
-                ray.kill(workers[wid])
-            except Exception:
-                pass
-            workers.pop(wid)
-            dead.append(wid)
+        def drop(wid):
+            if wid in workers:
+                try:
+                    ray.kill(workers[wid])
+                except Exception:
+                    pass
+                workers.pop(wid)
+                dead.append(wid)
 
-    def call_all(method, *args):
-        futures = {getattr(h, method).remote(*args): w for w, h in workers.items()}
-        ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=epoch_timeout_s)
-        for f in pending:  # hung: treat as dead
-            drop(futures[f])
-        for f in ready:
-            try:
-                ray.get(f)
-            except Exception as exc:  # noqa: BLE001
-                if not _is_dead(exc):
-                    raise
+        def call_all(method, *args):
+            futures = {h.call.remote(method, *args): w for w, h in workers.items()}
+            ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=epoch_timeout_s)
+            for f in pending:  # hung: treat as dead
                 drop(futures[f])
-        if not workers:
-            raise RuntimeError(f"hvd_compress.ps: all {num_workers} workers died (during {method})")
-
-    def full_gradient(epoch, n_chunks):
-        queue, busy = list(range(n_chunks)), {}
-        while queue or busy:
-            for w in [w for w in workers if w not in busy.values()]:
-                if not queue:
-                    break
-                c = queue.pop(0)
-                busy[workers[w].full_grad_chunk.remote(epoch, c, n_chunks)] = w
-                busy_chunk[w] = c
-            ready, _ = ray.wait(list(busy), num_returns=1, timeout=epoch_timeout_s)
-            if not ready:
-                for f, w in list(busy.items()):
-                    queue.append(busy_chunk[w])
-                    drop(w)
-                busy.clear()
             for f in ready:
-                w = busy.pop(f)
                 try:
                     ray.get(f)
                 except Exception as exc:  # noqa: BLE001
                     if not _is_dead(exc):
                         raise
-                    queue.append(busy_chunk[w])
-                    drop(w)
+                    drop(futures[f])
             if not workers:
-                raise RuntimeError(f"hvd_compress.ps: all {num_workers} workers died (full gradient)")
+                raise RuntimeError(f"hvd_compress.ps: all {num_workers} workers died (during {method})")
 
-    busy_chunk: Dict[int, int] = {}
-    history: List[Dict[str, Any]] = []
-    epoch_points = []
-    epoch = -1
-    for epoch in range(epochs):
-        ray.get([s.begin_epoch.remote(epoch) for s in shards])
-        call_all("begin_epoch", epoch)
-        full_gradient(epoch, num_workers)
-        ray.get([s.finish_full_grad.remote(epoch, num_workers) for s in shards])
-        call_all("run_epoch", epoch)
-        reports = ray.get([s.report.remote() for s in shards])
-        w = np.concatenate([r["output"] for r in reports])
-        loss = float(problem.loss(w))
-        bits = int(sum(r["total_bits"] for r in reports))
-        updates = int(sum(r["version"] for r in reports) / len(reports))
-        epoch_points.append({"updates": updates, "bits": bits, "loss": loss, "epoch": epoch, "kind": "epoch"})
-        if progress is not None:
-            progress(epoch, loss, bits)
-        if not np.isfinite(loss):
-            break
-        if target_loss is not None and loss <= target_loss:
-            break
+        def full_gradient(epoch, n_chunks):
+            queue, busy = list(range(n_chunks)), {}
+            while queue or busy:
+                for w in [w for w in workers if w not in busy.values()]:
+                    if not queue:
+                        break
+                    c = queue.pop(0)
+                    busy[workers[w].call.remote("full_grad_chunk", epoch, c, n_chunks)] = w
+                    busy_chunk[w] = c
+                ready, _ = ray.wait(list(busy), num_returns=1, timeout=epoch_timeout_s)
+                if not ready:
+                    for f, w in list(busy.items()):
+                        queue.append(busy_chunk[w])
+                        drop(w)
+                    busy.clear()
+                for f in ready:
+                    w = busy.pop(f)
+                    try:
+                        ray.get(f)
+                    except Exception as exc:  # noqa: BLE001
+                        if not _is_dead(exc):
+                            raise
+                        queue.append(busy_chunk[w])
+                        drop(w)
+                if not workers:
+                    raise RuntimeError(f"hvd_compress.ps: all {num_workers} workers died (full gradient)")
 
-    reports = ray.get([s.report.remote() for s in shards])
-    cps = ray.get([s.get_checkpoints.remote() for s in shards])
-    for k in range(min(len(c) for c in cps)):
-        w = np.concatenate([c[k][3] for c in cps]).astype(np.float64)
-        history.append({"updates": int(np.mean([c[k][0] for c in cps])),
-                        "bits": int(sum(c[k][2] for c in cps)), "loss": float(problem.loss(w)),
-                        "epoch": int(cps[0][k][1]), "kind": "checkpoint"})
-    start = {"updates": 0, "bits": 0, "loss": float(problem.loss(x0)), "epoch": -1, "kind": "start"}
-    history = sorted([start] + history + epoch_points, key=lambda r: (r["bits"], r["updates"]))
+        busy_chunk: Dict[int, int] = {}
+        history: List[Dict[str, Any]] = []
+        epoch_points = []
+        epoch = -1
+        for epoch in range(epochs):
+            ray.get([s.call.remote("begin_epoch", epoch) for s in shards])
+            call_all("begin_epoch", epoch)
+            full_gradient(epoch, num_workers)
+            ray.get([s.call.remote("finish_full_grad", epoch, num_workers) for s in shards])
+            call_all("run_epoch", epoch)
+            reports = ray.get([s.call.remote("report") for s in shards])
+            w = np.concatenate([r["output"] for r in reports])
+            loss = float(problem.loss(w))
+            bits = int(sum(r["total_bits"] for r in reports))
+            updates = int(sum(r["version"] for r in reports) / len(reports))
+            epoch_points.append({"updates": updates, "bits": bits, "loss": loss, "epoch": epoch, "kind": "epoch"})
+            if progress is not None:
+                progress(epoch, loss, bits)
+            if not np.isfinite(loss):
+                break
+            if target_loss is not None and loss <= target_loss:
+                break
 
-    result = RunResult(algorithm=algorithm.name, settings=algorithm.settings(),
-                       problem=getattr(problem, "name", type(problem).__name__), dim=dim,
-                       num_workers=num_workers, num_shards=num_shards, target_loss=target_loss,
-                       history=history, epochs=epoch + 1)
-    if target_loss is not None:
-        hit = next((r for r in history if r["loss"] <= target_loss), None)
-        if hit is not None:
-            result.bits_to_target, result.updates_to_target = hit["bits"], hit["updates"]
-    result.final_loss = epoch_points[-1]["loss"] if epoch_points else start["loss"]
-    by_kind: Dict[str, int] = defaultdict(int)
-    for r in reports:
-        for k, v in r["bits"].items():
-            by_kind[k] += v
-    result.bits_by_kind = dict(by_kind)
-    msgs: Dict[str, int] = defaultdict(int)
-    for r in reports:
-        for k, v in r["messages"].items():
-            msgs[k] += v
-    result.messages_by_kind = dict(msgs)
-    result.shards = [{"id": r["id"], "n": r["n"], "version": r["version"], "bits": r["bits"],
-                      "messages": r["messages"], "dropped": r["dropped"], "rejected": r["rejected"]}
-                     for r in reports]
-    result.total_bits = int(sum(by_kind.values()))
-    result.updates = int(sum(r["version"] for r in reports) / len(reports))
-    stal = np.concatenate([np.asarray(r["staleness"], np.int64) for r in reports]) if reports else np.zeros(0)
-    if stal.size:
-        result.staleness = {"mean": float(stal.mean()), "p50": float(np.percentile(stal, 50)),
-                            "p90": float(np.percentile(stal, 90)), "max": int(stal.max()),
-                            "count": int(stal.size)}
-    mb: Counter = Counter()
-    for r in reports:
-        mb.update({int(k): v for k, v in r["model_bits"].items()})
-    result.model_bits = dict(sorted(mb.items()))
-    result.dead_workers = sorted(dead)
-    result.dropped = int(sum(r["dropped"] for r in reports))
-    result.rejected = int(sum(r["rejected"] for r in reports))
-    result.wall_s = time.time() - t0
-    for h in list(workers.values()) + shards:
-        try:
-            ray.kill(h)
-        except Exception:
-            pass
+        reports = ray.get([s.call.remote("report") for s in shards])
+        cps = ray.get([s.call.remote("get_checkpoints") for s in shards])
+        for k in range(min(len(c) for c in cps)):
+            w = np.concatenate([c[k][3] for c in cps]).astype(np.float64)
+            history.append({"updates": int(np.mean([c[k][0] for c in cps])),
+                            "bits": int(sum(c[k][2] for c in cps)), "loss": float(problem.loss(w)),
+                            "epoch": int(cps[0][k][1]), "kind": "checkpoint"})
+        start = {"updates": 0, "bits": 0, "loss": float(problem.loss(x0)), "epoch": -1, "kind": "start"}
+        history = sorted([start] + history + epoch_points, key=lambda r: (r["bits"], r["updates"]))
+
+        result = RunResult(algorithm=algorithm.name, settings=algorithm.settings(),
+                           problem=getattr(problem, "name", type(problem).__name__), dim=dim,
+                           num_workers=num_workers, num_shards=num_shards, target_loss=target_loss,
+                           history=history, epochs=epoch + 1)
+        if target_loss is not None:
+            hit = next((r for r in history if r["loss"] <= target_loss), None)
+            if hit is not None:
+                result.bits_to_target, result.updates_to_target = hit["bits"], hit["updates"]
+        result.final_loss = epoch_points[-1]["loss"] if epoch_points else start["loss"]
+        by_kind: Dict[str, int] = defaultdict(int)
+        for r in reports:
+            for k, v in r["bits"].items():
+                by_kind[k] += v
+        result.bits_by_kind = dict(by_kind)
+        msgs: Dict[str, int] = defaultdict(int)
+        for r in reports:
+            for k, v in r["messages"].items():
+                msgs[k] += v
+        result.messages_by_kind = dict(msgs)
+        result.shards = [{"id": r["id"], "n": r["n"], "version": r["version"], "bits": r["bits"],
+                          "messages": r["messages"], "dropped": r["dropped"], "rejected": r["rejected"]}
+                         for r in reports]
+        result.total_bits = int(sum(by_kind.values()))
+        result.updates = int(sum(r["version"] for r in reports) / len(reports))
+        stal = np.concatenate([np.asarray(r["staleness"], np.int64) for r in reports]) if reports else np.zeros(0)
+        if stal.size:
+            result.staleness = {"mean": float(stal.mean()), "p50": float(np.percentile(stal, 50)),
+                                "p90": float(np.percentile(stal, 90)), "max": int(stal.max()),
+                                "count": int(stal.size)}
+        mb: Counter = Counter()
+        for r in reports:
+            mb.update({int(k): v for k, v in r["model_bits"].items()})
+        result.model_bits = dict(sorted(mb.items()))
+        result.dead_workers = sorted(dead)
+        result.dropped = int(sum(r["dropped"] for r in reports))
+        result.rejected = int(sum(r["rejected"] for r in reports))
+        result.wall_s = time.time() - t0
+    finally:
+        _release(ray, shards + list(workers.values()))
     return result
