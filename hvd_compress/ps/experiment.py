@@ -74,12 +74,13 @@ def _fmt_bits(b: Optional[float]) -> str:
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
-    head = (f"{'task':<9} {'algorithm':<14} {'bits to target':>15} {'reduction':>10} {'paper':>6} "
+    head = (f"{'task':<9} {'algorithm':<14} {'bits to target':>15} {'upd':>5} {'reduction':>10} {'paper':>6} "
             f"{'final loss':>10} {'bits/value/upd':>14} {'b_x mean':>8} {'stale mean/max':>14} {'wall s':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         red = f"{r['reduction_vs_fp']:.1f}x" if r["reduction_vs_fp"] is not None else "-"
-        lines.append(f"{r['task']:<9} {r['algorithm']:<14} {_fmt_bits(r['bits_to_target']):>15} {red:>10} "
+        upd = "-" if r["updates_to_target"] is None else str(r["updates_to_target"])
+        lines.append(f"{r['task']:<9} {r['algorithm']:<14} {_fmt_bits(r['bits_to_target']):>15} {upd:>5} {red:>10} "
                      f"{PAPER_REDUCTION[r['algorithm']]:>5.1f}x {r['final_loss']:>10.4f} "
                      f"{r['bits_per_value_per_update']:>14.2f} {r['model_bits_mean']:>8.2f} "
                      f"{r['staleness_mean']:>6.2f}/{r['staleness_max']:<7} {r['wall_s']:>7.1f}")

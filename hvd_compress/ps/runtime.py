@@ -286,10 +286,26 @@ _POOL: Dict[str, Any] = {"job": None, "idle": []}
 
 
 def _acquire(ray, k: int) -> List[Any]:
-    job = ray.get_runtime_context().get_job_id()
-    if _POOL["job"] != job:  # a new Ray session: the old handles are gone
-        _POOL["job"], _POOL["idle"] = job, []
-    hosts = [_POOL["idle"].pop() for _ in range(min(k, len(_POOL["idle"])))]
+    ctx = ray.get_runtime_context()
+    session = f"{ctx.get_job_id()}:{ctx.get_node_id()}"
+    if _POOL["job"] != session:  # a new Ray session: the old handles are gone
+        _POOL["job"], _POOL["idle"] = session, []
+    candidates = [_POOL["idle"].pop() for _ in range(min(k, len(_POOL["idle"])))]
+    hosts = []
+    if candidates:  # keep only the pooled hosts that still answer
+        pings = {h.release.remote(): h for h in candidates}
+        ready, pending = ray.wait(list(pings), num_returns=len(pings), timeout=30)
+        for f in ready:
+            try:
+                ray.get(f)
+                hosts.append(pings[f])
+            except Exception:  # noqa: BLE001 - died while idle
+                pass
+        for f in pending:
+            try:
+                ray.kill(pings[f])
+            except Exception:  # noqa: BLE001
+                pass
     cls = ray.remote(num_cpus=0, max_restarts=0)(Host)
     hosts += [cls.remote() for _ in range(k - len(hosts))]
     return hosts
@@ -347,8 +363,10 @@ class RunResult:
 
     @property
     def model_bits_mean(self) -> float:
-        tot = sum(self.model_bits.values())
-        return sum(int(b) * c for b, c in self.model_bits.items()) / max(tot, 1)
+        """Mean width (bits per value) of the model pulls that carried values (fp32 counts 32;
+        "same" replies, which carry none, are left out)."""
+        carried = {int(b): c for b, c in self.model_bits.items() if int(b) > 0}
+        return sum(b * c for b, c in carried.items()) / max(sum(carried.values()), 1)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
