@@ -8,7 +8,8 @@
   workers proceed independently.
 * :class:`Worker` (one Ray actor per worker) loops without barriers: pull every shard's slice
   (quantized by the shard), compute the SVRG gradient on a mini-batch, push each shard its slice
-  (quantized by the worker). The version a shard stamps on a pulled model comes back with the
+  (quantized by the worker); a shard answers a push with its next model, so an update costs one
+  remote call per shard. Shards and workers run inside pooled :class:`Host` actors. The version a shard stamps on a pulled model comes back with the
   gradient, so the shard records each update's **staleness** (updates applied in between).
 * :func:`run` (the driver) starts the actors, runs epochs (snapshot, full gradient computed by the
   workers in chunks, inner loop), evaluates the loss at epoch ends and at checkpoints the shards
