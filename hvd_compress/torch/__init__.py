@@ -10,7 +10,9 @@ Pass a codec where you would pass Horovod's ``hvd.Compression.fp16``::
                                    compression=hc.QSGD(bits=4, bucket_size=512))
 
 or use :class:`DistributedOptimizer` (bucketed small tensors, codec state in ``state_dict()``),
-and read :func:`wire_stats` for the bytes each codec put on the wire.
+and read :func:`wire_stats` for the bytes each codec put on the wire. Broadcast initial weights at
+8 bits instead of 32 with :func:`broadcast_parameters` (every rank, the root included, ends with
+the same quantized values).
 """
 from hvd_compress.torch.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
                                        NoCompression, OneBit, OneBitQuantizer, ScaledSign, SignSGD,
@@ -21,11 +23,14 @@ from hvd_compress.torch.spec import from_spec
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
            "ErrorFeedback", "DoubleSqueeze", "from_spec", "wire_stats", "reset_wire_stats",
-           "DistributedOptimizer"]
+           "DistributedOptimizer", "broadcast_parameters", "BroadcastState"]
 
 
 def __getattr__(name):
     if name == "DistributedOptimizer":  # imports Horovod only when asked for
         from hvd_compress.torch.optimizer import DistributedOptimizer
         return DistributedOptimizer
+    if name in ("broadcast_parameters", "BroadcastState"):  # Horovod is imported at call time
+        from hvd_compress.torch import broadcast
+        return getattr(broadcast, name)
     raise AttributeError(name)
