@@ -49,7 +49,7 @@ def test_layout_puts_the_same_position_of_all_filters_side_by_side():
     w = torch.arange(float(torch.Size(CONV).numel())).reshape(CONV)
     f, p, d, k, s = slice_geometry(CONV, 256)
     assert (f, p, d, k, s) == (32, 144, 8, 256, 18)
-    slices = to_slices(w.reshape(-1), CONV, 256)
+    slices = to_slices(w.reshape(-1), CONV, k)
     assert slices.shape == (s, k)
     # slice 0 starts with position (c=0, 0, 0) of filters 0..F-1, then position (0, 0, 1), ...
     assert torch.equal(slices[0, :f], w[:, 0, 0, 0])
@@ -65,6 +65,13 @@ def test_layout_puts_the_same_position_of_all_filters_side_by_side():
 ])
 def test_slice_geometry(shape, target, expect):
     assert slice_geometry(shape, target) == expect
+
+
+def test_slices_shrink_until_a_sampling_phase_has_enough_of_them():
+    # 10 sampling steps of a 32x16x3x3 kernel: K=256 would give 180 slices for 256 dimensions
+    assert slice_geometry(CONV, 256, samples=10, samples_per_dim=4) == (32, 144, 3, 96, 48)
+    assert slice_geometry(CONV, 256, samples=100, samples_per_dim=4) == (32, 144, 8, 256, 18)
+    assert hc.GradiVeQ(sample_steps=10).geometry(CONV)[3] == 96
 
 
 def test_energy_rule_picks_the_smallest_d_holding_the_energy():
@@ -119,7 +126,7 @@ def _subspace_grads(shape=CONV, dim=3, seed=7):
 @pytest.mark.parametrize("size", [2, 3])
 def test_gradiveq_schedule_reconstructs_subspace_gradients_exactly(size):
     grads = _subspace_grads()
-    spec = "gradiveq:warmup_steps=3,sample_steps=4,compress_steps=5,sampler=none"
+    spec = "gradiveq:warmup_steps=3,sample_steps=4,compress_steps=5,sampler=none,samples_per_dim=0"
     results = exchange_steps(spec, grads, steps=3 + 9 + 4, size=size)
     outs, codec, stats = results[0]
     for step, out in enumerate(outs):
@@ -139,7 +146,7 @@ def test_gradiveq_schedule_reconstructs_subspace_gradients_exactly(size):
 
 def test_gradiveq_with_qsgd_sampling_approximates_and_compresses_on_the_wire():
     grads = _subspace_grads()
-    spec = "gradiveq:warmup_steps=2,sample_steps=5,compress_steps=5"
+    spec = "gradiveq:warmup_steps=2,sample_steps=5,compress_steps=5,samples_per_dim=0"
     outs, codec, stats = exchange_steps(spec, grads, steps=12, size=2)[0]
     d = codec.state["d"]["w"]
     assert d < 256  # the 4-bit sampling noise widens the basis but it still compresses
@@ -167,7 +174,7 @@ def test_gradiveq_uses_the_fallback_for_non_conv_tensors():
 
 def test_gradiveq_state_round_trips_and_resumes_identically():
     grads = _subspace_grads()
-    spec = "gradiveq:warmup_steps=1,sample_steps=2,compress_steps=3"
+    spec = "gradiveq:warmup_steps=1,sample_steps=2,compress_steps=3,samples_per_dim=0"
 
     def work(comm):
         a = hc.from_spec(spec)
@@ -389,7 +396,7 @@ def test_nonfinite_gradient_does_not_poison_state():
 
 def test_gradiveq_nonfinite_sample_does_not_poison_the_basis():
     grads = _subspace_grads()
-    spec = "gradiveq:warmup_steps=0,sample_steps=2,compress_steps=2,sampler=none,nonfinite=propagate"
+    spec = "gradiveq:warmup_steps=0,sample_steps=2,compress_steps=2,sampler=none,nonfinite=propagate,samples_per_dim=0"
 
     def bad(rank, step):
         g = grads(rank, step)
