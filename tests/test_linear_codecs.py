@@ -409,3 +409,32 @@ def test_gradiveq_nonfinite_sample_does_not_poison_the_basis():
     assert torch.isfinite(codec.state["basis"]["w"]).all()
     want = (grads(0, 3) + grads(1, 3)).reshape(CONV) / 2
     assert rel_err(outs[3], want) < FP32_LINEAR_RTOL
+
+
+def test_aggregation_benchmark_gradients_sit_at_the_papers_ratio():
+    """The benchmark's synthetic conv gradients make the energy rule pick d = K/8 (the paper's
+    average), and its table reads its rows; the timed run itself is `python -m
+    hvd_compress.bench.aggregation` (horovodrun), not part of the test suite."""
+    from hvd_compress.bench.aggregation import format_table, resnet32_conv_shapes, synthetic_gradients
+    spec = "gradiveq:warmup_steps=0,sample_steps=3,compress_steps=100,sampler=none,min_numel=0"
+    shapes = resnet32_conv_shapes()
+    assert len(shapes) == 31 and sum(torch.Size(s).numel() for s in shapes) == 461232
+    layout = hc.from_spec(spec)
+    picked = [shapes[0], shapes[5], shapes[-1]]
+    grads = [synthetic_gradients(layout, picked, r, 3) for r in range(2)]
+
+    def work(comm):
+        codec = hc.from_spec(spec)
+        ex = Exchange(codec, comm, stats=WireStats())
+        for step in range(3):
+            drive({name: ex.average(name, g) for name, g in grads[comm.rank][step].items()})
+        return codec
+    codec = run_workers(2, work)[0]
+    for key, row in codec.compression_report().items():
+        if key != "_total":
+            assert row["d"] == max(1, row["K"] // 8), (key, row)
+    rows = [{"codec": c, "ms_per_step": t, "sent_bytes_per_step": b} for c, t, b in
+            [("none (fp32)", 10.0, 1000.0), ("qsgd 4-bit", 5.0, 130.0), ("gradiveq compressed phase", 2.0, 120.0)]]
+    rows[2]["ratio_k_over_d"] = 8.0
+    table = format_table({"rows": rows, "layers": 31, "values": 461232, "world_size": 2}, [("1gbit", 1e9)])
+    assert "5.00x" in table and "5.25x" in table

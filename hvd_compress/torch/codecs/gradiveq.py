@@ -6,6 +6,7 @@ compressed slices and one decompression after it, and the warm-up / sampling / c
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -22,16 +23,9 @@ def is_conv_kernel(shape: Sequence[int]) -> bool:
     return len(shape) >= 3
 
 
-def slice_geometry(shape: Sequence[int], slice_size: int, samples: Optional[int] = None,
-                   samples_per_dim: float = 0.0) -> Tuple[int, int, int, int, int]:
-    """``(F, P, D, K, S)`` for a kernel of ``shape``: ``F`` filters of ``P = C*k*...`` positions;
-    a slice holds ``D`` consecutive positions of all ``F`` filters, ``K = F * D`` values, ``S = P / D``
-    slices per tensor. ``D`` is the largest divisor of ``P`` with ``F * D <= slice_size`` (at least 1,
-    so ``K >= F``), so slices tile the tensor exactly: no padding, every slice alike.
-
-    With ``samples`` (sampling steps per cycle) and ``samples_per_dim``, ``D`` is also kept small
-    enough that a cycle yields ``samples * S >= samples_per_dim * K`` sampled slices, so the K x K
-    covariance is estimated from enough slices to generalize beyond them."""
+@functools.lru_cache(maxsize=4096)
+def _geometry(shape: Tuple[int, ...], slice_size: int, samples: Optional[int],
+              samples_per_dim: float) -> Tuple[int, int, int, int, int]:
     f = int(shape[0])
     p = 1
     for s in shape[1:]:
@@ -46,6 +40,19 @@ def slice_geometry(shape: Sequence[int], slice_size: int, samples: Optional[int]
             continue
         d = cand
     return f, p, d, f * d, p // d
+
+
+def slice_geometry(shape: Sequence[int], slice_size: int, samples: Optional[int] = None,
+                   samples_per_dim: float = 0.0) -> Tuple[int, int, int, int, int]:
+    """``(F, P, D, K, S)`` for a kernel of ``shape``: ``F`` filters of ``P = C*k*...`` positions;
+    a slice holds ``D`` consecutive positions of all ``F`` filters, ``K = F * D`` values, ``S = P / D``
+    slices per tensor. ``D`` is the largest divisor of ``P`` with ``F * D <= slice_size`` (at least 1,
+    so ``K >= F``), so slices tile the tensor exactly: no padding, every slice alike.
+
+    With ``samples`` (sampling steps per cycle) and ``samples_per_dim``, ``D`` is also kept small
+    enough that a cycle yields ``samples * S >= samples_per_dim * K`` sampled slices, so the K x K
+    covariance is estimated from enough slices to generalize beyond them."""
+    return _geometry(tuple(int(x) for x in shape), int(slice_size), samples, float(samples_per_dim))
 
 
 def to_slices(flat: torch.Tensor, shape: Sequence[int], k: int) -> torch.Tensor:
