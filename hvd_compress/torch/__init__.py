@@ -15,15 +15,15 @@ and read :func:`wire_stats` for the bytes each codec put on the wire. Broadcast 
 the same quantized values).
 """
 from hvd_compress.torch.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
-                                       NoCompression, OneBit, OneBitQuantizer, ScaledSign, SignSGD,
-                                       TernGrad, TopK, TopKSparsifier, Wrapper)
+                                       GradiVeQ, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
+                                       ScaledSign, SignSGD, TernGrad, TopK, TopKSparsifier, Wrapper)
 from hvd_compress.torch.exchange import reset_wire_stats, wire_stats
 from hvd_compress.torch.spec import from_spec
 
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze", "from_spec", "wire_stats", "reset_wire_stats",
-           "DistributedOptimizer", "broadcast_parameters", "BroadcastState"]
+           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "from_spec", "wire_stats",
+           "reset_wire_stats", "DistributedOptimizer", "broadcast_parameters", "BroadcastState"]
 
 
 def __getattr__(name):

@@ -157,7 +157,7 @@ class Exchange:
         else:
             flat = flat.to(torch.float32).contiguous()
             pattern = codec.pattern(comm.size, flat.numel())
-            custom = codec.custom_exchange(self, key, flat)
+            custom = codec.custom_exchange(self, key, flat, shape)
             if custom is not None:
                 out = yield from custom
             elif pattern == "allreduce":

@@ -139,11 +139,13 @@ class Codec(_HorovodCompressor):
         """For ``shared_scale`` codecs: this worker's proposal; the exchange takes the max."""
         raise NotImplementedError
 
-    def custom_exchange(self, exchange, key: str, flat: torch.Tensor):
+    def custom_exchange(self, exchange, key: str, flat: torch.Tensor, shape: Optional[torch.Size] = None):
         """Codecs with their own collective schedule (PowerSGD's two allreduces, GradiVeQ's
         phases) return a generator here, written like ``Exchange._compressed``: it yields
         ``exchange.comm`` collectives, records bytes in ``exchange.stats`` under ``exchange.label``
-        and returns the averaged flat fp32 tensor. ``None`` (the default) uses the standard patterns.
+        and returns the averaged flat fp32 tensor. ``shape`` is the original tensor's shape
+        (``flat`` is its fp32 flattening), for codecs that view it as a matrix or a conv kernel.
+        ``None`` (the default) uses the standard patterns.
         """
         return None
 
