@@ -11,6 +11,12 @@ Pass a codec where you would pass Horovod's ``hvd.Compression.fp16``::
 
 or use :class:`DistributedOptimizer` (bucketed small tensors, codec state in ``state_dict()``),
 and read :func:`wire_stats` for the bytes each codec put on the wire.
+
+The same codecs serve torch.distributed's ``DistributedDataParallel`` (and Ray Train's
+``TorchTrainer``) through a communication hook::
+
+    state, hook = hc.ddp_comm_hook(hc.QSGD(bits=4), named_parameters=ddp_model.named_parameters())
+    ddp_model.register_comm_hook(state, hook)
 """
 from hvd_compress.torch.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
                                        NoCompression, OneBit, OneBitQuantizer, ScaledSign, SignSGD,
@@ -21,11 +27,21 @@ from hvd_compress.torch.spec import from_spec
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
            "ErrorFeedback", "DoubleSqueeze", "from_spec", "wire_stats", "reset_wire_stats",
-           "DistributedOptimizer"]
+           "DistributedOptimizer", "ddp_comm_hook", "DDPHookState", "TorchDistCollectives"]
+
+# Imported on first use, so importing hvd_compress.torch needs neither Horovod nor an initialized
+# torch.distributed.
+_LAZY = {
+    "DistributedOptimizer": "hvd_compress.torch.optimizer",
+    "ddp_comm_hook": "hvd_compress.torch.ddp",
+    "DDPHookState": "hvd_compress.torch.ddp",
+    "TorchDistCollectives": "hvd_compress.torch.dist",
+}
 
 
 def __getattr__(name):
-    if name == "DistributedOptimizer":  # imports Horovod only when asked for
-        from hvd_compress.torch.optimizer import DistributedOptimizer
-        return DistributedOptimizer
-    raise AttributeError(name)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hvd_compress.torch' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(module), name)
