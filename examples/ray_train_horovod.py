@@ -75,9 +75,10 @@ def run(codec, args, storage):
     trainer = HorovodTrainer(
         train_func, train_loop_config=config,
         horovod_config=HorovodConfig(timeout_s=120),
-        scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=False),
+        # V1 trainers hold a CPU for the trainer actor unless told otherwise; it only coordinates
+        scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=False, trainer_resources={"CPU": 0}),
         run_config=RunConfig(name=f"hvdc-hvd-{codec.replace(':', '_').replace(',', '_').replace('=', '')}",
-                             storage_path=storage))
+                             storage_path=storage, verbose=0))
     result = trainer.fit()
     return dict(result.metrics, codec=codec)
 

@@ -22,21 +22,26 @@ Example (any process group; ``torchrun --nproc_per_node=2 this.py``)::
 Differences from Horovod that this backend hides:
 
 * **Matching by order, not by name.** Horovod matches collectives across ranks by name;
-  torch.distributed matches them by the order they are issued. Names are accepted (and ignored) so
-  the interface is the same; every rank must *issue* the same collectives in the same order, which
-  the exchange's :class:`~hvd_compress.torch.exchange.Driver` guarantees (it visits tensors in a
-  fixed order). Collectives with a second stage (allgather, alltoall: sizes first, then data)
-  issue their second stages in the order the first stages were issued, whatever order ``wait()``
-  is called in.
-* **Variable first dimension in allgather.** Gloo's allgather needs equal sizes, so the first
-  dimensions are gathered first (one int64 per rank), every rank pads to the largest, and the
-  result is trimmed: ``allgather_async`` concatenates rank 0's rows, rank 1's rows, ... like Horovod.
+  torch.distributed matches them by the order they are issued. Names are accepted so the
+  interface is the same (they only key the size cache below); every rank must *issue* the same
+  collectives in the same order, which the exchange's :class:`~hvd_compress.torch.exchange.Driver`
+  guarantees (it visits tensors in a fixed order, round by round). Collectives with a second stage
+  (allgather, alltoall) issue their second stages in the order the first stages were issued,
+  whatever order ``wait()`` is called in.
+* **Variable first dimension in allgather.** Gloo's allgather needs equal sizes, so the first call
+  under a name gathers the first dimensions (one int64 per rank), every rank pads to the largest,
+  and the result is trimmed: ``allgather_async`` concatenates rank 0's rows, rank 1's rows, ...
+  like Horovod. Later calls under the same name pad to the last largest size and carry each
+  rank's true size in an 8-byte header: one round while sizes do not grow (the exchange's payload
+  sizes repeat step after step), a second round only when some rank's tensor grew.
 * **Alltoall.** ``alltoall="native"`` uses ``all_to_all_single`` with uneven splits (Gloo
   supports it on CPU, uint8 included, measured on torch 2.13; so do NCCL and MPI).
-  ``"sendrecv"`` emulates it with pairwise ``isend``/``irecv`` (for process groups without
-  alltoall). ``"auto"`` (default) uses native and switches to sendrecv for good if the process
-  group raises that alltoall is not supported. Received split sizes are exchanged first
-  (an alltoall of one int64 per peer), as Horovod does internally.
+  ``"sendrecv"`` emulates it with point-to-point ``isend``/``irecv`` (``batch_isend_irecv``), one
+  transfer per pair with data, for process groups without alltoall. ``"auto"`` (default) uses
+  native and switches to sendrecv for good if the process group raises that alltoall is not
+  supported. Received sizes: the first call under a name exchanges them first (one int64 per
+  peer, as Horovod does internally); later calls send each peer its chunk padded to last time's
+  size with an 8-byte header, and only a pair whose chunk grew sends it again point to point.
 * **Bytes, not dtypes.** Data-movement collectives (allgather, alltoall, broadcast) move raw bytes
   (any dtype, bool and bf16 included, reinterpreted as uint8), so backend dtype gaps never bite.
   Allreduce keeps the dtype (the backend adds the values); ``average`` is a sum followed by a
