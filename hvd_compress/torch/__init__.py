@@ -1,4 +1,4 @@
-"""hvd_compress for PyTorch: bit-packed gradient codecs for Horovod.
+"""hvd_compress for PyTorch: bit-packed gradient codecs for Horovod and torch.distributed.
 
 Pass a codec where you would pass Horovod's ``hvd.Compression.fp16``::
 
@@ -13,6 +13,12 @@ or use :class:`DistributedOptimizer` (bucketed small tensors, codec state in ``s
 and read :func:`wire_stats` for the bytes each codec put on the wire. Broadcast initial weights at
 8 bits instead of 32 with :func:`broadcast_parameters` (every rank, the root included, ends with
 the same quantized values).
+
+The same codecs serve torch.distributed's ``DistributedDataParallel`` (and Ray Train's
+``TorchTrainer``) through a communication hook::
+
+    state, hook = hc.ddp_comm_hook(hc.QSGD(bits=4), named_parameters=ddp_model.named_parameters())
+    ddp_model.register_comm_hook(state, hook)
 """
 from hvd_compress.torch.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
                                        GradiVeQ, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
@@ -20,17 +26,26 @@ from hvd_compress.torch.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, E
 from hvd_compress.torch.exchange import reset_wire_stats, wire_stats
 from hvd_compress.torch.spec import from_spec
 
+# Imported on first use, so importing hvd_compress.torch needs neither Horovod nor an initialized
+# torch.distributed.
+_LAZY = {
+    "DistributedOptimizer": "hvd_compress.torch.optimizer",
+    "broadcast_parameters": "hvd_compress.torch.broadcast",
+    "BroadcastState": "hvd_compress.torch.broadcast",
+    "ddp_comm_hook": "hvd_compress.torch.ddp",
+    "DDPHookState": "hvd_compress.torch.ddp",
+    "TorchDistCollectives": "hvd_compress.torch.dist",
+}
+
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
            "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "from_spec", "wire_stats",
-           "reset_wire_stats", "DistributedOptimizer", "broadcast_parameters", "BroadcastState"]
+           "reset_wire_stats", *_LAZY]
 
 
 def __getattr__(name):
-    if name == "DistributedOptimizer":  # imports Horovod only when asked for
-        from hvd_compress.torch.optimizer import DistributedOptimizer
-        return DistributedOptimizer
-    if name in ("broadcast_parameters", "BroadcastState"):  # Horovod is imported at call time
-        from hvd_compress.torch import broadcast
-        return getattr(broadcast, name)
-    raise AttributeError(name)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hvd_compress.torch' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(module), name)
