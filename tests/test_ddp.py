@@ -14,9 +14,12 @@ import hvd_compress.torch as hc
 from hvd_compress.demo import DEFAULT_CODECS
 from launch import torchrun
 
+# Linear multi-round codecs: their bytes depend on the chosen rank / basis, checked exactly in
+# test_linear_mp.py; here they must train and keep replicas identical through the hook.
+LINEAR = ["powersgd:rank=2,start_iter=10", "gradiveq:warmup_steps=20,sample_steps=10,compress_steps=60"]
 # every hvd_compress codec of the demo, plus the uncompressed one through the hook
 CODECS = ["none"] + [c for c in DEFAULT_CODECS if c not in ("fp32", "hvd-fp16")] + [
-    "qsgd:bits=2,bucket_size=128", "doublesqueeze:codec=qsgd,bits=4"]
+    "qsgd:bits=2,bucket_size=128", "doublesqueeze:codec=qsgd,bits=4"] + LINEAR
 # TernGrad and SignSGD converge more slowly per step (ternary / majority-vote noise); the issue
 # allows them 3 accuracy points, every other codec 1 point, against uncompressed DDP.
 TOLERANCE_POINTS = {"terngrad": 3.0, "signsgd": 3.0}
@@ -94,6 +97,8 @@ def test_codec_through_ddp_hook(codec_runs, spec):
     # every rank holds the same parameters, bit for bit
     assert all(codec_runs[r][spec]["replicas_identical"] for r in codec_runs)
     # bytes on the wire: the codec's payloads carry its nominal bits per value (within 10%)
+    if spec in LINEAR:
+        return
     stats = row["wire_stats"][row["label"]]
     assert stats["values"] > 0
     assert abs(stats["bits_per_value"] - row["nominal_bits"]) <= 0.1 * row["nominal_bits"], stats
