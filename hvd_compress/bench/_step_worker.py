@@ -1,0 +1,200 @@
+"""Worker of ``python -m hvd_compress.bench step`` (run under ``horovodrun``; not a command itself).
+
+Every rank trains the same model on synthetic data, once per codec, through the stock
+``hvd.DistributedOptimizer(compression=...)``: a few warm-up steps, a barrier, then timed steps.
+Rank 0 reads the interface's byte counter (``/sys/class/net/<iface>/statistics/tx_bytes``) before
+and after the timed steps and writes one JSON row per codec to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+MODELS = ("mlp", "cnn")
+
+
+def make_model(name: str, seed: int = 0, width: int = 0):
+    """``mlp``: 1024-4096-4096-1024-10, about 25.2M parameters (three large dense layers: the
+    communication-bound case). ``cnn``: a small conv net on 3x32x32 inputs (about 2.2M parameters,
+    most in its first dense layer). Returns (model, input shape without batch, classes)."""
+    import torch
+    torch.manual_seed(seed)
+    nn = torch.nn
+    if name == "mlp":
+        w = width or 4096
+        model = nn.Sequential(nn.Linear(1024, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(),
+                              nn.Linear(w, 1024), nn.ReLU(), nn.Linear(1024, 10))
+        return model, (1024,), 10
+    if name == "cnn":
+        c = width or 64
+        model = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * c, 4 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(4 * c * 16, 512), nn.ReLU(), nn.Linear(512, 10))
+        return model, (3, 32, 32), 10
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+
+
+def count_params(name: str, width: int = 0) -> int:
+    model, _, _ = make_model(name, 0, width)
+    return sum(p.numel() for p in model.parameters())
+
+
+class CodecTimer:
+    """Wall time spent inside a codec's entry points (encode, decode, aggregate, ...), counted
+    once per outermost call, so a codec calling its own ``encode`` is not counted twice."""
+
+    METHODS = ("local_scale", "worker_encode", "server_encode", "aggregate", "decode", "encode",
+               "to_summable", "from_summable")
+
+    def __init__(self, codec):
+        self.total = 0.0
+        self.depth = 0
+        for name in self.METHODS:
+            fn = getattr(codec, name, None)
+            if fn is not None:
+                setattr(codec, name, self._wrap(fn))
+
+    def _wrap(self, fn):
+        def timed(*args, **kwargs):
+            self.depth += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.depth -= 1
+                if self.depth == 0:
+                    self.total += time.perf_counter() - t0
+        return timed
+
+
+def read_tx(iface: str) -> int:
+    return int(Path(f"/sys/class/net/{iface}/statistics/tx_bytes").read_text())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default="mlp", choices=MODELS)
+    ap.add_argument("--width", type=int, default=0)
+    ap.add_argument("--codecs", required=True, help="';'-separated: none, hvd-fp16 or hvd_compress specs")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--iface", default="lo")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import torch
+    import horovod.torch as hvd
+    import hvd_compress.torch as hc
+
+    hvd.init()
+    torch.set_num_threads(args.threads)
+    rank, size = hvd.rank(), hvd.size()
+    out = Path(args.out)
+    gen = torch.Generator().manual_seed(args.seed * 100 + rank)
+    model0, shape, classes = make_model(args.model, args.seed, args.width)
+    params = sum(p.numel() for p in model0.parameters())
+    x = torch.randn((args.batch,) + shape, generator=gen)
+    y = torch.randint(0, classes, (args.batch,), generator=gen)
+    barrier_id = [0]
+
+    def barrier():
+        barrier_id[0] += 1
+        hvd.allreduce(torch.zeros(1), name=f"bench.barrier.{barrier_id[0]}")
+
+    split = []  # (forward+backward, optimizer step) of the last step
+
+    def one_step(model, opt):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()  # hooks start the exchanges
+        t1 = time.perf_counter()
+        opt.step()  # waits for the exchanges, decodes
+        t2 = time.perf_counter()
+        split[:] = [t1 - t0, t2 - t1]
+        return t2 - t0
+
+    # compute alone (no communication), every rank at once as in training
+    base = torch.optim.SGD(model0.parameters(), lr=1e-3)
+    for _ in range(args.warmup):
+        one_step(model0, base)
+    compute = statistics.median(one_step(model0, base) for _ in range(args.steps))
+    barrier()
+
+    for spec in [s for s in args.codecs.split(";") if s]:
+        model, _, _ = make_model(args.model, args.seed, args.width)
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        timer = None
+        if spec == "none":
+            compression, label, bits = hvd.Compression.none, "fp32 (horovod)", 32.0
+        elif spec == "hvd-fp16":
+            compression, label, bits = hvd.Compression.fp16, "fp16 (horovod)", 16.0
+        else:
+            compression = hc.from_spec(spec)
+            label, bits = compression.describe(), None
+            timer = CodecTimer(compression)
+        dopt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
+                                        compression=compression)
+        for _ in range(args.warmup):
+            one_step(model, dopt)
+        barrier()
+        hc.reset_wire_stats()
+        if timer is not None:
+            timer.total = 0.0
+        tx0 = read_tx(args.iface)
+        times, fb, st = [], [], []
+        for _ in range(args.steps):
+            times.append(one_step(model, dopt))
+            fb.append(split[0])
+            st.append(split[1])
+        barrier()
+        tx1 = read_tx(args.iface)
+        codec_s = (timer.total / args.steps) if timer is not None else None
+        stats = hc.wire_stats()
+        if spec in ("none", "hvd-fp16"):
+            nominal = 2.0 * (size - 1) / size * params * (4 if spec == "none" else 2)
+        else:
+            nominal = sum(r["sent_bytes"] for r in stats.values()) / args.steps
+            row = stats.get(label)
+            bits = 8.0 * row["payload_bytes"] / max(row["values"], 1) if row else None
+        # every rank's median, so a straggler shows
+        meds = hvd.allgather(torch.tensor([statistics.median(times)], dtype=torch.float64),
+                             name=f"bench.times.{spec}")
+        if rank == 0:
+            step_s = float(meds.max())
+            measured_total = (tx1 - tx0) / args.steps
+            result = {
+                "codec": spec, "label": label, "step_time_s": step_s,
+                "step_times_s": times, "rank_median_step_s": meds.tolist(),
+                "bytes_per_step": measured_total / size,
+                "bytes_per_step_all_workers": measured_total,
+                "nominal_bytes_per_step": nominal,
+                "bytes_vs_nominal": (measured_total / size) / nominal if nominal else None,
+                "bits_per_value": bits,
+                "codec_time_s": codec_s,
+                "forward_backward_s": statistics.median(fb), "optimizer_step_s": statistics.median(st),
+                "codec_share": (codec_s / step_s) if codec_s is not None else None,
+                "compute_time_s": compute, "params": params, "world_size": size,
+                "model": args.model, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+            }
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"row.{len(list(out.glob('row.*.json'))):02d}.json").write_text(json.dumps(result))
+            print(f"[bench step] {label:<40} {step_s * 1000:9.1f} ms/step  "
+                  f"{measured_total / size / 1e6:9.2f} MB/step/worker", file=sys.stderr, flush=True)
+        del dopt, opt, model
+        barrier()
+    hvd.shutdown()
+
+
+if __name__ == "__main__":
+    main()

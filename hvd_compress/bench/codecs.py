@@ -1,0 +1,351 @@
+"""``python -m hvd_compress.bench codecs``: encode+decode throughput of every codec.
+
+For each codec (by default every registered codec, built with ``from_spec(name)``, plus a few
+variants) and each tensor size, it times ``codec.encode`` followed by ``codec.decode`` on a random
+fp32 tensor and reports GB/s *of fp32 input* (``4 * numel / seconds``), the median of repeated
+timings; beside it the plain reference implementation of the same math
+(:mod:`hvd_compress.bench.reference`: straightforward torch ops, an unpacked int8 payload) and the
+bits per value the codec puts on the wire (scales included). The roofline is the machine's
+memory-copy bandwidth, measured the same way (``dst.copy_(src)`` of a preallocated fp32 tensor,
+GB/s of fp32 copied) on a buffer larger than the last-level cache.
+
+Stochastic codecs draw their noise from a seeded ``torch.Generator`` (inside the timing, as in
+training); TernGrad computes its own scale (``local_scale``) inside the timing.
+
+``--baseline REF`` also times another version of the codecs in the same run, interleaved with the
+current one (same machine load): REF is a git revision of this repository (exported with
+``git archive``) or a directory holding an ``hvd_compress`` package. That is how the before/after
+table in BENCHMARKS.md is made::
+
+    python -m hvd_compress.bench codecs --baseline d838d68 --json bench/results/codecs.json
+
+JSON (``--json PATH``)::
+
+    {"rows": [{"codec": "qsgd:bits=4", "size": 1048576, "encode_decode_gbps": ..,
+               "encode_gbps": .., "decode_gbps": .., "reference_gbps": ..,
+               "bits_per_value": .., "copy_gbps": .., "baseline_gbps": ..}, ...],
+     "copy_gbps": .., "threads": 2, ...}
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from hvd_compress.bench.reference import reference_for
+
+DEFAULT_SIZES = [1 << 16, 1 << 20, 1 << 24]
+VARIANTS = ["qsgd:bits=8", "qsgd:bits=2,bucket_size=128"]
+# The four codecs issue #8 holds to >= 1 GB/s of fp32 input on two cores.
+TARGETS = ("qsgd", "onebit", "efsign", "terngrad")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def default_specs() -> List[str]:
+    from hvd_compress.torch.spec import registry
+    names = list(registry())
+    out = []
+    for name in names:
+        out.append(name)
+        if name == "qsgd":
+            out += VARIANTS
+    return out
+
+
+# ----------------------------------------------------------------------------- timing
+def _median_time(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def copy_bandwidth(numel: int, repeats: int = 7) -> float:
+    """GB/s of fp32 copied by ``dst.copy_(src)`` (preallocated): the memory roofline."""
+    src = torch.randn(numel)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = [_median_time(lambda: dst.copy_(src)) for _ in range(repeats)]
+    return 4.0 * numel / statistics.median(times) / 1e9
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
+class _Timed:
+    """One implementation to time: encode then decode, with fresh seeded noise each repeat."""
+
+    def __init__(self, label, encode, decode, stochastic):
+        self.label, self.encode, self.decode, self.stochastic = label, encode, decode, stochastic
+        self.enc: List[float] = []
+        self.dec: List[float] = []
+        self.total: List[float] = []
+
+    def run(self, x: torch.Tensor, rep: int):
+        g = torch.Generator().manual_seed(1000 + rep) if self.stochastic else None
+        t0 = _clock()
+        payload = self.encode(x, g)
+        t1 = _clock()
+        self.decode(payload, x.numel())
+        t2 = _clock()
+        self.enc.append(t1 - t0)
+        self.dec.append(t2 - t1)
+        self.total.append(t2 - t0)
+
+    def gbps(self, numel: int) -> Dict[str, float]:
+        gb = 4.0 * numel / 1e9
+        return {"encode_decode_gbps": gb / statistics.median(self.total),
+                "encode_gbps": gb / statistics.median(self.enc),
+                "decode_gbps": gb / statistics.median(self.dec)}
+
+
+def _codec_timed(label, codec) -> Optional[_Timed]:
+    try:
+        codec.payload_nbytes(1024)
+    except NotImplementedError:
+        return None
+    return _Timed(label, lambda x, g: codec.encode(x, g), codec.decode, bool(codec.stochastic))
+
+
+def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: float = 0.0,
+            baseline: Optional[Callable] = None, reference: bool = True,
+            progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+    """Rows of throughput per (codec, size). Current code, reference and baseline are timed in
+    round-robin within each repeat so they see the same machine load."""
+    from hvd_compress.torch import from_spec
+    rows = []
+    for size in sizes:
+        x = torch.randn(size, generator=torch.Generator().manual_seed(size)) * 1e-2
+        copy_gbps = copy_bandwidth(size)
+        for spec in specs:
+            codec = from_spec(spec)
+            mine = _codec_timed("codec", codec)
+            if mine is None:
+                if progress:
+                    progress(f"skip {spec}: no encode/decode (custom exchange)")
+                continue
+            contenders = [mine]
+            ref = reference_for(codec) if reference else None
+            if ref is not None:
+                contenders.append(_Timed("reference", ref[0], ref[1], True))
+            base = None
+            if baseline is not None:
+                try:
+                    base = _codec_timed("baseline", baseline(spec))
+                except Exception as exc:  # the old version may not know this codec
+                    if progress:
+                        progress(f"baseline has no {spec}: {exc}")
+                if base is not None:
+                    contenders.append(base)
+            for c in contenders:  # warm-up (first-touch of buffers, lazy tables)
+                c.run(x, -1)
+                c.enc.clear(), c.dec.clear(), c.total.clear()
+            rep, t_start = 0, time.perf_counter()
+            while rep < repeats or (time.perf_counter() - t_start < min_time and rep < 50):
+                for c in (contenders if rep % 2 == 0 else contenders[::-1]):
+                    c.run(x, rep)
+                rep += 1
+            row = {"codec": spec, "describe": codec.describe(), "size": size,
+                   "bits_per_value": codec.nominal_bits(size), "copy_gbps": copy_gbps,
+                   "repeats": rep}
+            row.update(mine.gbps(size))
+            row["reference_gbps"] = contenders[1].gbps(size)["encode_decode_gbps"] if ref else None
+            if base is not None:
+                b = base.gbps(size)
+                row["baseline_gbps"] = b["encode_decode_gbps"]
+                row["baseline_encode_gbps"] = b["encode_gbps"]
+                row["baseline_decode_gbps"] = b["decode_gbps"]
+                row["speedup_vs_baseline"] = row["encode_decode_gbps"] / b["encode_decode_gbps"]
+            rows.append(row)
+            if progress:
+                progress(_format_row(row))
+    return rows
+
+
+# ----------------------------------------------------------------------------- baseline
+def load_baseline(ref: str) -> Callable:
+    """``from_spec`` of another version of hvd_compress, imported side by side with this one.
+
+    ``ref`` is a directory containing ``hvd_compress/`` or a git revision of this repository.
+    The old package is imported under its own name while this one's modules are set aside in
+    ``sys.modules``, then this one is put back; the old codec objects keep their own module
+    globals, so both versions run in one process.
+    """
+    path = Path(ref)
+    if (path / "hvd_compress" / "torch").is_dir():
+        root = path
+    else:
+        root = Path(tempfile.mkdtemp(prefix="hvdc-baseline-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        try:
+            blob = subprocess.run(["git", "-C", str(REPO), "archive", ref, "hvd_compress"],
+                                  check=True, capture_output=True).stdout
+        except (OSError, subprocess.CalledProcessError) as exc:
+            err = getattr(exc, "stderr", b"") or b""
+            raise SystemExit(f"--baseline {ref!r}: neither a directory with hvd_compress/ nor a git "
+                             f"revision of {REPO}: {err.decode(errors='replace').strip() or exc}")
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+            tar.extractall(root)
+    def ours():
+        return {k: m for k, m in sys.modules.items() if k == "hvd_compress" or k.startswith("hvd_compress.")}
+
+    current = ours()
+    for k in current:
+        del sys.modules[k]
+    sys.path.insert(0, str(root))
+    try:
+        import hvd_compress.torch  # noqa: F401 - the old tree's package
+        import hvd_compress.torch.spec as old_spec
+        old_modules = ours()
+    finally:
+        sys.path.remove(str(root))
+        for k in ours():
+            del sys.modules[k]
+        sys.modules.update(current)
+
+    def old_from_spec(spec):
+        # from_spec imports the codecs lazily: run it with the old modules in place
+        mine = ours()
+        for k in mine:
+            del sys.modules[k]
+        sys.modules.update(old_modules)
+        try:
+            return old_spec.from_spec(spec)
+        finally:
+            for k in ours():
+                del sys.modules[k]
+            sys.modules.update(mine)
+
+    return old_from_spec
+
+
+# ----------------------------------------------------------------------------- output
+def _fmt(v, spec="{:8.2f}"):
+    return spec.format(v) if v is not None else f"{'-':>8}"
+
+
+def _format_row(r: dict) -> str:
+    base = ""
+    if "baseline_gbps" in r:
+        base = f" {_fmt(r['baseline_gbps'])} {r['speedup_vs_baseline']:7.1f}x"
+    ref = r.get("reference_gbps")
+    vs_ref = f"{r['encode_decode_gbps'] / ref:6.1f}x" if ref else f"{'-':>7}"
+    return (f"{r['codec'][:30]:<30} {r['size']:>10,} {r['encode_decode_gbps']:8.2f} "
+            f"{r['encode_gbps']:8.2f} {r['decode_gbps']:8.2f} {_fmt(ref)} {vs_ref}{base} "
+            f"{r['bits_per_value']:7.3f} {100 * r['encode_decode_gbps'] / r['copy_gbps']:6.1f}%")
+
+
+def format_table(result: dict) -> str:
+    has_base = any("baseline_gbps" in r for r in result["rows"])
+    head = (f"{'codec':<30} {'size':>10} {'enc+dec':>8} {'encode':>8} {'decode':>8} "
+            f"{'ref':>8} {'vs ref':>7}")
+    if has_base:
+        head += f" {'before':>8} {'speedup':>8}"
+    head += f" {'bits/v':>7} {'of copy':>7}"
+    lines = [head, "-" * len(head)]
+    lines += [_format_row(r) for r in result["rows"]]
+    lines.append(f"GB/s of fp32 input (median of repeats); ref: plain torch with an unpacked int8 "
+                 f"payload; of copy: enc+dec / copy bandwidth at that size. Memory-copy roofline: "
+                 f"{result['copy_gbps']:.2f} GB/s ({result['threads']} threads).")
+    return "\n".join(lines)
+
+
+def targets_summary(result: dict) -> str:
+    """Issue #8's bar: QSGD, OneBit, EFSign, TernGrad >= 1 GB/s (goal 40% of copy bandwidth)."""
+    lines = []
+    for name in TARGETS:
+        rows = [r for r in result["rows"] if r["codec"] == name]
+        for r in rows:
+            ok = r["encode_decode_gbps"] >= 1.0
+            goal = r["encode_decode_gbps"] >= 0.4 * result["copy_gbps"]
+            lines.append(f"{name:<9} size {r['size']:>10,}: {r['encode_decode_gbps']:6.2f} GB/s "
+                         f"[{'>= 1 GB/s' if ok else 'BELOW 1 GB/s'}; "
+                         f"{100 * r['encode_decode_gbps'] / result['copy_gbps']:.0f}% of the "
+                         f"{result['copy_gbps']:.1f} GB/s copy roofline{' (goal met)' if goal else ''}]")
+    return "\n".join(lines)
+
+
+def parse_sizes(text: str) -> List[int]:
+    out = []
+    for tok in text.replace(",", " ").split():
+        tok = tok.strip().lower()
+        mult = 1
+        for suffix, m in (("k", 1 << 10), ("m", 1 << 20)):
+            if tok.endswith(suffix):
+                tok, mult = tok[:-1], m
+        try:
+            value = int(float(tok) * mult)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad size {tok!r}: use integers, e.g. 65536,1m,16m")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"sizes must be positive, got {value}")
+        out.append(value)
+    if not out:
+        raise argparse.ArgumentTypeError("no sizes given")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hvd_compress.bench codecs", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=parse_sizes, default=DEFAULT_SIZES,
+                    help="tensor sizes in values, e.g. 65536,1m,16m (default: 64k,1m,16m)")
+    ap.add_argument("--codecs", default=None,
+                    help="codec specs separated by ';' (default: every registered codec and a few variants)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="torch.set_num_threads (default: all cores, %(default)s)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per codec and size (median)")
+    ap.add_argument("--min-time", type=float, default=0.0,
+                    help="keep repeating (up to 50) until this many seconds were spent per codec and size")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall: elapsed time (default); cpu: CPU time of the whole process (all its "
+                         "threads), steadier on a loaded machine")
+    ap.add_argument("--baseline", help="also time another version: a git revision or a directory with hvd_compress/")
+    ap.add_argument("--no-reference", action="store_true", help="skip the plain reference implementations")
+    ap.add_argument("--json", help="write the result as JSON here")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
+    global _clock
+    _clock = CLOCKS[args.clock]
+    specs = [s.strip() for s in args.codecs.split(";") if s.strip()] if args.codecs else default_specs()
+    from hvd_compress.torch import from_spec
+    for s in specs:
+        from_spec(s)  # a bad spec fails before any timing, listing what exists
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    roof_numel = max(max(args.sizes), 1 << 24)  # larger than the last-level cache
+    result = {"copy_gbps": copy_bandwidth(roof_numel), "copy_numel": roof_numel,
+              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "baseline": args.baseline, "clock": args.clock,
+              "command": "python -m hvd_compress.bench codecs " + " ".join(argv if argv is not None else sys.argv[1:])}
+    result["rows"] = measure(specs, args.sizes, args.repeats, args.min_time, baseline,
+                             reference=not args.no_reference, progress=say)
+    print(format_table(result))
+    print()
+    print(targets_summary(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

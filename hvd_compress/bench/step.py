@@ -1,0 +1,263 @@
+"""``python -m hvd_compress.bench step``: training step time over a rate-limited link, per codec.
+
+Runs the training step of a communication-bound model (default: an MLP 1024-4096-4096-1024-10,
+25.2M parameters; ``--model cnn``: a small conv net) under ``horovodrun -np N --gloo`` inside a
+network namespace whose loopback is shaped with ``tc`` (token bucket), once per codec plus
+``none`` (Horovod's fp32 allreduce) and ``hvd-fp16`` (Horovod's own ``Compression.fp16``), all
+through the stock ``hvd.DistributedOptimizer(compression=...)``. Per codec it reports:
+
+* ``step_time_s``: median of the timed steps after warm-up (the slowest rank's median);
+* ``bytes_per_step``: bytes per step per worker measured on the interface (the namespace's
+  ``lo`` ``tx_bytes`` over the timed steps, divided by N), beside ``nominal_bytes_per_step`` (what
+  the codec's payloads and the collectives' algorithms predict: ``wire_stats()`` for hvd_compress
+  codecs, ``2 (N-1)/N x bytes`` for Horovod's ring allreduce);
+* ``codec_share``: the fraction of the step spent inside the codec's encode/decode/aggregate.
+
+The link model. All workers share one loopback, so ``tc`` on ``lo`` limits their *total* traffic.
+``--link RATE`` is the rate of each worker's link: ``lo`` is shaped to ``N x RATE``, the aggregate
+of N full-duplex RATE links, which is what a ring allreduce, an alltoall or an allgather (every
+worker sending and receiving at once) sees on a switch of RATE ports. ``--shared-link`` shapes
+``lo`` to RATE itself (N workers sharing one RATE medium). No propagation delay is added (this
+kernel may lack ``netem``).
+
+Needs root (``ip netns``, ``tc``); without it the command says so and exits with status 2. The
+namespace is always deleted, also on failure or Ctrl-C.
+
+Examples::
+
+    python -m hvd_compress.bench step --link 1gbit --np 4 --json bench/results/step-1gbit.json
+    python -m hvd_compress.bench step --link 1gbit,10gbit --np 4 --plot docs/bench/step-vs-link.png
+
+JSON: ``{"rows": [{"codec": "none", "link": "1gbit", "step_time_s": .., "bytes_per_step": ..,
+"nominal_bytes_per_step": .., "codec_share": .., ...}, ...], "np": 4, "model": "mlp", ...}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from hvd_compress.bench.netns import NamespaceUnavailable, ShapedNamespace, check_available, format_rate, parse_rate
+
+REPO = Path(__file__).resolve().parents[2]
+BASELINES = ["none", "hvd-fp16"]
+DEFAULT_CODECS = ["fp16", "bf16", "qsgd", "qsgd:bits=8", "terngrad", "onebit", "efsign", "signsgd",
+                  "topk", "doublesqueeze"]
+
+
+def default_codecs() -> List[str]:
+    """``none``, ``hvd-fp16``, then every registered codec (our ``none`` is Horovod's fp32 path)."""
+    from hvd_compress.torch.spec import registry
+    names = list(DEFAULT_CODECS)
+    for name in registry():
+        if name != "none" and name not in names:
+            names.append(name)
+    return BASELINES + names
+
+
+def horovodrun_path() -> str:
+    cand = Path(sys.executable).parent / "horovodrun"
+    if cand.exists():
+        return str(cand)
+    found = shutil.which("horovodrun")
+    if not found:
+        raise SystemExit("horovodrun not found next to this Python or on PATH")
+    return found
+
+
+def run_job(ns: ShapedNamespace, args, codecs: List[str], out_dir: Path) -> List[dict]:
+    worker = [sys.executable, "-m", "hvd_compress.bench._step_worker", "--out", str(out_dir),
+              "--model", args.model, "--codecs", ";".join(codecs), "--warmup", str(args.warmup),
+              "--steps", str(args.steps), "--batch", str(args.batch), "--iface", "lo",
+              "--threads", str(args.threads)]
+    if args.width:
+        worker += ["--width", str(args.width)]
+    cmd = ns.command([horovodrun_path(), "-np", str(args.np), "--gloo", "--network-interface", "lo"] + worker)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.update({"HOROVOD_GLOO_IFACE": "lo", "OMP_NUM_THREADS": str(args.threads),
+                "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+    if args.thp:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    tail: List[str] = []
+    deadline = time.monotonic() + args.timeout
+    try:
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"horovodrun ran past --timeout {args.timeout}s")
+            if not sel.select(timeout=1.0):
+                if proc.poll() is not None:
+                    break
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                if proc.poll() is not None:
+                    break
+                continue
+            tail = (tail + [line])[-60:]
+            if "[bench step]" in line and not args.quiet:
+                print(line.rstrip().split("[bench step] ", 1)[-1], file=sys.stderr, flush=True)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"horovodrun failed (exit {proc.returncode}):\n" + "".join(tail))
+    return [json.loads(p.read_text()) for p in sorted(out_dir.glob("row.*.json"))]
+
+
+def format_table(result: dict) -> str:
+    lines = []
+    for link in result["links"]:
+        rows = [r for r in result["rows"] if r["link"] == link]
+        if not rows:
+            continue
+        fp32 = next((r for r in rows if r["codec"] == "none"), None)
+        fp16 = next((r for r in rows if r["codec"] == "hvd-fp16"), None)
+        head = (f"{'codec':<34} {'ms/step':>9} {'vs fp32':>8} {'vs hvd16':>8} {'MB/step':>9} "
+                f"{'nominal':>9} {'meas/nom':>8} {'bits/v':>7} {'codec%':>7}")
+        lines.append(f"link {link} per worker (lo shaped to {format_rate(rows[0]['lo_rate_bits'])}), "
+                     f"{result['np']} workers, model {result['model']} ({rows[0]['params'] / 1e6:.1f}M params, "
+                     f"batch {rows[0]['batch']}/worker), compute alone {1000 * rows[0]['compute_time_s']:.0f} ms/step")
+        lines.append(head)
+        lines.append("-" * len(head))
+        for r in rows:
+            vs32 = fp32["step_time_s"] / r["step_time_s"] if fp32 else None
+            vs16 = fp16["step_time_s"] / r["step_time_s"] if fp16 else None
+            share = r.get("codec_share")
+            lines.append(
+                f"{r['label'][:34]:<34} {1000 * r['step_time_s']:9.1f} "
+                f"{(f'{vs32:7.2f}x' if vs32 else '-'):>8} {(f'{vs16:7.2f}x' if vs16 else '-'):>8} "
+                f"{r['bytes_per_step'] / 1e6:9.2f} {r['nominal_bytes_per_step'] / 1e6:9.2f} "
+                f"{r['bytes_vs_nominal']:8.3f} {(r['bits_per_value'] or 0):7.2f} "
+                f"{(f'{100 * share:6.1f}%' if share is not None else '-'):>7}")
+        best = min((r for r in rows if r["codec"] not in BASELINES), key=lambda r: r["step_time_s"], default=None)
+        if best and fp32 and fp16:
+            lines.append(f"best: {best['label']}: {fp32['step_time_s'] / best['step_time_s']:.2f}x faster than "
+                         f"fp32, {fp16['step_time_s'] / best['step_time_s']:.2f}x faster than Horovod fp16")
+        lines.append("")
+    lines.append("MB/step: bytes each worker sent per step, measured on the interface (lo tx_bytes / N); "
+                 "nominal: payload bytes x collective algorithm; codec%: share of the step inside encode/decode.")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = result["rows"]
+    codecs = list(dict.fromkeys(r["codec"] for r in rows))
+    links = sorted(set(r["link_bits"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    if len(links) > 1:
+        for c in codecs:
+            pts = sorted((r["link_bits"], r["step_time_s"]) for r in rows if r["codec"] == c)
+            label = next(r["label"] for r in rows if r["codec"] == c)
+            style = "--" if c in BASELINES else "-"
+            ax.plot([p[0] / 1e9 for p in pts], [p[1] for p in pts], style, marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("link rate per worker (Gbit/s)")
+        ax.set_ylabel("step time (s)")
+    else:
+        labels = [next(r["label"] for r in rows if r["codec"] == c) for c in codecs]
+        times = [next(r["step_time_s"] for r in rows if r["codec"] == c) for c in codecs]
+        ax.barh(labels, times, color=["grey" if c in BASELINES else "C0" for c in codecs])
+        ax.invert_yaxis()
+        ax.set_xlabel("step time (s)")
+    ax.set_title(f"{result['model']} step, {result['np']} workers (horovodrun --gloo, tc-shaped loopback)",
+                 fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    if len(links) > 1:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hvd_compress.bench step", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--link", required=True, help="link rate per worker, e.g. 1gbit; several: 1gbit,10gbit")
+    ap.add_argument("--np", type=int, default=4, help="workers (default 4)")
+    ap.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    ap.add_argument("--width", type=int, default=0, help="hidden width (mlp, default 4096) or channels (cnn, 64)")
+    ap.add_argument("--codecs", default=None,
+                    help="';'-separated: none, hvd-fp16 and hvd_compress specs (default: all)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per codec (median reported)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per codec first")
+    ap.add_argument("--batch", type=int, default=16, help="samples per worker per step")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    ap.add_argument("--shared-link", action="store_true",
+                    help="shape lo to RATE itself (all workers share one RATE medium) instead of N x RATE")
+    ap.add_argument("--no-thp", dest="thp", action="store_false",
+                    help="do not set THP_MEM_ALLOC_ENABLE=1 (torch's huge pages for large tensors) in workers")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per horovodrun job")
+    ap.add_argument("--json", help="write the result here")
+    ap.add_argument("--plot", help="write a PNG: step time against link rate (bars for one rate)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.np < 2:
+        ap.error("--np must be >= 2")
+    try:
+        rates = [(t.strip(), parse_rate(t)) for t in args.link.split(",") if t.strip()]
+    except ValueError as exc:
+        ap.error(str(exc))
+    codecs = [c.strip() for c in args.codecs.split(";") if c.strip()] if args.codecs else default_codecs()
+    from hvd_compress.torch import from_spec
+    for c in codecs:
+        if c not in BASELINES:
+            from_spec(c)  # a bad spec fails before any namespace exists
+    try:
+        check_available()
+    except NamespaceUnavailable as exc:
+        print(f"hvd_compress.bench step: {exc}", file=sys.stderr)
+        return 2
+    result = {"np": args.np, "model": args.model, "links": [r[0] for r in rates],
+              "link_model": "shared" if args.shared_link else "per-worker (lo = N x RATE)",
+              "steps": args.steps, "warmup": args.warmup, "threads_per_worker": args.threads,
+              "cpu_count": os.cpu_count(), "thp": args.thp,
+              "command": "python -m hvd_compress.bench step " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "rows": []}
+    try:
+        lo0 = rates[0][1] * (1 if args.shared_link else args.np)
+        with ShapedNamespace(lo0) as ns:
+            for text, bits in rates:
+                lo = bits * (1 if args.shared_link else args.np)
+                ns.set_rate(lo)
+                if not args.quiet:
+                    print(f"== link {text} per worker: {ns.qdisc}", file=sys.stderr, flush=True)
+                with tempfile.TemporaryDirectory(prefix="hvdc-step-") as tmp:
+                    rows = run_job(ns, args, codecs, Path(tmp))
+                for r in rows:
+                    r.update({"link": text, "link_bits": bits, "lo_rate_bits": lo})
+                result["rows"] += rows
+    except NamespaceUnavailable as exc:
+        print(f"hvd_compress.bench step: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
