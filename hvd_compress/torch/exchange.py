@@ -25,9 +25,9 @@ from typing import Dict, Generator, Iterable, List, Optional, Tuple
 
 import torch
 
+from hvd_compress.common import UNCOMPRESSED, chunk_bounds, mix, ring_allreduce_bytes  # noqa: F401 (re-exported)
 from hvd_compress.torch.codecs.base import Codec
 
-UNCOMPRESSED = "uncompressed"
 
 
 class WireStats:
@@ -83,26 +83,7 @@ def reset_wire_stats() -> None:
     WIRE_STATS.reset()
 
 
-def chunk_bounds(numel: int, parts: int, align: int) -> List[Tuple[int, int]]:
-    """Split ``numel`` values into ``parts`` non-empty chunks starting at multiples of ``align``
-    where that is possible, else of 8 (whole packed bytes), else balanced."""
-    for step in (align, 8, 1):
-        per = -(-numel // parts)
-        per = -(-per // step) * step
-        if per * (parts - 1) < numel:
-            return [(min(i * per, numel), min((i + 1) * per, numel)) for i in range(parts)]
-    base, extra = divmod(numel, parts)
-    sizes = [base + (i < extra) for i in range(parts)]
-    starts = [sum(sizes[:i]) for i in range(parts)]
-    return [(s, s + z) for s, z in zip(starts, sizes)]
-
-
-def _mix(*parts: int) -> int:
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
+_mix = mix  # the RNG stream seed hash (hvd_compress.common.mix)
 
 
 class Exchange:
@@ -235,8 +216,7 @@ class Exchange:
         return out
 
 
-def _ring_allreduce_bytes(nbytes: int, size: int) -> float:
-    return 2.0 * (size - 1) / size * nbytes
+_ring_allreduce_bytes = ring_allreduce_bytes
 
 
 class Driver:
