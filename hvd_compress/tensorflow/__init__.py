@@ -22,16 +22,17 @@ from hvd_compress.tensorflow.stats import compression_error, reset_wire_stats, w
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
            "ErrorFeedback", "DoubleSqueeze", "from_spec", "wire_stats", "reset_wire_stats",
-           "compression_error", "Exchange", "allreduce_gradients", "broadcast_variables"]
+           "compression_error", "Exchange", "GradientReducer", "allreduce_gradients",
+           "broadcast_variables"]
 
 
 def __getattr__(name):  # Horovod is imported only when asked for
     if name == "Exchange":
         from hvd_compress.tensorflow.exchange import Exchange
         return Exchange
-    if name == "allreduce_gradients":
-        from hvd_compress.tensorflow.reduce import allreduce_gradients
-        return allreduce_gradients
+    if name in ("allreduce_gradients", "GradientReducer"):
+        from hvd_compress.tensorflow import reduce
+        return getattr(reduce, name)
     if name == "broadcast_variables":
         from hvd_compress.tensorflow.broadcast import broadcast_variables
         return broadcast_variables

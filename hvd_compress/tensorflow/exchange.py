@@ -70,6 +70,29 @@ class Exchange:
                              "). Construct the same codec with the same arguments on every rank.")
         self._checked = True
 
+    # ---------------------------------------------------------------- state up front
+    def build_state(self, key: str, shape, dtype) -> None:
+        """Create the state variables the exchange of tensor ``key`` will use (RNG step counter,
+        residuals; the server residual of this rank's chunk under DoubleSqueeze), so that a
+        checkpoint can be restored into them before the first step."""
+        shape = tf.TensorShape(shape)
+        if not shape.is_fully_defined():
+            return
+        n = int(shape.num_elements())
+        codec = self.codec
+        if not codec.compresses(n, shape.rank, tf.as_dtype(dtype).is_floating):
+            return
+        pattern = codec.pattern(self.comm.size, n)
+        if pattern == "allreduce":
+            return
+        if codec.stochastic:
+            codec.state_variable("step", key, [], tf.int64)
+        owner = None
+        if pattern == "reduce_scatter":
+            lo, hi = chunk_bounds(n, self.comm.size, codec.alignment())[self.comm.rank]
+            owner = hi - lo
+        codec.build_state(key, n, owner)
+
     # ---------------------------------------------------------------- one tensor
     @tf.autograph.experimental.do_not_convert
     def average(self, key: str, tensor: tf.Tensor, compress: Optional[bool] = None,
@@ -147,7 +170,7 @@ class Exchange:
         if pattern == "allgather":
             bounds = [(0, n)]
             payloads = codec.worker_encode(flat, key, bounds, draw, scale)
-            self._track_error(flat, payloads, bounds)
+            self._track_error(flat, payloads, bounds, key)
             nbytes = codec.payload_nbytes(n)
             gathered = tf.reshape(comm.allgather(payloads[0], op_name(key, "ag")), [size, nbytes])
             self.stats.add(self.label, n, nbytes, nbytes * (size - 1))
@@ -155,7 +178,7 @@ class Exchange:
 
         bounds = chunk_bounds(n, size, codec.alignment())
         payloads = codec.worker_encode(flat, key, bounds, draw, scale)
-        self._track_error(flat, payloads, bounds)
+        self._track_error(flat, payloads, bounds, key)
         splits = [codec.payload_nbytes(b - a) for a, b in bounds]
         received = comm.alltoall(tf.concat(payloads, 0), splits, op_name(key, "a2a"))
         lo, hi = bounds[rank]
@@ -172,12 +195,18 @@ class Exchange:
         self.stats.add(self.label, n, sum(splits), sent)
         return tf.concat(parts, 0)
 
-    def _track_error(self, flat, payloads, bounds):
+    def _track_error(self, flat, payloads, bounds, key):
         """With ``stats.track_error``: this worker's ``||p - C(p)||^2`` and ``||p||^2``, where ``p``
-        is what it encoded (for error-feedback codecs the decoded payload is compared with the
-        gradient, so the number is the error of this step's message, residual included)."""
+        is what it encoded: the gradient, or for error-feedback codecs the gradient plus the
+        residual (then ``p - C(p)`` is exactly the new residual)."""
         if not self.stats.track_error:
             return
-        decoded = tf.concat([self.codec.decode(p, b - a) for p, (a, b) in zip(payloads, bounds)], 0)
-        diff = decoded - flat
-        self.stats.add_error(self.label, tf.reduce_sum(diff * diff), tf.reduce_sum(flat * flat))
+        residual = self.codec.residual_of(key)
+        if residual is not None:
+            err = residual.read_value()  # read after the encoder's update (same resource, in order)
+            decoded = tf.concat([self.codec.decode(p, b - a) for p, (a, b) in zip(payloads, bounds)], 0)
+            ref = decoded + err
+        else:
+            decoded = tf.concat([self.codec.decode(p, b - a) for p, (a, b) in zip(payloads, bounds)], 0)
+            err, ref = decoded - flat, flat
+        self.stats.add_error(self.label, tf.reduce_sum(err * err), tf.reduce_sum(ref * ref))

@@ -60,6 +60,8 @@ class WireStats:
     def snapshot(self) -> Dict[str, Dict[str, float]]:
         out = {}
         for label, row in self.raw().items():
+            if not any(row.values()):  # reset and unused since
+                continue
             v = max(row["values"], 1.0)
             out[label] = {"values": int(row["values"]), "payload_bytes": int(row["payload_bytes"]),
                           "sent_bytes": row["sent_bytes"], "tensors": int(row["tensors"]),

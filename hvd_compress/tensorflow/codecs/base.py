@@ -137,9 +137,16 @@ class Codec(CodecConfig, _Trackable):
             var.assign_add(1)
         return current
 
-    def build_state(self, key: str, numel: int) -> None:
+    def residual_of(self, key: str) -> Optional[tf.Variable]:
+        """The worker-side error-feedback residual of ``key`` (this codec's or a wrapped one's)."""
+        var = self.state["residual"].get(key)
+        inner = getattr(self, "inner", None)
+        return var if var is not None or inner is None else inner.residual_of(key)
+
+    def build_state(self, key: str, numel: int, owner_numel: Optional[int] = None) -> None:
         """Create the state variables a tensor ``key`` of ``numel`` values will need (so a
-        checkpoint can be restored into them before the first step). The default needs none."""
+        checkpoint can be restored into them before the first step); ``owner_numel``: the size
+        of the chunk this rank owns under the reduce-scatter. The default needs none."""
 
     # ------------------------------------------------------------------ Horovod stock API
     @tf.autograph.experimental.do_not_convert
@@ -189,8 +196,8 @@ class Wrapper(WrapperFormat, Codec):
     def server_encode(self, mean, key, draw, owner, scale=None):
         return self.inner.server_encode(mean, key, draw, owner, scale)
 
-    def build_state(self, key, numel):
-        self.inner.build_state(key, numel)
+    def build_state(self, key, numel, owner_numel=None):
+        self.inner.build_state(key, numel, owner_numel)
 
 
 # ---------------------------------------------------------------------- helpers

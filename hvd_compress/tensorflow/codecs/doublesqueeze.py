@@ -21,6 +21,11 @@ class DoubleSqueeze(DoubleSqueezeFormat, Wrapper):
         options.setdefault("exchange", "reduce_scatter")
         super().__init__(inner, **options)
 
+    def build_state(self, key, numel, owner_numel=None):
+        self.inner.build_state(key, numel, owner_numel)
+        if owner_numel is not None:
+            self.state_variable("server_residual", key, [owner_numel])
+
     def server_encode(self, mean, key, draw, owner, scale=None):
         n = numel_of(mean)
         e = self.state_variable("server_residual", key, [n])

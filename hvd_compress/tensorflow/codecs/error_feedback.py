@@ -21,9 +21,9 @@ class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
     rounding of one subtraction.
     """
 
-    def build_state(self, key, numel):
+    def build_state(self, key, numel, owner_numel=None):
         self.state_variable("residual", key, [numel])
-        self.inner.build_state(key, numel)
+        self.inner.build_state(key, numel, owner_numel)
 
     def worker_encode(self, x, key, bounds, draw, scale=None):
         n = numel_of(x)
