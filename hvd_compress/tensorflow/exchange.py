@@ -143,6 +143,7 @@ class Exchange:
 
     def _allreduce_summable(self, key, flat):
         t = self.codec.to_summable(flat)
+        self.track_summable_error(flat, t)
         out = self.comm.allreduce(t, op_name(key, "sum"), op="average")
         n = int(flat.shape.num_elements())
         nbytes = n * t.dtype.size
@@ -194,6 +195,12 @@ class Exchange:
         sent = 2 * (sum(splits) - splits[rank])
         self.stats.add(self.label, n, sum(splits), sent)
         return tf.concat(parts, 0)
+
+    def track_summable_error(self, flat, summable):
+        """With ``stats.track_error``: the cast error of a summable codec (FP16's rounding)."""
+        if self.stats.track_error:
+            err = self.codec.from_summable(summable) - flat
+            self.stats.add_error(self.label, tf.reduce_sum(err * err), tf.reduce_sum(flat * flat))
 
     def _track_error(self, flat, payloads, bounds, key):
         """With ``stats.track_error``: this worker's ``||p - C(p)||^2`` and ``||p||^2``, where ``p``

@@ -111,7 +111,10 @@ class StockEngine:
             return send, ("plain", name, dtype)
         n = int(tensor.shape.num_elements())
         if codec.summable:
-            t = tf.reshape(codec.to_summable(tf.reshape(tf.cast(tensor, tf.float32), [-1])), tensor.shape)
+            flat = tf.reshape(tf.cast(tensor, tf.float32), [-1])
+            summable = codec.to_summable(flat)
+            self.exchange.track_summable_error(flat, summable)
+            t = tf.reshape(summable, tensor.shape)
             nbytes = n * t.dtype.size
             WIRE_STATS.add(self.exchange.label, n, nbytes, ring_allreduce_bytes(nbytes, self.comm.size))
             return t, ("sum", name, dtype)
