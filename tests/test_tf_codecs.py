@@ -223,3 +223,10 @@ def test_state_built_up_front_restores_from_checkpoint(hvd, tmp_path):
     tf.train.Checkpoint(compression=second.codec).restore(path).assert_consumed()
     np.testing.assert_array_equal(second.codec.residual_of("enc/kernel").numpy(),
                                   first.codec.residual_of("enc/kernel").numpy())
+    # restored before the state exists: TF's deferred restoration fills it when the first step
+    # creates it (a zero gradient sends C(e) and keeps e - C(e): their sum is the restored e)
+    lazy = hct.GradientReducer("onebit")
+    tf.train.Checkpoint(compression=lazy.codec).restore(path)
+    sent = lazy([tf.zeros([64, 64])], [w])[0].numpy().reshape(-1)
+    np.testing.assert_allclose(sent + lazy.codec.residual_of("enc/kernel").numpy(),
+                               first.codec.residual_of("enc/kernel").numpy(), atol=1e-6)

@@ -78,7 +78,9 @@ class _Keras3(_Common):
 
 class _TFKeras(_Common):
     def build(self, var_list):
-        super().build(var_list)
+        parent = getattr(super(), "build", None)  # tf-keras' legacy optimizers have no build()
+        if parent is not None:
+            parent(var_list)
         self._hvdc_build(var_list)
 
     def apply_gradients(self, grads_and_vars, *args, **kwargs):
