@@ -144,3 +144,17 @@ def test_residuals_named_after_variables_and_checkpointed(results, mode, prefix)
     assert c["residual_keys"] == [prefix + k for k in ("d1/kernel", "d2/kernel", "out/kernel")]
     assert c["residual_variable_names"] == [f"hvd_compress/residual/{k}:0" for k in c["residual_keys"]]
     assert len(c["checkpoint_residual_entries"]) == 3 and c["nonzero"] and c["restored_equal"]
+
+
+@pytest.mark.parametrize("mode", ["tfkeras", "keras3"])
+def test_quantized_broadcast(results, mode):
+    """Ranks start from different weights; after broadcast_variables(bits=8) (what
+    QuantizedBroadcastCallback runs) all hold the same values, the root included (its values
+    changed too: it keeps the decoded copy), each within one quantization level (max-abs of its
+    512-value bucket / 127) of the root's originals; integers exact; 8-bit payload + scales on the wire."""
+    for rank in (0, 1):
+        b = results[mode][rank]["checks"]["broadcast"]
+        assert b["identical"] and b["changed_here"] and b["within_bound"]
+        assert b["counter"] == 7  # the root's integer, exactly
+        if rank == 0:
+            assert b["payload_bits_per_value"] == pytest.approx(8.0625, rel=0.02)  # 8 bits + fp32 per 512

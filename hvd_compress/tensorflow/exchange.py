@@ -104,6 +104,9 @@ class Exchange:
         tensor = tf.convert_to_tensor(tensor)
         shape, dtype = tensor.shape, tensor.dtype
         n = shape.num_elements()
+        if n is None:
+            raise ValueError(f"hvd_compress: gradient '{key}' has no static shape ({shape}); every rank "
+                             "must know the sizes it exchanges")
         if n == 0:
             return tf.identity(tensor)
         if compress is None:

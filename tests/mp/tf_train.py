@@ -72,6 +72,31 @@ def checks():
     except ValueError as exc:
         out["mismatch"] = {"raised": True, "message": str(exc)[:400]}
 
+    # quantized broadcast: every rank (root included) ends identical, within the 8-bit bound of
+    # the root's values; integers exact; about 8/32 of the fp32 bytes
+    model = demo.make_model(50 + RANK)
+    counter = tf.Variable(tf.constant([7 + RANK], tf.int64), name="counter")
+    before = [np.array(w) for w in model.weights]
+    root_before = [hvd.broadcast(tf.convert_to_tensor(w), 0, name=f"root_copy_{i}").numpy()
+                   for i, w in enumerate(model.weights)]
+    hct.reset_wire_stats()
+    hct.broadcast_variables(list(model.weights) + [counter], root_rank=0, bits=8, name="check_bcast")
+    after = [np.array(w) for w in model.weights]
+    flat = np.concatenate([a.reshape(-1) for a in after])
+    gathered = hvd.allgather(tf.constant(flat[None]), name="check_bcast_same").numpy()
+    bound_ok = True
+    for a, r in zip(after, root_before):  # per value: at most one level, max-abs(bucket) / 127
+        a, r = a.reshape(-1), r.reshape(-1)
+        pad = (-r.size) % 512
+        scale = np.abs(np.concatenate([r, np.zeros(pad, r.dtype)])).reshape(-1, 512).max(1)
+        bound_ok &= bool(np.all(np.abs(a - r) <= np.repeat(scale / 127, 512)[:r.size] * (1 + 1e-6)))
+    stats = hct.wire_stats()
+    values = sum(int(np.prod(w.shape)) for w in model.weights)
+    out["broadcast"] = {"identical": bool(all(np.array_equal(gathered[0], g) for g in gathered)),
+                        "changed_here": bool(any(not np.array_equal(b, a) for b, a in zip(before, after))),
+                        "within_bound": bound_ok, "counter": int(counter.numpy()[0]),
+                        "payload_bits_per_value": sum(r["payload_bytes"] for r in stats.values()) * 8.0 / values}
+
     # checkpoint: residuals named after their variables, saved and restored by tf.train.Checkpoint
     model = demo.make_model(7)
     opt = hck.DistributedOptimizer(keras.optimizers.SGD(0.05), compression="onebit")

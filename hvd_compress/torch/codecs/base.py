@@ -12,7 +12,7 @@ Every codec is also a Horovod ``Compressor``: pass it as ``compression=`` to
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 

@@ -5,8 +5,7 @@ import torch
 
 from hvd_compress.common import TernGradFormat
 from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
-from hvd_compress.torch.packing import (base3_nbytes, bytes_f32, f32_bytes, pack_base3,
-                                        pack_bits, packed_nbytes, unpack_base3, unpack_bits)
+from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_base3, pack_bits, unpack_base3, unpack_bits
 
 
 class TernGrad(TernGradFormat, Codec):
