@@ -34,14 +34,10 @@ DEFAULT_CODECS = ["fp32", "hvd-fp16", "fp16", "bf16", "qsgd:bits=8", "qsgd:bits=
 
 
 def load_digits_split(seed: int = 0):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
-    mean, std = xtr.mean(0), xtr.std(0) + 1e-3
-    return (torch.from_numpy((xtr - mean) / std), torch.from_numpy(ytr).long(),
-            torch.from_numpy((xte - mean) / std), torch.from_numpy(yte).long())
+    from hvd_compress.data import load_digits_arrays  # numpy, shared with the TensorFlow demo
+    xtr, ytr, xte, yte = load_digits_arrays(seed)
+    return (torch.from_numpy(xtr), torch.from_numpy(ytr).long(),
+            torch.from_numpy(xte), torch.from_numpy(yte).long())
 
 
 def make_model(seed: int = 0, hidden: int = 256) -> torch.nn.Module:

@@ -25,9 +25,9 @@ from typing import Dict, Generator, Iterable, List, Optional, Tuple
 
 import torch
 
+from hvd_compress.common import UNCOMPRESSED, chunk_bounds, mix, ring_allreduce_bytes  # noqa: F401 (re-exported)
 from hvd_compress.torch.codecs.base import Codec
 
-UNCOMPRESSED = "uncompressed"
 
 
 class WireStats:
@@ -83,30 +83,7 @@ def reset_wire_stats() -> None:
     WIRE_STATS.reset()
 
 
-def chunk_bounds(numel: int, parts: int, align: int) -> List[Tuple[int, int]]:
-    """Split ``numel`` values into ``parts`` balanced chunks that start at multiples of ``align``
-    (whole buckets) where every chunk can still be non-empty, else of 8 (whole packed bytes),
-    else of 1."""
-    for step in (align, 8, 1):
-        units = -(-numel // step)
-        base, extra = divmod(units, parts)
-        if base == 0 and step > 1:
-            continue
-        starts, pos = [], 0
-        for i in range(parts):
-            starts.append(min(pos * step, numel))
-            pos += base + (i < extra)
-        ends = starts[1:] + [numel]
-        return list(zip(starts, ends))
-    raise AssertionError("unreachable")
-
-
-def _mix(*parts: int) -> int:
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
+_mix = mix  # the RNG stream seed hash (hvd_compress.common.mix)
 
 
 class Exchange:
@@ -239,8 +216,7 @@ class Exchange:
         return out
 
 
-def _ring_allreduce_bytes(nbytes: int, size: int) -> float:
-    return 2.0 * (size - 1) / size * nbytes
+_ring_allreduce_bytes = ring_allreduce_bytes
 
 
 class Driver:

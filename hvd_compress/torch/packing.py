@@ -11,15 +11,7 @@ from __future__ import annotations
 
 import torch
 
-FIXED_WIDTHS = (1, 2, 4, 8)
-
-
-def packed_nbytes(numel: int, bits: int) -> int:
-    """Bytes used by ``numel`` codes of ``bits`` bits each (``bits`` in {1, 2, 4, 8})."""
-    if bits not in FIXED_WIDTHS:
-        raise ValueError(f"bits must be one of {FIXED_WIDTHS}, got {bits}")
-    per_byte = 8 // bits
-    return -(-numel // per_byte)
+from hvd_compress.common import FIXED_WIDTHS, base3_nbytes, packed_nbytes  # noqa: F401 (re-exported)
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -48,11 +40,6 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
     codes = (packed.unsqueeze(1) >> shifts) & mask
     return codes.view(-1)[:numel]
-
-
-def base3_nbytes(numel: int) -> int:
-    """Bytes used by ``numel`` ternary codes packed five to a byte."""
-    return -(-numel // 5)
 
 
 _POW3 = (1, 3, 9, 27, 81)

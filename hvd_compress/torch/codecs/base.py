@@ -12,7 +12,7 @@ Every codec is also a Horovod ``Compressor``: pass it as ``compression=`` to
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,105 +22,38 @@ except Exception:  # pragma: no cover - exercised only without Horovod
     class _HorovodCompressor:  # type: ignore[no-redef]
         pass
 
+from hvd_compress.common import (EXCHANGES, NONFINITE_POLICIES, CodecConfig,  # noqa: F401 (re-exported)
+                                 WrapperFormat)
+
 Bounds = Sequence[Tuple[int, int]]
 Draw = Callable[[int, int], Optional[torch.Generator]]
 
-EXCHANGES = ("auto", "allgather", "reduce_scatter")
-NONFINITE_POLICIES = ("raise", "propagate")
 
+class Codec(_HorovodCompressor, CodecConfig):
+    """Base class of every hvd_compress torch codec.
 
-class Codec(_HorovodCompressor):
-    """Base class of every hvd_compress codec.
+    The configuration (common options ``min_numel``, ``compress_1d``, ``exchange``, ``nonfinite``,
+    ``seed``; ``describe``/``fingerprint``; ``pattern``; payload sizes) is framework-neutral and
+    lives in :class:`hvd_compress.common.CodecConfig` and the per-algorithm ``*Format`` classes
+    there, shared with ``hvd_compress.tensorflow``. In torch:
 
-    Common options (all codecs; also valid in spec strings):
-
-    * ``min_numel`` (default 1024): tensors with fewer values go uncompressed (fp32 allreduce,
-      fused by Horovod). Compressing tiny tensors costs more in latency and scales than it saves.
-    * ``compress_1d`` (default False): whether 1-D tensors (biases, norms) are compressed at all.
-    * ``exchange``: ``"auto"`` (allgather for 2 workers or sparse codecs, compressed
-      reduce-scatter + allgather from 3), ``"allgather"`` or ``"reduce_scatter"``.
-    * ``nonfinite``: ``"raise"`` (default) raises ``FloatingPointError`` naming the tensor on every
+    * ``nonfinite="raise"`` (default) raises ``FloatingPointError`` naming the tensor on every
       rank when any rank's gradient holds NaN/Inf; ``"propagate"`` passes the non-finite values
       through (the affected buckets become NaN on every rank, as with an fp32 allreduce) so AMP's
       ``GradScaler`` can skip the step; error-feedback residuals are reset, never poisoned.
-    * ``seed`` (default 0): base of the stochastic-rounding streams (seeded by seed, rank, step,
-      tensor name), so runs are reproducible and resumable.
+    * ``seed`` seeds the stochastic-rounding streams (by seed, rank, step, tensor name), so runs
+      are reproducible and resumable.
     """
 
-    name: ClassVar[str] = "codec"
-    summable: ClassVar[bool] = False      # sum of payloads == payload of the sum (allreduce-able)
-    stochastic: ClassVar[bool] = False    # needs random draws (stochastic rounding)
-    sparse: ClassVar[bool] = False        # payloads do not re-encode well after summation
-    shared_scale: ClassVar[bool] = False  # one scale agreed by allreduce-MAX before encoding
-
-    def __init__(self, *, min_numel: int = 1024, compress_1d: bool = False,
-                 exchange: str = "auto", nonfinite: str = "raise", seed: int = 0):
-        if exchange not in EXCHANGES:
-            raise ValueError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        if int(min_numel) < 0:
-            raise ValueError(f"min_numel must be >= 0, got {min_numel}")
-        self.min_numel = int(min_numel)
-        self.compress_1d = bool(compress_1d)
-        self.exchange = exchange
-        self.nonfinite = nonfinite
-        self.seed = int(seed)
+    def __init__(self, **options):
+        CodecConfig.__init__(self, **options)
         self.state: Dict[str, Dict[str, Any]] = {"step": {}}
         self._stock = None  # the Horovod stock-API engine, created on first compress()
 
-    # ------------------------------------------------------------------ configuration
-    def params(self) -> Dict[str, Any]:
-        """The codec-specific settings (what ``from_spec`` accepts besides the common options)."""
-        return {}
-
-    def options(self) -> Dict[str, Any]:
-        return {"min_numel": self.min_numel, "compress_1d": self.compress_1d,
-                "exchange": self.exchange, "nonfinite": self.nonfinite, "seed": self.seed}
-
-    def describe(self) -> str:
-        """Canonical description: every setting that changes the bytes on the wire."""
-        inner = ",".join(f"{k}={v}" for k, v in self.params().items())
-        return f"{self.name}({inner})"
-
-    def fingerprint(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in self.options().items())
-        return f"{self.describe()}[{opts}]"
-
-    def __repr__(self) -> str:
-        return self.describe()
-
     def should_compress(self, tensor: torch.Tensor) -> bool:
-        if not tensor.dtype.is_floating_point or tensor.numel() == 0:
-            return False
-        if tensor.dim() <= 1 and not self.compress_1d:
-            return False
-        return tensor.numel() >= self.min_numel
-
-    def pattern(self, world_size: int, numel: int) -> str:
-        """Which exchange carries this codec: ``allreduce``, ``allgather`` or ``reduce_scatter``."""
-        if self.summable:
-            return "allreduce"
-        if self.exchange != "auto":
-            if self.exchange == "reduce_scatter" and numel < world_size:
-                return "allgather"
-            return self.exchange
-        if self.sparse or world_size <= 2 or numel < world_size * 8:
-            return "allgather"
-        return "reduce_scatter"
+        return self.compresses(tensor.numel(), tensor.dim(), tensor.dtype.is_floating_point)
 
     # ------------------------------------------------------------------ math (override)
-    def alignment(self) -> int:
-        """Chunks for the reduce-scatter start at multiples of this (the bucket size)."""
-        return 8
-
-    def payload_nbytes(self, numel: int) -> int:
-        raise NotImplementedError
-
-    def nominal_bits(self, numel: int = 1 << 20) -> float:
-        """Bits per value on the wire for a tensor of ``numel`` values, scales included."""
-        return 8.0 * self.payload_nbytes(numel) / numel
-
     def encode(self, x: torch.Tensor, generator: Optional[torch.Generator] = None,
                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         raise NotImplementedError
@@ -207,42 +140,15 @@ class Codec(_HorovodCompressor):
         return state
 
 
-class Wrapper(Codec):
-    """A codec that delegates the math to ``inner`` and adds state around it."""
+class Wrapper(WrapperFormat, Codec):
+    """A codec that delegates the math to ``inner`` and adds state around it (the algebra and the
+    wire format are delegated by :class:`hvd_compress.common.WrapperFormat`)."""
 
     def __init__(self, inner: Codec, **options):
         if not isinstance(inner, Codec):
             raise TypeError(f"{type(self).__name__} wraps an hvd_compress codec, got {inner!r}")
         super().__init__(**options)
         self.inner = inner
-
-    @property
-    def summable(self):  # type: ignore[override]
-        return self.inner.summable
-
-    @property
-    def stochastic(self):  # type: ignore[override]
-        return self.inner.stochastic
-
-    @property
-    def sparse(self):  # type: ignore[override]
-        return self.inner.sparse
-
-    @property
-    def shared_scale(self):  # type: ignore[override]
-        return self.inner.shared_scale
-
-    def params(self):
-        return self.inner.params()
-
-    def describe(self) -> str:
-        return f"{self.name}({self.inner.describe()})"
-
-    def alignment(self):
-        return self.inner.alignment()
-
-    def payload_nbytes(self, numel):
-        return self.inner.payload_nbytes(numel)
 
     def encode(self, x, generator=None, scale=None):
         return self.inner.encode(x, generator, scale)

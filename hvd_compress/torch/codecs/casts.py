@@ -3,17 +3,12 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress.common import BF16Format, FP16Format, NoCompressionFormat
 from hvd_compress.torch.codecs.base import Codec
 
 
-class NoCompression(Codec):
+class NoCompression(NoCompressionFormat, Codec):
     """fp32 as is, through a plain allreduce; the baseline every codec is compared against."""
-
-    name = "none"
-    summable = True
-
-    def payload_nbytes(self, numel):
-        return 4 * numel
 
     def to_summable(self, x):
         return x
@@ -28,15 +23,9 @@ class NoCompression(Codec):
         return payload.clone().view(torch.float32)
 
 
-class FP16(Codec):
+class FP16(FP16Format, Codec):
     """fp16 cast, summed by the allreduce itself (Horovod's ``Compression.fp16``, with our stats
     and non-finite policy). Values above 65504 overflow to inf, as with Horovod's."""
-
-    name = "fp16"
-    summable = True
-
-    def payload_nbytes(self, numel):
-        return 2 * numel
 
     def to_summable(self, x):
         return x.to(torch.float16)
@@ -51,14 +40,9 @@ class FP16(Codec):
         return payload.clone().view(torch.float16).to(torch.float32)
 
 
-class BF16(Codec):
+class BF16(BF16Format, Codec):
     """bfloat16 cast: fp32's range, 8 bits of mantissa. Horovod's torch allreduce has no bf16, so
     payloads travel as bytes through allgather or reduce-scatter and are summed in fp32."""
-
-    name = "bf16"
-
-    def payload_nbytes(self, numel):
-        return 2 * numel
 
     def encode(self, x, generator=None, scale=None):
         return x.to(torch.bfloat16).contiguous().view(torch.uint8)

@@ -1,11 +1,12 @@
 """DoubleSqueeze (Tang et al., ICML 2019): worker- and server-side error feedback."""
 from __future__ import annotations
 
+from hvd_compress.common import DoubleSqueezeFormat
 from hvd_compress.torch.codecs.base import Codec, Wrapper
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 
 
-class DoubleSqueeze(Wrapper):
+class DoubleSqueeze(DoubleSqueezeFormat, Wrapper):
     """Two-sided error feedback around any codec, over the compressed reduce-scatter.
 
     Worker: ``v = g + e_w``; send ``C(v)``; ``e_w = v - C(v)`` (skipped when the codec already
@@ -20,23 +21,11 @@ class DoubleSqueeze(Wrapper):
         compression = hvd_compress.torch.DoubleSqueeze(hvd_compress.torch.QSGD(bits=4))
     """
 
-    name = "doublesqueeze"
-
     def __init__(self, codec: Codec, **options):
-        if not isinstance(codec, Codec):
-            raise TypeError(f"DoubleSqueeze wraps an hvd_compress codec, got {codec!r}")
-        if codec.summable:
-            raise ValueError(f"DoubleSqueeze needs a non-summable codec; {codec.name} already "
-                             "rides a plain allreduce")
+        self.check_inner(codec, Codec)
         inner = codec if getattr(codec, "worker_feedback", False) else ErrorFeedback(codec)
         options.setdefault("exchange", "reduce_scatter")
         super().__init__(inner, **options)
-
-    def describe(self):
-        return f"{self.name}({self.inner.describe()})"
-
-    def pattern(self, world_size, numel):
-        return "reduce_scatter" if numel >= world_size else "allgather"
 
     def server_encode(self, mean, key, draw, owner, scale=None):
         residuals = self.state.setdefault("server_residual", {})

@@ -3,22 +3,18 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress.common import ScaledSignFormat
 from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class ScaledSign(Codec):
+class ScaledSign(ScaledSignFormat, Codec):
     """``(||v||_1 / d) * sign(v)`` per chunk: 1 bit per value plus one fp32 scale.
 
     Wire format per chunk of ``n`` values: ``ceil(n / 8)`` bytes of sign bits (1: non-negative),
     then the fp32 scale (mean absolute value of the chunk).
     """
-
-    name = "scaled_sign"
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, 1) + 4
 
     def encode(self, x, generator=None, scale=None):
         s = nan_where_nonfinite(x.abs().mean().reshape(1)) if x.numel() else torch.zeros(1)

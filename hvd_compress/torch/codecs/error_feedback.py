@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from hvd_compress.torch.codecs.base import Codec, Wrapper
+from hvd_compress.common import ErrorFeedbackFormat
+from hvd_compress.torch.codecs.base import Wrapper
 
 
-class ErrorFeedback(Wrapper):
+class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
     """Error feedback around any codec: ``p = g + e``; send ``C(p)``; keep ``e = p - C(p)``.
 
     The identity ``C(p) + e_new == g + e_old`` holds exactly (up to fp32 rounding of one
@@ -14,15 +15,6 @@ class ErrorFeedback(Wrapper):
     per tensor name, fp32, in ``state["residual"]``; a non-finite residual is reset to zero
     (never carried into later steps).
     """
-
-    name = "ef"
-    worker_feedback = True
-
-    def describe(self):
-        # Named algorithms built on feedback (OneBit, EFSign, TopK) describe themselves by name.
-        if type(self) is ErrorFeedback:
-            return f"{self.name}({self.inner.describe()})"
-        return Codec.describe(self)
 
     def worker_encode(self, x, key, bounds, draw, scale=None):
         residuals = self.state.setdefault("residual", {})

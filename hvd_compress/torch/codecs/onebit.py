@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress.common import OneBitQuantizerFormat
 from hvd_compress.torch.codecs.base import Codec, bucket_view, nan_where_nonfinite
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class OneBitQuantizer(Codec):
+class OneBitQuantizer(OneBitQuantizerFormat, Codec):
     """The 1-bit quantizer alone (no error feedback): per bucket, the sign at threshold 0 and two
     reconstruction values, the means of the bucket's non-negative and of its negative entries.
 
@@ -17,22 +18,7 @@ class OneBitQuantizer(Codec):
     value (1.0625 at the default 1024).
     """
 
-    name = "onebit_quantizer"
-
-    def __init__(self, bucket_size: int = 1024, **options):
-        super().__init__(**options)
-        if bucket_size < 8 or bucket_size % 8:
-            raise ValueError(f"bucket_size must be a positive multiple of 8, got {bucket_size}")
-        self.bucket_size = int(bucket_size)
-
-    def params(self):
-        return {"bucket_size": self.bucket_size}
-
-    def alignment(self):
-        return self.bucket_size
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, 1) + 8 * (-(-numel // self.bucket_size))
+    # knobs, validation and sizes: hvd_compress.common.OneBitQuantizerFormat (shared with TensorFlow)
 
     def encode(self, x, generator=None, scale=None):
         n = x.numel()

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress.common import QSGDFormat
 from hvd_compress.torch.codecs.base import Codec, bucket_view, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class QSGD(Codec):
+class QSGD(QSGDFormat, Codec):
     """QSGD stochastic quantization with ``bits`` bits per value and one fp32 scale per bucket.
 
     Bits-to-levels map: ``bits`` counts the sign. Each value lands on the grid
@@ -33,28 +34,7 @@ class QSGD(Codec):
                                        compression=hc.QSGD(bits=4, bucket_size=512))
     """
 
-    name = "qsgd"
-    stochastic = True
-
-    def __init__(self, bits: int = 4, bucket_size: int = 512, norm: str = "max", **options):
-        super().__init__(**options)
-        if bits not in (2, 4, 8):
-            raise ValueError(f"QSGD bits must be 2, 4 or 8 (fixed-width packing), got {bits}")
-        if bucket_size < 1:
-            raise ValueError(f"bucket_size must be positive, got {bucket_size}")
-        if norm not in ("max", "l2"):
-            raise ValueError(f"norm must be 'max' or 'l2', got {norm!r}")
-        self.bits, self.bucket_size, self.norm = int(bits), int(bucket_size), norm
-        self.levels = 2 ** (self.bits - 1) - 1
-
-    def params(self):
-        return {"bits": self.bits, "bucket_size": self.bucket_size, "norm": self.norm}
-
-    def alignment(self):
-        return self.bucket_size
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, self.bits) + 4 * (-(-numel // self.bucket_size))
+    # knobs, validation and sizes: hvd_compress.common.QSGDFormat (shared with TensorFlow)
 
     def encode(self, x, generator=None, scale=None, noise=None):
         n = x.numel()

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress.common import SignSGDFormat
 from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class SignSGD(Codec):
+class SignSGD(SignSGDFormat, Codec):
     """signSGD with majority vote: each worker sends ``sign(g)``; the result is the sign of the sum
     of the workers' signs. Biased, no memory.
 
@@ -19,18 +20,6 @@ class SignSGD(Codec):
     Wire format per chunk: ``ceil(n / 8)`` bytes of sign bits (1: non-negative), then the fp32
     scale. The vote is exactly representable, so the reduce-scatter re-encode loses nothing.
     """
-
-    name = "signsgd"
-
-    def __init__(self, scaled: bool = True, **options):
-        super().__init__(**options)
-        self.scaled = bool(scaled)
-
-    def params(self):
-        return {"scaled": self.scaled}
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, 1) + 4
 
     def encode(self, x, generator=None, scale=None):
         if self.scaled:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress.common import TernGradFormat
 from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
-from hvd_compress.torch.packing import (base3_nbytes, bytes_f32, f32_bytes, pack_base3,
-                                        pack_bits, packed_nbytes, unpack_base3, unpack_bits)
+from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_base3, pack_bits, unpack_base3, unpack_bits
 
 
-class TernGrad(Codec):
+class TernGrad(TernGradFormat, Codec):
     """TernGrad: each value becomes ``s * sign(g) * Bernoulli(|g| / s)``, unbiased for ``|g| <= s``.
 
     Scaler sharing: each worker proposes ``s = min(max|g|, clip * std(g))`` (the reference code's
@@ -24,30 +24,7 @@ class TernGrad(Codec):
     paper; raise ``clip`` if your gradients are heavy-tailed and accuracy suffers.
     """
 
-    name = "terngrad"
-    stochastic = True
-    shared_scale = True
-
-    def __init__(self, clip: float | None = 2.5, packing: str = "base3", **options):
-        super().__init__(**options)
-        if clip is not None and not clip > 0:
-            raise ValueError(f"clip must be positive or None, got {clip}")
-        if packing not in ("base3", "2bit"):
-            raise ValueError(f"packing must be 'base3' or '2bit', got {packing!r}")
-        self.clip = None if clip is None else float(clip)
-        self.packing = packing
-
-    def params(self):
-        return {"clip": self.clip, "packing": self.packing}
-
-    def alignment(self):
-        return 40  # whole bytes for both packings, so chunk payloads never share a byte
-
-    def _code_nbytes(self, numel):
-        return base3_nbytes(numel) if self.packing == "base3" else packed_nbytes(numel, 2)
-
-    def payload_nbytes(self, numel):
-        return self._code_nbytes(numel) + 4
+    # knobs, validation and sizes: hvd_compress.common.TernGradFormat (shared with TensorFlow)
 
     def local_scale(self, x):
         if x.numel() == 0:

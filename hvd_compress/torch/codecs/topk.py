@@ -1,49 +1,37 @@
 """Top-k sparsification with error feedback (Aji & Heafield 2017; Stich et al. 2018)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
+from hvd_compress.common import TopKFormat
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 
 
-class TopKSparsifier(Codec):
+class TopKSparsifier(TopKFormat, Codec):
     """Keep the ``k = ceil(ratio * n)`` largest-magnitude values of each chunk.
 
-    Wire format per chunk: ``k`` int32 indices (within the chunk), then ``k`` fp32 values: 64 bits
-    per kept value, ``64 * ratio`` bits per value overall (0.64 at ratio 0.01).
+    Wire format per chunk: ``k`` int32 indices (within the chunk, ascending), then ``k`` fp32
+    values: 64 bits per kept value, ``64 * ratio`` bits per value overall (0.64 at ratio 0.01).
+    Ties at the k-th magnitude go to the lower indices, so the payload is canonical (identical in
+    torch and TensorFlow, see :class:`hvd_compress.common.TopKFormat`).
 
     Sparse payloads do not shrink under summation (N workers' top-k sets overlap little), so the
     ``auto`` exchange is allgather + local sum; wrap in :class:`DoubleSqueeze` for a compressed
     reduce-scatter with server-side error feedback.
     """
 
-    name = "topk_sparsifier"
-    sparse = True
-
-    def __init__(self, ratio: float = 0.01, **options):
-        super().__init__(**options)
-        if not 0 < ratio <= 1:
-            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-        self.ratio = float(ratio)
-
-    def params(self):
-        return {"ratio": self.ratio}
-
-    def k(self, numel):
-        return min(numel, max(1, math.ceil(self.ratio * numel))) if numel else 0
-
-    def payload_nbytes(self, numel):
-        return 8 * self.k(numel)
-
     def encode(self, x, generator=None, scale=None):
         k = self.k(x.numel())
         if k == 0:
             return torch.empty(0, dtype=torch.uint8)
-        _, idx = torch.topk(torch.nan_to_num(x.abs(), nan=float("inf")), k, sorted=False)
-        idx = idx.to(torch.int32)
+        mag = torch.nan_to_num(x.abs(), nan=float("inf"))
+        # Canonical selection: everything above the k-th magnitude, then the lowest-index ties.
+        kth = torch.topk(mag, k, sorted=False).values.min()
+        above = mag > kth
+        ties = mag == kth
+        ties &= torch.cumsum(ties, 0) <= k - int(above.sum())
+        idx = torch.nonzero(above | ties).view(-1).to(torch.int32)
         values = x[idx.long()].to(torch.float32)
         if not torch.isfinite(x).all():
             values[0] = float("nan")  # a non-finite gradient must not pass as a finite one

@@ -1,0 +1,39 @@
+"""hvd_compress for TensorFlow and Keras: the torch codecs' math and wire format, in TF ops.
+
+Pass a codec where you would pass Horovod's ``hvd.Compression.fp16``::
+
+    import horovod.tensorflow as hvd
+    import hvd_compress.tensorflow as hct
+
+    hvd.init()
+    tape = hvd.DistributedGradientTape(tape, compression=hct.QSGD(bits=4, bucket_size=512))
+
+(or to ``horovod.tensorflow.keras.DistributedOptimizer`` with tf-keras), or use
+``hvd_compress.tensorflow.keras.DistributedOptimizer``, which also works with Keras 3.
+:func:`wire_stats` returns the bytes each codec put on the wire (the same keys as torch's).
+Guide: ``docs/tensorflow.md``.
+"""
+from hvd_compress.tensorflow.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
+                                            NoCompression, OneBit, OneBitQuantizer, ScaledSign, SignSGD,
+                                            TernGrad, TopK, TopKSparsifier, Wrapper)
+from hvd_compress.tensorflow.spec import from_spec
+from hvd_compress.tensorflow.stats import compression_error, reset_wire_stats, wire_stats
+
+__all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
+           "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
+           "ErrorFeedback", "DoubleSqueeze", "from_spec", "wire_stats", "reset_wire_stats",
+           "compression_error", "Exchange", "GradientReducer", "allreduce_gradients",
+           "broadcast_variables"]
+
+
+def __getattr__(name):  # Horovod is imported only when asked for
+    if name == "Exchange":
+        from hvd_compress.tensorflow.exchange import Exchange
+        return Exchange
+    if name in ("allreduce_gradients", "GradientReducer"):
+        from hvd_compress.tensorflow import reduce
+        return getattr(reduce, name)
+    if name == "broadcast_variables":
+        from hvd_compress.tensorflow.broadcast import broadcast_variables
+        return broadcast_variables
+    raise AttributeError(name)

@@ -1,0 +1,52 @@
+"""Lossless and cast codecs: NoCompression, FP16 (summable), BF16 (TensorFlow)."""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from hvd_compress.common import BF16Format, FP16Format, NoCompressionFormat
+from hvd_compress.tensorflow.codecs.base import Codec
+from hvd_compress.tensorflow.packing import bytes_f32, bytes_half, f32_bytes, half_bytes
+
+
+class NoCompression(NoCompressionFormat, Codec):
+    """fp32 as is, through a plain allreduce; the baseline every codec is compared against."""
+
+    def to_summable(self, x):
+        return x
+
+    def from_summable(self, t):
+        return t
+
+    def encode(self, x, seed=None, scale=None, noise=None):
+        return f32_bytes(x)
+
+    def decode(self, payload, numel):
+        return tf.reshape(bytes_f32(payload), [numel])
+
+
+class FP16(FP16Format, Codec):
+    """fp16 cast, summed by the allreduce itself (Horovod's ``Compression.fp16`` with our stats and
+    non-finite policy). Values above 65504 overflow to inf, as with Horovod's."""
+
+    def to_summable(self, x):
+        return tf.cast(x, tf.float16)
+
+    def from_summable(self, t):
+        return tf.cast(t, tf.float32)
+
+    def encode(self, x, seed=None, scale=None, noise=None):
+        return half_bytes(x, tf.float16)
+
+    def decode(self, payload, numel):
+        return tf.reshape(tf.cast(bytes_half(payload, tf.float16), tf.float32), [numel])
+
+
+class BF16(BF16Format, Codec):
+    """bfloat16 cast (round to nearest even): fp32's range, 8 bits of mantissa. Payloads travel as
+    bytes through allgather or reduce-scatter and are summed in fp32, as in torch."""
+
+    def encode(self, x, seed=None, scale=None, noise=None):
+        return half_bytes(x, tf.bfloat16)
+
+    def decode(self, payload, numel):
+        return tf.reshape(tf.cast(bytes_half(payload, tf.bfloat16), tf.float32), [numel])

@@ -1,0 +1,22 @@
+"""Build TensorFlow codecs from the same spec strings as torch (:mod:`hvd_compress.spec`)."""
+from __future__ import annotations
+
+from typing import Dict
+
+from hvd_compress.spec import build
+from hvd_compress.tensorflow.codecs.base import Codec
+
+
+def registry() -> Dict[str, type]:
+    from hvd_compress.tensorflow import codecs as c
+    return {"none": c.NoCompression, "fp16": c.FP16, "bf16": c.BF16, "qsgd": c.QSGD,
+            "terngrad": c.TernGrad, "onebit": c.OneBit, "efsign": c.EFSign, "signsgd": c.SignSGD,
+            "topk": c.TopK, "doublesqueeze": c.DoubleSqueeze}
+
+
+def from_spec(spec: "str | Codec") -> Codec:
+    """Build a codec from a string: ``name`` or ``name:key=value,key=value``, exactly as
+    ``hvd_compress.torch.from_spec`` does (``"qsgd:bits=4,bucket_size=512"``, ``"onebit"``,
+    ``"terngrad:clip=2.5"``, ``"topk:ratio=0.01"``, ``"doublesqueeze:codec=onebit"``, ``"fp16"``).
+    A bad spec raises ``ValueError`` listing what exists."""
+    return build(spec, registry(), Codec)
