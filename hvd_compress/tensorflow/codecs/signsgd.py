@@ -20,8 +20,8 @@ class SignSGD(SignSGDFormat, Codec):
         x = tf.reshape(tf.cast(x, tf.float32), [n])
         if self.scaled:
             s = mean_abs(x, n) if n else tf.zeros([1], tf.float32)
-        else:
-            s = tf.ones([1], tf.float32)
+        else:  # a bare vote, but an all-zero chunk stays exactly zero (as in torch)
+            s = tf.cast(tf.reduce_any(tf.not_equal(x, 0.0)), tf.float32)[None] if n else tf.zeros([1], tf.float32)
         if n:
             s = tf.where(tf.reduce_all(tf.math.is_finite(x)), s, tf.fill([1], float("nan")))
         return tf.concat([sign_bits(x), f32_bytes(nan_where_nonfinite(s))], 0)
