@@ -56,10 +56,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def default_specs() -> List[str]:
+    """Every registered codec with a per-tensor payload (PowerSGD and GradiVeQ run a multi-round
+    schedule instead; ``python -m hvd_compress.bench aggregation`` times those)."""
+    from hvd_compress.torch.codecs.base import Codec
     from hvd_compress.torch.spec import registry
-    names = list(registry())
     out = []
-    for name in names:
+    for name, cls in registry().items():
+        if cls.custom_exchange is not Codec.custom_exchange:
+            continue
         out.append(name)
         if name == "qsgd":
             out += VARIANTS
