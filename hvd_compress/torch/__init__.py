@@ -13,19 +13,22 @@ or use :class:`DistributedOptimizer` (bucketed small tensors, codec state in ``s
 and read :func:`wire_stats` for the bytes each codec put on the wire.
 """
 from hvd_compress.torch.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
-                                       NoCompression, OneBit, OneBitQuantizer, ScaledSign, SignSGD,
+                                       Lattice, NoCompression, OneBit, OneBitQuantizer, ScaledSign, SignSGD,
                                        TernGrad, TopK, TopKSparsifier, Wrapper)
 from hvd_compress.torch.exchange import reset_wire_stats, wire_stats
 from hvd_compress.torch.spec import from_spec
 
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze", "from_spec", "wire_stats", "reset_wire_stats",
-           "DistributedOptimizer"]
+           "ErrorFeedback", "DoubleSqueeze", "Lattice", "from_spec", "wire_stats", "reset_wire_stats",
+           "DistributedOptimizer", "SwarmSGD", "random_matching"]
 
 
 def __getattr__(name):
     if name == "DistributedOptimizer":  # imports Horovod only when asked for
         from hvd_compress.torch.optimizer import DistributedOptimizer
         return DistributedOptimizer
+    if name in ("SwarmSGD", "random_matching"):  # no Horovod import until a SwarmSGD is built
+        from hvd_compress.torch import swarm
+        return getattr(swarm, name)
     raise AttributeError(name)

@@ -13,7 +13,7 @@ def registry() -> Dict[str, type]:
     from hvd_compress.torch import codecs as c
     return {"none": c.NoCompression, "fp16": c.FP16, "bf16": c.BF16, "qsgd": c.QSGD,
             "terngrad": c.TernGrad, "onebit": c.OneBit, "efsign": c.EFSign, "signsgd": c.SignSGD,
-            "topk": c.TopK, "doublesqueeze": c.DoubleSqueeze}
+            "topk": c.TopK, "doublesqueeze": c.DoubleSqueeze, "lattice": c.Lattice}
 
 
 def _value(text: str) -> Any:

@@ -4,6 +4,7 @@ from hvd_compress.torch.codecs.casts import BF16, FP16, NoCompression
 from hvd_compress.torch.codecs.doublesqueeze import DoubleSqueeze
 from hvd_compress.torch.codecs.efsign import EFSign, ScaledSign
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
+from hvd_compress.torch.codecs.lattice import Lattice
 from hvd_compress.torch.codecs.onebit import OneBit, OneBitQuantizer
 from hvd_compress.torch.codecs.qsgd import QSGD
 from hvd_compress.torch.codecs.signsgd import SignSGD
@@ -12,4 +13,4 @@ from hvd_compress.torch.codecs.topk import TopK, TopKSparsifier
 
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze"]
+           "ErrorFeedback", "DoubleSqueeze", "Lattice"]

@@ -1,0 +1,275 @@
+"""Lattice quantizer (Davies, Gurunathan, Moshrefi, Ashkboos, Alistarh, ICLR 2021).
+
+Quantize a vector ``x`` for a receiver that holds a *nearby* vector ``y`` (in gossip: its own
+model). The error depends on the distance ``||x - y||``, not on the norm of ``x``, so it stays
+small while gossip keeps the models close, however large the weights are.
+
+The rule, per tensor:
+
+1. The lattice is the shifted cubic lattice ``eps * (Z^d + u)``. The shift ``u_i = frac(s + i*phi)``
+   (``phi`` the golden ratio, ``s`` uniform from a 32-bit seed that travels in the payload) puts
+   each coordinate's lattice at a uniformly random offset, the same for sender and receiver, at
+   the cost of a few vector ops instead of a random draw per value.
+2. The sender rounds ``z = x / eps - u`` *randomly* to an integer neighbour ``k`` (``ceil`` with
+   probability ``z - floor(z)``), so ``eps * (k + u)`` is an unbiased estimate of ``x``, with at
+   most ``eps`` error per coordinate and variance at most ``eps^2 / 4``.
+3. It sends ``k mod q`` (``q = 2**bits``, bit-packed: ``bits`` bits per value).
+4. The receiver decodes to the lattice point nearest its own ``y`` that has those residues:
+   ``k' = c + q * round((r - c) / q)`` with ``c = k mod q`` and ``r = y / eps - u``.
+
+Decoding is exact (``k' == k``) whenever ``||x - y||_inf <= eps * (q/2 - 1)`` (the *radius*).
+Beyond it some coordinates land ``q * eps`` (or a multiple) away from the truth: silently wrong
+values. So the payload also carries a 64-bit checksum of the full lattice coordinates ``k`` (two weighted
+sums of ``floor(k_i / q) mod 2^16`` with fixed pseudo-random weights, see :meth:`Lattice.checksum`),
+and :meth:`Lattice.decode_relative` reports whether the decoded ``k'`` matches it. One wrong
+coordinate is always caught; several go unnoticed only if their errors cancel in both sums
+(about ``2^-48``). The caller (:class:`hvd_compress.torch.SwarmSGD`) then
+falls back to a full-precision exchange of that tensor for that round and counts it.
+
+Choosing ``eps``: the sender must pick it without knowing the receiver's model. ``eps`` is not a
+wire constant: it travels in the payload, so each message can choose its own.
+:meth:`Lattice.choose_eps` maps an estimate of the distance to ``safety * distance / (q/2 - 1)``,
+so the code decodes up to ``safety`` times the estimated distance. SwarmSGD estimates the
+distance per tensor as (last round's observed distance to the partner) + 2 x (this worker's own
+drift since its last averaging), see ``docs/swarmsgd.md``. A fixed ``eps=...`` overrides this.
+
+Wire format per tensor of ``n`` values (little-endian): ``ceil(n * bits / 8)`` bytes of packed
+residues (low bits first, :func:`hvd_compress.torch.packing.pack_bits`), then ``eps`` (fp32), the
+shift seed (int32), the checksum (int64): 16 bytes of side channel. 8 bits on 85k values costs
+8.0015 bits per value.
+
+Numerics: coordinates are computed in float64 (exact integers up to 2^53); ``eps`` is floored at
+``max|x| * 2^-40`` (and 1e-30) so ``|k|`` stays far inside that range. A non-finite ``x`` is sent
+with ``eps = NaN``, which every receiver reports as non-finite.
+
+Example::
+
+    import torch, hvd_compress.torch as hc
+    codec = hc.from_spec("lattice:bits=8")
+    x = torch.randn(1000)
+    y = x + 0.01 * torch.randn(1000)                        # the receiver's nearby vector
+    eps = codec.choose_eps(distance=(x - y).abs().max().item(), x=x)
+    payload = codec.encode(x, torch.Generator().manual_seed(0), eps)
+    x_hat, ok = codec.decode_relative(payload, y)           # ok: decoding was unambiguous
+    assert ok and (x_hat - x).abs().max() <= eps
+
+How to tune: ``bits=8`` (radius 127 eps) is robust; ``bits=4`` (radius 7 eps) quarters the
+bytes again but needs a tight distance estimate, so expect more fallbacks and raise ``safety``
+(error grows linearly with ``safety``, fallbacks drop sharply). ``bits=2`` (radius 1 eps) only
+suits nearly identical models.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from hvd_compress.torch.codecs.base import Codec
+from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
+
+CHECKSUM_PRIME = 2 ** 31 - 1
+_PHI = 0.6180339887498949  # golden ratio - 1: the shift sequence's step
+_CHECK_BLOCK = 1 << 22
+_WEIGHT_CACHE: dict = {}
+_SHIFT_CACHE: dict = {}
+_WEIGHT_CACHE_LIMIT = 1 << 22  # values; larger blocks compute their weights on the fly
+SIDE_BYTES = 16  # eps fp32, shift seed int32, checksum int64
+MIN_EPS = 1e-30
+REL_EPS_FLOOR = 2.0 ** -40  # eps >= max|x| * this: lattice coordinates stay below 2^40
+
+
+def _weights(numel: int, start: int) -> torch.Tensor:
+    """Two rows of odd 24-bit checksum weights for positions ``start .. start + numel``."""
+    key = (numel, start)
+    w = _WEIGHT_CACHE.get(key)
+    if w is None:
+        i = torch.arange(start, start + numel, dtype=torch.int64).bitwise_and_(0xFFFFFFFF)
+        w1 = torch.bitwise_right_shift(i * 0x9E3779B1, 8).bitwise_and_(0xFFFFFF).bitwise_or_(1)
+        w2 = torch.bitwise_right_shift(i * 0x85EBCA6B + 0x27D4EB2F, 8).bitwise_and_(0xFFFFFF).bitwise_or_(1)
+        w = torch.stack([w1, w2])
+        if sum(k[0] for k in _WEIGHT_CACHE) + numel <= _WEIGHT_CACHE_LIMIT:
+            _WEIGHT_CACHE[key] = w
+    return w
+
+
+class LatticeDecodeError(ValueError):
+    """A lattice payload that cannot be decoded without a reference vector, or is malformed."""
+
+
+class Lattice(Codec):
+    """Randomized rounding onto a shifted cubic lattice, residues mod ``2**bits`` on the wire,
+    decoded relative to the receiver's own vector (see the module docstring for the algorithm).
+
+    Args:
+        bits: bits per value on the wire, 2, 4 or 8 (``q = 2**bits`` residues).
+        safety: how many times the estimated distance the code must be able to decode.
+        eps: a fixed lattice step instead of the adaptive one (``None``: adaptive).
+
+    Not an allreduce codec: a payload means nothing without the receiver's reference, so it serves
+    gossip (:class:`hvd_compress.torch.SwarmSGD`, spec ``"lattice:bits=8"``), not
+    ``hvd.DistributedOptimizer``.
+    """
+
+    name = "lattice"
+    stochastic = True
+    needs_reference = True  # decode_relative(payload, reference) instead of decode(payload, n)
+
+    def __init__(self, bits: int = 8, safety: float = 2.0, eps: Optional[float] = None, **options):
+        super().__init__(**options)
+        if bits not in (2, 4, 8):
+            raise ValueError(f"lattice bits must be 2, 4 or 8 (fixed-width packing; q = 2**bits), got {bits}")
+        if not safety > 0:
+            raise ValueError(f"lattice safety must be positive, got {safety}")
+        if eps is not None and not (float(eps) > 0 and float(eps) < float("inf")):
+            raise ValueError(f"lattice eps must be a positive finite number or None, got {eps}")
+        self.bits, self.safety = int(bits), float(safety)
+        self.eps = None if eps is None else float(eps)
+        self.q = 2 ** self.bits
+        self.radius = self.q // 2 - 1  # decodable distance, in units of eps
+
+    def params(self):
+        return {"bits": self.bits, "safety": self.safety, "eps": self.eps}
+
+    def payload_nbytes(self, numel):
+        return packed_nbytes(numel, self.bits) + SIDE_BYTES
+
+    def max_distance(self, eps: float) -> float:
+        """Largest ``||x - y||_inf`` that a payload with step ``eps`` is guaranteed to decode at."""
+        return eps * self.radius
+
+    def choose_eps(self, distance: float, x: Optional[torch.Tensor] = None) -> float:
+        """Lattice step for a receiver believed to be within ``distance`` (inf-norm) of ``x``:
+        ``safety * distance / (q/2 - 1)``, floored for numerical safety; rounded to fp32 (what the
+        wire carries), so sender and receiver use the very same step."""
+        if self.eps is not None:
+            eps = self.eps
+        else:
+            eps = self.safety * float(distance) / self.radius
+        floor = MIN_EPS
+        if x is not None and x.numel():
+            floor = max(floor, float(x.detach().abs().max()) * REL_EPS_FLOOR)
+        if not eps == eps or eps == float("inf"):
+            eps = float("nan")
+        else:
+            eps = max(eps, floor)
+        return float(torch.tensor(eps, dtype=torch.float32))
+
+    # ---------------------------------------------------------------- math
+    @staticmethod
+    def _shift(numel: int, seed: int) -> torch.Tensor:
+        """The lattice shift ``u_i = frac(s + i * phi)`` (float64), ``s`` uniform from the 32-bit
+        ``seed``, ``phi`` the golden ratio: every ``u_i`` is uniform in [0, 1) (as ``s`` is) and the
+        sequence costs a few vector ops instead of a random draw per value."""
+        s = (int(seed) * 0x9E3779B97F4A7C15 % (1 << 64)) / float(1 << 64)
+        base = _SHIFT_CACHE.get(numel)
+        if base is None:
+            base = torch.arange(numel, dtype=torch.float64).mul_(_PHI)
+            base.sub_(torch.floor(base))
+            if sum(_SHIFT_CACHE) + numel <= _WEIGHT_CACHE_LIMIT:
+                _SHIFT_CACHE[numel] = base
+        u = base + s
+        return u.sub_((u >= 1.0).to(torch.float64))
+
+    @staticmethod
+    def checksum(k: torch.Tensor, bits: int) -> int:
+        """64-bit check of the int64 lattice coordinates ``k``: two weighted sums of the high parts
+        ``h_i = floor(k_i / q) mod 2^16`` (the part the wire does not carry), with fixed
+        pseudo-random odd 24-bit weights, each reduced mod ``P = 2^31 - 1`` and packed in one int64.
+
+        A decoded ``k'`` that differs from ``k`` in one coordinate always changes the sums
+        (unless that coordinate is off by a multiple of ``2^16 q`` steps); several wrong
+        coordinates go unnoticed only if their changes cancel in both sums: about ``2^-48``."""
+        n = k.numel()
+        h = torch.bitwise_and(torch.bitwise_right_shift(k, bits), 0xFFFF)
+        sums = [0, 0]
+        for start in range(0, n, _CHECK_BLOCK):  # products < 2^40: block sums stay < 2^63
+            hb = h[start:start + _CHECK_BLOCK]
+            w = _weights(hb.numel(), start)
+            part = (w * hb).sum(1).tolist()
+            sums = [a + b for a, b in zip(sums, part)]
+        p = CHECKSUM_PRIME
+        return ((sums[0] % p) << 32) | (sums[1] % p)
+
+    def encode(self, x, generator=None, scale=None, noise=None):
+        """Payload for ``x`` on the lattice of step ``scale`` (= eps; default: the fixed ``eps``).
+        ``noise`` (uniform in [0, 1), one per value) replaces the rounding draws, for tests."""
+        n = x.numel()
+        eps = scale if scale is not None else self.eps
+        if eps is None:
+            raise ValueError("Lattice.encode needs the lattice step: pass scale=eps "
+                             "(see choose_eps) or construct Lattice(eps=...)")
+        eps = float(torch.as_tensor(eps, dtype=torch.float32).reshape(-1)[0])
+        seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator).item())
+        x = x.detach().reshape(-1)
+        finite = eps == eps and 0 < eps < float("inf") and bool(torch.isfinite(x).all())
+        x64 = x.to(torch.float64)
+        if not finite or n == 0:
+            codes = torch.zeros(n, dtype=torch.uint8)
+            k_sum = 0
+            if not finite:
+                eps = float("nan")
+        else:
+            z = x64.div_(eps).sub_(self._shift(n, seed))
+            low = torch.floor(z)
+            frac = z.sub_(low)
+            if noise is None:
+                noise = torch.rand(n, generator=generator)
+            k = low.add_((noise.to(torch.float64) < frac).to(torch.float64)).to(torch.int64)
+            codes = torch.bitwise_and(k, self.q - 1).to(torch.uint8)  # k mod q (two's complement)
+            k_sum = self.checksum(k, self.bits)
+        side = torch.cat([f32_bytes(torch.tensor([eps])),
+                          torch.tensor([seed], dtype=torch.int32).view(torch.uint8),
+                          torch.tensor([k_sum], dtype=torch.int64).view(torch.uint8)])
+        return torch.cat([pack_bits(codes, self.bits), side])
+
+    def side_channel(self, payload: torch.Tensor, numel: int) -> Tuple[float, int, int]:
+        """``(eps, shift seed, checksum)`` of a payload for ``numel`` values."""
+        nc = packed_nbytes(numel, self.bits)
+        if payload.numel() != nc + SIDE_BYTES:
+            raise LatticeDecodeError(f"lattice payload has {payload.numel()} bytes, expected "
+                                     f"{nc + SIDE_BYTES} for {numel} values at {self.bits} bits")
+        side = payload[nc:].clone()
+        eps = float(side[:4].view(torch.float32)[0])
+        seed = int(side[4:8].view(torch.int32)[0])
+        k_sum = int(side[8:16].view(torch.int64)[0])
+        return eps, seed, k_sum
+
+    def decode_relative(self, payload: torch.Tensor, reference: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+        """Decode relative to the receiver's own ``reference`` (same number of values as the
+        sender's tensor). Returns ``(values, ok)``: ``ok`` is False when the checksum shows that
+        the two vectors were too far apart to decode unambiguously, or the sender's tensor was not
+        finite (then ``values`` is all NaN). Never trust ``values`` when ``ok`` is False."""
+        ref = reference.detach().reshape(-1)
+        n = ref.numel()
+        eps, seed, k_sum = self.side_channel(payload, n)
+        if not (eps == eps and 0 < eps < float("inf")):
+            return torch.full((n,), float("nan")), False
+        if n == 0:
+            return torch.empty(0), True
+        u = self._shift(n, seed)
+        c = unpack_bits(payload[:packed_nbytes(n, self.bits)], self.bits, n).to(torch.float64)
+        r = ref.to(torch.float64).div_(eps).sub_(u)
+        # the integer k = c (mod q) nearest r; float64 holds these integers exactly (|k| < 2^53)
+        k = r.sub_(c).div_(self.q).round_().mul_(self.q).add_(c)
+        if not float(k.abs().max()) < 2.0 ** 62:  # also catches NaN
+            return torch.full((n,), float("nan")), False  # the reference is absurdly far: no decode
+        ok = self.checksum(k.to(torch.int64), self.bits) == k_sum
+        return k.add_(u).mul_(eps).to(torch.float32), ok
+
+    def is_finite_payload(self, payload: torch.Tensor, numel: int) -> bool:
+        eps = self.side_channel(payload, numel)[0]
+        return eps == eps and 0 < eps < float("inf")
+
+    def decode(self, payload, numel):
+        raise LatticeDecodeError(
+            "a lattice payload holds coordinates modulo q: it decodes only relative to the "
+            "receiver's own nearby vector. Use decode_relative(payload, reference) (SwarmSGD does); "
+            "the lattice codec cannot serve allreduce-style averaging of gradients.")
+
+    def aggregate(self, payloads, numel):
+        return self.decode(payloads[0], numel)
+
+    def compress(self, tensor):
+        raise LatticeDecodeError("the lattice codec is for gossip (hvd_compress.torch.SwarmSGD), not for "
+                                 "hvd.DistributedOptimizer: its payloads decode only relative to the "
+                                 "receiver's own model")
