@@ -20,7 +20,7 @@ The rule, per tensor:
 Decoding is exact (``k' == k``) whenever ``||x - y||_inf <= eps * (q/2 - 1)`` (the *radius*).
 Beyond it some coordinates land ``q * eps`` (or a multiple) away from the truth: silently wrong
 values. So the payload also carries a 64-bit checksum of the full lattice coordinates ``k`` (two weighted
-sums of ``floor(k_i / q) mod 2^16`` with fixed pseudo-random weights, see :meth:`Lattice.checksum`),
+sums of ``floor(k_i / q) mod 2^16`` with fixed pseudo-random weights, see ``_check_high``),
 and :meth:`Lattice.decode_relative` reports whether the decoded ``k'`` matches it. One wrong
 coordinate is always caught; several go unnoticed only if their errors cancel in both sums
 (about ``2^-48``). The caller (:class:`hvd_compress.torch.SwarmSGD`) then
@@ -38,8 +38,9 @@ residues (low bits first, :func:`hvd_compress.torch.packing.pack_bits`), then ``
 shift seed (int32), the checksum (int64): 16 bytes of side channel. 8 bits on 85k values costs
 8.0015 bits per value.
 
-Numerics: coordinates are computed in float64 (exact integers up to 2^53); ``eps`` is floored at
-``max|x| * 2^-40`` (and 1e-30) so ``|k|`` stays far inside that range. A non-finite ``x`` is sent
+Numerics: coordinates are computed in float64 (exact integers up to 2^53); ``choose_eps`` floors
+``eps`` at ``max|x| * 2^-40`` (and 1e-30) so ``|k|`` stays far inside that range, and ``encode``
+refuses a step that would put coordinates beyond 2^50. A non-finite ``x`` is sent
 with ``eps = NaN``, which every receiver reports as non-finite.
 
 Example::
@@ -68,28 +69,58 @@ from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 CHECKSUM_PRIME = 2 ** 31 - 1
-_PHI = 0.6180339887498949  # golden ratio - 1: the shift sequence's step
-_CHECK_BLOCK = 1 << 22
-_WEIGHT_CACHE: dict = {}
-_SHIFT_CACHE: dict = {}
-_WEIGHT_CACHE_LIMIT = 1 << 22  # values; larger blocks compute their weights on the fly
 SIDE_BYTES = 16  # eps fp32, shift seed int32, checksum int64
 MIN_EPS = 1e-30
 REL_EPS_FLOOR = 2.0 ** -40  # eps >= max|x| * this: lattice coordinates stay below 2^40
+_PHI = 0.6180339887498949  # golden ratio - 1: the shift sequence's step
+_CHECK_BLOCK = 4096  # 16-bit parts x 24-bit weights x 4096 terms < 2^52: exact float64 block sums
+_SHIFT_CACHE: dict = {}
+_SHIFT_CACHE_LIMIT = 1 << 22  # values; longer tensors compute their shift sequence on the fly
+_WEIGHTS: list = []
+MAX_COORD = 2.0 ** 50  # |lattice coordinate| bound: float64 holds every such integer exactly
 
 
-def _weights(numel: int, start: int) -> torch.Tensor:
-    """Two rows of odd 24-bit checksum weights for positions ``start .. start + numel``."""
-    key = (numel, start)
-    w = _WEIGHT_CACHE.get(key)
-    if w is None:
-        i = torch.arange(start, start + numel, dtype=torch.int64).bitwise_and_(0xFFFFFFFF)
+def _in_block_weights() -> torch.Tensor:
+    """(4096, 2) float64 odd 24-bit weights, a fixed hash of the position within a block."""
+    if not _WEIGHTS:
+        i = torch.arange(_CHECK_BLOCK, dtype=torch.int64)
         w1 = torch.bitwise_right_shift(i * 0x9E3779B1, 8).bitwise_and_(0xFFFFFF).bitwise_or_(1)
         w2 = torch.bitwise_right_shift(i * 0x85EBCA6B + 0x27D4EB2F, 8).bitwise_and_(0xFFFFFF).bitwise_or_(1)
-        w = torch.stack([w1, w2])
-        if sum(k[0] for k in _WEIGHT_CACHE) + numel <= _WEIGHT_CACHE_LIMIT:
-            _WEIGHT_CACHE[key] = w
-    return w
+        _WEIGHTS.append(torch.stack([w1, w2], dim=1).to(torch.float64))
+    return _WEIGHTS[0]
+
+
+def _check_high(high: torch.Tensor) -> int:
+    """The payload checksum over ``high = floor(k / q)`` (float64 integers), the part of each
+    lattice coordinate the wire does not carry.
+
+    ``h_i = high_i mod 2^16``; per block of 4096 positions, two weighted sums with fixed odd
+    24-bit weights (a float64 matrix-vector product: every term and partial sum is an integer
+    below 2^52, so it is exact in any summation order); the block sums are combined mod
+    ``P = 2^31 - 1`` with per-block weights, and the two results packed in one int64.
+    A decode that gets one coordinate wrong changes ``h_i`` (unless it is off by a multiple of
+    ``2^16 q`` steps), hence both sums, since P is a prime above every weight: always detected.
+    Several wrong coordinates pass only if their changes cancel in both sums (about ``2^-48``).
+    """
+    n = high.numel()
+    if n == 0:
+        return 0
+    h = torch.remainder(high, 65536.0)  # exact for float64 integers (fmod of a power of two)
+    w = _in_block_weights()
+    full = n // _CHECK_BLOCK
+    parts = []
+    if full:
+        parts.append(h[:full * _CHECK_BLOCK].view(full, _CHECK_BLOCK) @ w)
+    tail = n - full * _CHECK_BLOCK
+    if tail:
+        parts.append((h[full * _CHECK_BLOCK:] @ w[:tail]).view(1, 2))
+    sums = torch.cat(parts).to(torch.int64)
+    p = CHECKSUM_PRIME
+    b = torch.arange(sums.shape[0], dtype=torch.int64)
+    bw = torch.stack([(b * 0x2545F491 + 0x1B873593) % (p - 1) + 1,
+                      (b * 0x61C88647 + 0x5BD1E995) % (p - 1) + 1], dim=1)
+    total = ((sums % p) * bw % p).sum(0) % p
+    return (int(total[0]) << 32) | int(total[1])
 
 
 class LatticeDecodeError(ValueError):
@@ -156,39 +187,31 @@ class Lattice(Codec):
 
     # ---------------------------------------------------------------- math
     @staticmethod
-    def _shift(numel: int, seed: int) -> torch.Tensor:
-        """The lattice shift ``u_i = frac(s + i * phi)`` (float64), ``s`` uniform from the 32-bit
-        ``seed``, ``phi`` the golden ratio: every ``u_i`` is uniform in [0, 1) (as ``s`` is) and the
-        sequence costs a few vector ops instead of a random draw per value."""
-        s = (int(seed) * 0x9E3779B97F4A7C15 % (1 << 64)) / float(1 << 64)
+    def _base(numel: int) -> torch.Tensor:
+        """``frac(i * phi)`` for ``i < numel`` (float64, cached for moderate sizes)."""
         base = _SHIFT_CACHE.get(numel)
         if base is None:
             base = torch.arange(numel, dtype=torch.float64).mul_(_PHI)
             base.sub_(torch.floor(base))
-            if sum(_SHIFT_CACHE) + numel <= _WEIGHT_CACHE_LIMIT:
+            if sum(_SHIFT_CACHE) + numel <= _SHIFT_CACHE_LIMIT:
                 _SHIFT_CACHE[numel] = base
-        u = base + s
-        return u.sub_((u >= 1.0).to(torch.float64))
+        return base
 
     @staticmethod
-    def checksum(k: torch.Tensor, bits: int) -> int:
-        """64-bit check of the int64 lattice coordinates ``k``: two weighted sums of the high parts
-        ``h_i = floor(k_i / q) mod 2^16`` (the part the wire does not carry), with fixed
-        pseudo-random odd 24-bit weights, each reduced mod ``P = 2^31 - 1`` and packed in one int64.
+    def _offset(seed: int) -> float:
+        return (int(seed) * 0x9E3779B97F4A7C15 % (1 << 64)) / float(1 << 64)
 
-        A decoded ``k'`` that differs from ``k`` in one coordinate always changes the sums
-        (unless that coordinate is off by a multiple of ``2^16 q`` steps); several wrong
-        coordinates go unnoticed only if their changes cancel in both sums: about ``2^-48``."""
-        n = k.numel()
-        h = torch.bitwise_and(torch.bitwise_right_shift(k, bits), 0xFFFF)
-        sums = [0, 0]
-        for start in range(0, n, _CHECK_BLOCK):  # products < 2^40: block sums stay < 2^63
-            hb = h[start:start + _CHECK_BLOCK]
-            w = _weights(hb.numel(), start)
-            part = (w * hb).sum(1).tolist()
-            sums = [a + b for a, b in zip(sums, part)]
-        p = CHECKSUM_PRIME
-        return ((sums[0] % p) << 32) | (sums[1] % p)
+    @classmethod
+    def _shift(cls, numel: int, seed: int) -> torch.Tensor:
+        """The lattice shift ``u_i = frac(i * phi) + s`` (float64), ``s`` uniform in [0, 1) from
+        the 32-bit ``seed``, ``phi`` the golden ratio: each coordinate's lattice sits at a uniformly
+        random offset (an integer part of ``u`` only relabels lattice points), for one vector add
+        instead of a random draw per value."""
+        return cls._base(numel) + cls._offset(seed)
+
+    def checksum(self, k: torch.Tensor) -> int:
+        """64-bit check of integer lattice coordinates ``k`` (any dtype holding them exactly)."""
+        return _check_high(torch.floor(k.to(torch.float64) / self.q))
 
     def encode(self, x, generator=None, scale=None, noise=None):
         """Payload for ``x`` on the lattice of step ``scale`` (= eps; default: the fixed ``eps``).
@@ -201,22 +224,25 @@ class Lattice(Codec):
         eps = float(torch.as_tensor(eps, dtype=torch.float32).reshape(-1)[0])
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator).item())
         x = x.detach().reshape(-1)
-        finite = eps == eps and 0 < eps < float("inf") and bool(torch.isfinite(x).all())
-        x64 = x.to(torch.float64)
+        top = max(abs(float(v)) for v in torch.aminmax(x)) if n else 0.0  # NaN propagates
+        finite = eps == eps and 0 < eps < float("inf") and top < float("inf")  # NaN fails too
+        if finite and top / eps >= MAX_COORD:
+            raise ValueError(f"lattice step eps={eps:g} is too small for values up to {top:g} "
+                             f"(coordinates must stay below 2^50); use choose_eps()")
         if not finite or n == 0:
             codes = torch.zeros(n, dtype=torch.uint8)
             k_sum = 0
             if not finite:
                 eps = float("nan")
         else:
-            z = x64.div_(eps).sub_(self._shift(n, seed))
-            low = torch.floor(z)
-            frac = z.sub_(low)
+            # z = x / eps - u; randomized rounding k = floor(z + U), U ~ [0, 1): P(k = ceil z) = frac z
+            z = x.to(torch.float64).mul_(1.0 / eps).sub_(self._base(n)).sub_(self._offset(seed))
             if noise is None:
-                noise = torch.rand(n, generator=generator)
-            k = low.add_((noise.to(torch.float64) < frac).to(torch.float64)).to(torch.int64)
-            codes = torch.bitwise_and(k, self.q - 1).to(torch.uint8)  # k mod q (two's complement)
-            k_sum = self.checksum(k, self.bits)
+                noise = torch.rand(n, generator=generator, dtype=torch.float64)
+            k = z.add_(noise).floor_()
+            high = torch.mul(k, 1.0 / self.q).floor_()      # exact: q is a power of two
+            codes = k.add_(high, alpha=-self.q).to(torch.uint8)  # k mod q
+            k_sum = _check_high(high)
         side = torch.cat([f32_bytes(torch.tensor([eps])),
                           torch.tensor([seed], dtype=torch.int32).view(torch.uint8),
                           torch.tensor([k_sum], dtype=torch.int64).view(torch.uint8)])
@@ -246,15 +272,15 @@ class Lattice(Codec):
             return torch.full((n,), float("nan")), False
         if n == 0:
             return torch.empty(0), True
+        c = unpack_bits(payload[:packed_nbytes(n, self.bits)], self.bits, n)  # uint8 residues
         u = self._shift(n, seed)
-        c = unpack_bits(payload[:packed_nbytes(n, self.bits)], self.bits, n).to(torch.float64)
-        r = ref.to(torch.float64).div_(eps).sub_(u)
-        # the integer k = c (mod q) nearest r; float64 holds these integers exactly (|k| < 2^53)
-        k = r.sub_(c).div_(self.q).round_().mul_(self.q).add_(c)
-        if not float(k.abs().max()) < 2.0 ** 62:  # also catches NaN
+        # k = c + q * high, the integer with residue c nearest r = y / eps - u (exact in float64)
+        high = ref.to(torch.float64).mul_(1.0 / eps).sub_(u).sub_(c).mul_(1.0 / self.q).round_()
+        lo, hi = torch.aminmax(high)
+        if not max(-float(lo), float(hi)) * self.q < MAX_COORD:  # also catches NaN
             return torch.full((n,), float("nan")), False  # the reference is absurdly far: no decode
-        ok = self.checksum(k.to(torch.int64), self.bits) == k_sum
-        return k.add_(u).mul_(eps).to(torch.float32), ok
+        ok = _check_high(high) == k_sum
+        return high.mul_(self.q).add_(c).add_(u).mul_(eps).to(torch.float32), ok
 
     def is_finite_payload(self, payload: torch.Tensor, numel: int) -> bool:
         eps = self.side_channel(payload, numel)[0]
