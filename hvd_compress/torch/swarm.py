@@ -164,6 +164,8 @@ class SwarmSGD(torch.optim.Optimizer):
         if buffers == "average":
             self._tensors.update(self._all_buffers)
         self._keys = list(self._tensors)
+        if not self._keys:
+            raise ValueError("SwarmSGD: the model has no trainable floating-point parameters to gossip")
         self._kind: Dict[str, str] = {}
         for key, t in self._tensors.items():
             if key.startswith("param.") and self.codec.should_compress(t):
@@ -438,22 +440,22 @@ class SwarmSGD(torch.optim.Optimizer):
             return
         with torch.no_grad():
             for key, val in values.items():
-                flat = self._flat(key)
+                t = self._tensors[key]
                 snap = snapshot[key]
+                work = torch.promote_types(t.dtype, torch.float32)
                 if self._kind[key] == "lattice":
                     d = float((val - snap.to(torch.float32)).abs().max()) if val.numel() else 0.0
                     self._distance[key] = d
                     self.stats["distance_sum"] += d
                     self.stats["distance_count"] += 1
+                mine = t.detach().reshape(-1).to(work, copy=True)
                 if self.nonblocking:  # own progress since the snapshot + the pair's average of snapshots
-                    corr = (val.to(torch.float32) - snap.to(torch.float32)).mul_(0.5)
-                    flat.copy_((flat.to(torch.float32) + corr).to(flat.dtype))
-                elif val.dtype == flat.dtype:
-                    flat.copy_((flat + val) / 2)
-                else:
-                    flat.copy_(((flat.to(torch.float32) + val.to(torch.float32)) / 2).to(flat.dtype))
+                    new = mine.add_((val.to(work) - snap.to(work)).mul_(0.5))
+                else:  # (a + b) / 2: both partners compute the same value for exact tensors
+                    new = mine.add_(val.to(work)).div_(2)
+                t.copy_(new.view(t.shape))
                 if key in self._synced and not self.nonblocking:
-                    self._synced[key] = flat.to(torch.float32).clone()
+                    self._synced[key] = new.to(torch.float32).clone()
 
     # ------------------------------------------------------------------ global average
     def average_models(self, buffers: bool = True, inplace: bool = True) -> Dict[str, torch.Tensor]:

@@ -105,7 +105,9 @@ def _check_high(high: torch.Tensor) -> int:
     n = high.numel()
     if n == 0:
         return 0
-    h = torch.remainder(high, 65536.0)  # exact for float64 integers (fmod of a power of two)
+    # h = high mod 2^16 in [0, 2^16): exact in float64 (scaling by powers of two, floor, and a
+    # subtraction of integers below 2^53); 3x faster than torch.remainder's per-element fmod
+    h = high.add(torch.mul(high, 1.0 / 65536.0).floor_(), alpha=-65536.0)
     w = _in_block_weights()
     full = n // _CHECK_BLOCK
     parts = []
