@@ -130,7 +130,9 @@ def test_nonfinite_and_reference_free_use_are_clear():
     with pytest.raises(LatticeDecodeError, match="relative to the receiver"):
         c.decode(p, 100)
     with pytest.raises(LatticeDecodeError, match="SwarmSGD"):
-        c.compress(torch.ones(10))
+        c.compress(torch.ones(10))  # hvd.DistributedOptimizer(compression=Lattice())
+    with pytest.raises(LatticeDecodeError, match="SwarmSGD"):
+        c.worker_encode(torch.ones(10), "w", [(0, 10)], lambda i, j: None)  # allreduce-style exchange
     with pytest.raises(LatticeDecodeError, match="expected"):
         c.decode_relative(p[:-1], torch.ones(100))
     with pytest.raises(ValueError, match="lattice step"):

@@ -134,3 +134,22 @@ def test_bad_input_gives_the_same_clear_error_on_every_rank(rounds):
     for res in rounds.values():
         assert "non-finite" in res["nonfinite"] and "rank 2: 'param.near.weight'" in res["nonfinite"]
         assert "differ across ranks" in res["mismatch"]
+
+
+def test_bad_arguments_are_clear_before_any_collective():
+    import torch
+
+    import hvd_compress.torch as hc
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    no_comm = object()  # these errors come before any communication
+    with pytest.raises(ValueError, match="local_steps"):
+        hc.SwarmSGD(opt, model, local_steps=0, comm=no_comm)
+    with pytest.raises(ValueError, match="buffers"):
+        hc.SwarmSGD(opt, model, buffers="sum", comm=no_comm)
+    with pytest.raises(TypeError, match="nn.Module"):
+        hc.SwarmSGD(opt, list(model.parameters()), comm=no_comm)
+    with pytest.raises(ValueError, match="unknown codec"):
+        hc.SwarmSGD(opt, model, codec="lattic", comm=no_comm)
+    with pytest.raises(ValueError, match="does not train any"):
+        hc.SwarmSGD(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), model, comm=no_comm)

@@ -38,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 PAPER_SPEEDUP = 1.5
@@ -54,7 +53,7 @@ def parse_method(text: str) -> dict:
     if not text.startswith("swarm:"):
         raise ValueError(f"method must be 'sync-fp32' or 'swarm:<codec>:H=<h>[:nonblocking]', got {text!r}")
     parts = text[len("swarm:"):].split(":")
-    h, nonblocking, extra = 1, False, []
+    h, nonblocking = 1, False
     codec_parts = []
     for p in parts:
         if p.startswith("H="):

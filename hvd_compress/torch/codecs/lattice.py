@@ -74,6 +74,7 @@ MIN_EPS = 1e-30
 REL_EPS_FLOOR = 2.0 ** -40  # eps >= max|x| * this: lattice coordinates stay below 2^40
 _PHI = 0.6180339887498949  # golden ratio - 1: the shift sequence's step
 _CHECK_BLOCK = 4096  # 16-bit parts x 24-bit weights x 4096 terms < 2^52: exact float64 block sums
+_CHUNK = 16 * _CHECK_BLOCK  # values per processing chunk (float64 temporaries of 512 KiB)
 _SHIFT_CACHE: dict = {}
 _SHIFT_CACHE_LIMIT = 1 << 22  # values; longer tensors compute their shift sequence on the fly
 _WEIGHTS: list = []
@@ -102,13 +103,19 @@ def _check_high(high: torch.Tensor) -> int:
     ``2^16 q`` steps), hence both sums, since P is a prime above every weight: always detected.
     Several wrong coordinates pass only if their changes cancel in both sums (about ``2^-48``).
     """
-    n = high.numel()
-    if n == 0:
+    if high.numel() == 0:
         return 0
+    return _combine(_block_sums(high))
+
+
+def _block_sums(high: torch.Tensor) -> torch.Tensor:
+    """Exact per-block weighted sums of ``high mod 2^16`` ((blocks, 2) int64); chunks whose length
+    is a multiple of the block give the same blocks as the whole tensor."""
     # h = high mod 2^16 in [0, 2^16): exact in float64 (scaling by powers of two, floor, and a
     # subtraction of integers below 2^53); 3x faster than torch.remainder's per-element fmod
     h = high.add(torch.mul(high, 1.0 / 65536.0).floor_(), alpha=-65536.0)
     w = _in_block_weights()
+    n = h.numel()
     full = n // _CHECK_BLOCK
     parts = []
     if full:
@@ -116,7 +123,10 @@ def _check_high(high: torch.Tensor) -> int:
     tail = n - full * _CHECK_BLOCK
     if tail:
         parts.append((h[full * _CHECK_BLOCK:] @ w[:tail]).view(1, 2))
-    sums = torch.cat(parts).to(torch.int64)
+    return torch.cat(parts).to(torch.int64)
+
+
+def _combine(sums: torch.Tensor) -> int:
     p = CHECKSUM_PRIME
     b = torch.arange(sums.shape[0], dtype=torch.int64)
     bw = torch.stack([(b * 0x2545F491 + 0x1B873593) % (p - 1) + 1,
@@ -237,14 +247,18 @@ class Lattice(Codec):
             if not finite:
                 eps = float("nan")
         else:
-            # z = x / eps - u; randomized rounding k = floor(z + U), U ~ [0, 1): P(k = ceil z) = frac z
-            z = x.to(torch.float64).mul_(1.0 / eps).sub_(self._base(n)).sub_(self._offset(seed))
-            if noise is None:
-                noise = torch.rand(n, generator=generator, dtype=torch.float64)
-            k = z.add_(noise).floor_()
-            high = torch.mul(k, 1.0 / self.q).floor_()      # exact: q is a power of two
-            codes = k.add_(high, alpha=-self.q).to(torch.uint8)  # k mod q
-            k_sum = _check_high(high)
+            codes = torch.empty(n, dtype=torch.uint8)
+            base, offset, sums = self._base(n), self._offset(seed), []
+            for a in range(0, n, _CHUNK):  # cache-sized chunks: the float64 temporaries stay in L2
+                b = min(n, a + _CHUNK)
+                # z = x / eps - u; randomized rounding k = floor(z + U), U ~ [0, 1): P(ceil z) = frac z
+                z = x[a:b].to(torch.float64).mul_(1.0 / eps).sub_(base[a:b]).sub_(offset)
+                k = z.add_(noise[a:b] if noise is not None else
+                           torch.rand(b - a, generator=generator, dtype=torch.float64)).floor_()
+                high = torch.mul(k, 1.0 / self.q).floor_()          # exact: q is a power of two
+                codes[a:b] = k.add_(high, alpha=-self.q)             # k mod q, in [0, q)
+                sums.append(_block_sums(high))
+            k_sum = _combine(torch.cat(sums))
         side = torch.cat([f32_bytes(torch.tensor([eps])),
                           torch.tensor([seed], dtype=torch.int32).view(torch.uint8),
                           torch.tensor([k_sum], dtype=torch.int64).view(torch.uint8)])
@@ -274,15 +288,21 @@ class Lattice(Codec):
             return torch.full((n,), float("nan")), False
         if n == 0:
             return torch.empty(0), True
-        c = unpack_bits(payload[:packed_nbytes(n, self.bits)], self.bits, n)  # uint8 residues
-        u = self._shift(n, seed)
-        # k = c + q * high, the integer with residue c nearest r = y / eps - u (exact in float64)
-        high = ref.to(torch.float64).mul_(1.0 / eps).sub_(u).sub_(c).mul_(1.0 / self.q).round_()
-        lo, hi = torch.aminmax(high)
-        if not max(-float(lo), float(hi)) * self.q < MAX_COORD:  # also catches NaN
-            return torch.full((n,), float("nan")), False  # the reference is absurdly far: no decode
-        ok = _check_high(high) == k_sum
-        return high.mul_(self.q).add_(c).add_(u).mul_(eps).to(torch.float32), ok
+        codes = unpack_bits(payload[:packed_nbytes(n, self.bits)], self.bits, n)  # uint8 residues
+        base, offset, sums = self._base(n), self._offset(seed), []
+        out = torch.empty(n, dtype=torch.float32)
+        for a in range(0, n, _CHUNK):  # cache-sized chunks, as in encode
+            b = min(n, a + _CHUNK)
+            c = codes[a:b]
+            # k = c + q * high, the integer with residue c nearest r = y / eps - u (exact in float64)
+            high = ref[a:b].to(torch.float64).mul_(1.0 / eps).sub_(base[a:b]).sub_(offset)
+            high.sub_(c).mul_(1.0 / self.q).round_()
+            lo, hi = torch.aminmax(high)
+            if not max(-float(lo), float(hi)) * self.q < MAX_COORD:  # also catches NaN
+                return torch.full((n,), float("nan")), False  # the reference is absurdly far: no decode
+            sums.append(_block_sums(high))
+            out[a:b] = high.mul_(self.q).add_(c).add_(base[a:b]).add_(offset).mul_(eps)
+        return out, _combine(torch.cat(sums)) == k_sum
 
     def is_finite_payload(self, payload: torch.Tensor, numel: int) -> bool:
         eps = self.side_channel(payload, numel)[0]
@@ -296,6 +316,11 @@ class Lattice(Codec):
 
     def aggregate(self, payloads, numel):
         return self.decode(payloads[0], numel)
+
+    def worker_encode(self, x, key, bounds, draw, scale=None):
+        raise LatticeDecodeError("the lattice codec is for gossip (hvd_compress.torch.SwarmSGD), not for "
+                                 "gradient averaging: its payloads decode only relative to the receiver's own "
+                                 "model")
 
     def compress(self, tensor):
         raise LatticeDecodeError("the lattice codec is for gossip (hvd_compress.torch.SwarmSGD), not for "
