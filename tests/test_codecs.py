@@ -11,13 +11,14 @@ import hvd_compress.torch as hc
 from hvd_compress.torch.spec import registry
 
 # Every codec, and the variants whose wire format differs.
-SPECS = ["none", "fp16", "bf16", "powersgd:rank=2", "gradiveq", "qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8",
+SPECS = ["none", "fp16", "bf16", "powersgd:rank=2", "gradiveq", "lattice:bits=8", "qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8",
          "qsgd:bits=4,norm=l2", "terngrad", "terngrad:packing=2bit", "terngrad:clip=none", "onebit",
          "efsign", "signsgd", "signsgd:scaled=false", "topk:ratio=0.01", "doublesqueeze:codec=onebit",
          "doublesqueeze:codec=qsgd,bits=4", "doublesqueeze:codec=topk,ratio=0.05"]
-# Linear multi-round codecs (PowerSGD, GradiVeQ) run their own collective schedule instead of one
-# payload per tensor; their conformance (exact on low-rank input, linearity) is test_linear_codecs.py.
-LINEAR = [s for s in SPECS if type(hc.from_spec(s)).custom_exchange is not hc.Codec.custom_exchange]
+# Multi-round codecs (PowerSGD, GradiVeQ; and Lattice, decoded against the receiver's own model) do not make one
+# self-contained payload per tensor: their conformance is in test_linear_codecs.py and test_lattice.py.
+LINEAR = [s for s in SPECS if type(hc.from_spec(s)).custom_exchange is not hc.Codec.custom_exchange
+          or getattr(hc.from_spec(s), "needs_reference", False)]
 NON_SUMMABLE = [s for s in SPECS if not hc.from_spec(s).summable and s not in LINEAR]
 FEEDBACK = ["onebit", "efsign", "topk:ratio=0.01"]
 

@@ -21,7 +21,7 @@ The same codecs serve torch.distributed's ``DistributedDataParallel`` (and Ray T
     ddp_model.register_comm_hook(state, hook)
 """
 from hvd_compress.torch.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
-                                       GradiVeQ, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
+                                       GradiVeQ, Lattice, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
                                        ScaledSign, SignSGD, TernGrad, TopK, TopKSparsifier, Wrapper)
 from hvd_compress.torch.exchange import reset_wire_stats, wire_stats
 from hvd_compress.torch.spec import from_spec
@@ -35,11 +35,13 @@ _LAZY = {
     "ddp_comm_hook": "hvd_compress.torch.ddp",
     "DDPHookState": "hvd_compress.torch.ddp",
     "TorchDistCollectives": "hvd_compress.torch.dist",
+    "SwarmSGD": "hvd_compress.torch.swarm",
+    "random_matching": "hvd_compress.torch.swarm",
 }
 
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "from_spec", "wire_stats",
+           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "Lattice", "from_spec", "wire_stats",
            "reset_wire_stats", *_LAZY]
 
 

@@ -16,7 +16,7 @@ def registry() -> Dict[str, type]:
     return {"none": c.NoCompression, "fp16": c.FP16, "bf16": c.BF16, "qsgd": c.QSGD,
             "terngrad": c.TernGrad, "onebit": c.OneBit, "efsign": c.EFSign, "signsgd": c.SignSGD,
             "topk": c.TopK, "doublesqueeze": c.DoubleSqueeze, "gradiveq": c.GradiVeQ,
-            "powersgd": c.PowerSGD}
+            "powersgd": c.PowerSGD, "lattice": c.Lattice}
 
 
 def from_spec(spec: "str | Codec") -> Codec:
