@@ -93,6 +93,7 @@ def test_step_smoke_two_workers_tiny_model(tmp_path):
     if reason:
         pytest.skip(reason)
     out, png = tmp_path / "step.json", tmp_path / "step.png"
+    before = _bench_namespaces()  # another benchmark may be running beside this test
     _bench("step", "--link", "1gbit", "--np", "2", "--model", "mlp", "--width", "256", "--steps", "2",
            "--warmup", "1", "--batch", "4", "--codecs", "none;hvd-fp16;qsgd;onebit", "--quiet",
            "--json", str(out), "--plot", str(png), timeout=400)
@@ -105,5 +106,10 @@ def test_step_smoke_two_workers_tiny_model(tmp_path):
     assert rows["none"]["bytes_vs_nominal"] == pytest.approx(1.0, abs=0.15)
     assert rows["qsgd"]["bytes_per_step"] < 0.5 * rows["none"]["bytes_per_step"]
     assert png.stat().st_size > 1000
-    left = [p.name for p in Path("/run/netns").glob("hvdc-bench-*")] if Path("/run/netns").exists() else []
+    left = _bench_namespaces() - before
     assert not left, f"namespaces left behind: {left}"
+
+
+def _bench_namespaces() -> set:
+    root = Path("/run/netns")
+    return {p.name for p in root.glob("hvdc-bench-*")} if root.exists() else set()
