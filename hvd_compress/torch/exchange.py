@@ -86,6 +86,22 @@ def reset_wire_stats() -> None:
 _mix = mix  # the RNG stream seed hash (hvd_compress.common.mix)
 
 
+def agree(comm, text: str, name: str, problem: str, fix: str) -> Generator:
+    """Generator: allgather every rank's ``text``; if they differ, raise the same ``ValueError``
+    (``problem``, each rank's text, ``fix``) on every rank, so a mismatch fails clearly instead of
+    hanging in a later collective."""
+    mine = text.encode()
+    lengths = yield comm.allgather_async(torch.tensor([len(mine)], dtype=torch.int64), name=f"{name}.len")
+    gathered = yield comm.allgather_async(torch.frombuffer(bytearray(mine), dtype=torch.uint8), name=name)
+    texts, pos = [], 0
+    for n in lengths.tolist():
+        texts.append(bytes(gathered[pos:pos + n].tolist()).decode())
+        pos += n
+    if len(set(texts)) > 1:
+        listing = "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts))
+        raise ValueError(f"hvd_compress: {problem} ({listing}). {fix}")
+
+
 class Exchange:
     """Runs one codec's exchange for named tensors over a collectives backend."""
 
@@ -97,19 +113,9 @@ class Exchange:
     # ---------------------------------------------------------------- config agreement
     def check_config(self) -> Generator:
         """Gather every rank's codec fingerprint; raise the same clear error on all on mismatch."""
-        mine = self.codec.fingerprint().encode()
-        lengths = yield self.comm.allgather_async(torch.tensor([len(mine)], dtype=torch.int64),
-                                                  name="hvdc.config_check.len")
-        gathered = yield self.comm.allgather_async(torch.frombuffer(bytearray(mine), dtype=torch.uint8),
-                                                   name="hvdc.config_check")
-        texts, pos = [], 0
-        for n in lengths.tolist():
-            texts.append(bytes(gathered[pos:pos + n].tolist()).decode())
-            pos += n
-        if len(set(texts)) > 1:
-            listing = "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts))
-            raise ValueError("hvd_compress: ranks use different compression settings (" + listing +
-                             "). Construct the same codec with the same arguments on every rank.")
+        yield from agree(self.comm, self.codec.fingerprint(), "hvdc.config_check",
+                         "ranks use different compression settings",
+                         "Construct the same codec with the same arguments on every rank.")
         self._checked = True
 
     def ensure_checked(self) -> None:

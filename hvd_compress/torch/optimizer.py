@@ -9,11 +9,12 @@ from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.collectives import HorovodCollectives
 from hvd_compress.torch.exchange import Driver, Exchange
 from hvd_compress.torch.spec import from_spec
+from hvd_compress.torch.wrapped import WrappedOptimizer
 
 STATE_KEY = "hvd_compress"
 
 
-class DistributedOptimizer(torch.optim.Optimizer):
+class DistributedOptimizer(WrappedOptimizer):
     """Wraps any torch optimizer (by delegation): averages gradients over Horovod ranks with a
     codec, then steps the wrapped optimizer.
 
@@ -62,29 +63,6 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._params = sorted(((by_id[id(p)], p) for p in params if p.requires_grad), key=lambda t: t[0])
         self.comm = comm if comm is not None else HorovodCollectives(process_set)
         self.exchange = Exchange(self.codec, self.comm)
-
-    # delegation, as accelerate's AcceleratedOptimizer does
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value):
-        self.optimizer.param_groups = value
-
-    @property
-    def defaults(self):
-        return self.optimizer.defaults
-
-    def zero_grad(self, set_to_none: bool = True):
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def add_param_group(self, param_group):
-        raise NotImplementedError("add parameter groups to the wrapped optimizer before wrapping it")
 
     def __repr__(self):
         return f"hvd_compress.DistributedOptimizer({self.optimizer!r}, compression={self.codec})"

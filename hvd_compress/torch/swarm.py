@@ -74,8 +74,9 @@ import torch
 
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.codecs.lattice import Lattice
-from hvd_compress.torch.exchange import UNCOMPRESSED, WIRE_STATS, Driver, _mix, _ring_allreduce_bytes
+from hvd_compress.torch.exchange import UNCOMPRESSED, WIRE_STATS, Driver, _mix, _ring_allreduce_bytes, agree, drive
 from hvd_compress.torch.spec import from_spec
+from hvd_compress.torch.wrapped import WrappedOptimizer
 
 STATE_KEY = "hvd_compress.swarm"
 BUFFER_MODES = ("average", "local")
@@ -103,7 +104,7 @@ def _from_raw(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return b.clone().view(dtype)
 
 
-class SwarmSGD(torch.optim.Optimizer):
+class SwarmSGD(WrappedOptimizer):
     """Decentralized SGD: local steps plus quantized pairwise gossip over Horovod (see the module
     docstring for the algorithm, the codecs and the buffer policy).
 
@@ -190,29 +191,6 @@ class SwarmSGD(torch.optim.Optimizer):
             self._broadcast_initial()
         self._reset_references(anchor_from_average=not broadcast)
 
-    # ------------------------------------------------------------------ torch.optim delegation
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value):
-        self.optimizer.param_groups = value
-
-    @property
-    def defaults(self):
-        return self.optimizer.defaults
-
-    def zero_grad(self, set_to_none: bool = True):
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def add_param_group(self, param_group):
-        raise NotImplementedError("add parameter groups to the wrapped optimizer before wrapping it")
-
     def __repr__(self):
         return (f"hvd_compress.SwarmSGD({self.optimizer!r}, local_steps={self.local_steps}, "
                 f"codec={self.codec}, nonblocking={self.nonblocking}, buffers={self.buffers!r})")
@@ -226,22 +204,9 @@ class SwarmSGD(torch.optim.Optimizer):
                 f"buffers={self.buffers},codec={self.codec.fingerprint()},tensors={shapes})")
 
     def _check_config(self):
-        def gen():
-            mine = self.fingerprint().encode()
-            lengths = yield self.comm.allgather_async(torch.tensor([len(mine)], dtype=torch.int64),
-                                                      name="hvdc.swarm.config.len")
-            gathered = yield self.comm.allgather_async(torch.frombuffer(bytearray(mine), dtype=torch.uint8),
-                                                       name="hvdc.swarm.config")
-            texts, pos = [], 0
-            for n in lengths.tolist():
-                texts.append(bytes(gathered[pos:pos + n].tolist()).decode())
-                pos += n
-            if len(set(texts)) > 1:
-                listing = "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts))
-                raise ValueError("hvd_compress: SwarmSGD settings or models differ across ranks (" + listing +
-                                 "). Build the same model and SwarmSGD(...) arguments on every rank.")
-            return True
-        _run({"config": gen()})
+        drive({"config": agree(self.comm, self.fingerprint(), "hvdc.swarm.config",
+                              "SwarmSGD settings or models differ across ranks",
+                              "Build the same model and SwarmSGD(...) arguments on every rank.")})
 
     def _broadcast_initial(self):
         items = list(self._tensors.items()) + [(k, b) for k, b in self._all_buffers.items()
@@ -296,7 +261,7 @@ class SwarmSGD(torch.optim.Optimizer):
             self._pending = (driver, snapshot)
         else:
             snapshot = {k: self._flat(k) for k in self._keys}  # views: nothing moves until applied
-            partner, values = _run({"gossip": self._round_gen(self._round, snapshot)})["gossip"]
+            partner, values = drive({"gossip": self._round_gen(self._round, snapshot)})["gossip"]
             self._apply(partner, values, snapshot)
         self._round += 1
 
@@ -550,8 +515,3 @@ def _single(pending):
     return result
 
 
-def _run(generators):
-    driver = Driver()
-    for key, gen in generators.items():
-        driver.start(key, gen)
-    return driver.finish()
