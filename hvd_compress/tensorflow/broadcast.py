@@ -177,5 +177,9 @@ def broadcast_variables(variables: Sequence, root_rank: int = 0, bits: int = 8, 
             state.synced[i] = np.asarray(v.numpy()).copy()
     if state is not None:
         state.calls += 1
+    from hvd_compress.tensorflow.stats import WIRE_STATS
+    # as the torch twin: the root sends the buffer to every other rank (star count); others send none
+    WIRE_STATS.add(f"broadcast(qsgd(bits={bits},bucket_size={bucket_size},norm=max))", nq + nx, total,
+                   total * (size - 1) if is_root else 0)
     return {"bytes": float(total), "fp32_bytes": float(fp32_bytes), "quantized_values": float(nq),
             "exact_values": float(nx), "bits_per_value": 8.0 * qbytes / max(nq, 1)}
