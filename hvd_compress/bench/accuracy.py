@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
+from hvd_compress.bench.common import write_json
 from hvd_compress.bench.step import horovodrun_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,9 +186,7 @@ def main(argv=None) -> int:
               "command": "python -m hvd_compress.bench accuracy " + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": rows}
     print(format_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
     if args.plot:
         plot(result, args.plot)
     return 0

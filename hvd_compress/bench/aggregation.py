@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from hvd_compress.bench.common import write_json
+
 PAPER = {"gradiveq_vs_uncompressed": 5.25, "gradiveq_vs_qsgd4": 2.0,
          "source": "Yu et al. 2018, ResNet-32/CIFAR-100, 6 CPU nodes: aggregation 850 s -> 162 s per "
                    "500 iterations (5.25x); about 2x less than 4-bit QSGD (time to converge 90k s QSGD "
@@ -247,9 +249,7 @@ def main(argv=None):
     result.update({"command": " ".join(["python -m hvd_compress.bench.aggregation"] + (argv if argv is not None else sys.argv[1:])),
                    "link": args.link, "model_links": [n for n, _ in model_links], "paper": PAPER})
     print(format_table(result, model_links))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
     return result
 
 

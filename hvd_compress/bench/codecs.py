@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import io
-import json
 import os
 import platform
 import shutil
@@ -46,6 +45,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from hvd_compress.bench.common import write_json
 from hvd_compress.bench.reference import reference_for
 
 DEFAULT_SIZES = [1 << 16, 1 << 20, 1 << 24]
@@ -345,9 +345,7 @@ def main(argv=None) -> int:
     print(format_table(result))
     print()
     print(targets_summary(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
     return 0
 
 

@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from hvd_compress.bench.common import write_json
 from hvd_compress.bench.netns import NamespaceUnavailable, ShapedNamespace, check_available, format_rate, parse_rate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,9 +252,7 @@ def main(argv=None) -> int:
         print(f"hvd_compress.bench step: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
     if args.plot:
         plot(result, args.plot)
     return 0
