@@ -14,11 +14,11 @@ through the stock ``hvd.DistributedOptimizer(compression=...)``. Per codec it re
 * ``codec_share``: the fraction of the step spent inside the codec's encode/decode/aggregate.
 
 The link model. All workers share one loopback, so ``tc`` on ``lo`` limits their *total* traffic.
-``--link RATE`` is the rate of each worker's link: ``lo`` is shaped to ``N x RATE``, the aggregate
-of N full-duplex RATE links, which is what a ring allreduce, an alltoall or an allgather (every
-worker sending and receiving at once) sees on a switch of RATE ports. ``--shared-link`` shapes
-``lo`` to RATE itself (N workers sharing one RATE medium). No propagation delay is added (this
-kernel may lack ``netem``).
+``--link RATE`` shapes ``lo`` to RATE: the N workers share one RATE medium (a busy uplink, one
+NIC behind several GPUs). ``--per-worker`` shapes ``lo`` to ``N x RATE`` instead, the aggregate of N
+full-duplex RATE links, which is what a ring allreduce, an alltoall or an allgather (every worker
+sending and receiving at once) sees on a switch of RATE ports; there the model's compute and the
+codecs' CPU time weigh more. No propagation delay is added (this kernel may lack ``netem``).
 
 Needs root (``ip netns``, ``tc``); without it the command says so and exits with status 2. The
 namespace is always deleted, also on failure or Ctrl-C.
@@ -137,7 +137,8 @@ def format_table(result: dict) -> str:
         fp16 = next((r for r in rows if r["codec"] == "hvd-fp16"), None)
         head = (f"{'codec':<34} {'ms/step':>9} {'vs fp32':>8} {'vs hvd16':>8} {'MB/step':>9} "
                 f"{'nominal':>9} {'meas/nom':>8} {'bits/v':>7} {'codec%':>7}")
-        lines.append(f"link {link} per worker (lo shaped to {format_rate(rows[0]['lo_rate_bits'])}), "
+        scope = "per worker" if rows[0]["lo_rate_bits"] != rows[0]["link_bits"] else "shared"
+        lines.append(f"link {link} {scope} (lo shaped to {format_rate(rows[0]['lo_rate_bits'])}), "
                      f"{result['np']} workers, model {result['model']} ({rows[0]['params'] / 1e6:.1f}M params, "
                      f"batch {rows[0]['batch']}/worker), compute alone {1000 * rows[0]['compute_time_s']:.0f} ms/step")
         lines.append(head)
@@ -178,7 +179,7 @@ def plot(result: dict, path: str) -> None:
             ax.plot([p[0] / 1e9 for p in pts], [p[1] for p in pts], style, marker="o", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("link rate per worker (Gbit/s)")
+        ax.set_xlabel("link rate (Gbit/s)" + (" per worker" if result.get("link_model", "").startswith("per") else ", shared"))
         ax.set_ylabel("step time (s)")
     else:
         labels = [next(r["label"] for r in rows if r["codec"] == c) for c in codecs]
@@ -200,7 +201,7 @@ def plot(result: dict, path: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hvd_compress.bench step", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--link", required=True, help="link rate per worker, e.g. 1gbit; several: 1gbit,10gbit")
+    ap.add_argument("--link", required=True, help="link rate, e.g. 1gbit; several: 1gbit,10gbit")
     ap.add_argument("--np", type=int, default=4, help="workers (default 4)")
     ap.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
     ap.add_argument("--width", type=int, default=0, help="hidden width (mlp, default 4096) or channels (cnn, 64)")
@@ -210,8 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per codec first")
     ap.add_argument("--batch", type=int, default=16, help="samples per worker per step")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    ap.add_argument("--shared-link", action="store_true",
-                    help="shape lo to RATE itself (all workers share one RATE medium) instead of N x RATE")
+    ap.add_argument("--per-worker", action="store_true",
+                    help="RATE is each worker's link: shape lo to N x RATE (default: lo = RATE, shared)")
     ap.add_argument("--no-thp", dest="thp", action="store_false",
                     help="do not set THP_MEM_ALLOC_ENABLE=1 (torch's huge pages for large tensors) in workers")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per horovodrun job")
@@ -236,19 +237,19 @@ def main(argv=None) -> int:
         print(f"hvd_compress.bench step: {exc}", file=sys.stderr)
         return 2
     result = {"np": args.np, "model": args.model, "links": [r[0] for r in rates],
-              "link_model": "shared" if args.shared_link else "per-worker (lo = N x RATE)",
+              "link_model": "per-worker (lo = N x RATE)" if args.per_worker else "shared (lo = RATE)",
               "steps": args.steps, "warmup": args.warmup, "threads_per_worker": args.threads,
               "cpu_count": os.cpu_count(), "thp": args.thp,
               "command": "python -m hvd_compress.bench step " + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": []}
     try:
-        lo0 = rates[0][1] * (1 if args.shared_link else args.np)
+        lo0 = rates[0][1] * (args.np if args.per_worker else 1)
         with ShapedNamespace(lo0) as ns:
             for text, bits in rates:
-                lo = bits * (1 if args.shared_link else args.np)
+                lo = bits * (args.np if args.per_worker else 1)
                 ns.set_rate(lo)
                 if not args.quiet:
-                    print(f"== link {text} per worker: {ns.qdisc}", file=sys.stderr, flush=True)
+                    print(f"== link {text}: {ns.qdisc}", file=sys.stderr, flush=True)
                 with tempfile.TemporaryDirectory(prefix="hvdc-step-") as tmp:
                     rows = run_job(ns, args, codecs, Path(tmp))
                 for r in rows:
