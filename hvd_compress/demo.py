@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 DEFAULT_CODECS = ["fp32", "hvd-fp16", "fp16", "bf16", "qsgd:bits=8", "qsgd:bits=4", "terngrad", "onebit",
-                  "efsign", "signsgd", "topk:ratio=0.01", "doublesqueeze:codec=onebit"]
+                  "efsign", "signsgd", "topk:ratio=0.01", "doublesqueeze:codec=onebit",
+                  "powersgd:rank=4,start_iter=10"]
 
 
 def load_digits_split(seed: int = 0):
