@@ -1114,7 +1114,7 @@ NATIVE_PINNED: dict = {'qsgd:bits=2,bucket_size=128|grid|3001': {'encode': '4ebb
                               'decode': '4abd85eadeee63cd',
                               'aggregate': 'ca4ce685d0c6dc69',
                               'worker0': 'f049e03039aa2c68',
-                              'worker1': 'b027f3f745e48153',
+                              'worker1': 'a3e8b0c52b52aba1',
                               'server0': '9b9bede00f19f066',
                               'server1': 'b82a1b1f97d00750'},
  'qsgd:bits=8|nonfinite': {'encode': 'e30f536bc4b4d2ed', 'decode': '16307a09b7519991'},

@@ -357,9 +357,10 @@ static float bucket_l2(const float *x, i64 len) {
         sumsq_tail(x, 0, len, acc);
         s = sum8(acc);
     }
-    float sf = (float)s;
-    if (!finite_f(sf)) return u2f(QNAN);
-    return nan_if_nonfinite(sqrtf(sf));
+    /* sqrt in double, rounded once (== fp32 sqrt of the sum whenever the sum is exact in fp32); an
+     * fp32 overflow of the sum of squares gives NaN, as in the plain path. */
+    if (!finite_f((float)s)) return u2f(QNAN);
+    return nan_if_nonfinite((float)sqrt(s));
 }
 
 /* Codes of one run of values inside a bucket: level = floor(y) + (u < y - floor(y)), y = |x| * inv,
@@ -456,7 +457,8 @@ API int hvdc_qsgd_encode(const float *x, i64 n, int bits, i64 bucket, int l2, ui
                 const i64 be = imin(bs + bucket, n);
                 const float scale = l2 ? bucket_l2(x + bs, be - bs) : bucket_max(x + bs, be - bs);
                 put_f32(out + ncode + 4 * (bs / bucket), scale);
-                const float inv = scale > 0.0f ? (float)levels / scale : 0.0f;
+                /* torch evaluates `levels / scales` as reciprocal(scales) * levels: two roundings */
+                const float inv = scale > 0.0f ? (1.0f / scale) * (float)levels : 0.0f;
                 qsgd_codes(x + bs, be - bs, inv, levels, noise, key, bs, codes + (bs - a));
             }
             pack_codes(codes, b - a, bits, out + a / per);
@@ -938,9 +940,11 @@ static int onebit_bucket(const float *g, const float *e_in, float *e_out, i64 le
         st = onebit_scan(src, len, bits_out);
     const i64 ncnt = len - st.cnt;
     /* The plain path: pos_mean = sum(p >= 0) / count, neg_mean = (sum(p) - pos_sum) / count, 0 for
-     * an empty side; non-finite means -> NaN. sum(p) - pos_sum is non-finite whenever any value is. */
-    float pm = st.cnt > 0 ? (float)st.psum / (float)st.cnt : 0.0f;
-    float nm = ncnt > 0 ? (st.bad ? u2f(QNAN) : (float)st.nsum / (float)ncnt) : 0.0f;
+     * an empty side; non-finite means -> NaN. sum(p) - pos_sum is non-finite whenever any value is.
+     * The quotient is taken in double and rounded once: equal to the plain path's fp32 division
+     * whenever the fp32 sum is exact, closer to the true mean otherwise. */
+    float pm = st.cnt > 0 ? (finite_f((float)st.psum) ? (float)(st.psum / (double)st.cnt) : u2f(QNAN)) : 0.0f;
+    float nm = ncnt > 0 ? (st.bad ? u2f(QNAN) : (float)(st.nsum / (double)ncnt)) : 0.0f;
     pm = nan_if_nonfinite(pm);
     nm = nan_if_nonfinite(nm);
     put_f32(means_out, pm);
@@ -1089,7 +1093,9 @@ API int hvdc_sign_encode(const float *g, const float *e_in, float *e_out, i64 n,
     double total = 0.0;
     for (i64 t = 0; t < ntiles; t++) total += sums[t];
     free(sums);
-    const float s = nan_if_nonfinite((float)total / (float)n);   /* plain: fp32 sum / n */
+    /* plain: fp32 sum / n; here the double sum / n rounded once (the same whenever the fp32 sum is
+     * exact), NaN if the sum is not finite in fp32 */
+    const float s = finite_f((float)total) ? nan_if_nonfinite((float)(total / (double)n)) : u2f(QNAN);
     put_f32(out + nb, s);
     int rbad = 0;
     if (e_out) {
