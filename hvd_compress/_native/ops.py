@@ -274,3 +274,7 @@ def fused_feedback(encode, x: torch.Tensor, residual: Optional[torch.Tensor], bo
     if bad:
         e_out.zero_()
     return payloads, e_out
+
+
+# Codec names (of the quantizer under any wrappers) whose encode/decode run natively on CPU.
+NATIVE_CODECS = ("qsgd", "terngrad", "onebit_quantizer", "scaled_sign")
