@@ -71,13 +71,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def default_specs() -> List[str]:
-    """Every registered codec with a per-tensor payload (PowerSGD and GradiVeQ run a multi-round
-    schedule instead; ``python -m hvd_compress.bench aggregation`` times those)."""
+    """Every registered codec with a self-contained per-tensor payload (PowerSGD and GradiVeQ run a
+    multi-round schedule instead, ``python -m hvd_compress.bench aggregation`` times those; Lattice
+    decodes against the receiver's own model)."""
     from hvd_compress.torch.codecs.base import Codec
     from hvd_compress.torch.spec import registry
     out = []
     for name, cls in registry().items():
-        if cls.custom_exchange is not Codec.custom_exchange:
+        if cls.custom_exchange is not Codec.custom_exchange or getattr(cls, "needs_reference", False):
             continue
         out.append(name)
         if name == "qsgd":
