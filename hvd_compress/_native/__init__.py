@@ -96,11 +96,21 @@ def build(force: bool = False) -> Path:
         version = _compiler_version(cc)
     except (OSError, subprocess.SubprocessError) as exc:
         raise OSError(f"no usable C compiler ({' '.join(cc)}): {exc}") from None
-    folder = cache_root() / build_key(cc, version)
+    if not SOURCE.is_file():
+        raise OSError(f"{SOURCE} is missing (an install without the package's C source)")
+    key = build_key(cc, version)
+    folder = cache_root() / key
     lib = folder / LIBNAME
     if lib.exists() and not force:
         return lib
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home (containers): a per-user temp folder instead
+        folder = Path(tempfile.gettempdir()) / f"hvd_compress-{os.getuid()}" / "native" / key
+        lib = folder / LIBNAME
+        if lib.exists() and not force:
+            return lib
+        folder.mkdir(parents=True, exist_ok=True)
     with _flock(folder / ".lock"):
         if lib.exists() and not force:  # another process built it while we waited
             return lib

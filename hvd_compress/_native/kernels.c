@@ -280,6 +280,18 @@ HOT static void unpack_codes(const uint8_t *p, i64 len, int bits, uint8_t *c) {
         for (j = 0; j < full; j++) { c[2 * j] = p[j] & 15; c[2 * j + 1] = p[j] >> 4; }
         if (len & 1) c[len - 1] = p[full] & 15;
         return;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    case 2: {
+        uint32_t lut[256];   /* byte -> its four 2-bit codes as four bytes (little-endian) */
+        for (int b = 0; b < 256; b++)
+            lut[b] = (uint32_t)(b & 3) | ((uint32_t)((b >> 2) & 3) << 8) | ((uint32_t)((b >> 4) & 3) << 16) |
+                     ((uint32_t)(b >> 6) << 24);
+        full = len >> 2;
+        for (j = 0; j < full; j++) memcpy(c + 4 * j, &lut[p[j]], 4);
+        for (i64 i = full * 4; i < len; i++) c[i] = (p[full] >> (2 * (i - full * 4))) & 3;
+        return;
+    }
+#else
     case 2:
         full = len >> 2;
         for (j = 0; j < full; j++) {
@@ -288,6 +300,7 @@ HOT static void unpack_codes(const uint8_t *p, i64 len, int bits, uint8_t *c) {
         }
         for (i64 i = full * 4; i < len; i++) c[i] = (p[full] >> (2 * (i - full * 4))) & 3;
         return;
+#endif
     case 1:
         full = len >> 3;
         for (j = 0; j < full; j++) {
@@ -482,31 +495,33 @@ API int hvdc_qsgd_decode(const uint8_t *payload, i64 n, int bits, i64 bucket, fl
     const i64 tl = tile_len(unit);
     const i64 ntiles = (n + tl - 1) / tl;
     if (mode == 0) advise_huge(out, n * 4);
-#pragma omp parallel num_threads(team(ntiles, nthreads))
+    int err = 0;
+#pragma omp parallel num_threads(team(ntiles, nthreads)) reduction(| : err)
     {
         SPLIT(ntiles, lo, hi)
-        uint8_t codes[SUB];
+        uint8_t *codes = (uint8_t *)malloc((size_t)tl + 8);   /* a tile's codes, unpacked once */
         float vbuf[SUB];
-        for (i64 t = lo; t < hi; t++) {
-            const i64 a = t * tl, b = imin(a + tl, n);
+        if (!codes) err = 1;
+        for (i64 t = lo; t < hi && codes; t++) {
+            const i64 a = t * tl, b = imin(a + tl, n);   /* a: whole buckets and whole bytes */
+            unpack_codes(payload + a / per, b - a, bits, codes);
             for (i64 bs = a; bs < b; bs += bucket) {
                 const i64 be = imin(bs + bucket, n);
                 const float step = get_f32(payload + ncode + 4 * (bs / bucket)) / (float)levels;
-                for (i64 s = bs; s < be;) {
-                    /* unpack from a byte boundary: start at the byte holding value s */
-                    const i64 s0 = s - s % per;
-                    const i64 len = imin(SUB, be - s0);
-                    unpack_codes(payload + s0 / per, len, bits, codes);
-                    const i64 skip = s - s0, m = len - skip;
-                    float *v = mode == 0 ? out + s : vbuf;
-                    qsgd_values(codes + skip, m, levels, step, v);
+                if (mode == 0) {
+                    qsgd_values(codes + (bs - a), be - bs, levels, step, out + bs);
+                    continue;
+                }
+                for (i64 s = bs; s < be; s += SUB) {
+                    const i64 m = imin(SUB, be - s);
+                    qsgd_values(codes + (s - a), m, levels, step, vbuf);
                     emit(out + s, vbuf, m, mode, div);
-                    s += m;
                 }
             }
         }
+        free(codes);
     }
-    return 0;
+    return err ? -2 : 0;
 }
 
 /* -------------------------------------------------------------------------------- TernGrad */
