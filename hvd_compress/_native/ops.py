@@ -17,7 +17,7 @@ path's bytes.
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -56,6 +56,7 @@ def flat_f32(x: torch.Tensor) -> torch.Tensor:
 
 
 def draw_seed(generator: Optional[torch.Generator]) -> int:
+    """The one 63-bit seed a stochastic kernel draws from the codec's generator."""
     return int(torch.randint(0, _SEED_HIGH - 1, (1,), generator=generator, dtype=torch.int64))
 
 
@@ -208,6 +209,16 @@ def decode(decode_into, payload: torch.Tensor, numel: int, *args):
     return out
 
 
+def decode_to(decode_into, payload: torch.Tensor, out: torch.Tensor, *args) -> bool:
+    """Decode straight into ``out`` (contiguous fp32 CPU); ``False`` if the native path is off."""
+    lib = lib_for(payload, out)
+    if lib is None or out.dtype != torch.float32 or not out.is_contiguous():
+        return False
+    if out.numel():
+        decode_into(lib, payload, out.numel(), *args, out)
+    return True
+
+
 def aggregate(decode_into, payloads: Sequence[torch.Tensor], numel: int, *args):
     """Mean of the decoded payloads with the plain path's float operations (``d0 + d1 + ...``,
     then ``/ k``) fused into the decoding: no decoded temporaries."""
@@ -225,15 +236,15 @@ def aggregate(decode_into, payloads: Sequence[torch.Tensor], numel: int, *args):
 
 
 def residual_buffer(residual: Optional[torch.Tensor], n: int):
-    """``(e_in, e_out, fresh)`` for a fused error-feedback step: the stored residual updated in
+    """``(e_in, e_out)`` for a fused error-feedback step: the stored residual updated in
     place when it is a contiguous fp32 CPU tensor of ``n`` values; a fresh one when there is none
     (or it has another size: a new shape starts from zero, as in the plain path); ``None`` when it
     exists in a form the kernels do not take (the caller falls back to the plain path)."""
     if residual is None or residual.numel() != n:
-        return None, torch.empty(n, dtype=torch.float32), True
+        return None, torch.empty(n, dtype=torch.float32)
     if residual.dtype != torch.float32 or residual.device.type != "cpu" or not residual.is_contiguous():
         return None
-    return residual, residual, False
+    return residual, residual
 
 
 def noise_for_test(seed: int, start: int, length: int) -> torch.Tensor:
@@ -243,14 +254,6 @@ def noise_for_test(seed: int, start: int, length: int) -> torch.Tensor:
     lib.hvdc_noise(seed, start, length, out.data_ptr())
     return out
 
-
-def kernel_seed_stream(generator: Optional[torch.Generator]) -> int:
-    """The seed a native encoder draws from ``generator`` (for tests)."""
-    return draw_seed(generator)
-
-
-__all__: List[str] = ["qsgd_encode", "terngrad_scale", "terngrad_encode", "onebit_encode",
-                      "sign_encode", "decode", "aggregate", "residual_buffer", "threads"]
 
 
 def fused_feedback(encode, x: torch.Tensor, residual: Optional[torch.Tensor], bounds, *args):
@@ -265,7 +268,7 @@ def fused_feedback(encode, x: torch.Tensor, residual: Optional[torch.Tensor], bo
     bufs = residual_buffer(residual, n)
     if bufs is None:
         return None
-    e_in, e_out, _ = bufs
+    e_in, e_out = bufs
     payloads, bad = [], False
     for a, b in bounds:
         payload, nonfinite = encode(x[a:b], *args, None if e_in is None else e_in[a:b], e_out[a:b])

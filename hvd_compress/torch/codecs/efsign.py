@@ -39,6 +39,10 @@ class ScaledSign(ScaledSignFormat, Codec):
         signs = unpack_bits(payload[:nb], 1, numel).to(torch.float32).mul_(2).sub_(1)
         return signs.mul_(s)
 
+    def decode_into(self, payload, out):
+        if not native.decode_to(native.sign_decode_into, payload, out):
+            super().decode_into(payload, out)
+
     def aggregate(self, payloads, numel):
         out = native.aggregate(native.sign_decode_into, payloads, numel)
         return out if out is not None else super().aggregate(payloads, numel)

@@ -62,6 +62,10 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
         neg = means[:, 1].repeat_interleave(self.bucket_size)[:numel]
         return torch.where(positive, pos, neg)
 
+    def decode_into(self, payload, out):
+        if not native.decode_to(native.onebit_decode_into, payload, out, self.bucket_size):
+            super().decode_into(payload, out)
+
     def aggregate(self, payloads, numel):
         out = native.aggregate(native.onebit_decode_into, payloads, numel, self.bucket_size)
         return out if out is not None else super().aggregate(payloads, numel)

@@ -79,6 +79,10 @@ class QSGD(QSGDFormat, Codec):
         step = (scales / self.levels).repeat_interleave(self.bucket_size)[:numel]
         return (codes.to(torch.float32) - self.levels).mul_(step)
 
+    def decode_into(self, payload, out):
+        if not native.decode_to(native.qsgd_decode_into, payload, out, self.bits, self.bucket_size):
+            super().decode_into(payload, out)
+
     def aggregate(self, payloads, numel):
         out = native.aggregate(native.qsgd_decode_into, payloads, numel, self.bits, self.bucket_size)
         return out if out is not None else super().aggregate(payloads, numel)

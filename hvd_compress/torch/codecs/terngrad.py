@@ -75,6 +75,10 @@ class TernGrad(TernGradFormat, Codec):
             unpack_bits(payload[:nc], 2, numel)
         return (codes.to(torch.float32) - 1.0).mul_(s)
 
+    def decode_into(self, payload, out):
+        if not native.decode_to(native.terngrad_decode_into, payload, out, self.packing == "base3"):
+            super().decode_into(payload, out)
+
     def aggregate(self, payloads, numel):
         out = native.aggregate(native.terngrad_decode_into, payloads, numel, self.packing == "base3")
         return out if out is not None else super().aggregate(payloads, numel)
