@@ -86,14 +86,10 @@ static int team(i64 ntiles, int nthreads) {
     return ntiles < nthreads ? (int)ntiles : nthreads;
 }
 
-/* Contiguous range of tiles for this thread (static split; results do not depend on it). */
-#ifdef _OPENMP
-#define SPLIT(ntiles, lo, hi) \
-    i64 lo = (ntiles) * omp_get_thread_num() / omp_get_num_threads(); \
-    i64 hi = (ntiles) * (omp_get_thread_num() + 1) / omp_get_num_threads();
-#else
-#define SPLIT(ntiles, lo, hi) i64 lo = 0; i64 hi = (ntiles);
-#endif
+/* Tiles are handed out one at a time from a shared counter, so a thread that the OS preempts (a
+ * busy machine) does not hold back a fixed share of the work; results do not depend on who
+ * computes which tile. */
+static inline i64 next_tile(i64 *counter) { return __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); }
 
 /* Fresh multi-MiB outputs: ask for transparent huge pages before the first touch (512x fewer page
  * faults under THP "madvise" mode). Only a hint; HVD_COMPRESS_THP=0 (read by the loader) disables. */
@@ -459,12 +455,12 @@ API int hvdc_qsgd_encode(const float *x, i64 n, int bits, i64 bucket, int l2, ui
     const i64 ntiles = (n + tl - 1) / tl;
     const uint64_t key = stream_key(seed);
     int err = 0;
+    i64 tctr1 = 0;
 #pragma omp parallel num_threads(team(ntiles, nthreads)) reduction(| : err)
     {
-        SPLIT(ntiles, lo, hi)
         uint8_t *codes = (uint8_t *)malloc((size_t)tl + 8);
         if (!codes) err = 1;
-        for (i64 t = lo; t < hi && codes; t++) {
+        for (i64 t; codes && (t = next_tile(&tctr1)) < ntiles;) {
             const i64 a = t * tl, b = imin(a + tl, n);
             for (i64 bs = a; bs < b; bs += bucket) {
                 const i64 be = imin(bs + bucket, n);
@@ -496,13 +492,13 @@ API int hvdc_qsgd_decode(const uint8_t *payload, i64 n, int bits, i64 bucket, fl
     const i64 ntiles = (n + tl - 1) / tl;
     if (mode == 0) advise_huge(out, n * 4);
     int err = 0;
+    i64 tctr2 = 0;
 #pragma omp parallel num_threads(team(ntiles, nthreads)) reduction(| : err)
     {
-        SPLIT(ntiles, lo, hi)
         uint8_t *codes = (uint8_t *)malloc((size_t)tl + 8);   /* a tile's codes, unpacked once */
         float vbuf[SUB];
         if (!codes) err = 1;
-        for (i64 t = lo; t < hi && codes; t++) {
+        for (i64 t; codes && (t = next_tile(&tctr2)) < ntiles;) {
             const i64 a = t * tl, b = imin(a + tl, n);   /* a: whole buckets and whole bytes */
             unpack_codes(payload + a / per, b - a, bits, codes);
             for (i64 bs = a; bs < b; bs += bucket) {
@@ -607,10 +603,10 @@ API float hvdc_terngrad_scale(const float *x, i64 n, float clip, int nthreads) {
     const i64 tl = TILE, ntiles = (n + tl - 1) / tl;
     tile_moments *tm = (tile_moments *)malloc(sizeof(tile_moments) * (size_t)ntiles);
     if (!tm) return u2f(QNAN);
+    i64 tctr3 = 0;
 #pragma omp parallel num_threads(team(ntiles, nthreads))
     {
-        SPLIT(ntiles, lo, hi)
-        for (i64 t = lo; t < hi; t++) {
+        for (i64 t; (t = next_tile(&tctr3)) < ntiles;) {
             const i64 a = t * tl;
             tm[t] = tile_moments_of(x + a, imin(tl, n - a));
         }
@@ -626,7 +622,7 @@ API float hvdc_terngrad_scale(const float *x, i64 n, float clip, int nthreads) {
         if (clip > 0.0f && n > 1) {
             const double c = (double)((float)total / (float)n);   /* torch: the fp32 mean */
             double sq = 0.0;
-            for (i64 t = 0; t < ntiles; t++) {
+            for (i64 t = 0; t < ntiles; t++) {   /* in tile order */
                 const i64 nt = imin(tl, n - t * tl);
                 const double d = tm[t].sum / (double)nt - c;
                 sq += tm[t].m2 + (double)nt * d * d;
@@ -745,12 +741,12 @@ API int hvdc_terngrad_encode(const float *x, i64 n, uint32_t s_bits, int base3, 
         const i64 ntiles = (n + tl - 1) / tl;
         const uint64_t key = stream_key(seed);
         int err = 0;
+    i64 tctr4 = 0;
 #pragma omp parallel num_threads(team(ntiles, nthreads)) reduction(| : bad, err)
         {
-            SPLIT(ntiles, lo, hi)
             uint8_t *codes = (uint8_t *)malloc((size_t)tl + 8);
             if (!codes) err = 1;
-            for (i64 t = lo; t < hi && codes; t++) {
+            for (i64 t; codes && (t = next_tile(&tctr4)) < ntiles;) {
                 const i64 a = t * tl, b = imin(a + tl, n);
                 if (valid) {
                     bad |= tern_codes(x + a, b - a, s, noise, key, a, codes);
@@ -806,11 +802,11 @@ API int hvdc_terngrad_decode(const uint8_t *payload, i64 n, int base3, float *ou
     const i64 tl = tile_len(40);
     const i64 ntiles = (n + tl - 1) / tl;
     if (mode == 0) advise_huge(out, n * 4);
+    i64 tctr5 = 0;
 #pragma omp parallel num_threads(team(ntiles, nthreads)) reduction(| : bad)
     {
-        SPLIT(ntiles, lo, hi)
         float vbuf[TSUB + 8];
-        for (i64 t = lo; t < hi; t++) {
+        for (i64 t; (t = next_tile(&tctr5)) < ntiles;) {
             const i64 a = t * tl, b = imin(a + tl, n);
             for (i64 q = a; q < b; q += TSUB) {   /* TSUB and tl are multiples of 40 */
                 const i64 len = imin(TSUB, b - q);
@@ -978,10 +974,10 @@ API int hvdc_onebit_encode(const float *g, const float *e_in, float *e_out, i64 
     const i64 ntiles = (n + tl - 1) / tl;
     int rbad = 0;
     if (e_in && !e_out) return -1;   /* a residual to add needs somewhere to put the new one */
+    i64 tctr6 = 0;
 #pragma omp parallel num_threads(team(ntiles, nthreads)) reduction(| : rbad)
     {
-        SPLIT(ntiles, lo, hi)
-        for (i64 t = lo; t < hi; t++) {
+        for (i64 t; (t = next_tile(&tctr6)) < ntiles;) {
             const i64 a = t * tl, b = imin(a + tl, n);
             for (i64 bs = a; bs < b; bs += bucket) {
                 const i64 len = imin(bucket, n - bs);
@@ -1010,11 +1006,11 @@ API int hvdc_onebit_decode(const uint8_t *payload, i64 n, i64 bucket, float *out
     const i64 tl = tile_len(bucket);
     const i64 ntiles = (n + tl - 1) / tl;
     if (mode == 0) advise_huge(out, n * 4);
+    i64 tctr7 = 0;
 #pragma omp parallel num_threads(team(ntiles, nthreads))
     {
-        SPLIT(ntiles, lo, hi)
         float vbuf[SUB];
-        for (i64 t = lo; t < hi; t++) {
+        for (i64 t; (t = next_tile(&tctr7)) < ntiles;) {
             const i64 a = t * tl, b = imin(a + tl, n);
             for (i64 bs = a; bs < b; bs += bucket) {
                 const i64 be = imin(bs + bucket, n);
@@ -1096,10 +1092,10 @@ API int hvdc_sign_encode(const float *g, const float *e_in, float *e_out, i64 n,
     const i64 tl = TILE, ntiles = (n + tl - 1) / tl;
     double *sums = (double *)malloc(sizeof(double) * (size_t)ntiles);
     if (!sums) return -2;
+    i64 tctr8 = 0;
 #pragma omp parallel num_threads(team(ntiles, nthreads))
     {
-        SPLIT(ntiles, lo, hi)
-        for (i64 t = lo; t < hi; t++) {
+        for (i64 t; (t = next_tile(&tctr8)) < ntiles;) {
             const i64 a = t * tl, len = imin(tl, n - a);
             sums[t] = sign_pass1(g + a, e_in ? e_in + a : NULL, e_out ? e_out + a : NULL, len,
                                  out + a / 8);
@@ -1114,10 +1110,10 @@ API int hvdc_sign_encode(const float *g, const float *e_in, float *e_out, i64 n,
     put_f32(out + nb, s);
     int rbad = 0;
     if (e_out) {
+    i64 tctr9 = 0;
 #pragma omp parallel num_threads(team(ntiles, nthreads)) reduction(| : rbad)
         {
-            SPLIT(ntiles, lo, hi)
-            for (i64 t = lo; t < hi; t++) {
+            for (i64 t; (t = next_tile(&tctr9)) < ntiles;) {
                 const i64 a = t * tl;
                 rbad |= sign_residual(e_out + a, imin(tl, n - a), s);
             }
@@ -1135,11 +1131,11 @@ API int hvdc_sign_decode(const uint8_t *payload, i64 n, float *out, int mode, fl
     const float lo = (s != s) ? quiet(s) : -s;   /* plain: (bit * 2 - 1) * s */
     const i64 tl = TILE, ntiles = (n + tl - 1) / tl;
     if (mode == 0) advise_huge(out, n * 4);
+    i64 tctr10 = 0;
 #pragma omp parallel num_threads(team(ntiles, nthreads))
     {
-        SPLIT(ntiles, lo_t, hi_t)
         float vbuf[SUB];
-        for (i64 t = lo_t; t < hi_t; t++) {
+        for (i64 t; (t = next_tile(&tctr10)) < ntiles;) {
             const i64 a = t * tl, b = imin(a + tl, n);
             for (i64 q = a; q < b; q += SUB) {
                 const i64 len = imin(SUB, b - q);
