@@ -418,6 +418,25 @@ def test_switching_off_gives_the_torch_rand_stream(monkeypatch):
     assert torch.equal(plain, q.encode(x, None, noise=noise))
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_children_run_the_kernels_single_threaded():
+    """After the parent ran a 2-thread kernel, a forked child still encodes (GNU OpenMP's pool does
+    not survive fork; a 2-thread region in the child would hang) and gets the same bytes."""
+    code = (
+        "import os, torch, hvd_compress.torch as hc\n"
+        "os.environ['HVD_COMPRESS_THREADS'] = '2'\n"
+        "c = hc.QSGD(bits=4)\n"
+        "x = torch.randn(1 << 20, generator=torch.Generator().manual_seed(0))\n"
+        "p = c.encode(x, torch.Generator().manual_seed(0))\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    q = c.encode(x, torch.Generator().manual_seed(0))\n"
+        "    os._exit(0 if bytes(q.numpy()) == bytes(p.numpy()) else 3)\n"
+        "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
+    proc = _python(code, {})
+    assert proc.returncode == 0 and proc.stdout.strip() == "0", proc.stderr[-2000:]
+
+
 def test_non_cpu_tensors_take_the_torch_path():
     assert ops.lib_for(torch.empty(3, device="meta")) is None
     assert ops.lib_for(torch.empty(3)) is not None

@@ -37,7 +37,24 @@ def lib_for(*tensors) -> Optional[object]:
     return _native.load()
 
 
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def threads() -> int:
+    """Threads for the kernels: ``HVD_COMPRESS_THREADS``, else ``torch.get_num_threads()``; one in
+    a forked child (GNU OpenMP's thread pool does not survive ``fork``: a parallel region there
+    can hang, as torch's own parallel ops do)."""
+    if _forked:
+        return 1
     env = os.environ.get("HVD_COMPRESS_THREADS")
     if env:
         try:
