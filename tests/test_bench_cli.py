@@ -46,9 +46,15 @@ def test_codecs_json_shape(tmp_path):
     rows = result["rows"]
     assert {(r["codec"], r["size"]) for r in rows} == {
         (c, s) for c in ("qsgd", "onebit", "efsign", "terngrad", "topk", "fp16", "none") for s in (4096, 5000)}
+    from hvd_compress import _native
     for r in rows:
         assert r["encode_decode_gbps"] > 0 and r["reference_gbps"] > 0
         assert r["bits_per_value"] > 0
+        # the plain torch path is timed beside the native kernels, for the codecs that have them
+        if r["codec"] in ("qsgd", "onebit", "efsign", "terngrad") and _native.enabled():
+            assert r["path"] == "native" and r["plain_gbps"] > 0
+        else:
+            assert r["path"] == "plain" and r["plain_gbps"] is None
     qsgd = next(r for r in rows if r["codec"] == "qsgd" and r["size"] == 4096)
     assert qsgd["bits_per_value"] == pytest.approx(4 + 32 / 512)  # 4-bit codes + one fp32 per bucket
 

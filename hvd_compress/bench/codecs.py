@@ -3,11 +3,21 @@
 For each codec (by default every registered codec, built with ``from_spec(name)``, plus a few
 variants) and each tensor size, it times ``codec.encode`` followed by ``codec.decode`` on a random
 fp32 tensor and reports GB/s *of fp32 input* (``4 * numel / seconds``), the median of repeated
-timings; beside it the plain reference implementation of the same math
-(:mod:`hvd_compress.bench.reference`: straightforward torch ops, an unpacked int8 payload) and the
-bits per value the codec puts on the wire (scales included). The roofline is the machine's
+timings. Beside it, all timed in the same run and interleaved so they see the same machine load:
+
+* *plain*: the same codec with the native kernels switched off (``hvd_compress._native.forced(False)``,
+  as ``HVD_COMPRESS_NATIVE=0`` does), i.e. the plain torch implementation that defines the wire
+  format; timed only for codecs that have a native path (QSGD, TernGrad, OneBit, ScaledSign/EFSign);
+* *ref*: the plain reference implementation of the same math (:mod:`hvd_compress.bench.reference`:
+  straightforward torch ops, an unpacked int8 payload);
+
+and the bits per value the codec puts on the wire (scales included). The roofline is the machine's
 memory-copy bandwidth, measured the same way (``dst.copy_(src)`` of a preallocated fp32 tensor,
 GB/s of fp32 copied) on a buffer larger than the last-level cache.
+
+The kernels' threads follow ``--threads`` (``torch.set_num_threads``) unless
+``HVD_COMPRESS_THREADS`` is set. On a loaded machine prefer ``--threads 1 --clock cpu`` (CPU time of
+one core): wall-clock numbers then mostly measure the other processes.
 
 Stochastic codecs draw their noise from a seeded ``torch.Generator`` (inside the timing, as in
 training); TernGrad computes its own scale (``local_scale``) inside the timing.
@@ -21,10 +31,15 @@ table in BENCHMARKS.md is made::
 
 JSON (``--json PATH``)::
 
-    {"rows": [{"codec": "qsgd:bits=4", "size": 1048576, "encode_decode_gbps": ..,
-               "encode_gbps": .., "decode_gbps": .., "reference_gbps": ..,
-               "bits_per_value": .., "copy_gbps": .., "baseline_gbps": ..}, ...],
-     "copy_gbps": .., "threads": 2, ...}
+    {"rows": [{"codec": "qsgd:bits=4", "size": 1048576, "path": "native",
+               "encode_decode_gbps": .., "encode_gbps": .., "decode_gbps": ..,
+               "plain_gbps": .., "plain_encode_gbps": .., "plain_decode_gbps": ..,
+               "reference_gbps": .., "bits_per_value": .., "copy_gbps": .., "baseline_gbps": ..}, ...],
+     "copy_gbps": .., "threads": 2, "native": true, ...}
+
+``path`` says what ``encode_decode_gbps`` measured: ``"native"`` (the fused kernels) or ``"plain"``
+(a codec without a native path, or native kernels unavailable/switched off; ``plain_gbps`` is then
+``null``).
 """
 from __future__ import annotations
 
@@ -56,13 +71,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def default_specs() -> List[str]:
-    """Every registered codec with a per-tensor payload (PowerSGD and GradiVeQ run a multi-round
-    schedule instead; ``python -m hvd_compress.bench aggregation`` times those)."""
+    """Every registered codec with a self-contained per-tensor payload (PowerSGD and GradiVeQ run a
+    multi-round schedule instead, ``python -m hvd_compress.bench aggregation`` times those; Lattice
+    decodes against the receiver's own model)."""
     from hvd_compress.torch.codecs.base import Codec
     from hvd_compress.torch.spec import registry
     out = []
     for name, cls in registry().items():
-        if cls.custom_exchange is not Codec.custom_exchange:
+        if cls.custom_exchange is not Codec.custom_exchange or getattr(cls, "needs_reference", False):
             continue
         out.append(name)
         if name == "qsgd":
@@ -125,6 +141,21 @@ def _codec_timed(label, codec) -> Optional[_Timed]:
     return _Timed(label, lambda x, g: codec.encode(x, g), codec.decode, bool(codec.stochastic))
 
 
+def _plain_timed(codec) -> _Timed:
+    """The same codec with the native kernels switched off for the duration of each call."""
+    from hvd_compress import _native
+
+    def encode(x, g):
+        with _native.forced(False):
+            return codec.encode(x, g)
+
+    def decode(payload, numel):
+        with _native.forced(False):
+            return codec.decode(payload, numel)
+
+    return _Timed("plain", encode, decode, bool(codec.stochastic))
+
+
 def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: float = 0.0,
             baseline: Optional[Callable] = None, reference: bool = True,
             progress: Optional[Callable[[str], None]] = None) -> List[dict]:
@@ -143,9 +174,15 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
                     progress(f"skip {spec}: no encode/decode (custom exchange)")
                 continue
             contenders = [mine]
+            native_path = has_native_path(codec)
+            plain = _plain_timed(codec) if native_path else None
+            if plain is not None:
+                contenders.append(plain)
             ref = reference_for(codec) if reference else None
+            ref_t = None
             if ref is not None:
-                contenders.append(_Timed("reference", ref[0], ref[1], True))
+                ref_t = _Timed("reference", ref[0], ref[1], True)
+                contenders.append(ref_t)
             base = None
             if baseline is not None:
                 try:
@@ -164,10 +201,17 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
                     c.run(x, rep)
                 rep += 1
             row = {"codec": spec, "describe": codec.describe(), "size": size,
+                   "path": "native" if native_path else "plain",
                    "bits_per_value": codec.nominal_bits(size), "copy_gbps": copy_gbps,
                    "repeats": rep}
             row.update(mine.gbps(size))
-            row["reference_gbps"] = contenders[1].gbps(size)["encode_decode_gbps"] if ref else None
+            row["plain_gbps"] = row["plain_encode_gbps"] = row["plain_decode_gbps"] = None
+            if plain is not None:
+                p = plain.gbps(size)
+                row["plain_gbps"] = p["encode_decode_gbps"]
+                row["plain_encode_gbps"] = p["encode_gbps"]
+                row["plain_decode_gbps"] = p["decode_gbps"]
+            row["reference_gbps"] = ref_t.gbps(size)["encode_decode_gbps"] if ref else None
             if base is not None:
                 b = base.gbps(size)
                 row["baseline_gbps"] = b["encode_decode_gbps"]
@@ -178,6 +222,16 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
             if progress:
                 progress(_format_row(row))
     return rows
+
+
+def has_native_path(codec) -> bool:
+    """Whether ``codec`` (or the quantizer inside its wrappers) runs the native kernels here."""
+    from hvd_compress import _native
+    from hvd_compress._native.ops import NATIVE_CODECS
+    q = codec
+    while hasattr(q, "inner"):
+        q = q.inner
+    return getattr(q, "name", "") in NATIVE_CODECS and _native.enabled()
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -247,24 +301,30 @@ def _format_row(r: dict) -> str:
     if "baseline_gbps" in r:
         base = f" {_fmt(r['baseline_gbps'])} {r['speedup_vs_baseline']:7.1f}x"
     ref = r.get("reference_gbps")
+    plain = r.get("plain_gbps")
     vs_ref = f"{r['encode_decode_gbps'] / ref:6.1f}x" if ref else f"{'-':>7}"
-    return (f"{r['codec'][:30]:<30} {r['size']:>10,} {r['encode_decode_gbps']:8.2f} "
-            f"{r['encode_gbps']:8.2f} {r['decode_gbps']:8.2f} {_fmt(ref)} {vs_ref}{base} "
-            f"{r['bits_per_value']:7.3f} {100 * r['encode_decode_gbps'] / r['copy_gbps']:6.1f}%")
+    vs_plain = f"{r['encode_decode_gbps'] / plain:7.1f}x" if plain else f"{'-':>8}"
+    return (f"{r['codec'][:30]:<30} {r['size']:>10,} {r.get('path', '-'):>6} {r['encode_decode_gbps']:8.2f} "
+            f"{r['encode_gbps']:8.2f} {r['decode_gbps']:8.2f} {_fmt(plain)} {vs_plain} {_fmt(ref)} "
+            f"{vs_ref}{base} {r['bits_per_value']:7.3f} "
+            f"{100 * r['encode_decode_gbps'] / r['copy_gbps']:6.1f}%")
 
 
 def format_table(result: dict) -> str:
     has_base = any("baseline_gbps" in r for r in result["rows"])
-    head = (f"{'codec':<30} {'size':>10} {'enc+dec':>8} {'encode':>8} {'decode':>8} "
-            f"{'ref':>8} {'vs ref':>7}")
+    head = (f"{'codec':<30} {'size':>10} {'path':>6} {'enc+dec':>8} {'encode':>8} {'decode':>8} "
+            f"{'plain':>8} {'vs plain':>8} {'ref':>8} {'vs ref':>7}")
     if has_base:
         head += f" {'before':>8} {'speedup':>8}"
     head += f" {'bits/v':>7} {'of copy':>7}"
     lines = [head, "-" * len(head)]
     lines += [_format_row(r) for r in result["rows"]]
-    lines.append(f"GB/s of fp32 input (median of repeats); ref: plain torch with an unpacked int8 "
-                 f"payload; of copy: enc+dec / copy bandwidth at that size. Memory-copy roofline: "
-                 f"{result['copy_gbps']:.2f} GB/s ({result['threads']} threads).")
+    lines.append(f"GB/s of fp32 input (median of repeats, clock: {result.get('clock', 'wall')}); "
+                 f"enc+dec/encode/decode: the codec as it runs (path: native kernels or plain torch); "
+                 f"plain: the same codec with the native kernels off (HVD_COMPRESS_NATIVE=0); "
+                 f"ref: plain torch with an unpacked int8 payload; of copy: enc+dec / copy bandwidth at "
+                 f"that size. Memory-copy roofline: {result['copy_gbps']:.2f} GB/s "
+                 f"({result['threads']} threads).")
     return "\n".join(lines)
 
 
@@ -276,11 +336,24 @@ def targets_summary(result: dict) -> str:
         for r in rows:
             ok = r["encode_decode_gbps"] >= 1.0
             goal = r["encode_decode_gbps"] >= 0.4 * result["copy_gbps"]
-            lines.append(f"{name:<9} size {r['size']:>10,}: {r['encode_decode_gbps']:6.2f} GB/s "
+            plain = f" (plain {r['plain_gbps']:.2f})" if r.get("plain_gbps") else ""
+            lines.append(f"{name:<9} size {r['size']:>10,}: {r['encode_decode_gbps']:6.2f} GB/s{plain} "
                          f"[{'>= 1 GB/s' if ok else 'BELOW 1 GB/s'}; "
                          f"{100 * r['encode_decode_gbps'] / result['copy_gbps']:.0f}% of the "
                          f"{result['copy_gbps']:.1f} GB/s copy roofline{' (goal met)' if goal else ''}]")
     return "\n".join(lines)
+
+
+def _native_threads() -> int:
+    from hvd_compress._native.ops import threads
+    return threads()
+
+
+def _loadavg():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
 
 
 def parse_sizes(text: str) -> List[int]:
@@ -335,8 +408,12 @@ def main(argv=None) -> int:
     baseline = load_baseline(args.baseline) if args.baseline else None
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     roof_numel = max(max(args.sizes), 1 << 24)  # larger than the last-level cache
+    from hvd_compress import _native
     result = {"copy_gbps": copy_bandwidth(roof_numel), "copy_numel": roof_numel,
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "native": _native.enabled(),
+              "native_threads": _native_threads(),
+              "load_average": _loadavg(),
               "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "baseline": args.baseline, "clock": args.clock,
               "command": "python -m hvd_compress.bench codecs " + " ".join(argv if argv is not None else sys.argv[1:])}

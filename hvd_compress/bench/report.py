@@ -44,14 +44,16 @@ def codecs_section(res: dict, plots: Path, rel) -> List[str]:
     out = ["## Codec throughput", "",
            f"Encode + decode of one fp32 tensor, GB/s of fp32 input (median of repeats), "
            f"{res['threads']} thread(s), clock: {res.get('clock', 'wall')}. "
+           f"*path*: native kernels (`hvd_compress/_native`) or plain torch; *plain*: the same codec "
+           f"with the native kernels off (`HVD_COMPRESS_NATIVE=0`), timed in the same run; "
            f"*reference*: the same math in plain torch ops with an unpacked int8 payload "
            f"(`hvd_compress/bench/reference.py`)."
            + (f" *before*: the codecs at `{res['baseline']}` (before the fast paths), timed in the same run, "
               "interleaved." if has_base else ""),
            f"Memory-copy roofline (`dst.copy_(src)`, {res['copy_numel'] * 4 / 2**20:.0f} MiB): "
            f"**{res['copy_gbps']:.2f} GB/s**.", ""]
-    head = "| codec | values | enc+dec | encode | decode | reference | vs ref |"
-    sep = "|---|---:|---:|---:|---:|---:|---:|"
+    head = "| codec | values | path | enc+dec | encode | decode | plain | vs plain | reference | vs ref |"
+    sep = "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
     if has_base:
         head += " before | speedup |"
         sep += "---:|---:|"
@@ -59,11 +61,11 @@ def codecs_section(res: dict, plots: Path, rel) -> List[str]:
     sep += "---:|---:|"
     out += [head, sep]
     for r in rows:
-        ref = r.get("reference_gbps")
-        line = (f"| {r['codec']} | {r['size']:,} | **{r['encode_decode_gbps']:.2f}** | {r['encode_gbps']:.2f} | "
-                f"{r['decode_gbps']:.2f} | {ref:.2f} | {r['encode_decode_gbps'] / ref:.1f}x |" if ref else
-                f"| {r['codec']} | {r['size']:,} | **{r['encode_decode_gbps']:.2f}** | {r['encode_gbps']:.2f} | "
-                f"{r['decode_gbps']:.2f} | - | - |")
+        ref, plain = r.get("reference_gbps"), r.get("plain_gbps")
+        line = (f"| {r['codec']} | {r['size']:,} | {r.get('path', '-')} | **{r['encode_decode_gbps']:.2f}** | "
+                f"{r['encode_gbps']:.2f} | {r['decode_gbps']:.2f} | ")
+        line += f"{plain:.2f} | {r['encode_decode_gbps'] / plain:.1f}x | " if plain else "- | - | "
+        line += f"{ref:.2f} | {r['encode_decode_gbps'] / ref:.1f}x |" if ref else "- | - |"
         if has_base:
             if "baseline_gbps" in r:
                 line += f" {r['baseline_gbps']:.2f} | {r['speedup_vs_baseline']:.1f}x |"
@@ -89,10 +91,14 @@ def plot_codecs(res: dict, path: Path) -> None:
     names = [r["codec"] for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     y = range(len(rows))
-    ax.barh([i + 0.27 for i in y], [r["encode_decode_gbps"] for r in rows], height=0.27, label="hvd_compress")
-    ax.barh([i for i in y], [r.get("reference_gbps") or 0 for r in rows], height=0.27, label="plain reference (int8)")
+    h = 0.2
+    ax.barh([i + 1.5 * h for i in y], [r["encode_decode_gbps"] for r in rows], height=h, label="hvd_compress")
+    ax.barh([i + 0.5 * h for i in y], [r.get("plain_gbps") or 0 for r in rows], height=h,
+            label="plain torch path (native off)")
+    ax.barh([i - 0.5 * h for i in y], [r.get("reference_gbps") or 0 for r in rows], height=h,
+            label="plain reference (int8)")
     if any("baseline_gbps" in r for r in rows):
-        ax.barh([i - 0.27 for i in y], [r.get("baseline_gbps", 0) for r in rows], height=0.27, label="before")
+        ax.barh([i - 1.5 * h for i in y], [r.get("baseline_gbps", 0) for r in rows], height=h, label="before")
     ax.axvline(res["copy_gbps"], color="grey", linestyle=":", label="copy bandwidth")
     ax.axvline(1.0, color="red", linewidth=0.8, linestyle="--", label="1 GB/s")
     ax.set_yticks(list(y))

@@ -214,7 +214,7 @@ class Exchange:
         out = torch.empty(n)
         pos = 0
         for (a, b), nbytes in zip(bounds, splits):
-            out[a:b] = codec.decode(gathered[pos:pos + nbytes], b - a)
+            codec.decode_into(gathered[pos:pos + nbytes], out[a:b])
             pos += nbytes
         # alltoall: the chunks for the other ranks; ring allgather: the N-1 chunks it does not own
         sent = 2 * (sum(splits) - splits[rank])

@@ -36,7 +36,9 @@ class QSGD(QSGDFormat, Codec):
             scales = tf.sqrt(tf.reduce_sum(buckets * buckets, axis=1))
         scales = nan_where_nonfinite(scales)
         safe = tf.where(scales > 0, scales, tf.ones_like(scales))
-        inv = tf.where(scales > 0, float(self.levels) / safe, tf.zeros_like(scales))
+        # as torch evaluates `levels / scales`: reciprocal, then times levels (two roundings; a
+        # true division differs in the last bit for about a quarter of the scales)
+        inv = tf.where(scales > 0, (1.0 / safe) * float(self.levels), tf.zeros_like(scales))
         y = tf.reshape(mag * inv[:, None], [-1])[:n]
         floor = tf.floor(y)
         u = self._noise(n, seed, noise)

@@ -61,6 +61,12 @@ class Codec(_HorovodCompressor, CodecConfig):
     def decode(self, payload: torch.Tensor, numel: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def decode_into(self, payload: torch.Tensor, out: torch.Tensor) -> None:
+        """Decode ``payload`` into ``out``, a preallocated contiguous fp32 tensor of the chunk's
+        size (the exchange's output slice). Codecs with a kernel that writes in place override it;
+        the default decodes and copies."""
+        out.copy_(self.decode(payload, out.numel()))
+
     def aggregate(self, payloads: Sequence[torch.Tensor], numel: int) -> torch.Tensor:
         """Mean of the values encoded in ``payloads`` (every rank's payload for one chunk)."""
         total = self.decode(payloads[0], numel).clone()
@@ -155,6 +161,11 @@ class Wrapper(WrapperFormat, Codec):
 
     def decode(self, payload, numel):
         return self.inner.decode(payload, numel)
+
+    def decode_into(self, payload, out):
+        if type(self).decode is Wrapper.decode:  # decoding is the inner codec's
+            return self.inner.decode_into(payload, out)
+        return Codec.decode_into(self, payload, out)
 
     def aggregate(self, payloads, numel):
         return self.inner.aggregate(payloads, numel)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress._native import ops as native
 from hvd_compress.common import ScaledSignFormat
 from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
@@ -16,16 +17,41 @@ class ScaledSign(ScaledSignFormat, Codec):
     then the fp32 scale (mean absolute value of the chunk).
     """
 
+    # Speed: on CPU the native kernels (hvd_compress._native) run encode, decode, aggregate and the
+    # fused error-feedback step (encode_with_residual); the torch code after each ``native`` call
+    # is the plain path (see QSGD).
+
     def encode(self, x, generator=None, scale=None):
+        res = native.sign_encode(x)
+        if res is not None:
+            return res[0]
+        x = x.reshape(-1).to(torch.float32)
         s = nan_where_nonfinite(x.abs().mean().reshape(1)) if x.numel() else torch.zeros(1)
         bits = pack_bits((x >= 0).to(torch.uint8), 1)
         return torch.cat([bits, f32_bytes(s)])
 
     def decode(self, payload, numel):
+        out = native.decode(native.sign_decode_into, payload, numel)
+        if out is not None:
+            return out
         nb = packed_nbytes(numel, 1)
         s = bytes_f32(payload[nb:nb + 4])
         signs = unpack_bits(payload[:nb], 1, numel).to(torch.float32).mul_(2).sub_(1)
         return signs.mul_(s)
+
+    def decode_into(self, payload, out):
+        if not native.decode_to(native.sign_decode_into, payload, out):
+            super().decode_into(payload, out)
+
+    def aggregate(self, payloads, numel):
+        out = native.aggregate(native.sign_decode_into, payloads, numel)
+        return out if out is not None else super().aggregate(payloads, numel)
+
+    def encode_with_residual(self, x, residual, bounds, draw, scale=None):
+        """Fused error-feedback step for :class:`ErrorFeedback`: as
+        :meth:`OneBitQuantizer.encode_with_residual`, in two passes per chunk (the chunk's mean
+        |p| must be known before the residual)."""
+        return native.fused_feedback(native.sign_encode, x, residual, bounds)
 
 
 class EFSign(ErrorFeedback):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from hvd_compress.common import ErrorFeedbackFormat
-from hvd_compress.torch.codecs.base import Wrapper
+from hvd_compress.torch.codecs.base import Codec, Wrapper
 
 
 class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
@@ -14,11 +14,23 @@ class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
     subtraction) every step, so nothing the codec drops is lost, only delayed. The residual ``e`` is
     per tensor name, fp32, in ``state["residual"]``; a non-finite residual is reset to zero
     (never carried into later steps).
+
+    Fused step: when the inner codec offers ``encode_with_residual(x, residual, bounds, draw,
+    scale)`` (OneBit's and EFSign's quantizers do, on CPU) and keeps the default chunking, the
+    whole step ``p = g + e; payloads = C(p); e = p - decode(payloads)`` runs in one native pass
+    and updates the stored residual tensor in place (bit-identical to the unfused step). Any
+    other codec, or a ``None`` answer, takes the generic path below.
     """
 
     def worker_encode(self, x, key, bounds, draw, scale=None):
         residuals = self.state.setdefault("residual", {})
         r = residuals.get(key)
+        fused = getattr(self.inner, "encode_with_residual", None)
+        if fused is not None and type(self.inner).worker_encode is Codec.worker_encode:
+            done = fused(x, r, bounds, draw, scale)
+            if done is not None:
+                payloads, residuals[key] = done
+                return payloads
         p = x + r if r is not None and r.numel() == x.numel() else x.clone()
         payloads = self.inner.worker_encode(p, key, bounds, draw, scale)
         decoded = torch.cat([self.inner.decode(pl, b - a) for pl, (a, b) in zip(payloads, bounds)])

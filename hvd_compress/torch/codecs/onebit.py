@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress._native import ops as native
 from hvd_compress.common import OneBitQuantizerFormat
 from hvd_compress.torch.codecs.base import Codec, bucket_view, nan_where_nonfinite
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
@@ -19,8 +20,16 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
     """
 
     # knobs, validation and sizes: hvd_compress.common.OneBitQuantizerFormat (shared with TensorFlow)
+    #
+    # Speed: on CPU the native kernels (hvd_compress._native) run encode, decode, aggregate and the
+    # fused error-feedback step (encode_with_residual); the torch code after each ``native`` call
+    # is the plain path (see QSGD).
 
     def encode(self, x, generator=None, scale=None):
+        res = native.onebit_encode(x, self.bucket_size)
+        if res is not None:
+            return res[0]
+        x = x.reshape(-1).to(torch.float32)
         n = x.numel()
         if n == 0:
             return torch.empty(0, dtype=torch.uint8)
@@ -41,6 +50,9 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
         return torch.cat([bits, f32_bytes(means)])
 
     def decode(self, payload, numel):
+        out = native.decode(native.onebit_decode_into, payload, numel, self.bucket_size)
+        if out is not None:
+            return out
         if numel == 0:
             return torch.empty(0)
         nb = packed_nbytes(numel, 1)
@@ -49,6 +61,21 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
         pos = means[:, 0].repeat_interleave(self.bucket_size)[:numel]
         neg = means[:, 1].repeat_interleave(self.bucket_size)[:numel]
         return torch.where(positive, pos, neg)
+
+    def decode_into(self, payload, out):
+        if not native.decode_to(native.onebit_decode_into, payload, out, self.bucket_size):
+            super().decode_into(payload, out)
+
+    def aggregate(self, payloads, numel):
+        out = native.aggregate(native.onebit_decode_into, payloads, numel, self.bucket_size)
+        return out if out is not None else super().aggregate(payloads, numel)
+
+    def encode_with_residual(self, x, residual, bounds, draw, scale=None):
+        """Fused error-feedback step for :class:`ErrorFeedback` (one pass per bucket):
+        ``p = x + residual``; payloads of ``p`` per chunk; ``residual = p - decode(payloads)``,
+        updated in place (zeroed if it holds a non-finite value). Returns ``(payloads, residual)``,
+        or ``None`` where only the plain path applies."""
+        return native.fused_feedback(native.onebit_encode, x, residual, bounds, self.bucket_size)
 
 
 class OneBit(ErrorFeedback):

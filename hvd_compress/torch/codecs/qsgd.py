@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress._native import ops as native
 from hvd_compress.common import QSGDFormat
 from hvd_compress.torch.codecs.base import Codec, bucket_view, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
@@ -35,8 +36,17 @@ class QSGD(QSGDFormat, Codec):
     """
 
     # knobs, validation and sizes: hvd_compress.common.QSGDFormat (shared with TensorFlow)
+    #
+    # Speed: on CPU, encode/decode/aggregate run the fused native kernels (hvd_compress._native:
+    # same bytes given the same uniforms; the uniforms come from a counter-based stream seeded by
+    # one draw from ``generator``). What follows each ``native`` call is the plain torch path: the
+    # definition, used for CUDA tensors, with HVD_COMPRESS_NATIVE=0 or without a C compiler.
 
     def encode(self, x, generator=None, scale=None, noise=None):
+        out = native.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
+        if out is not None:
+            return out
+        x = x.reshape(-1).to(torch.float32)
         n = x.numel()
         if n == 0:
             return torch.empty(0, dtype=torch.uint8)
@@ -58,6 +68,9 @@ class QSGD(QSGDFormat, Codec):
         return torch.cat([codes, f32_bytes(scales)])
 
     def decode(self, payload, numel):
+        out = native.decode(native.qsgd_decode_into, payload, numel, self.bits, self.bucket_size)
+        if out is not None:
+            return out
         if numel == 0:
             return torch.empty(0)
         ncode = packed_nbytes(numel, self.bits)
@@ -65,3 +78,11 @@ class QSGD(QSGDFormat, Codec):
         scales = bytes_f32(payload[ncode:])
         step = (scales / self.levels).repeat_interleave(self.bucket_size)[:numel]
         return (codes.to(torch.float32) - self.levels).mul_(step)
+
+    def decode_into(self, payload, out):
+        if not native.decode_to(native.qsgd_decode_into, payload, out, self.bits, self.bucket_size):
+            super().decode_into(payload, out)
+
+    def aggregate(self, payloads, numel):
+        out = native.aggregate(native.qsgd_decode_into, payloads, numel, self.bits, self.bucket_size)
+        return out if out is not None else super().aggregate(payloads, numel)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress._native import ops as native
 from hvd_compress.common import TernGradFormat
 from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_base3, pack_bits, unpack_base3, unpack_bits
@@ -25,8 +26,15 @@ class TernGrad(TernGradFormat, Codec):
     """
 
     # knobs, validation and sizes: hvd_compress.common.TernGradFormat (shared with TensorFlow)
+    #
+    # Speed: on CPU the native kernels (hvd_compress._native) run local_scale, encode, decode and
+    # aggregate; the torch code after each ``native`` call is the plain path (see QSGD).
 
     def local_scale(self, x):
+        s = native.terngrad_scale(x, self.clip)
+        if s is not None:
+            return s
+        x = x.reshape(-1).to(torch.float32)
         if x.numel() == 0:
             return torch.zeros(1)
         s = x.abs().max()
@@ -35,8 +43,12 @@ class TernGrad(TernGradFormat, Codec):
         return nan_where_nonfinite(s.reshape(1).to(torch.float32))
 
     def encode(self, x, generator=None, scale=None, noise=None):
-        n = x.numel()
         s = self.local_scale(x) if scale is None else scale.reshape(1).to(torch.float32)
+        out = native.terngrad_encode(x, s, self.packing == "base3", generator, noise)
+        if out is not None:
+            return out
+        x = x.reshape(-1).to(torch.float32)
+        n = x.numel()
         if n == 0:
             return torch.cat([torch.empty(0, dtype=torch.uint8), f32_bytes(s)])
         sv = float(s)
@@ -54,8 +66,19 @@ class TernGrad(TernGradFormat, Codec):
         return torch.cat([packed, f32_bytes(s)])
 
     def decode(self, payload, numel):
+        out = native.decode(native.terngrad_decode_into, payload, numel, self.packing == "base3")
+        if out is not None:
+            return out
         nc = self._code_nbytes(numel)
         s = bytes_f32(payload[nc:nc + 4])
         codes = unpack_base3(payload[:nc], numel) if self.packing == "base3" else \
             unpack_bits(payload[:nc], 2, numel)
         return (codes.to(torch.float32) - 1.0).mul_(s)
+
+    def decode_into(self, payload, out):
+        if not native.decode_to(native.terngrad_decode_into, payload, out, self.packing == "base3"):
+            super().decode_into(payload, out)
+
+    def aggregate(self, payloads, numel):
+        out = native.aggregate(native.terngrad_decode_into, payloads, numel, self.packing == "base3")
+        return out if out is not None else super().aggregate(payloads, numel)
