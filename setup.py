@@ -6,6 +6,7 @@ setup(
     description="Communication-efficient data-parallel training: bit-packed gradient "
                 "compression for Horovod and torch.distributed",
     packages=find_packages(include=["hvd_compress", "hvd_compress.*"]),
+    package_data={"hvd_compress._native": ["kernels.c"]},  # compiled on first use
     python_requires=">=3.9",
     install_requires=["numpy"],
     extras_require={

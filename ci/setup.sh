@@ -41,10 +41,18 @@ fi
 WITH_MPI=0
 command -v mpicxx >/dev/null 2>&1 && WITH_MPI=1
 
+# The codecs' C kernels (hvd_compress/_native): cached by source + compiler, built in about a second.
+# A failed build is not fatal: the codecs fall back to plain torch ops and say so.
+build_native() {
+  "$VENV/bin/python" -m hvd_compress._native --build >&2 ||
+    log "WARNING: native codec kernels did not build; codecs use the slower plain torch path"
+}
+
 # --- virtualenv + Python packages -------------------------------------------------------
 WANT="torch=$TORCH_VERSION tf=$TF_VERSION horovod=$HOROVOD_VERSION mpi=$WITH_MPI reqs=$(cat "$ROOT/ci/requirements.txt" | md5sum | cut -c1-8)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV/bin/python" -c "import hvd_compress, horovod.torch" 2>/dev/null; then
   log "environment up to date ($WANT)"
+  build_native
   exit 0
 fi
 
@@ -90,5 +98,6 @@ echo "$CHECK" | grep -v "^$" >&2
 for fw in PyTorch TensorFlow Gloo; do
   echo "$CHECK" | grep -q "\[X\] $fw" || { log "Horovod lacks $fw support"; exit 1; }
 done
+build_native
 echo "$WANT" > "$STAMP"
 log "ready: source $VENV/bin/activate"
