@@ -64,8 +64,9 @@ def default_codecs() -> List[str]:
     """``none``, ``hvd-fp16``, then every registered codec (our ``none`` is Horovod's fp32 path)."""
     from hvd_compress.torch.spec import registry
     names = list(DEFAULT_CODECS)
-    for name in registry():
-        if name != "none" and name not in names:
+    for name, cls in registry().items():
+        # gossip-only codecs (Lattice) decode against the receiver's model: no allreduce step
+        if name != "none" and name not in names and not getattr(cls, "needs_reference", False):
             names.append(SHORT_SCHEDULE.get(name, name))
     return BASELINES + names
 
@@ -230,7 +231,9 @@ def main(argv=None) -> int:
     from hvd_compress.torch import from_spec
     for c in codecs:
         if c not in BASELINES:
-            from_spec(c)  # a bad spec fails before any namespace exists
+            if getattr(from_spec(c), "needs_reference", False):  # bad specs fail before any namespace exists
+                ap.error(f"{c!r} is a gossip codec (decodes against the receiver's model); benchmark it "
+                         "with `python -m hvd_compress.bench swarm`")
     try:
         check_available()
     except NamespaceUnavailable as exc:
