@@ -164,6 +164,11 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def short_label(spec: str) -> str:
+    """A legend-sized name: the spec, or just the codec's name when the spec is long."""
+    return spec if len(spec) <= 18 else spec.split(":", 1)[0]
+
+
 def plot(result: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -171,13 +176,16 @@ def plot(result: dict, path: str) -> None:
     rows = result["rows"]
     codecs = list(dict.fromkeys(r["codec"] for r in rows))
     links = sorted(set(r["link_bits"] for r in rows))
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     if len(links) > 1:
-        for c in codecs:
+        colors = plt.get_cmap("tab20").colors
+        markers = "osD^v<>p*hX"
+        for i, c in enumerate(codecs):
             pts = sorted((r["link_bits"], r["step_time_s"]) for r in rows if r["codec"] == c)
-            label = next(r["label"] for r in rows if r["codec"] == c)
+            label = next(r["label"] for r in rows if r["codec"] == c) if c in BASELINES else short_label(c)
             style = "--" if c in BASELINES else "-"
-            ax.plot([p[0] / 1e9 for p in pts], [p[1] for p in pts], style, marker="o", label=label)
+            ax.plot([p[0] / 1e9 for p in pts], [p[1] for p in pts], style, marker=markers[i % len(markers)],
+                    color="black" if c == "none" else colors[i % len(colors)], label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("link rate (Gbit/s)" + (" per worker" if result.get("link_model", "").startswith("per") else ", shared"))
@@ -192,7 +200,7 @@ def plot(result: dict, path: str) -> None:
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     if len(links) > 1:
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
