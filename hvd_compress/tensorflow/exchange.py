@@ -82,6 +82,8 @@ class Exchange:
         codec = self.codec
         if not codec.compresses(n, shape.rank, tf.as_dtype(dtype).is_floating):
             return
+        if codec.build_custom_state(self, key, shape, dtype):
+            return
         pattern = codec.pattern(self.comm.size, n)
         if pattern == "allreduce":
             return
@@ -117,7 +119,10 @@ class Exchange:
         else:
             flat = tf.cast(flat, tf.float32)
             pattern = codec.pattern(self.comm.size, int(n))
-            if pattern == "allreduce":
+            custom = codec.custom_exchange(self, key, flat, shape)
+            if custom is not None:
+                out = custom
+            elif pattern == "allreduce":
                 out = self._allreduce_summable(key, flat)
             else:
                 out = self._compressed(key, flat, pattern)
