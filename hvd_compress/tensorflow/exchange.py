@@ -6,7 +6,8 @@ The same patterns and wire bytes as ``hvd_compress.torch.exchange`` (chosen by t
 * ``allreduce``: summable codecs (FP16, NoCompression) and uncompressed tensors;
 * ``allgather``: every worker's payload to everyone, each decodes and averages N payloads;
 * ``reduce_scatter``: an alltoall sends chunk i's payload to its owner i, who averages, re-encodes
-  (with a server residual under DoubleSqueeze), and an allgather returns every owner's chunk.
+  (with a server residual under DoubleSqueeze), and an allgather returns every owner's chunk;
+* the codec's own schedule where it has one (:meth:`Codec.custom_exchange`: GradiVeQ, PowerSGD).
 
 Design choice, different from torch: the whole exchange of one tensor is a straight run of TF ops
 (:meth:`Exchange.average` returns the averaged tensor), not a generator driven round by round.
