@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 
