@@ -14,6 +14,7 @@ byte in ``tests/test_tf_torch_wire.py``).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, ClassVar, Dict, List, Tuple
 
@@ -371,3 +372,209 @@ class DoubleSqueezeFormat(WrapperFormat):
 
     def pattern(self, world_size, numel):
         return "reduce_scatter" if numel >= world_size else "allgather"
+
+
+# ---------------------------------------------------------------------- linear codecs
+# GradiVeQ and PowerSGD: the knobs, their validation, the schedule and the geometry are defined
+# once here; each framework adds its linear algebra and collectives (torch/codecs/gradiveq.py,
+# tensorflow/codecs/gradiveq.py, and powersgd.py beside them). Shapes are given to these helpers
+# as ``(F, P)``: ``F`` filters (output channels: torch's first axis, TF's last) of ``P`` values each.
+GRADIVEQ_PHASES = ("warmup", "sample", "compress")
+
+
+def _positive_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+    return int(value)
+
+
+def filters_and_positions(shape, filters_axis: int = 0) -> Tuple[int, int]:
+    """``(F, P)`` of a kernel: ``F = shape[filters_axis]`` filters of ``P`` values (the product of
+    the other axes)."""
+    shape = tuple(int(s) for s in shape)
+    f = shape[filters_axis]
+    p = 1
+    for i, s in enumerate(shape):
+        if i != filters_axis % len(shape):
+            p *= s
+    return f, p
+
+
+def slice_geometry_fp(f: int, p: int, slice_size: int, samples: "int | None" = None,
+                      samples_per_dim: float = 0.0) -> Tuple[int, int, int, int, int]:
+    """``(F, P, D, K, S)`` for ``F`` filters of ``P`` positions: a GradiVeQ slice holds ``D``
+    consecutive positions of all ``F`` filters, ``K = F * D`` values, ``S = P / D`` slices per
+    tensor. ``D`` is the largest divisor of ``P`` with ``F * D <= slice_size`` (at least 1, so
+    ``K >= F``), so slices tile the tensor exactly: no padding, every slice alike.
+
+    With ``samples`` (sampling steps per cycle) and ``samples_per_dim``, ``D`` is also kept small
+    enough that a cycle yields ``samples * S >= samples_per_dim * K`` sampled slices, so the K x K
+    covariance is estimated from enough slices to generalize beyond them."""
+    return _geometry(int(f), int(p), int(slice_size), samples, float(samples_per_dim))
+
+
+@functools.lru_cache(maxsize=4096)
+def _geometry(f, p, slice_size, samples, samples_per_dim):
+    if f <= 0 or p <= 0:
+        raise ValueError(f"GradiVeQ cannot slice an empty kernel ({f} filters of {p} values)")
+    d = 1
+    for cand in range(1, p + 1):
+        if p % cand or f * cand > slice_size:
+            continue
+        if samples is not None and samples * (p // cand) < samples_per_dim * f * cand:
+            continue
+        d = cand
+    return f, p, d, f * d, p // d
+
+
+def compression_report_rows(layers: Dict[str, Tuple[int, int, int]]) -> Dict[str, Dict[str, Any]]:
+    """GradiVeQ's ``compression_report()`` from ``{tensor: (K, d, S)}`` (fitted tensors only):
+    per tensor ``K``, ``d``, ``ratio`` (``K/d``) and ``slices``; under ``"_total"`` the
+    value-weighted ratio (values / compressed values) and the mean of the layer ratios."""
+    rows, values, sent = {}, 0, 0
+    for key, (k, d, s) in layers.items():
+        rows[key] = {"K": k, "d": d, "ratio": k / d, "slices": s}
+        values += k * s
+        sent += d * s
+    if rows:
+        rows["_total"] = {"K": None, "d": None, "ratio": values / sent, "slices": None,
+                          "mean_layer_ratio": sum(r["ratio"] for r in rows.values()) / len(rows)}
+    return rows
+
+
+class GradiVeQFormat(CodecConfig):
+    """GradiVeQ's configuration (both frameworks): knobs, validation, the schedule, the slice
+    geometry, and the fallback / sampler codecs built with the framework's ``from_spec``.
+
+    Knobs: ``energy`` (share of the sampled slices' variance the basis keeps, in (0, 1]),
+    ``warmup_steps`` (>= 0), ``sample_steps`` (>= 1), ``compress_steps`` (>= 0), ``slice_size``
+    (largest ``K``, >= 1), ``samples_per_dim`` (>= 0), ``fallback`` and ``sampler`` (codecs or spec
+    strings; ``None`` means ``"none"``).
+    """
+    name = "gradiveq"
+    summable = False  # linear within a cycle, but the phases need their own schedule
+    filters_axis: ClassVar[int] = 0  # torch's OIHW; TensorFlow's HWIO kernels set -1
+
+    def __init__(self, energy: float = 0.99, warmup_steps: int = 2500, sample_steps: int = 100,
+                 compress_steps: int = 400, slice_size: int = 256, samples_per_dim: float = 4.0,
+                 fallback: Any = "qsgd:bits=4", sampler: Any = "qsgd:bits=4", **options):
+        super().__init__(**options)
+        if not 0 < energy <= 1:
+            raise ValueError(f"energy must be in (0, 1], got {energy}")
+        self.energy = float(energy)
+        self.warmup_steps = _positive_int("warmup_steps", warmup_steps, 0)
+        self.sample_steps = _positive_int("sample_steps", sample_steps, 1)
+        self.compress_steps = _positive_int("compress_steps", compress_steps, 0)
+        self.slice_size = _positive_int("slice_size", slice_size, 1)
+        if not samples_per_dim >= 0:
+            raise ValueError(f"samples_per_dim must be >= 0, got {samples_per_dim}")
+        self.samples_per_dim = float(samples_per_dim)
+        self.fallback = self._sub_codec(fallback, "fallback")
+        self.sampler = self._sub_codec(sampler, "sampler")
+
+    @staticmethod
+    def build_codec(spec):
+        """The framework's ``from_spec`` (set by each framework's GradiVeQ)."""
+        raise NotImplementedError
+
+    def _sub_codec(self, spec, what):
+        if spec is None:
+            spec = "none"
+        codec = self.build_codec(spec)
+        if isinstance(codec, GradiVeQFormat):
+            raise ValueError(f"GradiVeQ's {what} cannot be GradiVeQ itself")
+        if isinstance(spec, str):  # built here: one seed and one non-finite policy for the whole codec
+            codec.seed, codec.nonfinite = self.seed, self.nonfinite
+        return codec
+
+    def params(self):
+        return {"energy": self.energy, "warmup_steps": self.warmup_steps,
+                "sample_steps": self.sample_steps, "compress_steps": self.compress_steps,
+                "slice_size": self.slice_size, "samples_per_dim": self.samples_per_dim,
+                "fallback": self.fallback.describe(), "sampler": self.sampler.describe()}
+
+    def compresses(self, numel, ndim, floating):
+        """Conv kernels (3-D or more) by GradiVeQ's rule; other tensors as the fallback says."""
+        if ndim >= 3:
+            return super().compresses(numel, ndim, floating)
+        return self.fallback.compresses(numel, ndim, floating)
+
+    def phase_at(self, step: int) -> Tuple[str, int]:
+        """``(phase, position within the phase)`` of exchange number ``step`` of a tensor."""
+        if step < self.warmup_steps:
+            return "warmup", step
+        c = (step - self.warmup_steps) % (self.sample_steps + self.compress_steps)
+        if c < self.sample_steps:
+            return "sample", c
+        return "compress", c - self.sample_steps
+
+    def geometry(self, shape) -> Tuple[int, int, int, int, int]:
+        """``(F, P, D, K, S)`` of a conv kernel of this framework's ``shape`` under this codec
+        (see :func:`slice_geometry_fp`)."""
+        f, p = filters_and_positions(shape, self.filters_axis)
+        return slice_geometry_fp(f, p, self.slice_size, self.sample_steps, self.samples_per_dim)
+
+    def payload_nbytes(self, numel):
+        return 4 * numel  # depends on the fitted d; see compression_report()
+
+
+class PowerSGDFormat(CodecConfig):
+    """PowerSGD's configuration (both frameworks): knobs, validation and sizes. A tensor is viewed
+    as an ``n x m`` matrix, ``n`` its filters / output units (torch's first axis, TensorFlow's
+    last), ``m`` the rest (see each framework's ``matrix_shape``)."""
+    name = "powersgd"
+    summable = False  # linear, but two dependent allreduces: runs through custom_exchange
+
+    def __init__(self, rank: int = 1, start_iter: int = 1000, min_compression_rate: float = 2.0,
+                 error_feedback: bool = True, warm_start: bool = True,
+                 orthogonalization_epsilon: float = 0.0, **options):
+        super().__init__(**options)
+        if isinstance(rank, bool) or int(rank) != rank or rank < 1:
+            raise ValueError(f"PowerSGD rank must be a positive integer, got {rank}")
+        if isinstance(start_iter, bool) or int(start_iter) != start_iter or start_iter < 0:
+            raise ValueError(f"start_iter must be a non-negative integer, got {start_iter}")
+        if not min_compression_rate > 0:
+            raise ValueError(f"min_compression_rate must be positive, got {min_compression_rate}")
+        if not orthogonalization_epsilon >= 0:
+            raise ValueError(f"orthogonalization_epsilon must be >= 0, got {orthogonalization_epsilon}")
+        self.rank = int(rank)
+        self.start_iter = int(start_iter)
+        self.min_compression_rate = float(min_compression_rate)
+        self.error_feedback = bool(error_feedback)
+        self.warm_start = bool(warm_start)
+        self.orthogonalization_epsilon = float(orthogonalization_epsilon)
+
+    def params(self):
+        return {"rank": self.rank, "start_iter": self.start_iter,
+                "min_compression_rate": self.min_compression_rate,
+                "error_feedback": self.error_feedback, "warm_start": self.warm_start}
+
+    @staticmethod
+    def matrix_shape(shape) -> Tuple[int, int]:
+        """``(n, m)`` of a tensor of this framework's ``shape`` (set by each framework)."""
+        raise NotImplementedError
+
+    def effective_rank(self, shape) -> int:
+        n, m = self.matrix_shape(shape)
+        return max(0, min(n, m, self.rank))
+
+    def worth_compressing(self, shape) -> bool:
+        """torch's rule: ``(n + m) * r * min_compression_rate < n * m``."""
+        n, m = self.matrix_shape(shape)
+        r = self.effective_rank(shape)
+        return r > 0 and (n + m) * r * self.min_compression_rate < n * m
+
+    def payload_nbytes_for(self, shape) -> int:
+        """Bytes of P and Q for a tensor of ``shape`` (or of the plain fp32 tensor if not worth it)."""
+        n, m = self.matrix_shape(shape)
+        if not self.worth_compressing(shape):
+            return 4 * n * m
+        return 4 * (n + m) * self.effective_rank(shape)
+
+    def payload_nbytes(self, numel):
+        side = max(1, math.isqrt(max(numel, 1)))  # shape unknown: as if square
+        return self.payload_nbytes_for((side, max(1, numel // side)))
+
+    def compression_ratio(self, shape) -> float:
+        n, m = self.matrix_shape(shape)
+        return 4.0 * n * m / self.payload_nbytes_for(shape)

@@ -105,3 +105,36 @@ def run_workers(n: int, fn: Callable[[ThreadCollectives], object], timeout: floa
     if any(t.is_alive() for t in threads):
         raise TimeoutError("simulated workers did not finish (a hang)")
     return results
+
+
+class SyncCollectives:
+    """The TensorFlow exchange's (synchronous) collectives interface over :class:`ThreadCollectives`,
+    for eager TF tests: ``allreduce(tensor, name, op)``, ``allgather``, ``alltoall``, ``broadcast``
+    return TF tensors; values cross as numpy copies."""
+
+    def __init__(self, comm: ThreadCollectives):
+        self.comm, self.rank, self.size = comm, comm.rank, comm.size
+
+    @staticmethod
+    def _call(fn, tensor, *args, **kwargs):
+        import numpy as np
+        import tensorflow as tf
+        out = fn(torch.from_numpy(np.array(tensor.numpy())), *args, **kwargs).wait()
+        return tf.constant(out.numpy())
+
+    def allreduce(self, tensor, name, op="average"):
+        return self._call(self.comm.allreduce_async, tensor, name, op=op)
+
+    def allgather(self, tensor, name):
+        return self._call(self.comm.allgather_async, tensor, name)
+
+    def alltoall(self, tensor, splits, name):
+        return self._call(self.comm.alltoall_async, tensor, list(splits), name)
+
+    def broadcast(self, tensor, root_rank, name):
+        return self._call(self.comm.broadcast_async, tensor, root_rank, name)
+
+
+def run_workers_tf(n: int, fn: Callable[[SyncCollectives], object], timeout: float = 60.0) -> list:
+    """:func:`run_workers` for eager TensorFlow code: ``fn(comm)`` gets a :class:`SyncCollectives`."""
+    return run_workers(n, lambda comm: fn(SyncCollectives(comm)), timeout)

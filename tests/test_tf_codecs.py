@@ -141,7 +141,7 @@ def test_nonfinite_input_never_decodes_to_finite_garbage(spec):
 
 
 def test_bad_specs_list_what_exists():
-    with pytest.raises(ValueError, match="available: bf16, doublesqueeze, efsign, fp16, none, onebit"):
+    with pytest.raises(ValueError, match="available: bf16, doublesqueeze, efsign, fp16, gradiveq, none, onebit, powersgd"):
         hct.from_spec("qsdg:bits=4")
     with pytest.raises(ValueError, match="does not take \\['bitz'\\]"):
         hct.from_spec("qsgd:bitz=4")

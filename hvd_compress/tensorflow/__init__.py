@@ -14,14 +14,14 @@ Pass a codec where you would pass Horovod's ``hvd.Compression.fp16``::
 Guide: ``docs/tensorflow.md``.
 """
 from hvd_compress.tensorflow.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
-                                            NoCompression, OneBit, OneBitQuantizer, ScaledSign, SignSGD,
-                                            TernGrad, TopK, TopKSparsifier, Wrapper)
+                                            GradiVeQ, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
+                                            ScaledSign, SignSGD, TernGrad, TopK, TopKSparsifier, Wrapper)
 from hvd_compress.tensorflow.spec import from_spec
 from hvd_compress.tensorflow.stats import compression_error, reset_wire_stats, wire_stats
 
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze", "from_spec", "wire_stats", "reset_wire_stats",
+           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "from_spec", "wire_stats", "reset_wire_stats",
            "compression_error", "Exchange", "GradientReducer", "allreduce_gradients",
            "broadcast_variables"]
 

@@ -6,7 +6,8 @@ The same patterns and wire bytes as ``hvd_compress.torch.exchange`` (chosen by t
 * ``allreduce``: summable codecs (FP16, NoCompression) and uncompressed tensors;
 * ``allgather``: every worker's payload to everyone, each decodes and averages N payloads;
 * ``reduce_scatter``: an alltoall sends chunk i's payload to its owner i, who averages, re-encodes
-  (with a server residual under DoubleSqueeze), and an allgather returns every owner's chunk.
+  (with a server residual under DoubleSqueeze), and an allgather returns every owner's chunk;
+* the codec's own schedule where it has one (:meth:`Codec.custom_exchange`: GradiVeQ, PowerSGD).
 
 Design choice, different from torch: the whole exchange of one tensor is a straight run of TF ops
 (:meth:`Exchange.average` returns the averaged tensor), not a generator driven round by round.
@@ -82,6 +83,8 @@ class Exchange:
         codec = self.codec
         if not codec.compresses(n, shape.rank, tf.as_dtype(dtype).is_floating):
             return
+        if codec.build_custom_state(self, key, shape, dtype):
+            return
         pattern = codec.pattern(self.comm.size, n)
         if pattern == "allreduce":
             return
@@ -117,7 +120,10 @@ class Exchange:
         else:
             flat = tf.cast(flat, tf.float32)
             pattern = codec.pattern(self.comm.size, int(n))
-            if pattern == "allreduce":
+            custom = codec.custom_exchange(self, key, flat, shape)
+            if custom is not None:
+                out = custom
+            elif pattern == "allreduce":
                 out = self._allreduce_summable(key, flat)
             else:
                 out = self._compressed(key, flat, pattern)

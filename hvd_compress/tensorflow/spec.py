@@ -11,12 +11,14 @@ def registry() -> Dict[str, type]:
     from hvd_compress.tensorflow import codecs as c
     return {"none": c.NoCompression, "fp16": c.FP16, "bf16": c.BF16, "qsgd": c.QSGD,
             "terngrad": c.TernGrad, "onebit": c.OneBit, "efsign": c.EFSign, "signsgd": c.SignSGD,
-            "topk": c.TopK, "doublesqueeze": c.DoubleSqueeze}
+            "topk": c.TopK, "doublesqueeze": c.DoubleSqueeze, "gradiveq": c.GradiVeQ,
+            "powersgd": c.PowerSGD}
 
 
 def from_spec(spec: "str | Codec") -> Codec:
     """Build a codec from a string: ``name`` or ``name:key=value,key=value``, exactly as
     ``hvd_compress.torch.from_spec`` does (``"qsgd:bits=4,bucket_size=512"``, ``"onebit"``,
-    ``"terngrad:clip=2.5"``, ``"topk:ratio=0.01"``, ``"doublesqueeze:codec=onebit"``, ``"fp16"``).
+    ``"terngrad:clip=2.5"``, ``"topk:ratio=0.01"``, ``"doublesqueeze:codec=onebit"``, ``"fp16"``,
+    ``"gradiveq:warmup_steps=20,sample_steps=10,compress_steps=60"``, ``"powersgd:rank=2,start_iter=10"``).
     A bad spec raises ``ValueError`` listing what exists."""
     return build(spec, registry(), Codec)

@@ -39,9 +39,15 @@ class WireStats:
             self._vars[label] = var
         return var
 
-    def add(self, label: str, values: int, payload_bytes: int, sent_bytes: float, tensors: int = 1):
-        """Count one exchange (static sizes; runs every time the graph runs)."""
-        delta = tf.constant([values, payload_bytes, sent_bytes, tensors, 0.0, 0.0], tf.float64)
+    def add(self, label: str, values, payload_bytes, sent_bytes, tensors=1):
+        """Count one exchange (runs every time the graph runs). Sizes are Python numbers, or
+        tensors where they are known only at run time (GradiVeQ's fitted ``d``)."""
+        parts = (values, payload_bytes, sent_bytes, tensors, 0.0, 0.0)
+        if any(tf.is_tensor(p) for p in parts):
+            delta = tf.stack([tf.cast(p, tf.float64) if tf.is_tensor(p) else tf.constant(p, tf.float64)
+                              for p in parts])
+        else:
+            delta = tf.constant(parts, tf.float64)
         return self._var(label).assign_add(delta)
 
     def add_error(self, label: str, error_sq: tf.Tensor, reference_sq: tf.Tensor):

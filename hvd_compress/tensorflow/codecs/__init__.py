@@ -4,7 +4,9 @@ from hvd_compress.tensorflow.codecs.casts import BF16, FP16, NoCompression
 from hvd_compress.tensorflow.codecs.doublesqueeze import DoubleSqueeze
 from hvd_compress.tensorflow.codecs.efsign import EFSign, ScaledSign
 from hvd_compress.tensorflow.codecs.error_feedback import ErrorFeedback
+from hvd_compress.tensorflow.codecs.gradiveq import GradiVeQ
 from hvd_compress.tensorflow.codecs.onebit import OneBit, OneBitQuantizer
+from hvd_compress.tensorflow.codecs.powersgd import PowerSGD
 from hvd_compress.tensorflow.codecs.qsgd import QSGD
 from hvd_compress.tensorflow.codecs.signsgd import SignSGD
 from hvd_compress.tensorflow.codecs.terngrad import TernGrad
@@ -12,4 +14,4 @@ from hvd_compress.tensorflow.codecs.topk import TopK, TopKSparsifier
 
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze"]
+           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD"]

@@ -113,15 +113,17 @@ class Codec(CodecConfig, _Trackable):
         """Re-encode the averaged chunk an owner holds (reduce-scatter pattern)."""
         return self.encode(mean, draw(owner, 1), scale)
 
-    def state_variable(self, group: str, key: str, shape, dtype=tf.float32) -> tf.Variable:
-        """The ``tf.Variable`` of ``state[group][key]``, created (zeros) on first use, outside any
-        ``tf.function`` being traced (``tf.init_scope``), so it persists across steps."""
+    def state_variable(self, group: str, key: str, shape, dtype=tf.float32,
+                       initial: Optional[Callable[[], tf.Tensor]] = None) -> tf.Variable:
+        """The ``tf.Variable`` of ``state[group][key]``, created on first use (zeros, or
+        ``initial()``), outside any ``tf.function`` being traced (``tf.init_scope``), so it
+        persists across steps."""
         table = self.state[group]
         var = table.get(key)
         if var is None:
             with tf.init_scope():
-                var = tf.Variable(tf.zeros(shape, dtype), trainable=False,
-                                  name=variable_name(group, key))
+                value = tf.zeros(shape, dtype) if initial is None else tf.cast(initial(), dtype)
+                var = tf.Variable(value, trainable=False, name=variable_name(group, key))
             table[key] = var
         elif var.shape != tf.TensorShape(shape) or var.dtype != dtype:
             raise ValueError(f"hvd_compress: state {group}[{key!r}] holds shape {var.shape} "
@@ -142,6 +144,20 @@ class Codec(CodecConfig, _Trackable):
         var = self.state["residual"].get(key)
         inner = getattr(self, "inner", None)
         return var if var is not None or inner is None else inner.residual_of(key)
+
+    def custom_exchange(self, exchange, key: str, flat: tf.Tensor, shape: tf.TensorShape):
+        """Codecs with their own collective schedule (PowerSGD's two allreduces, GradiVeQ's
+        phases) return the averaged flat fp32 tensor here, built from ``exchange.comm``
+        collectives (bytes recorded in ``exchange.stats`` under ``exchange.label``); ``shape`` is
+        the original tensor's (static) shape, ``flat`` its fp32 flattening. ``None`` (the default)
+        uses the standard patterns. Branches on the step counter must be ``tf.cond`` /
+        ``tf.switch_case``, so the same code runs eagerly and inside ``tf.function``."""
+        return None
+
+    def build_custom_state(self, exchange, key: str, shape: tf.TensorShape, dtype) -> bool:
+        """For codecs with a :meth:`custom_exchange`: create the state tensor ``key`` of ``shape``
+        will need and return True (the default returns False: the standard patterns' state)."""
+        return False
 
     def build_state(self, key: str, numel: int, owner_numel: Optional[int] = None) -> None:
         """Create the state variables a tensor ``key`` of ``numel`` values will need (so a

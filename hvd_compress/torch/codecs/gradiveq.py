@@ -6,15 +6,16 @@ compressed slices and one decompression after it, and the warm-up / sampling / c
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from hvd_compress.common import (GRADIVEQ_PHASES, GradiVeQFormat, compression_report_rows,
+                                 filters_and_positions, slice_geometry_fp)
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.codecs.powersgd import tracked_allreduce
 
-PHASES = ("warmup", "sample", "compress")
+PHASES = GRADIVEQ_PHASES
 
 
 # ---------------------------------------------------------------------------- pure math
@@ -23,36 +24,12 @@ def is_conv_kernel(shape: Sequence[int]) -> bool:
     return len(shape) >= 3
 
 
-@functools.lru_cache(maxsize=4096)
-def _geometry(shape: Tuple[int, ...], slice_size: int, samples: Optional[int],
-              samples_per_dim: float) -> Tuple[int, int, int, int, int]:
-    f = int(shape[0])
-    p = 1
-    for s in shape[1:]:
-        p *= int(s)
-    if f <= 0 or p <= 0:
-        raise ValueError(f"GradiVeQ cannot slice an empty kernel of shape {tuple(shape)}")
-    d = 1
-    for cand in range(1, p + 1):
-        if p % cand or f * cand > slice_size:
-            continue
-        if samples is not None and samples * (p // cand) < samples_per_dim * f * cand:
-            continue
-        d = cand
-    return f, p, d, f * d, p // d
-
-
 def slice_geometry(shape: Sequence[int], slice_size: int, samples: Optional[int] = None,
                    samples_per_dim: float = 0.0) -> Tuple[int, int, int, int, int]:
-    """``(F, P, D, K, S)`` for a kernel of ``shape``: ``F`` filters of ``P = C*k*...`` positions;
-    a slice holds ``D`` consecutive positions of all ``F`` filters, ``K = F * D`` values, ``S = P / D``
-    slices per tensor. ``D`` is the largest divisor of ``P`` with ``F * D <= slice_size`` (at least 1,
-    so ``K >= F``), so slices tile the tensor exactly: no padding, every slice alike.
-
-    With ``samples`` (sampling steps per cycle) and ``samples_per_dim``, ``D`` is also kept small
-    enough that a cycle yields ``samples * S >= samples_per_dim * K`` sampled slices, so the K x K
-    covariance is estimated from enough slices to generalize beyond them."""
-    return _geometry(tuple(int(x) for x in shape), int(slice_size), samples, float(samples_per_dim))
+    """``(F, P, D, K, S)`` for a torch kernel of ``shape`` (``F = shape[0]`` filters of
+    ``P = C*k*...`` positions); see :func:`hvd_compress.common.slice_geometry_fp`."""
+    f, p = filters_and_positions(shape, 0)
+    return slice_geometry_fp(f, p, slice_size, samples, samples_per_dim)
 
 
 def to_slices(flat: torch.Tensor, shape: Sequence[int], k: int) -> torch.Tensor:
@@ -114,7 +91,7 @@ def reconstruct(summed: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor) -
     return summed @ basis.t() + mean
 
 
-class GradiVeQ(Codec):
+class GradiVeQ(GradiVeQFormat, Codec):
     """GradiVeQ: per-layer PCA of gradient slices; compressed slices sum inside a ring allreduce.
 
     **Layout.** A conv kernel ``F x C x kh x kw`` is laid out so the values at the same position
@@ -164,83 +141,24 @@ class GradiVeQ(Codec):
     ``sampler="none"`` to sample from exact fp32 aggregates (more bytes during sampling).
     """
 
-    name = "gradiveq"
-    summable = False  # linear within a cycle, but the phases need their own schedule
-
     def __init__(self, energy: float = 0.99, warmup_steps: int = 2500, sample_steps: int = 100,
                  compress_steps: int = 400, slice_size: int = 256, samples_per_dim: float = 4.0,
                  fallback: "Codec | str | None" = "qsgd:bits=4",
                  sampler: "Codec | str | None" = "qsgd:bits=4", **options):
-        super().__init__(**options)
-        if not 0 < energy <= 1:
-            raise ValueError(f"energy must be in (0, 1], got {energy}")
-        for name, value, low in (("warmup_steps", warmup_steps, 0), ("sample_steps", sample_steps, 1),
-                                 ("compress_steps", compress_steps, 0), ("slice_size", slice_size, 1)):
-            if int(value) != value or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value}")
-        self.energy = float(energy)
-        self.warmup_steps, self.sample_steps = int(warmup_steps), int(sample_steps)
-        self.compress_steps, self.slice_size = int(compress_steps), int(slice_size)
-        if not samples_per_dim >= 0:
-            raise ValueError(f"samples_per_dim must be >= 0, got {samples_per_dim}")
-        self.samples_per_dim = float(samples_per_dim)
-        self.fallback = self._codec(fallback, "fallback")
-        self.sampler = self._codec(sampler, "sampler")
+        super().__init__(energy, warmup_steps, sample_steps, compress_steps, slice_size,
+                         samples_per_dim, fallback, sampler, **options)
         self.state.update({k: {} for k in ("phase", "basis", "mean", "d", "K", "slices", "samples")})
 
-    def _codec(self, spec, what) -> Codec:
+    @staticmethod
+    def build_codec(spec):
         from hvd_compress.torch.spec import from_spec
-        if spec is None:
-            spec = "none"
-        codec = from_spec(spec)
-        if isinstance(codec, GradiVeQ):
-            raise ValueError(f"GradiVeQ's {what} cannot be GradiVeQ itself")
-        if isinstance(spec, str):  # built here: one seed and one non-finite policy for the whole codec
-            codec.seed, codec.nonfinite = self.seed, self.nonfinite
-        return codec
-
-    def params(self):
-        return {"energy": self.energy, "warmup_steps": self.warmup_steps,
-                "sample_steps": self.sample_steps, "compress_steps": self.compress_steps,
-                "slice_size": self.slice_size, "samples_per_dim": self.samples_per_dim,
-                "fallback": self.fallback.describe(),
-                "sampler": self.sampler.describe()}
-
-    # ------------------------------------------------------------------ schedule
-    def phase_at(self, step: int) -> Tuple[str, int]:
-        """``(phase, position within the phase)`` of exchange number ``step`` of a tensor."""
-        if step < self.warmup_steps:
-            return "warmup", step
-        c = (step - self.warmup_steps) % (self.sample_steps + self.compress_steps)
-        if c < self.sample_steps:
-            return "sample", c
-        return "compress", c - self.sample_steps
-
-    def geometry(self, shape) -> Tuple[int, int, int, int, int]:
-        """``(F, P, D, K, S)`` of a conv kernel under this codec (see :func:`slice_geometry`)."""
-        return slice_geometry(shape, self.slice_size, self.sample_steps, self.samples_per_dim)
-
-    def should_compress(self, tensor):
-        if is_conv_kernel(tensor.shape):
-            return super().should_compress(tensor)
-        return self.fallback.should_compress(tensor)
-
-    def payload_nbytes(self, numel):
-        return 4 * numel  # depends on the fitted d; see compression_report()
+        return from_spec(spec)
 
     def compression_report(self) -> Dict[str, Dict[str, Any]]:
         """Per conv tensor with a fitted basis: ``K``, ``d``, ``ratio`` (``K/d``) and ``slices``;
         under ``"_total"`` the value-weighted ratio (values / compressed values)."""
-        rows, values, sent = {}, 0, 0
-        for key, d in self.state.get("d", {}).items():
-            k, s = self.state["K"][key], self.state["slices"][key]
-            rows[key] = {"K": k, "d": d, "ratio": k / d, "slices": s}
-            values += k * s
-            sent += d * s
-        if rows:
-            rows["_total"] = {"K": None, "d": None, "ratio": values / sent, "slices": None,
-                              "mean_layer_ratio": sum(r["ratio"] for r in rows.values()) / len(rows)}
-        return rows
+        return compression_report_rows({key: (self.state["K"][key], d, self.state["slices"][key])
+                                        for key, d in self.state.get("d", {}).items()})
 
     # ------------------------------------------------------------------ the exchange
     def custom_exchange(self, exchange, key, flat, shape=None):

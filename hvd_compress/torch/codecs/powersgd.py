@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 
+from hvd_compress.common import PowerSGDFormat
 from hvd_compress.torch.codecs.base import Codec
 
 
@@ -79,7 +80,7 @@ def tracked_allreduce(exchange, t: torch.Tensor, name: str, op: str, values: int
     return out
 
 
-class PowerSGD(Codec):
+class PowerSGD(PowerSGDFormat, Codec):
     """Rank-``rank`` PowerSGD with warm start and error feedback, per matrix-shaped tensor.
 
     Each step, for a gradient viewed as an ``n x m`` matrix (``shape[0] x rest``; conv kernels as
@@ -123,59 +124,14 @@ class PowerSGD(Codec):
     little (small or thin layers).
     """
 
-    name = "powersgd"
-    summable = False  # linear, but two dependent allreduces: runs through custom_exchange
-
     def __init__(self, rank: int = 1, start_iter: int = 1000, min_compression_rate: float = 2.0,
                  error_feedback: bool = True, warm_start: bool = True,
                  orthogonalization_epsilon: float = 0.0, **options):
-        super().__init__(**options)
-        if int(rank) != rank or rank < 1:
-            raise ValueError(f"PowerSGD rank must be a positive integer, got {rank}")
-        if int(start_iter) != start_iter or start_iter < 0:
-            raise ValueError(f"start_iter must be a non-negative integer, got {start_iter}")
-        if not min_compression_rate > 0:
-            raise ValueError(f"min_compression_rate must be positive, got {min_compression_rate}")
-        if not orthogonalization_epsilon >= 0:
-            raise ValueError(f"orthogonalization_epsilon must be >= 0, got {orthogonalization_epsilon}")
-        self.rank = int(rank)
-        self.start_iter = int(start_iter)
-        self.min_compression_rate = float(min_compression_rate)
-        self.error_feedback = bool(error_feedback)
-        self.warm_start = bool(warm_start)
-        self.orthogonalization_epsilon = float(orthogonalization_epsilon)
+        super().__init__(rank, start_iter, min_compression_rate, error_feedback, warm_start,
+                         orthogonalization_epsilon, **options)
         self.state.update({"q": {}, "residual": {}})
 
-    def params(self):
-        return {"rank": self.rank, "start_iter": self.start_iter,
-                "min_compression_rate": self.min_compression_rate,
-                "error_feedback": self.error_feedback, "warm_start": self.warm_start}
-
-    # ------------------------------------------------------------------ sizes
-    def effective_rank(self, shape) -> int:
-        n, m = matrix_shape(shape)
-        return max(0, min(n, m, self.rank))
-
-    def worth_compressing(self, shape) -> bool:
-        """torch's rule: ``(n + m) * r * min_compression_rate < n * m``."""
-        n, m = matrix_shape(shape)
-        r = self.effective_rank(shape)
-        return r > 0 and (n + m) * r * self.min_compression_rate < n * m
-
-    def payload_nbytes_for(self, shape) -> int:
-        """Bytes of P and Q for a tensor of ``shape`` (or of the plain fp32 tensor if not worth it)."""
-        n, m = matrix_shape(shape)
-        if not self.worth_compressing(shape):
-            return 4 * n * m
-        return 4 * (n + m) * self.effective_rank(shape)
-
-    def payload_nbytes(self, numel):
-        side = max(1, math.isqrt(max(numel, 1)))  # shape unknown: as if square
-        return self.payload_nbytes_for((side, max(1, numel // side)))
-
-    def compression_ratio(self, shape) -> float:
-        n, m = matrix_shape(shape)
-        return 4.0 * n * m / self.payload_nbytes_for(shape)
+    matrix_shape = staticmethod(matrix_shape)
 
     # ------------------------------------------------------------------ the exchange
     def custom_exchange(self, exchange, key, flat, shape=None):
