@@ -97,7 +97,7 @@ def test_codec_through_ddp_hook(codec_runs, spec):
     # every rank holds the same parameters, bit for bit
     assert all(codec_runs[r][spec]["replicas_identical"] for r in codec_runs)
     # bytes on the wire: the codec's payloads carry its nominal bits per value (within 10%)
-    if spec in LINEAR:
+    if spec.split(":")[0] in ("powersgd", "gradiveq"):  # sizes depend on shapes / fitted d: docs/linear.md
         return
     stats = row["wire_stats"][row["label"]]
     assert stats["values"] > 0

@@ -127,6 +127,13 @@ def targets_lines(res: dict) -> List[str]:
     return out
 
 
+def aggregation_section(res: dict) -> List[str]:
+    from hvd_compress.bench.aggregation import _rate, format_table
+    links = [(name, _rate(name)) for name in res.get("model_links", [])]
+    return ["## Aggregation time of the linear codecs (GradiVeQ, PowerSGD)", "", "```",
+            format_table(res, links), "```", "", f"Produced by: `{res['command']}`", ""]
+
+
 def step_section(results: List[dict], plots: Path, rel) -> List[str]:
     from hvd_compress.bench.step import BASELINES, format_table, plot
     out = ["## Training step over a shaped link", ""]
@@ -194,6 +201,8 @@ def build(results_dir: Path, out_path: Path, plots: Path, notes: Optional[str]) 
     acc = _load(results_dir / "accuracy.json")
     if acc:
         lines += accuracy_section(acc, plots, rel)
+    for agg in (r for r in (_load(p) for p in sorted(results_dir.glob("aggregation*.json"))) if r):
+        lines += aggregation_section(agg)
     text = "\n".join(lines).rstrip() + "\n"
     out_path.write_text(text)
     return text
