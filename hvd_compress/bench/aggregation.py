@@ -250,7 +250,7 @@ def main(argv=None):
                    "link": args.link, "model_links": [n for n, _ in model_links], "paper": PAPER})
     print(format_table(result, model_links))
     write_json(args.json, result)
-    return result
+    return 0
 
 
 if __name__ == "__main__":
