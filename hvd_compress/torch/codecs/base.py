@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from hvd_compress._native import ops as native_ops
+
 try:  # Subclass Horovod's Compressor where Horovod is installed; the codecs work without it.
     from horovod.torch.compression import Compressor as _HorovodCompressor
 except Exception:  # pragma: no cover - exercised only without Horovod
@@ -144,6 +146,34 @@ class Codec(_HorovodCompressor, CodecConfig):
         state = self.__dict__.copy()
         state["_stock"] = None
         return state
+
+
+class NativeDecoding:
+    """Mixin for codecs whose payloads a native kernel decodes (``hvd_compress._native``).
+
+    The codec names its kernel and arguments in :meth:`native_decoder`; the mixin routes
+    ``decode_into`` and ``aggregate`` through it and falls back to the codec's plain torch path
+    (the next class in the MRO) when the native path is off. ``decode`` calls
+    :meth:`native_decode` first and keeps its plain body as the definition."""
+
+    def native_decoder(self) -> tuple:
+        """``(decode_into_kernel, *args)`` from ``hvd_compress._native.ops``."""
+        raise NotImplementedError
+
+    def native_decode(self, payload, numel):
+        """The decoded payload from the kernel, or ``None`` where the native path does not apply."""
+        kernel, *args = self.native_decoder()
+        return native_ops.decode(kernel, payload, numel, *args)
+
+    def decode_into(self, payload, out):
+        kernel, *args = self.native_decoder()
+        if not native_ops.decode_to(kernel, payload, out, *args):
+            super().decode_into(payload, out)
+
+    def aggregate(self, payloads, numel):
+        kernel, *args = self.native_decoder()
+        out = native_ops.aggregate(kernel, payloads, numel, *args)
+        return out if out is not None else super().aggregate(payloads, numel)
 
 
 class Wrapper(WrapperFormat, Codec):

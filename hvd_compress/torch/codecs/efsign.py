@@ -5,12 +5,12 @@ import torch
 
 from hvd_compress._native import ops as native
 from hvd_compress.common import ScaledSignFormat
-from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
+from hvd_compress.torch.codecs.base import Codec, NativeDecoding, nan_where_nonfinite
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class ScaledSign(ScaledSignFormat, Codec):
+class ScaledSign(NativeDecoding, ScaledSignFormat, Codec):
     """``(||v||_1 / d) * sign(v)`` per chunk: 1 bit per value plus one fp32 scale.
 
     Wire format per chunk of ``n`` values: ``ceil(n / 8)`` bytes of sign bits (1: non-negative),
@@ -31,7 +31,7 @@ class ScaledSign(ScaledSignFormat, Codec):
         return torch.cat([bits, f32_bytes(s)])
 
     def decode(self, payload, numel):
-        out = native.decode(native.sign_decode_into, payload, numel)
+        out = self.native_decode(payload, numel)
         if out is not None:
             return out
         nb = packed_nbytes(numel, 1)
@@ -39,13 +39,8 @@ class ScaledSign(ScaledSignFormat, Codec):
         signs = unpack_bits(payload[:nb], 1, numel).to(torch.float32).mul_(2).sub_(1)
         return signs.mul_(s)
 
-    def decode_into(self, payload, out):
-        if not native.decode_to(native.sign_decode_into, payload, out):
-            super().decode_into(payload, out)
-
-    def aggregate(self, payloads, numel):
-        out = native.aggregate(native.sign_decode_into, payloads, numel)
-        return out if out is not None else super().aggregate(payloads, numel)
+    def native_decoder(self):
+        return (native.sign_decode_into,)
 
     def encode_with_residual(self, x, residual, bounds, draw, scale=None):
         """Fused error-feedback step for :class:`ErrorFeedback`: as

@@ -5,12 +5,12 @@ import torch
 
 from hvd_compress._native import ops as native
 from hvd_compress.common import OneBitQuantizerFormat
-from hvd_compress.torch.codecs.base import Codec, bucket_view, nan_where_nonfinite
+from hvd_compress.torch.codecs.base import Codec, NativeDecoding, bucket_view, nan_where_nonfinite
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class OneBitQuantizer(OneBitQuantizerFormat, Codec):
+class OneBitQuantizer(NativeDecoding, OneBitQuantizerFormat, Codec):
     """The 1-bit quantizer alone (no error feedback): per bucket, the sign at threshold 0 and two
     reconstruction values, the means of the bucket's non-negative and of its negative entries.
 
@@ -50,7 +50,7 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
         return torch.cat([bits, f32_bytes(means)])
 
     def decode(self, payload, numel):
-        out = native.decode(native.onebit_decode_into, payload, numel, self.bucket_size)
+        out = self.native_decode(payload, numel)
         if out is not None:
             return out
         if numel == 0:
@@ -62,13 +62,8 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
         neg = means[:, 1].repeat_interleave(self.bucket_size)[:numel]
         return torch.where(positive, pos, neg)
 
-    def decode_into(self, payload, out):
-        if not native.decode_to(native.onebit_decode_into, payload, out, self.bucket_size):
-            super().decode_into(payload, out)
-
-    def aggregate(self, payloads, numel):
-        out = native.aggregate(native.onebit_decode_into, payloads, numel, self.bucket_size)
-        return out if out is not None else super().aggregate(payloads, numel)
+    def native_decoder(self):
+        return (native.onebit_decode_into, self.bucket_size)
 
     def encode_with_residual(self, x, residual, bounds, draw, scale=None):
         """Fused error-feedback step for :class:`ErrorFeedback` (one pass per bucket):

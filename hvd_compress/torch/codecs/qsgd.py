@@ -5,11 +5,11 @@ import torch
 
 from hvd_compress._native import ops as native
 from hvd_compress.common import QSGDFormat
-from hvd_compress.torch.codecs.base import Codec, bucket_view, nan_where_nonfinite
+from hvd_compress.torch.codecs.base import Codec, NativeDecoding, bucket_view, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class QSGD(QSGDFormat, Codec):
+class QSGD(NativeDecoding, QSGDFormat, Codec):
     """QSGD stochastic quantization with ``bits`` bits per value and one fp32 scale per bucket.
 
     Bits-to-levels map: ``bits`` counts the sign. Each value lands on the grid
@@ -68,7 +68,7 @@ class QSGD(QSGDFormat, Codec):
         return torch.cat([codes, f32_bytes(scales)])
 
     def decode(self, payload, numel):
-        out = native.decode(native.qsgd_decode_into, payload, numel, self.bits, self.bucket_size)
+        out = self.native_decode(payload, numel)
         if out is not None:
             return out
         if numel == 0:
@@ -79,10 +79,5 @@ class QSGD(QSGDFormat, Codec):
         step = (scales / self.levels).repeat_interleave(self.bucket_size)[:numel]
         return (codes.to(torch.float32) - self.levels).mul_(step)
 
-    def decode_into(self, payload, out):
-        if not native.decode_to(native.qsgd_decode_into, payload, out, self.bits, self.bucket_size):
-            super().decode_into(payload, out)
-
-    def aggregate(self, payloads, numel):
-        out = native.aggregate(native.qsgd_decode_into, payloads, numel, self.bits, self.bucket_size)
-        return out if out is not None else super().aggregate(payloads, numel)
+    def native_decoder(self):
+        return (native.qsgd_decode_into, self.bits, self.bucket_size)

@@ -5,11 +5,11 @@ import torch
 
 from hvd_compress._native import ops as native
 from hvd_compress.common import TernGradFormat
-from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
+from hvd_compress.torch.codecs.base import Codec, NativeDecoding, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_base3, pack_bits, unpack_base3, unpack_bits
 
 
-class TernGrad(TernGradFormat, Codec):
+class TernGrad(NativeDecoding, TernGradFormat, Codec):
     """TernGrad: each value becomes ``s * sign(g) * Bernoulli(|g| / s)``, unbiased for ``|g| <= s``.
 
     Scaler sharing: each worker proposes ``s = min(max|g|, clip * std(g))`` (the reference code's
@@ -66,7 +66,7 @@ class TernGrad(TernGradFormat, Codec):
         return torch.cat([packed, f32_bytes(s)])
 
     def decode(self, payload, numel):
-        out = native.decode(native.terngrad_decode_into, payload, numel, self.packing == "base3")
+        out = self.native_decode(payload, numel)
         if out is not None:
             return out
         nc = self._code_nbytes(numel)
@@ -75,10 +75,5 @@ class TernGrad(TernGradFormat, Codec):
             unpack_bits(payload[:nc], 2, numel)
         return (codes.to(torch.float32) - 1.0).mul_(s)
 
-    def decode_into(self, payload, out):
-        if not native.decode_to(native.terngrad_decode_into, payload, out, self.packing == "base3"):
-            super().decode_into(payload, out)
-
-    def aggregate(self, payloads, numel):
-        out = native.aggregate(native.terngrad_decode_into, payloads, numel, self.packing == "base3")
-        return out if out is not None else super().aggregate(payloads, numel)
+    def native_decoder(self):
+        return (native.terngrad_decode_into, self.packing == "base3")
