@@ -200,7 +200,8 @@ class PowerSGD(PowerSGDFormat, Codec):
         q = tracked_allreduce(exchange, tf.matmul(mat, p, transpose_a=True), op_name(key, "psgd_q"),
                               "average", n * m)
         approx = tf.matmul(p, q, transpose_b=True)
-        finite = tf.reduce_all(tf.math.is_finite(approx))
+        # as in torch: p has orthonormal columns, so approx is finite when q is; check the factors
+        finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(q)), tf.reduce_all(tf.math.is_finite(p)))
         updates = []
         if self.warm_start:  # a non-finite step keeps the previous Q
             updates.append(q_var.assign(tf.where(finite, q, q_prev)))
