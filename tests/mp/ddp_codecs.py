@@ -10,7 +10,7 @@ Run by tests/test_ddp.py under ``torch.distributed.run --nproc_per_node=2`` (Glo
 """
 import time
 
-from common import parse_args, write_result
+from common import close_process_group, parse_args, write_result
 
 import torch
 import torch.distributed as dist
@@ -88,7 +88,7 @@ def main():
     data = load_digits_split(args.seed)
     rows = [train(name, data, args) for name in split_codecs(args.codecs)]
     write_result(args.out, dist.get_rank(), {"rows": rows, "world_size": dist.get_world_size()})
-    dist.destroy_process_group()
+    close_process_group()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ every step, final test accuracy, and bytes handed to allreduce: for torch's hook
 """
 import time
 
-from common import parse_args, write_result
+from common import close_process_group, parse_args, write_result
 
 import torch
 import torch.distributed as dist
@@ -86,7 +86,7 @@ def main():
     codec = args.codec or hc.PowerSGD(rank=args.rank, start_iter=args.start_iter)
     rows = [train(kind, data, args, codec) for kind in ("ddp", "torch", "ours")]
     write_result(args.out, dist.get_rank(), {"rows": rows, "rank": args.rank, "start_iter": args.start_iter})
-    dist.destroy_process_group()
+    close_process_group()
 
 
 if __name__ == "__main__":

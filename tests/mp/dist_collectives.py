@@ -6,7 +6,7 @@ Run by tests/test_ddp.py under ``torch.distributed.run --nproc_per_node=3``. Eac
 """
 import traceback
 
-from common import parse_args, write_result
+from common import close_process_group, parse_args, write_result
 
 import torch
 import torch.distributed as dist
@@ -181,7 +181,7 @@ def main():
         check(name, fn)
         dist.barrier()
     write_result(args.out, rank, {"checks": checks, "native": repr(native), "sendrecv": repr(sendrecv)})
-    dist.destroy_process_group()
+    close_process_group()
 
 
 if __name__ == "__main__":
