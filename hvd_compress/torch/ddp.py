@@ -29,7 +29,8 @@ Example (save as ``train.py``, run ``torchrun --nproc_per_node=2 train.py``)::
         torch.save({"model": ddp.state_dict(), "opt": opt.state_dict()}, "ckpt.pt")
     torch.save(state.state_dict(), f"ckpt.comm_hook.rank{rank}.pt")     # so every rank saves its own
     print(hc.wire_stats())                               # bytes each codec handed to collectives
-    dist.destroy_process_group()
+    dist.barrier()                                       # tear down together: torch 2.13's Gloo
+    dist.destroy_process_group()                         # group can abort a rank whose peer left
 
     # resuming: build model, DDP, optimizer and hook as above, then, before the first step,
     #   ckpt = torch.load("ckpt.pt")
