@@ -21,3 +21,8 @@ COMMANDS = {
     "report": "regenerate BENCHMARKS.md and plots from benchmark JSON",
     "aggregation": "compress + allreduce + decompress time of fp32, QSGD, GradiVeQ and PowerSGD",
 }
+
+from hvd_compress._lazy import lazy_attributes as _lazy_attributes  # noqa: E402
+
+# bench.step, bench.codecs, ... on attribute access (each imports torch/Horovod only when used).
+__getattr__, __dir__ = _lazy_attributes(__name__, __path__)

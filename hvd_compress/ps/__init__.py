@@ -24,6 +24,7 @@ Example::
 ``python -m hvd_compress.ps.experiment --quick`` runs the paper-style comparison. Nothing here
 imports Ray, torch or Horovod at package import.
 """
+from hvd_compress._lazy import lazy_attributes as _lazy_attributes
 from hvd_compress.ps.acc_asylpg import AccAsyLPG
 from hvd_compress.ps.asyfpg import AsyFPG
 from hvd_compress.ps.asylpg import AsyLPG
@@ -36,9 +37,8 @@ __all__ = ["AsyncSVRG", "AsyFPG", "AsyLPG", "SparseAsyLPG", "AccAsyLPG", "run", 
            "ServerShard", "Worker", "ensure_ray", "MalformedMessage", "Message", "HEADER_BITS",
            "LogisticRegression", "MLP", "synthetic_logistic", "digits_mlp"]
 
-
-def __getattr__(name):
-    if name in ("run", "RunResult", "ServerShard", "Worker", "ensure_ray"):
-        from hvd_compress.ps import runtime
-        return getattr(runtime, name)
-    raise AttributeError(name)
+# Ray is imported on first use of the runtime, and every submodule (ps.wire, ps.experiment, ...)
+# on attribute access.
+_RUNTIME = ("run", "RunResult", "ServerShard", "Worker", "ensure_ray")
+__getattr__, __dir__ = _lazy_attributes(__name__, __path__, dict.fromkeys(_RUNTIME, "hvd_compress.ps.runtime"),
+                                        __all__)

@@ -13,6 +13,7 @@ Pass a codec where you would pass Horovod's ``hvd.Compression.fp16``::
 :func:`wire_stats` returns the bytes each codec put on the wire (the same keys as torch's).
 Guide: ``docs/tensorflow.md``.
 """
+from hvd_compress._lazy import lazy_attributes as _lazy_attributes
 from hvd_compress.tensorflow.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
                                             GradiVeQ, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
                                             ScaledSign, SignSGD, TernGrad, TopK, TopKSparsifier, Wrapper)
@@ -25,15 +26,12 @@ __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGra
            "compression_error", "Exchange", "GradientReducer", "allreduce_gradients",
            "broadcast_variables"]
 
-
-def __getattr__(name):  # Horovod is imported only when asked for
-    if name == "Exchange":
-        from hvd_compress.tensorflow.exchange import Exchange
-        return Exchange
-    if name in ("allreduce_gradients", "GradientReducer"):
-        from hvd_compress.tensorflow import reduce
-        return getattr(reduce, name)
-    if name == "broadcast_variables":
-        from hvd_compress.tensorflow.broadcast import broadcast_variables
-        return broadcast_variables
-    raise AttributeError(name)
+# Imported on first use: Horovod only when asked for, and every submodule (hct.keras, hct.exchange,
+# ...) on attribute access.
+_LAZY = {
+    "Exchange": "hvd_compress.tensorflow.exchange",
+    "allreduce_gradients": "hvd_compress.tensorflow.reduce",
+    "GradientReducer": "hvd_compress.tensorflow.reduce",
+    "broadcast_variables": "hvd_compress.tensorflow.broadcast",
+}
+__getattr__, __dir__ = _lazy_attributes(__name__, __path__, _LAZY, __all__)

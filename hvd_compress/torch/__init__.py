@@ -20,6 +20,7 @@ The same codecs serve torch.distributed's ``DistributedDataParallel`` (and Ray T
     state, hook = hc.ddp_comm_hook(hc.QSGD(bits=4), named_parameters=ddp_model.named_parameters())
     ddp_model.register_comm_hook(state, hook)
 """
+from hvd_compress._lazy import lazy_attributes as _lazy_attributes
 from hvd_compress.torch.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
                                        GradiVeQ, Lattice, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
                                        ScaledSign, SignSGD, TernGrad, TopK, TopKSparsifier, Wrapper)
@@ -45,9 +46,5 @@ __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGra
            "reset_wire_stats", *_LAZY]
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hvd_compress.torch' has no attribute {name!r}")
-    import importlib
-    return getattr(importlib.import_module(module), name)
+# Also every submodule (hc.ddp, hc.codecs, hc.swarm, ...) on attribute access.
+__getattr__, __dir__ = _lazy_attributes(__name__, __path__, _LAZY, __all__)

@@ -25,6 +25,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from hvd_compress._lazy import lazy_attributes as _lazy_attributes
 from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.reduce import GradientReducer
 
@@ -120,8 +121,5 @@ def DistributedOptimizer(optimizer, compression: "Codec | str" = "none", process
     return new
 
 
-def __getattr__(attr):
-    if attr == "callbacks":
-        import importlib
-        return importlib.import_module("hvd_compress.tensorflow.keras.callbacks")
-    raise AttributeError(attr)
+# hck.callbacks (and any later submodule) on attribute access.
+__getattr__, __dir__ = _lazy_attributes(__name__, __path__)
