@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Callable, Dict, Iterable, List, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 
 def public_submodules(package_path: Iterable[str]) -> List[str]:
@@ -17,7 +17,7 @@ def public_submodules(package_path: Iterable[str]) -> List[str]:
                   if not info.name.startswith("_"))
 
 
-def lazy_attributes(package: str, package_path: Iterable[str], attributes: Dict[str, str] = None,
+def lazy_attributes(package: str, package_path: Iterable[str], attributes: Optional[Dict[str, str]] = None,
                     public: Iterable[str] = ()) -> Tuple[Callable[[str], object], Callable[[], List[str]]]:
     """``(__getattr__, __dir__)`` for a package.
 
