@@ -26,7 +26,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 DEFAULT_CODECS = ["fp32", "hvd-fp16", "fp16", "bf16", "qsgd:bits=8", "qsgd:bits=4", "terngrad", "onebit",

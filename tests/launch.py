@@ -88,6 +88,6 @@ def torchrun(np_: int, script: str, *args: str, timeout: float = 300, out_dir: "
     out = Path(out_dir or tempfile.mkdtemp(prefix="hvdc-test-"))
     out.mkdir(parents=True, exist_ok=True)
     cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={np_}", "--nnodes=1",
-           f"--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
            str(ROOT / script), "--out", str(out), *args]
     return _run(cmd, np_, out, timeout)

@@ -92,7 +92,7 @@ def run_workers(n: int, fn: Callable[[ThreadCollectives], object], timeout: floa
     def body(rank):
         try:
             results[rank] = fn(ThreadCollectives(group, rank))
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
+        except BaseException as exc:  # re-raised below
             errors.append(exc)
 
     threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(n)]

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from local_comm import run_workers  # noqa: E402
+from local_comm import run_workers
 
-import hvd_compress.torch as hc  # noqa: E402
-from hvd_compress.torch.codecs.gradiveq import (fit_basis, from_slices, project, reconstruct,  # noqa: E402
+import hvd_compress.torch as hc
+from hvd_compress.torch.codecs.gradiveq import (fit_basis, from_slices, project, reconstruct,
                                                 slice_geometry, to_slices)
-from hvd_compress.torch.codecs.powersgd import matrix_shape, orthogonalize_  # noqa: E402
-from hvd_compress.torch.exchange import Exchange, WireStats, drive  # noqa: E402
+from hvd_compress.torch.codecs.powersgd import matrix_shape
+from hvd_compress.torch.exchange import Exchange, WireStats, drive
 
 # fp32 projection onto / back from a K<=256 orthonormal basis: each output value is a K-term dot
 # product, relative rounding about sqrt(K) * 6e-8 ~ 1e-6; 1e-5 leaves a 10x margin.

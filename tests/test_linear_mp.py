@@ -8,7 +8,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from launch import horovodrun  # noqa: E402
+from launch import horovodrun
 
 GRADIVEQ = "gradiveq:warmup_steps=20,sample_steps=10,compress_steps=60"
 POWERSGD = "powersgd:rank=2,start_iter=10"

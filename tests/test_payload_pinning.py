@@ -1034,7 +1034,7 @@ PINNED: dict = {'packing': {'bits1_n0': 'e3b0c44298fc1c14',
                                           'server0': '0432a070c21ef4b6',
                                           'server1': 'bf8663c80db6fb99',
                                           'server_residual': 'df44774f8c25adf7'},
- 'doublesqueeze:codec=efsign|nonfinite': {'encode': '886ee1be72016976', 'decode': '1cb79ba1d1a2b763'}}  # noqa: E501
+ 'doublesqueeze:codec=efsign|nonfinite': {'encode': '886ee1be72016976', 'decode': '1cb79ba1d1a2b763'}}
 
 # The native kernels' digests where native_may_differ allows them to differ from PINNED.
 NATIVE_PINNED: dict = {'qsgd:bits=2,bucket_size=128|grid|3001': {'encode': '4ebb21b4fa254b40',
@@ -1389,7 +1389,7 @@ NATIVE_PINNED: dict = {'qsgd:bits=2,bucket_size=128|grid|3001': {'encode': '4ebb
                                              'decode': '92fe46babe12688a',
                                              'aggregate': 'eff024ad2cb7de3e',
                                              'worker0': '22f4ad01b839e07d',
-                                             'worker1': 'f0ddc1633a30548c'}}  # noqa: E501
+                                             'worker1': 'f0ddc1633a30548c'}}
 
 REPO = Path(__file__).resolve().parents[1]
 

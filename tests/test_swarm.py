@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from launch import horovodrun  # noqa: E402
+from launch import horovodrun
 
 METHODS = ["sync-fp32", "swarm:lattice:bits=8:H=2", "swarm:lattice:bits=8:H=2:nonblocking",
            "swarm:qsgd:bits=8:H=2"]

@@ -139,7 +139,7 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for r in result["rows"]:
-        pts = [(b, l) for _, b, l in r["curve"] if b > 0]
+        pts = [(b, loss) for _, b, loss in r["curve"] if b > 0]
         style = "--" if r["codec"] in ("fp32", "hvd-fp16") else "-"
         ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], style, label=r["label"], linewidth=1.2)
     ax.axhline(result["target_loss"], color="grey", linewidth=0.8, linestyle=":")

@@ -32,7 +32,6 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 
 PAPER_REDUCTION = {"AsyFPG": 1.0, "AsyLPG": 6.5, "Sparse-AsyLPG": 7.3, "Acc-AsyLPG": 19.0}
 
@@ -158,9 +157,9 @@ def main(argv=None) -> int:
                   f"{res.final_loss:.4f} after {res.updates} updates, {res.wall_s:.1f}s", flush=True)
     print()
     print(format_table(rows))
-    print(f"\npaper (real-sim / MNIST, vs. full precision): AsyLPG ~6.5x, Sparse-AsyLPG ~7.3x, "
-          f"Acc-AsyLPG ~19x fewer bits at the same loss. Our full precision is fp32 (the paper's "
-          f"ratios are consistent with fp64, i.e. twice ours for the same algorithm).")
+    print("\npaper (real-sim / MNIST, vs. full precision): AsyLPG ~6.5x, Sparse-AsyLPG ~7.3x, "
+          "Acc-AsyLPG ~19x fewer bits at the same loss. Our full precision is fp32 (the paper's "
+          "ratios are consistent with fp64, i.e. twice ours for the same algorithm).")
     print(f"total wall time {time.time() - t0:.0f}s")
     if args.json:
         with open(args.json, "w") as f:

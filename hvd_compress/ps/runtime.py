@@ -300,12 +300,12 @@ def _acquire(ray, k: int) -> List[Any]:
             try:
                 ray.get(f)
                 hosts.append(pings[f])
-            except Exception:  # noqa: BLE001 - died while idle
+            except Exception:  # died while idle
                 pass
         for f in pending:
             try:
                 ray.kill(pings[f])
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
     cls = ray.remote(num_cpus=0, max_restarts=0)(Host)
     hosts += [cls.remote() for _ in range(k - len(hosts))]
@@ -319,12 +319,12 @@ def _release(ray, hosts: List[Any]) -> None:
         try:
             ray.get(f)
             _POOL["idle"].append(futures[f])
-        except Exception:  # noqa: BLE001 - a dead host is simply not reused
+        except Exception:  # a dead host is simply not reused
             pass
     for f in pending:
         try:
             ray.kill(futures[f])
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 
@@ -470,7 +470,7 @@ def run(problem, algorithm, *, num_workers: int = 4, num_shards: int = 2, epochs
             for f in ready:
                 try:
                     ray.get(f)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     if not _is_dead(exc):
                         raise
                     drop(futures[f])
@@ -496,7 +496,7 @@ def run(problem, algorithm, *, num_workers: int = 4, num_shards: int = 2, epochs
                     w = busy.pop(f)
                     try:
                         ray.get(f)
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         if not _is_dead(exc):
                             raise
                         queue.append(busy_chunk[w])

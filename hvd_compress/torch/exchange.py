@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import threading
 import zlib
-from typing import Dict, Generator, Iterable, List, Optional, Tuple
+from typing import Dict, Generator, List, Optional, Tuple
 
 import torch
 
-from hvd_compress.common import UNCOMPRESSED, chunk_bounds, mix, ring_allreduce_bytes  # noqa: F401 (re-exported)
+from hvd_compress.common import UNCOMPRESSED, chunk_bounds, mix, ring_allreduce_bytes  # re-exported
 from hvd_compress.torch.codecs.base import Codec
 
 
@@ -247,7 +247,7 @@ class Driver:
             pending = gen.send(value)
         except StopIteration as stop:
             self.results[key] = stop.value
-        except BaseException as exc:  # noqa: BLE001 - re-raised by finish(), after the others
+        except BaseException as exc:  # re-raised by finish(), after the others
             self._errors.append(exc)
         else:
             self._waiting[key] = (gen, pending)

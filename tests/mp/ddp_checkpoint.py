@@ -141,7 +141,7 @@ def main():
     try:
         torch.nn.functional.cross_entropy(ddp(x), y).backward()
         out["nonfinite"] = "no error"
-    except Exception as exc:  # noqa: BLE001 - DDP may wrap the hook's FloatingPointError
+    except Exception as exc:  # DDP may wrap the hook's FloatingPointError
         out["nonfinite"] = f"{type(exc).__name__}: {exc}"[:2000]
         out["nonfinite_trace"] = traceback.format_exc()[-1500:]
     write_result(args.out, rank, out)

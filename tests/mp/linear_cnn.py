@@ -14,9 +14,9 @@ a table.
 import math
 import time
 
-from common import parse_args, write_result  # noqa: E402  (sets sys.path)
+from common import parse_args, write_result  # sets sys.path
 
-import torch  # noqa: E402
+import torch
 
 
 def synthetic_images(n, seed, sigma=0.4):

@@ -24,6 +24,6 @@ try:
     loss.backward()
     opt.step()
     result["error"] = None
-except Exception as exc:  # noqa: BLE001
+except Exception as exc:
     result["error"] = f"{type(exc).__name__}: {exc}"
 write_result(args.out, rank, result)

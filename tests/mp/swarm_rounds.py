@@ -8,9 +8,9 @@ import torch
 
 from common import parse_args, write_result
 
-import horovod.torch as hvd  # noqa: E402
+import horovod.torch as hvd
 
-import hvd_compress.torch as hc  # noqa: E402
+import hvd_compress.torch as hc
 
 
 class Net(torch.nn.Module):

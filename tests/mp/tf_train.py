@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import write_result
 
-from hvd_compress.tensorflow.demo import Demo, parser, split_runs  # noqa: E402  (no TF import yet)
+from hvd_compress.tensorflow.demo import Demo, parser, split_runs  # no TF import yet
 
 ap = parser()
 ap.add_argument("--out", required=True)

@@ -11,10 +11,10 @@ import torch
 
 from common import write_result
 
-import horovod.torch as hvd  # noqa: E402
+import horovod.torch as hvd
 
-from hvd_compress.bench.swarm import parse_method, train  # noqa: E402
-from hvd_compress.demo import load_digits_split  # noqa: E402
+from hvd_compress.bench.swarm import parse_method, train
+from hvd_compress.demo import load_digits_split
 
 
 def main():

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import tensorflow as tf
-
 from hvd_compress._lazy import lazy_attributes as _lazy_attributes
 from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.reduce import GradientReducer

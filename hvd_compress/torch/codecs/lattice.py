@@ -66,7 +66,7 @@ from typing import Optional, Tuple
 import torch
 
 from hvd_compress.torch.codecs.base import Codec
-from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
+from hvd_compress.torch.packing import f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 CHECKSUM_PRIME = 2 ** 31 - 1
 SIDE_BYTES = 16  # eps fp32, shift seed int32, checksum int64
