@@ -25,6 +25,61 @@ FIXED_WIDTHS = (1, 2, 4, 8)
 UNCOMPRESSED = "uncompressed"
 
 
+# ---------------------------------------------------------------------- payload validation
+def check_payload(codec: "CodecConfig", numel: int, nbytes: "int | None", is_uint8: bool, ndim: "int | None") -> None:
+    """Raise ``ValueError`` unless a payload is what ``codec`` makes for ``numel`` values: a 1-D
+    uint8 tensor of exactly ``codec.payload_nbytes(numel)`` bytes.
+
+    Decoders are where bytes from another rank meet the unpacking code and the C kernels: a short
+    payload would read out of bounds (or decode into a shorter tensor), a long one would hide a
+    sender/receiver mismatch. ``nbytes``/``ndim`` may be ``None`` where they are not statically
+    known (TF graph mode); those parts of the check are then skipped."""
+    expected = codec.payload_nbytes(numel)
+    problem = None
+    if not is_uint8:
+        problem = "is not a uint8 tensor"
+    elif ndim is not None and ndim != 1:
+        problem = f"has {ndim} dimensions, not 1"
+    elif nbytes is not None and nbytes != expected:
+        problem = f"has {nbytes} bytes"
+    if problem is not None:
+        raise ValueError(f"hvd_compress: malformed {codec.describe()} payload for {numel} values: it "
+                         f"{problem}, expected a 1-D uint8 tensor of {expected} bytes")
+
+
+DECODING_METHODS = ("decode", "decode_into", "aggregate")
+
+
+def payload_validator(check):
+    """A decorator that runs ``check(codec, payload, numel)`` on the payload(s) before
+    ``decode(payload, numel)``, ``decode_into(payload, out)`` or ``aggregate(payloads, numel)``.
+    Each framework's ``Codec.__init_subclass__`` applies it to every subclass's own definitions of
+    those methods (:data:`DECODING_METHODS`), so no codec can forget the check."""
+    def validates_payloads(method):
+        if getattr(method, "validates_payloads", False):
+            return method
+        name = method.__name__
+        if name == "decode":
+            def checked(self, payload, numel):
+                check(self, payload, numel)
+                return method(self, payload, numel)
+        elif name == "decode_into":
+            def checked(self, payload, out):
+                check(self, payload, out.numel())  # torch only: ``out`` is the chunk's fp32 slice
+                return method(self, payload, out)
+        elif name == "aggregate":
+            def checked(self, payloads, numel):
+                for payload in payloads:
+                    check(self, payload, numel)
+                return method(self, payloads, numel)
+        else:
+            raise TypeError(f"payload validation wraps {DECODING_METHODS}, not {name}")
+        checked = functools.wraps(method)(checked)
+        checked.validates_payloads = True  # type: ignore[attr-defined]
+        return checked
+    return validates_payloads
+
+
 # ---------------------------------------------------------------------- sizes and chunking
 def packed_nbytes(numel: int, bits: int) -> int:
     """Bytes used by ``numel`` codes of ``bits`` bits each (``bits`` in {1, 2, 4, 8})."""

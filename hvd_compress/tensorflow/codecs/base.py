@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from hvd_compress.common import (EXCHANGES, NONFINITE_POLICIES, CodecConfig,  # noqa: F401 (re-exported)
-                                 WrapperFormat)
+                                 DECODING_METHODS, WrapperFormat, check_payload, payload_validator)
 
 try:
     _Trackable = tf.__internal__.tracking.AutoTrackable
@@ -34,6 +34,22 @@ Bounds = Sequence[Tuple[int, int]]
 Draw = Callable[[int, int], Optional[tf.Tensor]]
 
 STATE_GROUPS = ("step", "residual", "server_residual")
+
+
+def check_tf_payload(codec, payload, numel: int) -> None:
+    """``ValueError`` naming ``codec`` unless ``payload`` is a 1-D uint8 tensor of exactly
+    ``codec.payload_nbytes(numel)`` bytes. Checks the *static* shape: always known in eager mode;
+    under ``tf.function`` a dimension the graph leaves unknown is not checked (the exchange's
+    payloads have static sizes, so in practice it is checked there too)."""
+    shape = getattr(payload, "shape", None)
+    rank = None if shape is None else shape.rank if isinstance(shape, tf.TensorShape) else len(shape)
+    nbytes = None
+    if rank == 1 and shape[0] is not None:
+        nbytes = int(shape[0])
+    check_payload(codec, numel, nbytes, getattr(payload, "dtype", None) == tf.uint8, rank)
+
+
+validates_payloads = payload_validator(check_tf_payload)
 
 
 def variable_name(group: str, key: str) -> str:
@@ -59,6 +75,14 @@ class Codec(CodecConfig, _Trackable):
         CodecConfig.__init__(self, **options)
         self.state = {group: {} for group in STATE_GROUPS}
         self._stock = None
+
+    def __init_subclass__(cls, **kwargs):
+        # Bytes from another rank must never reach the unpacking code unchecked: every codec's own
+        # decode/aggregate validates the payload size first (as in hvd_compress.torch).
+        super().__init_subclass__(**kwargs)
+        for name in DECODING_METHODS:
+            if name in cls.__dict__:
+                setattr(cls, name, validates_payloads(cls.__dict__[name]))
 
     # ------------------------------------------------------------------ shapes
     def should_compress(self, tensor) -> bool:

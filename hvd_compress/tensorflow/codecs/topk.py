@@ -44,7 +44,13 @@ class TopKSparsifier(TopKFormat, Codec):
 
     def _unpack(self, payload, numel):
         k = self.k(numel)
-        return bytes_i32(payload[:4 * k]), bytes_f32(payload[4 * k:8 * k])
+        idx = bytes_i32(payload[:4 * k])
+        if k and tf.executing_eagerly():  # in a graph, scatter_nd itself rejects them (InvalidArgumentError)
+            lo, hi = int(tf.reduce_min(idx)), int(tf.reduce_max(idx))
+            if not (0 <= lo and hi < numel):
+                raise ValueError(f"hvd_compress: malformed {self.describe()} payload for {numel} values: "
+                                 f"indices span [{lo}, {hi}], outside [0, {numel})")
+        return idx, bytes_f32(payload[4 * k:8 * k])
 
     def decode(self, payload, numel):
         if numel == 0:

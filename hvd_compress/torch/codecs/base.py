@@ -25,10 +25,24 @@ except Exception:  # pragma: no cover - exercised only without Horovod
         pass
 
 from hvd_compress.common import (EXCHANGES, NONFINITE_POLICIES, CodecConfig,  # noqa: F401 (re-exported)
-                                 WrapperFormat)
+                                 DECODING_METHODS, WrapperFormat, check_payload, payload_validator)
 
 Bounds = Sequence[Tuple[int, int]]
 Draw = Callable[[int, int], Optional[torch.Generator]]
+
+
+def check_torch_payload(codec, payload, numel: int) -> None:
+    """``ValueError`` naming ``codec`` unless ``payload`` is a 1-D uint8 tensor of exactly
+    ``codec.payload_nbytes(numel)`` bytes (see :func:`hvd_compress.common.check_payload`)."""
+    if isinstance(payload, torch.Tensor):
+        check_payload(codec, numel, payload.numel(), payload.dtype == torch.uint8, payload.dim())
+    else:
+        check_payload(codec, numel, None, False, None)
+
+
+validates_payloads = payload_validator(check_torch_payload)
+
+
 
 
 class Codec(_HorovodCompressor, CodecConfig):
@@ -51,6 +65,14 @@ class Codec(_HorovodCompressor, CodecConfig):
         CodecConfig.__init__(self, **options)
         self.state: Dict[str, Dict[str, Any]] = {"step": {}}
         self._stock = None  # the Horovod stock-API engine, created on first compress()
+
+    def __init_subclass__(cls, **kwargs):
+        # Bytes from another rank must never reach the unpacking code or the C kernels unchecked:
+        # every codec's own decode/decode_into/aggregate validates the payload size first.
+        super().__init_subclass__(**kwargs)
+        for name in DECODING_METHODS:
+            if name in cls.__dict__:
+                setattr(cls, name, validates_payloads(cls.__dict__[name]))
 
     def should_compress(self, tensor: torch.Tensor) -> bool:
         return self.compresses(tensor.numel(), tensor.dim(), tensor.dtype.is_floating_point)
@@ -165,11 +187,13 @@ class NativeDecoding:
         kernel, *args = self.native_decoder()
         return native_ops.decode(kernel, payload, numel, *args)
 
+    @validates_payloads
     def decode_into(self, payload, out):
         kernel, *args = self.native_decoder()
         if not native_ops.decode_to(kernel, payload, out, *args):
             super().decode_into(payload, out)
 
+    @validates_payloads
     def aggregate(self, payloads, numel):
         kernel, *args = self.native_decoder()
         out = native_ops.aggregate(kernel, payloads, numel, *args)
