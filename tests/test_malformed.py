@@ -78,6 +78,14 @@ def test_topk_rejects_indices_outside_the_tensor(path):
         codec.decode(payload, NUMEL)
 
 
+def draw_numel_and_bytes(data, codec):
+    """A value count and a payload for it: the right length half the time, any length otherwise."""
+    n = data.draw(st.integers(0, 300), label="numel")
+    expected = codec.payload_nbytes(n)
+    size = data.draw(st.one_of(st.just(expected), st.integers(0, 2 * expected + 16)), label="size")
+    return n, data.draw(st.binary(min_size=size, max_size=size), label="bytes")
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("spec", TORCH_SPECS)
 def test_fuzz_torch_random_bytes_raise_value_error_or_decode_to_numel_values(spec, path):
@@ -86,10 +94,7 @@ def test_fuzz_torch_random_bytes_raise_value_error_or_decode_to_numel_values(spe
     @FUZZ
     @given(st.data())
     def check(data):
-        n = data.draw(st.integers(0, 300), label="numel")
-        expected = codec.payload_nbytes(n)
-        size = data.draw(st.one_of(st.just(expected), st.integers(0, 2 * expected + 16)), label="size")
-        raw = data.draw(st.binary(min_size=size, max_size=size), label="bytes")
+        n, raw = draw_numel_and_bytes(data, codec)
         payload = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
         for run in (lambda: codec.decode(payload, n), lambda: codec.aggregate([payload, payload], n)):
             try:
@@ -142,11 +147,8 @@ def test_fuzz_tf_random_bytes_raise_value_error_or_decode_to_numel_values(spec):
     @FUZZ
     @given(st.data())
     def check(data):
-        n = data.draw(st.integers(0, 300), label="numel")
-        expected = codec.payload_nbytes(n)
-        size = data.draw(st.one_of(st.just(expected), st.integers(0, 2 * expected + 16)), label="size")
-        raw = data.draw(st.binary(min_size=size, max_size=size), label="bytes")
-        payload = tf.constant(list(raw), tf.uint8, shape=[size])
+        n, raw = draw_numel_and_bytes(data, codec)
+        payload = tf.constant(list(raw), tf.uint8, shape=[len(raw)])
         try:
             out = codec.decode(payload, n)
         except ValueError:
