@@ -502,6 +502,9 @@ class GradiVeQFormat(CodecConfig):
     geometry, and the fallback / sampler codecs built with the framework's ``from_spec``.
 
     Knobs: ``energy`` (share of the sampled slices' variance the basis keeps, in (0, 1]),
+    ``ratio`` (``None``, the default: ``d`` by the energy rule; a number > 1: a fixed ratio,
+    ``d = max(1, floor(K / ratio))`` per layer), ``error_feedback`` (carry each worker's projection
+    residual into its next gradient; still summable),
     ``warmup_steps`` (>= 0), ``sample_steps`` (>= 1), ``compress_steps`` (>= 0), ``slice_size``
     (largest ``K``, >= 1), ``samples_per_dim`` (>= 0), ``fallback`` and ``sampler`` (codecs or spec
     strings; ``None`` means ``"none"``).
@@ -512,11 +515,18 @@ class GradiVeQFormat(CodecConfig):
 
     def __init__(self, energy: float = 0.99, warmup_steps: int = 2500, sample_steps: int = 100,
                  compress_steps: int = 400, slice_size: int = 256, samples_per_dim: float = 4.0,
-                 fallback: Any = "qsgd:bits=4", sampler: Any = "qsgd:bits=4", **options):
+                 fallback: Any = "qsgd:bits=4", sampler: Any = "qsgd:bits=4", ratio: Any = None,
+                 error_feedback: bool = False, **options):
         super().__init__(**options)
         if not 0 < energy <= 1:
             raise ValueError(f"energy must be in (0, 1], got {energy}")
         self.energy = float(energy)
+        if ratio is not None and not (isinstance(ratio, (int, float)) and ratio >= 1):
+            raise ValueError(f"ratio must be None (the energy rule) or a number >= 1, got {ratio!r}")
+        self.ratio = None if ratio is None else float(ratio)
+        if not isinstance(error_feedback, bool):
+            raise ValueError(f"error_feedback must be True or False, got {error_feedback!r}")
+        self.error_feedback = error_feedback
         self.warmup_steps = _positive_int("warmup_steps", warmup_steps, 0)
         self.sample_steps = _positive_int("sample_steps", sample_steps, 1)
         self.compress_steps = _positive_int("compress_steps", compress_steps, 0)
@@ -546,7 +556,13 @@ class GradiVeQFormat(CodecConfig):
         return {"energy": self.energy, "warmup_steps": self.warmup_steps,
                 "sample_steps": self.sample_steps, "compress_steps": self.compress_steps,
                 "slice_size": self.slice_size, "samples_per_dim": self.samples_per_dim,
-                "fallback": self.fallback.describe(), "sampler": self.sampler.describe()}
+                "fallback": self.fallback.describe(), "sampler": self.sampler.describe(),
+                **({"ratio": self.ratio} if self.ratio is not None else {}),
+                **({"error_feedback": True} if self.error_feedback else {})}
+
+    def fixed_dim(self, k: int) -> "int | None":
+        """``d`` for a ``K``-value slice under ``ratio`` (``None`` under the energy rule)."""
+        return None if self.ratio is None else max(1, min(k, int(k / self.ratio)))
 
     def compresses(self, numel, ndim, floating):
         """Conv kernels (3-D or more) by GradiVeQ's rule; other tensors as the fallback says."""

@@ -157,6 +157,60 @@ def test_gradiveq_with_qsgd_sampling_approximates_and_compresses_on_the_wire():
     assert row["values"] == 12 * 4608
 
 
+def _random_grads(seed_of_rank=lambda rank: 7 + rank):
+    """Full-rank gradients, new every step: the energy rule keeps d near K on them."""
+    def grads(rank, step):
+        seed = 1000 * seed_of_rank(rank) + step
+        return torch.randn(CONV, generator=torch.Generator().manual_seed(seed)).reshape(-1)
+    return grads
+
+
+@pytest.mark.parametrize("ratio", [4, 8, 16])
+def test_gradiveq_ratio_fixes_d_to_k_over_ratio_per_layer(ratio):
+    spec = f"gradiveq:warmup_steps=0,sample_steps=3,compress_steps=4,sampler=none,samples_per_dim=0,ratio={ratio}"
+    outs, codec, stats = exchange_steps(spec, _random_grads(), steps=7, size=2)[0]
+    assert codec.state["d"]["w"] == 256 // ratio
+    assert codec.compression_report()["w"]["ratio"] == ratio
+    assert hc.from_spec(spec).describe() == codec.describe() and f"ratio={float(ratio)}" in codec.describe()
+
+
+def test_gradiveq_error_feedback_delays_what_the_projection_drops_instead_of_losing_it():
+    """Full-rank gradients, ratio 8: without error feedback each compressed step loses the part of
+    the gradient outside the basis; with it each worker carries that part into its next gradient,
+    and the next sampling step (exact here: sampler=none) delivers it, so over a whole cycle the
+    outputs sum to the inputs. Replicas stay identical: still one summable allreduce."""
+    base = "gradiveq:warmup_steps=0,sample_steps=2,compress_steps=5,sampler=none,samples_per_dim=0,ratio=8"
+    grads = _random_grads(lambda rank: rank)
+    per_step = lambda step: sum(grads(r, step) for r in range(2)).reshape(CONV) / 2  # noqa: E731
+    want = sum(per_step(t) for t in range(2, 9))  # 5 compressed steps, then 2 sampling steps
+    gaps, compressed_gaps = {}, {}
+    for ef in (False, True):
+        results = exchange_steps(base + f",error_feedback={ef}", grads, steps=9, size=2)
+        outs = results[0][0]
+        assert all(torch.equal(a, b) for a, b in zip(outs, results[1][0]))
+        gaps[ef] = rel_err(sum(outs[2:9]), want)
+        compressed_gaps[ef] = rel_err(outs[2], per_step(2))
+    assert compressed_gaps[False] > 0.5  # ratio 8 on full-rank input drops most of each step
+    assert gaps[False] > 0.3
+    assert gaps[True] < 1e-5, gaps  # nothing lost over the cycle
+
+
+def test_gradiveq_error_feedback_residual_is_saved_and_resumed():
+    spec = "gradiveq:warmup_steps=0,sample_steps=2,compress_steps=5,sampler=none,samples_per_dim=0,ratio=8,error_feedback=true"
+    outs, codec, _ = exchange_steps(spec, _random_grads(), steps=4, size=1)[0]
+    sd = codec.state_dict()
+    assert sd["state"]["residual"]["w"].numel() == torch.Size(CONV).numel()
+    fresh = hc.from_spec(spec)
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh.state["residual"]["w"], codec.state["residual"]["w"])
+
+
+def test_gradiveq_rejects_bad_ratio_and_error_feedback():
+    for bad in ("gradiveq:ratio=0.5", "gradiveq:ratio=abc", "gradiveq:error_feedback=3"):
+        with pytest.raises(ValueError):
+            hc.from_spec(bad)
+
+
 def test_gradiveq_uses_the_fallback_for_non_conv_tensors():
     codec = hc.GradiVeQ(fallback="qsgd:bits=8")
     assert codec.should_compress(torch.zeros(64, 64))

@@ -205,6 +205,32 @@ def test_gradiveq_with_qsgd_sampling_approximates_and_uses_the_fallback_elsewher
     assert rel_err(outs[1], (g2(0, 1) + g2(1, 1)) / 2) < 0.05  # 8-bit QSGD
 
 
+def test_gradiveq_ratio_and_error_feedback_as_in_torch():
+    """``ratio=8`` fixes d = K/8; with ``error_feedback`` the outputs of a whole cycle (5 compressed
+    steps, then 2 exact sampling steps) sum to the inputs, as in torch, and match torch step for step."""
+    def grads(rank, step):
+        return np.random.default_rng(1000 * rank + step).standard_normal(TORCH_CONV).astype(np.float32)
+    spec = "gradiveq:warmup_steps=0,sample_steps=2,compress_steps=5,sampler=none,samples_per_dim=0,ratio=8"
+    for ef in (False, True):
+        results = exchange_steps(spec + f",error_feedback={ef}", lambda r, t: hwio(torch.from_numpy(grads(r, t))),
+                                 9, 2)
+        outs, codec = results[0][0], results[0][1]
+        assert int(codec.state["d"]["w"].numpy()) == 32
+        assert all(np.array_equal(a, b) for a, b in zip(outs, results[1][0]))
+        want = sum((grads(0, t) + grads(1, t)) / 2 for t in range(2, 9))
+        gap = rel_err(oihw(sum(outs[2:9])), want)
+        assert (gap < 1e-5) if ef else (gap > 0.3), (ef, gap)
+
+        def torch_work(comm, ef=ef):
+            codec = hc.from_spec(spec + f",error_feedback={ef}")
+            ex = TorchExchange(codec, comm, stats=TorchWireStats())
+            return [drive({"w": ex.average("w", torch.from_numpy(grads(comm.rank, t)))})["w"].numpy()
+                    for t in range(9)]
+        theirs = run_workers(2, torch_work)[0]
+        for t in range(9):
+            assert rel_err(oihw(outs[t]), theirs[t]) < 1e-4, (ef, t)
+
+
 def test_gradiveq_tf_and_torch_reconstruct_the_same_given_the_same_gradients_and_basis():
     """Both frameworks in their compressed phase with the same U_d and mu; general (not in the
     subspace) gradients, so the reconstruction is lossy: the same loss on both sides."""

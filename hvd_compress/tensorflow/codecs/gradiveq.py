@@ -20,7 +20,8 @@ from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.codecs.powersgd import tracked_allreduce
 from hvd_compress.tensorflow.collectives import op_name
 
-STATE = ("phase", "basis", "mean", "d", "K", "slices", "sample_count", "sample_sum", "sample_outer")
+STATE = ("phase", "basis", "mean", "d", "K", "slices", "sample_count", "sample_sum", "sample_outer",
+         "residual")
 
 
 # ---------------------------------------------------------------------------- layout
@@ -55,7 +56,7 @@ def from_slices(slices: tf.Tensor, shape: Sequence[int]) -> tf.Tensor:
 
 
 # ---------------------------------------------------------------------------- pure math
-def fit_basis(count, total, outer, energy: float):
+def fit_basis(count, total, outer, energy: float, dim=None):
     """PCA of sampled slices from their moments: ``count`` slices, ``total`` = their sum (K),
     ``outer`` = the sum of their outer products (K x K), float64 (as torch's ``fit_basis``).
 
@@ -63,7 +64,8 @@ def fit_basis(count, total, outer, energy: float):
     by descending eigenvalue (K x K, fp32; ``U[:, :d]`` is ``U_d``), the mean slice ``mu`` (K,
     fp32), the smallest ``d`` (int32 tensor) whose top-``d`` eigenvalues hold at least ``energy``
     of the total variance (at least 1), and the eigenvalues, descending (float64). Eigenvector
-    signs are made deterministic (largest-magnitude entry positive)."""
+    signs are made deterministic (largest-magnitude entry positive). ``dim`` (a Python int) fixes
+    ``d`` instead (the ``ratio`` mode)."""
     count = tf.cast(count, tf.float64)
     mu = total / count
     cov = outer / count - mu[:, None] * mu[None, :]
@@ -75,6 +77,8 @@ def fit_basis(count, total, outer, energy: float):
     share = tf.cumsum(vals) / tf.where(tot > 0, tot, tf.ones_like(tot))
     d = tf.cast(tf.reduce_sum(tf.cast(share < energy - 1e-12, tf.int32)), tf.int32) + 1
     d = tf.where(tot > 0, tf.clip_by_value(d, 1, k), 1)
+    if dim is not None:
+        d = tf.constant(max(1, min(int(dim), k)), tf.int32)
     pivot = tf.argmax(tf.abs(vecs), axis=0)
     signs = tf.sign(tf.reduce_sum(vecs * tf.one_hot(pivot, k, axis=0, dtype=vecs.dtype), axis=0))
     u = vecs * tf.where(signs == 0, tf.ones_like(signs), signs)[None, :]
@@ -136,9 +140,10 @@ class GradiVeQ(GradiVeQFormat, Codec):
     def __init__(self, energy: float = 0.99, warmup_steps: int = 2500, sample_steps: int = 100,
                  compress_steps: int = 400, slice_size: int = 256, samples_per_dim: float = 4.0,
                  fallback: "Codec | str | None" = "qsgd:bits=4",
-                 sampler: "Codec | str | None" = "qsgd:bits=4", **options):
+                 sampler: "Codec | str | None" = "qsgd:bits=4", ratio: "float | None" = None,
+                 error_feedback: bool = False, **options):
         super().__init__(energy, warmup_steps, sample_steps, compress_steps, slice_size,
-                         samples_per_dim, fallback, sampler, **options)
+                         samples_per_dim, fallback, sampler, ratio, error_feedback, **options)
         for group in STATE:
             self.state[group] = {}
 
@@ -181,7 +186,8 @@ class GradiVeQ(GradiVeQFormat, Codec):
             "slices": sv("slices", key, [], tf.int32, initial=lambda: tf.constant(s)),
             "count": sv("sample_count", key, [], tf.int64),
             "sum": sv("sample_sum", key, [k], tf.float64),
-            "outer": sv("sample_outer", key, [k, k], tf.float64)}
+            "outer": sv("sample_outer", key, [k, k], tf.float64),
+            **({"residual": sv("residual", key, [k * s])} if self.error_feedback else {})}
 
     def build_custom_state(self, exchange, key, shape, dtype) -> bool:
         shape = tuple(int(s) for s in shape)
@@ -206,11 +212,22 @@ class GradiVeQ(GradiVeQFormat, Codec):
         phase = tf.where(step < warm, 0, tf.where(c < self.sample_steps, 1, 2))
         phase = tf.cast(phase, tf.int32)
         n = int(flat.shape.num_elements())
+        if self.error_feedback:  # the residual the last compressed step left; only that phase sets one
+            flat = flat + v["residual"].read_value()
         with tf.control_dependencies([v["phase"].assign(phase)]):
             return tf.switch_case(phase, [
-                lambda: tracked_allreduce(exchange, flat, op_name(key, "gvq_full"), "average", n),
-                lambda: self._sample(exchange, key, flat, shape, k, s, v, c),
+                lambda: self._flushed(v, tracked_allreduce(exchange, flat, op_name(key, "gvq_full"), "average", n)),
+                lambda: self._flushed(v, self._sample(exchange, key, flat, shape, k, s, v, c)),
                 lambda: self._compress(exchange, key, flat, shape, k, v)])
+
+    def _flushed(self, v, out):
+        """With ``error_feedback``, a warm-up or sampling step delivered the residual: clear it."""
+        if not self.error_feedback:
+            return out
+        with tf.control_dependencies([out]):
+            clear = v["residual"].assign(tf.zeros_like(v["residual"]))
+        with tf.control_dependencies([clear]):
+            return tf.identity(out)
 
     def _sample(self, exchange, key, flat, shape, k, s, v, pos):
         size = exchange.comm.size
@@ -242,7 +259,8 @@ class GradiVeQ(GradiVeQFormat, Codec):
                 return (tf.where(old, v["basis"].read_value(), tf.eye(k)),
                         tf.where(old, v["mean"].read_value(), tf.zeros([k])),
                         tf.where(old, v["d"].read_value(), k))
-            u, mu, d = tf.cond(count > 0, lambda: fit_basis(count, total, outer, self.energy)[:3], keep)
+            u, mu, d = tf.cond(count > 0, lambda: fit_basis(count, total, outer, self.energy,
+                                                             self.fixed_dim(k))[:3], keep)
             header = tf.reshape(tf.cast(d, tf.int64), [1])
         else:  # (ignored by the broadcast; not a constant, which TF's shape inference would try
             # to evaluate at trace time, running the broadcast on this rank alone: a hang)
@@ -272,6 +290,12 @@ class GradiVeQ(GradiVeQFormat, Codec):
             basis = v["basis"].read_value()[:, :d]
         mean = v["mean"].read_value()
         compressed = project(to_slices(flat, shape, k), basis, mean, size)
+        updates = []
+        if self.error_feedback:  # what this worker's projection drops, carried to its next step
+            residual = flat - from_slices(reconstruct(compressed, basis, mean / float(size)), shape)
+            residual = tf.where(tf.math.is_finite(residual), residual, tf.zeros_like(residual))
+            updates.append(v["residual"].assign(residual))
         summed = tracked_allreduce(exchange, compressed, op_name(key, "gvq_sum"), "sum",
                                    int(flat.shape.num_elements()))
-        return from_slices(reconstruct(summed, basis, mean), shape) / float(size)
+        with tf.control_dependencies(updates):
+            return from_slices(reconstruct(summed, basis, mean), shape) / float(size)

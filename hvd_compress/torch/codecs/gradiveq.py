@@ -48,7 +48,8 @@ def from_slices(slices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return slices.reshape(-1, f).t().reshape(-1)
 
 
-def fit_basis(count: int, total: torch.Tensor, outer: torch.Tensor, energy: float):
+def fit_basis(count: int, total: torch.Tensor, outer: torch.Tensor, energy: float,
+              dim: Optional[int] = None):
     """PCA of sampled slices from their moments: ``count`` slices, ``total`` = their sum (K),
     ``outer`` = the sum of their outer products (K x K), float64.
 
@@ -56,7 +57,7 @@ def fit_basis(count: int, total: torch.Tensor, outer: torch.Tensor, energy: floa
     (K x d, fp32, orthonormal columns), the mean slice ``mu`` (K, fp32), the smallest ``d`` whose
     top-``d`` eigenvalues hold at least ``energy`` of the total variance (at least 1), and all the
     eigenvalues, descending (float64). Eigenvector signs are made deterministic (largest-magnitude
-    entry positive).
+    entry positive). ``dim`` fixes ``d`` instead (the ``ratio`` mode).
     """
     if count <= 0:
         raise ValueError("GradiVeQ: no samples to fit a basis to")
@@ -72,6 +73,8 @@ def fit_basis(count: int, total: torch.Tensor, outer: torch.Tensor, energy: floa
         share = torch.cumsum(vals, 0) / tot
         d = int((share < energy - 1e-12).sum()) + 1
         d = max(1, min(d, vals.numel()))
+    if dim is not None:
+        d = max(1, min(int(dim), vals.numel()))
     u = vecs[:, :d]
     pivot = u.abs().argmax(dim=0)
     signs = torch.sign(u[pivot, torch.arange(d)])
@@ -118,7 +121,8 @@ class GradiVeQ(GradiVeQFormat, Codec):
 
     State (``codec.state``, per tensor name, saved by ``state_dict()`` along with the fallback's and
     the sampler's): ``step``, ``phase``, ``basis`` (``U_d``), ``mean`` (``mu``), ``d``, ``K``,
-    ``samples`` (``count``, ``sum``, ``outer``: the float64 moments of this cycle's samples).
+    ``samples`` (``count``, ``sum``, ``outer``: the float64 moments of this cycle's samples),
+    ``residual`` (with ``error_feedback``: this worker's projection residual, flat fp32).
 
     Example::
 
@@ -132,7 +136,11 @@ class GradiVeQ(GradiVeQFormat, Codec):
         print(codec.compression_report())   # per layer: K, d, K/d
 
     How to tune: ``energy`` trades accuracy for ratio (0.99 gave K/d = 8 on ResNet-32 in the paper;
-    0.95 compresses harder). A basis fitted to fewer slices than about ``K`` captures the
+    0.95 compresses harder). On the CNNs we measured, the energy rule keeps ``d`` close to ``K``
+    (K/d 1.1-1.5 at 99%; ``docs/linear.md``): to buy a known compression, set ``ratio`` (``d = K /
+    ratio`` per layer, e.g. ``gradiveq:ratio=8``) and ``error_feedback=True``, which carries what
+    the projection dropped into the worker's next gradient, so the dropped part is delayed rather
+    than lost (each worker adds its own residual before projecting: still one summable allreduce). A basis fitted to fewer slices than about ``K`` captures the
     samples' energy but not the next step's gradient (measured on a small CNN with 10 sampling
     steps: K=256 from 180 slices left 40-70% of each compressed gradient out, K=96 from 480 slices
     10-25%); ``samples_per_dim`` (default 4) shrinks ``K`` until a cycle has enough slices, so raise
@@ -144,10 +152,12 @@ class GradiVeQ(GradiVeQFormat, Codec):
     def __init__(self, energy: float = 0.99, warmup_steps: int = 2500, sample_steps: int = 100,
                  compress_steps: int = 400, slice_size: int = 256, samples_per_dim: float = 4.0,
                  fallback: "Codec | str | None" = "qsgd:bits=4",
-                 sampler: "Codec | str | None" = "qsgd:bits=4", **options):
+                 sampler: "Codec | str | None" = "qsgd:bits=4", ratio: Optional[float] = None,
+                 error_feedback: bool = False, **options):
         super().__init__(energy, warmup_steps, sample_steps, compress_steps, slice_size,
-                         samples_per_dim, fallback, sampler, **options)
-        self.state.update({k: {} for k in ("phase", "basis", "mean", "d", "K", "slices", "samples")})
+                         samples_per_dim, fallback, sampler, ratio, error_feedback, **options)
+        self.state.update({k: {} for k in ("phase", "basis", "mean", "d", "K", "slices", "samples",
+                                           "residual")})
 
     @staticmethod
     def build_codec(spec):
@@ -182,6 +192,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
         phase, pos = self.phase_at(step)
         self.state.setdefault("phase", {})[key] = phase
         n = flat.numel()
+        flat = self._with_residual(key, flat)
         if phase == "warmup":
             out = yield from tracked_allreduce(exchange, flat, f"hvdc.{key}.gvq.full", "average", n)
             return out
@@ -208,8 +219,20 @@ class GradiVeQ(GradiVeQFormat, Codec):
                                "loaded from a different model?)")
         slices = to_slices(flat, shape, k)
         compressed = project(slices, basis, mean, comm.size)
+        if self.error_feedback:  # what this worker's projection drops: U U^T (g - mu/N) + mu/N kept
+            own = from_slices(reconstruct(compressed, basis, mean / comm.size), shape)
+            residual = flat - own  # reset where non-finite (never poisons later steps), no host sync
+            self.state["residual"][key] = torch.where(torch.isfinite(residual), residual, torch.zeros_like(residual))
         summed = yield from tracked_allreduce(exchange, compressed, f"hvdc.{key}.gvq.sum", "sum", n)
         return from_slices(reconstruct(summed, basis, mean), shape).div_(comm.size)
+
+    def _with_residual(self, key, flat):
+        """With ``error_feedback``: the gradient plus the residual the last compressed step left
+        (consumed here; only a compressed step sets a new one)."""
+        if not self.error_feedback:
+            return flat
+        residual = self.state.setdefault("residual", {}).pop(key, None)
+        return flat if residual is None or residual.numel() != flat.numel() else flat + residual
 
     def _fit(self, exchange, key, k, s):
         """Rank 0 fits the basis on this cycle's samples and broadcasts ``d`` then ``[U_d, mu]``."""
@@ -218,7 +241,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
         fitted = None
         if comm.rank == 0:
             if acc["count"] > 0:
-                fitted = fit_basis(acc["count"], acc["sum"], acc["outer"], self.energy)
+                fitted = fit_basis(acc["count"], acc["sum"], acc["outer"], self.energy, self.fixed_dim(k))
             else:  # every sample was non-finite: keep the old basis, or the identity
                 old = self.state.get("basis", {}).get(key)
                 mu = self.state.get("mean", {}).get(key)
