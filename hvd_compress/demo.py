@@ -47,6 +47,19 @@ def make_model(seed: int = 0, hidden: int = 256) -> torch.nn.Module:
                                torch.nn.Linear(hidden, 10))
 
 
+def make_cnn(seed: int = 0) -> torch.nn.Module:
+    """The small CNN of the linear codecs' tests and ``bench accuracy --model cnn``, for ``1 x 8 x 8``
+    inputs: two conv kernels big enough for GradiVeQ (4608 and 9216 values), one below ``min_numel``."""
+    torch.manual_seed(seed)
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),                        # 144 values: plain fp32
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 4608: GradiVeQ
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 9216: GradiVeQ
+        nn.Flatten(), nn.Linear(128, 64), nn.ReLU(),                      # 8192: fallback codec
+        nn.Linear(64, 10))
+
+
 def split_codecs(text: str):
     """Split a codec list on ',' or ';', keeping ``key=value`` items with the codec before them:
     ``"fp32,qsgd:bits=4,bucket_size=128,onebit"`` -> ``["fp32", "qsgd:bits=4,bucket_size=128", "onebit"]``."""

@@ -19,6 +19,7 @@ COMMANDS = {
     "step": "training step time and bytes per step over a tc-shaped link (needs root)",
     "accuracy": "final accuracy and bits to a target loss per codec on the demo task",
     "report": "regenerate BENCHMARKS.md and plots from benchmark JSON",
+    "gradiveq-spectrum": "how compressible a CIFAR-style ResNet's conv gradients are for GradiVeQ (PCA spectra)",
     "aggregation": "compress + allreduce + decompress time of fp32, QSGD, GradiVeQ and PowerSGD",
 }
 

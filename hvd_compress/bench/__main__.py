@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
-    name, rest = argv[0], argv[1:]
+    name, rest = argv[0].replace("-", "_"), argv[1:]  # gradiveq-spectrum -> gradiveq_spectrum
     if not name.isidentifier() or name in HELPERS:
         print(f"unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2

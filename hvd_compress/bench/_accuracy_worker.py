@@ -22,6 +22,7 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=5)
     args = ap.parse_args(argv)
@@ -29,15 +30,17 @@ def main(argv=None):
     import torch
     import horovod.torch as hvd
     import hvd_compress.torch as hc
-    from hvd_compress.demo import load_digits_split, make_model
+    from hvd_compress.demo import load_digits_split, make_cnn, make_model
 
     hvd.init()
     torch.set_num_threads(1)
     rank, size = hvd.rank(), hvd.size()
     xtr, ytr, xte, yte = load_digits_split(args.seed)
+    if args.model == "cnn":  # the digits as 1 x 8 x 8 images
+        xtr, xte = xtr.view(-1, 1, 8, 8), xte.view(-1, 1, 8, 8)
     out = Path(args.out)
     for index, spec in enumerate(s for s in args.codecs.split(";") if s):
-        model = make_model(args.seed, args.hidden)
+        model = make_cnn(args.seed) if args.model == "cnn" else make_model(args.seed, args.hidden)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         base = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
         if spec == "fp32":
@@ -102,6 +105,8 @@ def main(argv=None):
                 "codec": spec, "label": label, "accuracy": acc, "final_train_loss": curve[-1][2],
                 "bits_per_value": bits, "steps": steps, "world_size": size,
                 "bytes_per_step": curve[-1][1] / max(steps, 1), "time_s": elapsed,
+                "compression": (compression.compression_report()
+                                if hasattr(compression, "compression_report") else None),
                 "replicas_identical": identical, "curve": curve}))
             print(f"[bench accuracy] {label:<40} acc {100 * acc:6.2f}%  loss {curve[-1][2]:.4f}",
                   file=sys.stderr, flush=True)

@@ -79,7 +79,7 @@ def run_job(args, codecs: List[str], out_dir: Path) -> List[dict]:
     cmd = [horovodrun_path(), "-np", str(args.np), "--gloo", sys.executable, "-m",
            "hvd_compress.bench._accuracy_worker", "--out", str(out_dir), "--codecs", ";".join(codecs),
            "--epochs", str(args.epochs), "--eval-every", str(args.eval_every), "--seed", str(args.seed),
-           "--lr", str(args.lr), "--batch-size", str(args.batch_size)]
+           "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--model", args.model]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update({"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
@@ -112,13 +112,16 @@ def summarize(rows: List[dict], target: float) -> None:
         r["within_bar"] = (r["delta_points"] is None or r["delta_points"] >= -bar)
         r["bar_points"] = bar
         r["published"] = published_for(r["codec"])
+        r["bytes_vs_fp32"] = (r["bytes_per_step"] / fp32["bytes_per_step"]) if fp32 and fp32["bytes_per_step"] else None
 
 
 def format_table(result: dict) -> str:
     rows = result["rows"]
     head = (f"{'codec':<34} {'bits/v':>6} {'acc %':>7} {'vs fp32':>8} {'loss':>7} "
-            f"{'MB to target':>12} {'x fewer':>8}  published (other tasks)")
-    lines = [f"digits MLP 64-{result['hidden']}-{result['hidden']}-10, {result['np']} workers, "
+            f"{'MB to target':>12} {'x fewer':>8} {'bytes':>6}  published (other tasks)")
+    model = ("small CNN (conv 16-32-32, 8x8 inputs)" if result.get("model") == "cnn"
+             else f"MLP 64-{result['hidden']}-{result['hidden']}-10")
+    lines = [f"digits {model}, {result['np']} workers, "
              f"{result['epochs']} epochs; target training loss {result['target_loss']}", head, "-" * 110]
     for r in rows:
         mb = f"{r['bits_to_target'] / 8e6:12.3f}" if r["bits_to_target"] else f"{'never':>12}"
@@ -126,9 +129,10 @@ def format_table(result: dict) -> str:
         delta = f"{r['delta_points']:+7.2f}" if r["delta_points"] is not None else f"{'-':>7}"
         flag = "" if r["within_bar"] else " (!)"
         lines.append(f"{r['label'][:34]:<34} {(r['bits_per_value'] or 0):6.2f} {100 * r['accuracy']:7.2f} "
-                     f"{delta:>8}{flag} {r['final_train_loss']:7.4f} {mb} {few}  {r['published'][:70]}")
+                     f"{delta:>8}{flag} {r['final_train_loss']:7.4f} {mb} {few} "
+                     f"{(r.get('bytes_vs_fp32') or 0):5.2f}x  {r['published'][:70]}")
     lines.append("vs fp32: accuracy difference in points ((!): outside the project's bar of 1 point, 3 for "
-                 "TernGrad and SignSGD); MB to target: megabytes one worker sent until the training loss first "
+                 "TernGrad and SignSGD); bytes: bytes per step against fp32's over the whole run; MB to target: megabytes one worker sent until the training loss first "
                  f"fell below {result['target_loss']}.")
     return "\n".join(lines)
 
@@ -163,6 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--codecs", default=";".join(DEFAULT_CODECS),
                     help="';'-separated: fp32, hvd-fp16 and hvd_compress specs")
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
+                    help="mlp: the demo's MLP; cnn: the small CNN the linear codecs (GradiVeQ, PowerSGD) compress")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
@@ -181,7 +187,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="hvdc-acc-") as tmp:
         rows = run_job(args, codecs, Path(tmp))
     summarize(rows, args.target)
-    result = {"np": args.np, "epochs": args.epochs, "hidden": 256, "target_loss": args.target,
+    result = {"np": args.np, "epochs": args.epochs, "hidden": 256, "model": args.model, "target_loss": args.target,
               "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size,
               "command": "python -m hvd_compress.bench accuracy " + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": rows}

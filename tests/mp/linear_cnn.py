@@ -41,19 +41,9 @@ def synthetic_images(n, seed, sigma=0.4):
     return x.unsqueeze(1), y
 
 
-def make_cnn(seed=0):
-    torch.manual_seed(seed)
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),                        # 144 values: plain fp32
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 4608: GradiVeQ
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 9216: GradiVeQ
-        nn.Flatten(), nn.Linear(128, 64), nn.ReLU(),                      # 8192: fallback codec
-        nn.Linear(64, 10))
-
-
 def train(codec_name, frontend, data, args, hvd):
     import hvd_compress.torch as hc
+    from hvd_compress.demo import make_cnn
     xtr, ytr, xte, yte = data
     model = make_cnn(args.seed)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
