@@ -60,6 +60,8 @@ def train(codec_name, frontend, data, args, hvd):
     rank, size, n = hvd.rank(), hvd.size(), xtr.shape[0]
     per_epoch = len(range(0, n, size)) // args.batch_size
     t0, step, epoch = time.perf_counter(), 0, 0
+    values = sum(p.numel() for p in model.parameters())
+    early = None  # bytes on the wire after --bytes-at steps (warm-up and sampling included)
     while step < args.steps:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
         shard = perm[rank::size]
@@ -74,6 +76,8 @@ def train(codec_name, frontend, data, args, hvd):
             loss.backward()
             opt.step()
             step += 1
+            if step == args.bytes_at:
+                early = wire_bytes_vs_fp32(hc.wire_stats(), values, step)
         epoch += 1
     elapsed = time.perf_counter() - t0
     model.eval()
@@ -84,7 +88,9 @@ def train(codec_name, frontend, data, args, hvd):
     row = {"codec": codec_name, "frontend": frontend, "accuracy": acc, "steps": step,
            "time_per_step_s": elapsed / max(step, 1),
            "replicas_identical": bool(all(torch.equal(gathered[0], g) for g in gathered)),
-           "wire_stats": hc.wire_stats(), "loss": loss.item()}
+           "wire_stats": hc.wire_stats(), "loss": loss.item(),
+           "bytes_vs_fp32": 1.0 if codec is None else wire_bytes_vs_fp32(hc.wire_stats(), values, step),
+           "bytes_vs_fp32_early": 1.0 if codec is None else early}
     if codec is not None and hasattr(codec, "compression_report"):
         row["compression"] = codec.compression_report()
         row["phases"] = dict(codec.state.get("phase", {}))
@@ -95,6 +101,14 @@ def train(codec_name, frontend, data, args, hvd):
         sd = opt.state_dict()
         row["state_keys"] = sorted(sd.get("hvd_compress", {}).get("state", {}).keys())
     return row
+
+
+def wire_bytes_vs_fp32(stats, values, steps):
+    """Payload bytes handed to the collectives against fp32's (4 bytes per value per step); values
+    no codec row counts (tensors below ``min_numel``, which Horovod sends uncompressed) as fp32."""
+    counted = sum(r["values"] for r in stats.values())
+    sent = sum(r["payload_bytes"] for r in stats.values()) + 4 * max(values * steps - counted, 0)
+    return sent / (4.0 * values * steps)
 
 
 def format_rows(rows, size):
@@ -115,6 +129,7 @@ def main():
     args = parse_args({"--codecs": {"required": True}, "--frontends": {"default": "stock"},
                        "--steps": {"type": int, "default": 400}, "--batch-size": {"type": int, "default": 32},
                        "--lr": {"type": float, "default": 0.03}, "--seed": {"type": int, "default": 0},
+                       "--bytes-at": {"type": int, "default": 150},
                        "--data": {"default": "synthetic", "choices": ["synthetic", "digits"]}})
     import horovod.torch as hvd
     from hvd_compress.demo import load_digits_split
