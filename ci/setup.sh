@@ -4,12 +4,8 @@
 # today's stack needs. The Horovod wheel is cached outside the repo, keyed by versions, so a
 # second run takes seconds.
 #
-# Why the patches (measured on Python 3.11 / torch 2.13 / TF 2.21):
-#   * Horovod pins C++14 in CMakeLists.txt and horovod/torch/CMakeLists.txt; torch >= 2.1
-#     headers need C++17.
-#   * horovod/tensorflow/xla_mpi_ops.cc does not compile against TF 2.21; it only serves GPU XLA.
-#   * pip's cmake 4.x refuses Horovod's bundled gloo, so we build with the system cmake
-#     (>= 3.13) and without build isolation.
+# Why Horovod needs patches to build on torch 2.13 / TF 2.21 (C++17, xla_mpi_ops.cc, system cmake):
+# see the docstring of hvd_compress/horovod_build.py, which carries them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -65,32 +61,11 @@ log "installing torch $TORCH_VERSION, tensorflow-cpu $TF_VERSION and requirement
 "$VENV/bin/python" -m pip uninstall -y -q cmake >/dev/null 2>&1 || true
 
 # --- Horovod: cached wheel or build from sdist ------------------------------------------
-PYTAG=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-KEY="horovod-$HOROVOD_VERSION-torch$TORCH_VERSION-tf$TF_VERSION-$PYTAG-mpi$WITH_MPI"
-WHEEL_DIR="$CACHE/$KEY"
-if ! ls "$WHEEL_DIR"/horovod-*.whl >/dev/null 2>&1; then
-  log "building Horovod $HOROVOD_VERSION (torch + tensorflow, gloo, mpi=$WITH_MPI); takes 10-20 minutes"
-  BUILD=$(mktemp -d)
-  trap 'rm -rf "$BUILD"' EXIT
-  quiet "$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$BUILD"
-  tar xzf "$BUILD"/horovod-$HOROVOD_VERSION.tar.gz -C "$BUILD"
-  SRC="$BUILD/horovod-$HOROVOD_VERSION"
-  sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$SRC/CMakeLists.txt" "$SRC/horovod/torch/CMakeLists.txt"
-  sed -i '/xla_mpi_ops.cc/d' "$SRC/horovod/tensorflow/CMakeLists.txt"
-  grep -q "CMAKE_CXX_STANDARD 17" "$SRC/horovod/torch/CMakeLists.txt"
-  ! grep -q xla_mpi_ops "$SRC/horovod/tensorflow/CMakeLists.txt"
-  MPI_FLAG=HOROVOD_WITHOUT_MPI
-  [ "$WITH_MPI" = 1 ] && MPI_FLAG=HOROVOD_WITH_MPI
-  mkdir -p "$WHEEL_DIR"
-  (cd "$SRC" && env PATH="/usr/bin:$PATH" MAKEFLAGS="-j${HVD_BUILD_JOBS:-2}" \
-      HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-      HOROVOD_WITH_GLOO=1 "$MPI_FLAG=1" \
-      "$VENV/bin/python" -m pip wheel -v --no-deps --no-build-isolation . -w "$BUILD/out" > "$BUILD/build.log" 2>&1) ||
-    { tail -60 "$BUILD/build.log" >&2; log "Horovod build failed (log above)"; exit 1; }
-  cp "$BUILD"/out/horovod-*.whl "$WHEEL_DIR/"
-fi
-"${PIP[@]}" --force-reinstall --no-deps "$WHEEL_DIR"/horovod-*.whl
-"${PIP[@]}" cloudpickle psutil pyyaml packaging
+# hvd_compress/horovod_build.py (`hvd-compress build-horovod`) holds the build: sdist, patches,
+# system cmake, no build isolation; the wheel is cached in $CACHE/<key>, the key naming the
+# versions (horovod-0.28.1-torch2.13.0-tf2.21.0-cp311-mpi1). Run from $ROOT, so it imports this
+# checkout before the editable install below. HVD_BUILD_JOBS (default 2) sets the compile jobs.
+"$VENV/bin/python" -m hvd_compress.horovod_build --wheel-dir "$CACHE" || exit 1
 "${PIP[@]}" --no-deps -e "$ROOT"
 
 CHECK=$(TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/horovodrun" --check-build 2>/dev/null)

@@ -17,6 +17,9 @@ that all replicas hold bit-identical parameters at the end.
 Codec names: ``fp32`` (Horovod, no compression) and ``hvd-fp16`` (Horovod's own
 ``Compression.fp16``) are the baselines; anything else is an hvd_compress spec string
 (``qsgd:bits=4``), separated by commas.
+
+``--tensorboard DIR`` writes, per codec and epoch, the wire statistics and the compression error
+as TensorBoard scalars (:mod:`hvd_compress.torch.tensorboard`); ``tensorboard --logdir DIR``.
 """
 from __future__ import annotations
 
@@ -94,6 +97,7 @@ def train_one(codec_name: str, data, args, hvd, progress=None):
         opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(), compression=compression)
     hc.reset_wire_stats()
     rank, size = hvd.rank(), hvd.size()
+    writer = tensorboard_writer(args, codec_name, rank)
     n = xtr.shape[0]
     steps, step_time = 0, 0.0
     for epoch in range(args.epochs):
@@ -110,8 +114,13 @@ def train_one(codec_name: str, data, args, hvd, progress=None):
             opt.step()
             step_time += time.perf_counter() - t0
             steps += 1
+        if writer is not None:  # after each epoch; the error is of the last step's averaged gradients
+            hc.tensorboard.log_wire_stats(writer, epoch)
+            hc.tensorboard.log_compression_error(writer, epoch, compression, model.named_parameters())
         if progress is not None:
             progress()
+    if writer is not None:
+        writer.close()
     model.eval()
     with torch.no_grad():
         acc = (model(xte).argmax(1) == yte).float().mean().item()
@@ -136,6 +145,15 @@ def train_one(codec_name: str, data, args, hvd, progress=None):
             "bytes_per_step": total_sent / max(steps, 1), "time_per_step_s": step_time / max(steps, 1),
             "steps": steps, "replicas_identical": identical, "world_size": size,
             "wire_stats": stats}
+
+
+def tensorboard_writer(args, codec_name: str, rank: int):
+    """A SummaryWriter under ``--tensorboard DIR``, one run folder per hvd_compress codec (Horovod's
+    own fp32 / fp16 bypass the counters), on rank 0 only."""
+    if not getattr(args, "tensorboard", None) or rank != 0 or codec_name in ("fp32", "hvd-fp16"):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(os.path.join(args.tensorboard, codec_name.replace(":", "_").replace(",", "_")))
 
 
 def format_table(rows) -> str:
@@ -236,6 +254,8 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the rows as JSON here")
+    ap.add_argument("--tensorboard", metavar="DIR", help="write wire stats and compression error per epoch "
+                    "as TensorBoard scalars under DIR/<codec> (rank 0; view with `tensorboard --logdir DIR`)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--progress-file", help=argparse.SUPPRESS)
     ap.add_argument("--quiet-table", action="store_true", help=argparse.SUPPRESS)

@@ -91,3 +91,20 @@ def torchrun(np_: int, script: str, *args: str, timeout: float = 300, out_dir: "
            "--master_addr=127.0.0.1", f"--master_port={free_port()}",
            str(ROOT / script), "--out", str(out), *args]
     return _run(cmd, np_, out, timeout)
+
+
+def horovodrun_output(np_: int, argv, timeout: float = 300, env: "dict | None" = None) -> str:
+    """``horovodrun -np N --gloo ARGV...`` for a script that writes no rank files (an unchanged user
+    script): returns stdout + stderr; fails on a non-zero exit or at ``timeout`` (a hang)."""
+    cmd = [str(BIN / "horovodrun"), "-np", str(np_), "--gloo", *map(str, argv)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT),
+                              env={**_env(), **(env or {})})
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout or b""
+        out = out.decode() if isinstance(out, bytes) else out
+        raise AssertionError(f"job timed out after {timeout}s (a hang): {' '.join(cmd)}\n{out[-6000:]}")
+    if proc.returncode != 0:
+        raise AssertionError(f"job failed with exit {proc.returncode}: {' '.join(cmd)}\n"
+                             + (proc.stdout + proc.stderr)[-8000:])
+    return proc.stdout + proc.stderr

@@ -54,3 +54,10 @@ def test_wheel_metadata_has_the_package_version_extras_and_no_horovod(wheel):
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist: ")]
     assert "Requires-Dist: numpy" in requires
     assert not any("horovod" in line.lower() for line in requires)
+
+
+def test_wheel_installs_the_hvd_compress_console_script(wheel):
+    (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    entry_points = wheel.read(name).decode()
+    assert "[console_scripts]" in entry_points
+    assert "hvd-compress = hvd_compress.cli:main" in entry_points

@@ -1,0 +1,227 @@
+"""The ``hvd-compress`` command (a console script; also ``python -m hvd_compress.cli``).
+
+Subcommands::
+
+    hvd-compress doctor                        # what is installed, and how to fix what is missing
+    hvd-compress build-horovod [--gpu] [--wheel-dir DIR] [--jobs N] [--rebuild] [--dry-run]
+
+``build-horovod`` builds Horovod 0.28.1 with the fixes today's torch / TF need into the current
+environment (see :mod:`hvd_compress.horovod_build`). ``doctor`` checks, section by section, torch,
+TensorFlow, Horovod (version, frameworks, Gloo / MPI / NCCL built in), the native codec kernels,
+Triton, NCCL and MPI, and prints for every missing piece the command that fixes it. It exits 0
+even when something optional is missing; it imports torch and Horovod, so it takes a few seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from hvd_compress import horovod_build
+
+
+@dataclass
+class Section:
+    """One ``doctor`` section: what was found (``lines``), and the commands that fix the gaps."""
+
+    name: str
+    ok: bool = True
+    lines: List[str] = field(default_factory=list)
+    fixes: List[str] = field(default_factory=list)
+
+    def missing(self, what: str, fix: str) -> None:
+        self.ok = False
+        self.lines.append(f"missing: {what}")
+        self.fixes.append(fix)
+
+    def render(self) -> str:
+        head = f"== {self.name} {'[ok]' if self.ok else '[missing]'}"
+        body = [f"  {line}" for line in self.lines] + [f"  fix: {fix}" for fix in self.fixes]
+        return "\n".join([head, *body])
+
+
+def _version(dist: str) -> Optional[str]:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_python() -> Section:
+    s = Section("python")
+    s.lines.append(f"{sys.version.split()[0]} at {sys.executable}")
+    return s
+
+
+def check_torch() -> Section:
+    s = Section("torch")
+    try:
+        import torch
+    except ImportError as exc:
+        s.missing(f"torch ({exc})", "pip install torch")
+        return s
+    cuda = torch.cuda.is_available()
+    s.lines.append(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'not built'}, "
+                   f"GPU {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'})")
+    return s
+
+
+def check_tensorflow() -> Section:
+    # Versions only: importing TF costs seconds and its log noise; Horovod's TF extension is
+    # checked by file below.
+    s = Section("tensorflow")
+    tf = _version("tensorflow") or _version("tensorflow-cpu")
+    if tf is None:
+        s.missing("tensorflow", "pip install tensorflow-cpu tf-keras   (or tensorflow for GPU)")
+        return s
+    s.lines.append(f"tensorflow {tf}")
+    keras = _version("tf-keras")
+    if keras:
+        s.lines.append(f"tf-keras {keras} (hvd_compress.tensorflow.keras uses Keras 2)")
+    else:
+        s.missing("tf-keras (Keras 2, for hvd_compress.tensorflow.keras)", f"pip install tf-keras=={tf}")
+    return s
+
+
+def _horovod_extension(framework: str) -> bool:
+    import horovod
+    folder = Path(horovod.__file__).parent / framework
+    return any(folder.glob("mpi_lib*.so"))
+
+
+def check_horovod() -> Section:
+    s = Section("horovod")
+    gpu_hint = " --gpu" if _torch_cuda() else ""
+    rebuild = f"hvd-compress build-horovod{gpu_hint}"
+    try:
+        import horovod
+    except ImportError:
+        s.missing("horovod", rebuild)
+        return s
+    s.lines.append(f"horovod {horovod.__version__} at {Path(horovod.__file__).parent}")
+    built = [fw for fw in ("torch", "tensorflow") if _horovod_extension(fw)]
+    s.lines.append("frameworks built in: " + (", ".join(built) or "none"))
+    for fw, dist in (("torch", "torch"), ("tensorflow", "tensorflow-cpu")):
+        if fw not in built and (_version(dist) or (fw == "tensorflow" and _version("tensorflow"))):
+            s.missing(f"Horovod was built without {fw} (installed here)", rebuild + " --rebuild")
+    if "torch" in built:
+        try:
+            import horovod.torch as hvd
+            flags = {name: bool(getattr(hvd, f"{name}_built")())
+                     for name in ("gloo", "mpi", "nccl", "cuda", "rocm", "ddl", "ccl")}
+        except Exception as exc:  # an extension compiled against another torch fails here
+            s.missing(f"horovod.torch does not load ({type(exc).__name__}: {exc})", rebuild + " --rebuild")
+            return s
+        s.lines.append("built with (horovod.torch.*_built()): "
+                       + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()))
+        if not flags["gloo"]:
+            s.missing("Gloo (horovodrun --gloo)", rebuild + " --rebuild")
+        if _torch_cuda() and not flags["nccl"]:
+            s.missing("NCCL GPU operations (a GPU is available)", "hvd-compress build-horovod --gpu")
+    return s
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def check_native() -> Section:
+    s = Section("native kernels (hvd_compress._native, CPU codecs)")
+    from hvd_compress import _native
+    if _native.load() is None:
+        s.missing(f"native kernels ({_native.unavailable_reason()})",
+                  "apt-get install gcc   then: python -m hvd_compress._native --build")
+    else:
+        s.lines.append(f"loaded from {_native.build()}")
+    return s
+
+
+def check_triton() -> Section:
+    s = Section("triton (GPU codec kernels)")
+    version = _version("triton")
+    if version is None:
+        if _torch_cuda():
+            s.missing("triton (a GPU is available)", "pip install triton")
+        else:
+            s.lines.append("not installed (only used on CUDA; no GPU here)")
+        return s
+    s.lines.append(f"triton {version}" + ("" if _torch_cuda() else " (unused: no GPU here)"))
+    return s
+
+
+def check_nccl() -> Section:
+    s = Section("nccl")
+    if not _torch_cuda():
+        s.lines.append("not applicable: no CUDA GPU visible to torch")
+        return s
+    import torch
+    try:
+        v = torch.cuda.nccl.version()
+        s.lines.append(f"torch's NCCL {'.'.join(map(str, v)) if isinstance(v, tuple) else v}")
+    except Exception as exc:
+        s.missing(f"NCCL in torch ({exc})", "pip install torch (a CUDA wheel ships NCCL)")
+    return s
+
+
+def check_mpi() -> Section:
+    s = Section("mpi")
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        s.missing("mpirun (optional: horovodrun --gloo works without MPI)",
+                  "apt-get install libopenmpi-dev openmpi-bin   then: hvd-compress build-horovod --rebuild")
+        return s
+    # Paths only: running mpirun (even --version) counts as starting a launcher in the test suite.
+    s.lines.append(f"mpirun at {mpirun}")
+    mpicxx = shutil.which("mpicxx")
+    if mpicxx is None:
+        s.missing("mpicxx (MPI headers, needed to build Horovod with MPI)", "apt-get install libopenmpi-dev")
+    else:
+        s.lines.append(f"mpicxx at {mpicxx} (Horovod builds with MPI)")
+    return s
+
+
+CHECKS: List[Callable[[], Section]] = [
+    check_python, check_torch, check_tensorflow, check_horovod, check_native, check_triton, check_nccl, check_mpi,
+]
+
+
+def doctor(out=None) -> List[Section]:
+    """Run every check, print the report to ``out`` (stdout), return the sections."""
+    out = out or sys.stdout
+    sections = []
+    for check in CHECKS:
+        try:
+            section = check()
+        except Exception as exc:  # a broken install must not hide the rest of the report
+            section = Section(check.__name__.replace("check_", ""))
+            section.missing(f"check failed: {type(exc).__name__}: {exc}", "see the error above")
+        sections.append(section)
+        print(section.render(), file=out, flush=True)
+    missing = [s.name for s in sections if not s.ok]
+    print("\nall present" if not missing else f"\nmissing or incomplete: {', '.join(missing)}", file=out)
+    return sections
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="hvd-compress", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="report what is installed and how to fix what is missing")
+    build = sub.add_parser("build-horovod", help="build and install Horovod 0.28.1 with today's fixes")
+    horovod_build.add_arguments(build)
+    args = ap.parse_args(argv)
+    if args.command == "doctor":
+        doctor()
+        return 0
+    return horovod_build.run_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
