@@ -6,26 +6,14 @@ with their own registry of codec classes, so a spec means the same codec in both
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict
+from typing import Dict
 
 from hvd_compress.common import COMMON_OPTIONS
+from hvd_compress.core.registry import (BUILTIN_NAMES, instantiate, knob_names, lookup, registry,
+                                         split_options)
+from hvd_compress.core.specstring import parse
 
-CODEC_NAMES = ("none", "fp16", "bf16", "qsgd", "terngrad", "onebit", "efsign", "signsgd", "topk",
-               "doublesqueeze")
-
-
-def _value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text.strip()
+CODEC_NAMES = tuple(sorted(BUILTIN_NAMES))
 
 
 def accepted(cls) -> set:
@@ -39,48 +27,55 @@ def accepted(cls) -> set:
     return names
 
 
-def parse(spec: str):
-    """``"qsgd:bits=4,bucket_size=512"`` -> ``("qsgd", {"bits": 4, "bucket_size": 512})``."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"codec spec must be a non-empty string, got {spec!r}")
-    name, _, rest = spec.strip().partition(":")
-    kwargs: Dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, eq, val = item.partition("=")
-        if not eq:
-            raise ValueError(f"bad item {item!r} in codec spec {spec!r}: expected key=value")
-        kwargs[key.strip()] = _value(val)
-    return name.strip().lower(), kwargs
-
-
-def build(spec, known: Dict[str, type], base_cls: type):
+def build(spec, known: Dict[str, type], base_cls: type, reference_cls: "type | None" = None):
     """Build a codec from a spec string with the classes in ``known`` (name -> class).
 
     For ``doublesqueeze`` the keys after ``codec=`` that the inner codec accepts go to it:
     ``doublesqueeze:codec=qsgd,bits=4``. Common options (``min_numel``, ``compress_1d``,
     ``exchange``, ``nonfinite``, ``seed``) go to the outer codec.
+
+    A name not in ``known`` but registered with :func:`hvd_compress.register_codec` (alone or as
+    ``codec=``) is built as ``reference_cls(spec, **common_options)``: the framework's reference
+    backend running the spec's numpy encode/decode.
     """
     if isinstance(spec, base_cls):
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"codec spec must be a non-empty string or an hvd_compress codec, got {spec!r}")
     name, kwargs = parse(spec)
-    if name not in known:
-        raise ValueError(f"unknown codec {name!r} in spec {spec!r}; available: {', '.join(sorted(known))} "
+    user = _user_spec(name, known, reference_cls)
+    if name not in known and user is None:
+        available = sorted(set(known) | (set(registry()) if reference_cls is not None else set()))
+        raise ValueError(f"unknown codec {name!r} in spec {spec!r}; available: {', '.join(available)} "
                          "(e.g. 'qsgd:bits=4,bucket_size=512', 'terngrad:clip=2.5', 'topk:ratio=0.01', "
                          "'doublesqueeze:codec=onebit')")
+    if user is not None:
+        knobs, options = split_options(user, kwargs, spec)
+        return reference_cls(instantiate(user, knobs, spec), **options)  # type: ignore[misc]
     cls = known[name]
     if name == "doublesqueeze":
-        inner_name = kwargs.pop("codec", "onebit")
-        inner_cls = known.get(str(inner_name))
-        if inner_cls is None or inner_cls is cls:
-            raise ValueError(f"doublesqueeze needs codec=<one of {', '.join(sorted(set(known) - {name}))}>, "
-                             f"got {inner_name!r}")
-        inner_keys = accepted(inner_cls) - set(COMMON_OPTIONS)
-        inner_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in inner_keys}
-        inner = _build(inner_cls, inner_kwargs, spec)
+        inner_name = str(kwargs.pop("codec", "onebit"))
+        inner_cls = known.get(inner_name)
+        inner_user = _user_spec(inner_name, known, reference_cls)
+        if (inner_cls is None and inner_user is None) or inner_cls is cls:
+            choices = sorted((set(known) | set(registry() if reference_cls is not None else ())) - {name})
+            raise ValueError(f"doublesqueeze needs codec=<one of {', '.join(choices)}>, got {inner_name!r}")
+        if inner_user is not None:
+            knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in knob_names(inner_user)}
+            inner = reference_cls(instantiate(inner_user, knobs, spec))  # type: ignore[misc]
+        else:
+            inner_keys = accepted(inner_cls) - set(COMMON_OPTIONS)
+            inner_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in inner_keys}
+            inner = _build(inner_cls, inner_kwargs, spec)
         return _build(cls, dict(kwargs, codec=inner), spec)
     return _build(cls, kwargs, spec)
+
+
+def _user_spec(name: str, known: Dict[str, type], reference_cls):
+    """The registered spec class for a name the framework does not build itself, else None."""
+    if name in known or reference_cls is None:
+        return None
+    return lookup(name)
 
 
 def _build(cls, kwargs, spec):

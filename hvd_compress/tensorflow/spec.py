@@ -5,6 +5,7 @@ from typing import Dict
 
 from hvd_compress.spec import build
 from hvd_compress.tensorflow.codecs.base import Codec
+from hvd_compress.tensorflow.codecs.reference import ReferenceCodec
 
 
 def registry() -> Dict[str, type]:
@@ -20,5 +21,7 @@ def from_spec(spec: "str | Codec") -> Codec:
     ``hvd_compress.torch.from_spec`` does (``"qsgd:bits=4,bucket_size=512"``, ``"onebit"``,
     ``"terngrad:clip=2.5"``, ``"topk:ratio=0.01"``, ``"doublesqueeze:codec=onebit"``, ``"fp16"``,
     ``"gradiveq:warmup_steps=20,sample_steps=10,compress_steps=60"``, ``"powersgd:rank=2,start_iter=10"``).
-    A bad spec raises ``ValueError`` listing what exists."""
-    return build(spec, registry(), Codec)
+    A bad spec raises ``ValueError`` listing what exists. A name registered with
+    :func:`hvd_compress.register_codec` builds a
+    :class:`hvd_compress.tensorflow.codecs.reference.ReferenceCodec` (alone or as ``codec=``)."""
+    return build(spec, registry(), Codec, ReferenceCodec)

@@ -9,6 +9,7 @@ from typing import Dict
 from hvd_compress.common import COMMON_OPTIONS  # noqa: F401 (re-exported)
 from hvd_compress.spec import build
 from hvd_compress.torch.codecs.base import Codec
+from hvd_compress.torch.codecs.reference import ReferenceCodec
 
 
 def registry() -> Dict[str, type]:
@@ -31,5 +32,9 @@ def from_spec(spec: "str | Codec") -> Codec:
     ``doublesqueeze:codec=qsgd,bits=4``. Common options (``min_numel``, ``compress_1d``,
     ``exchange``, ``nonfinite``, ``seed``) go to the outer codec. A bad spec raises ``ValueError``
     listing what exists.
+
+    A name registered with :func:`hvd_compress.register_codec` (a user's :class:`hvd_compress.CodecSpec`)
+    builds a :class:`hvd_compress.torch.codecs.reference.ReferenceCodec`, alone or as
+    ``doublesqueeze:codec=<name>``.
     """
-    return build(spec, registry(), Codec)
+    return build(spec, registry(), Codec, ReferenceCodec)

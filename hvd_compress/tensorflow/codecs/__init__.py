@@ -8,10 +8,11 @@ from hvd_compress.tensorflow.codecs.gradiveq import GradiVeQ
 from hvd_compress.tensorflow.codecs.onebit import OneBit, OneBitQuantizer
 from hvd_compress.tensorflow.codecs.powersgd import PowerSGD
 from hvd_compress.tensorflow.codecs.qsgd import QSGD
+from hvd_compress.tensorflow.codecs.reference import ReferenceCodec
 from hvd_compress.tensorflow.codecs.signsgd import SignSGD
 from hvd_compress.tensorflow.codecs.terngrad import TernGrad
 from hvd_compress.tensorflow.codecs.topk import TopK, TopKSparsifier
 
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD"]
+           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "ReferenceCodec"]

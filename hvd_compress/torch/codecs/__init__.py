@@ -9,10 +9,11 @@ from hvd_compress.torch.codecs.lattice import Lattice
 from hvd_compress.torch.codecs.onebit import OneBit, OneBitQuantizer
 from hvd_compress.torch.codecs.powersgd import PowerSGD
 from hvd_compress.torch.codecs.qsgd import QSGD
+from hvd_compress.torch.codecs.reference import ReferenceCodec
 from hvd_compress.torch.codecs.signsgd import SignSGD
 from hvd_compress.torch.codecs.terngrad import TernGrad
 from hvd_compress.torch.codecs.topk import TopK, TopKSparsifier
 
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "Lattice"]
+           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "Lattice", "ReferenceCodec"]
