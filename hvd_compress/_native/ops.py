@@ -34,6 +34,9 @@ def lib_for(*tensors) -> Optional[object]:
             return None
     if not _native.enabled():
         return None
+    from hvd_compress.torch.kernels.backend import native_allowed  # HVD_COMPRESS_BACKEND decides
+    if not native_allowed():
+        return None
     return _native.load()
 
 

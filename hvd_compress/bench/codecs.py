@@ -40,6 +40,15 @@ JSON (``--json PATH``)::
 ``path`` says what ``encode_decode_gbps`` measured: ``"native"`` (the fused kernels) or ``"plain"``
 (a codec without a native path, or native kernels unavailable/switched off; ``plain_gbps`` is then
 ``null``).
+
+``--device cuda`` times the same on the current GPU (``torch.cuda.synchronize()`` around each
+timed call): ``path`` is then ``"triton"`` for the codecs with Triton kernels
+(hvd_compress/torch/kernels), ``plain_gbps`` is the plain torch path forced with
+``HVD_COMPRESS_BACKEND=plain`` (``null`` where that path cannot run on CUDA tensors),
+``reference_gbps`` the straightforward torch ops on the GPU, and ``copy_gbps`` the
+device-to-device copy bandwidth (the roofline)::
+
+    python -m hvd_compress.bench codecs --device cuda --sizes 16m,64m --json gpu.json
 """
 from __future__ import annotations
 
@@ -93,12 +102,27 @@ def _median_time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+_device = torch.device("cpu")
+
+
+def _sync() -> None:
+    """Wait for the device (CUDA kernels run asynchronously; the CPU paths need nothing)."""
+    if _device.type == "cuda":
+        torch.cuda.synchronize(_device)
+
+
 def copy_bandwidth(numel: int, repeats: int = 7) -> float:
     """GB/s of fp32 copied by ``dst.copy_(src)`` (preallocated): the memory roofline."""
-    src = torch.randn(numel)
+    src = torch.randn(numel, device=_device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    times = [_median_time(lambda: dst.copy_(src)) for _ in range(repeats)]
+
+    def copy():
+        dst.copy_(src)
+        _sync()
+
+    _sync()
+    times = [_median_time(copy) for _ in range(repeats)]
     return 4.0 * numel / statistics.median(times) / 1e9
 
 
@@ -117,10 +141,13 @@ class _Timed:
 
     def run(self, x: torch.Tensor, rep: int):
         g = torch.Generator().manual_seed(1000 + rep) if self.stochastic else None
+        _sync()
         t0 = _clock()
         payload = self.encode(x, g)
+        _sync()
         t1 = _clock()
         self.decode(payload, x.numel())
+        _sync()
         t2 = _clock()
         self.enc.append(t1 - t0)
         self.dec.append(t2 - t1)
@@ -144,13 +171,14 @@ def _codec_timed(label, codec) -> Optional[_Timed]:
 def _plain_timed(codec) -> _Timed:
     """The same codec with the native kernels switched off for the duration of each call."""
     from hvd_compress import _native
+    from hvd_compress.torch.kernels import backend
 
     def encode(x, g):
-        with _native.forced(False):
+        with _native.forced(False), backend.forced("plain"):
             return codec.encode(x, g)
 
     def decode(payload, numel):
-        with _native.forced(False):
+        with _native.forced(False), backend.forced("plain"):
             return codec.decode(payload, numel)
 
     return _Timed("plain", encode, decode, bool(codec.stochastic))
@@ -164,7 +192,7 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
     from hvd_compress.torch import from_spec
     rows = []
     for size in sizes:
-        x = torch.randn(size, generator=torch.Generator().manual_seed(size)) * 1e-2
+        x = (torch.randn(size, generator=torch.Generator().manual_seed(size)) * 1e-2).to(_device)
         copy_gbps = copy_bandwidth(size)
         for spec in specs:
             codec = from_spec(spec)
@@ -175,7 +203,7 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
                 continue
             contenders = [mine]
             native_path = has_native_path(codec)
-            plain = _plain_timed(codec) if native_path else None
+            plain = _plain_timed(codec) if native_path or _device.type == "cuda" else None
             if plain is not None:
                 contenders.append(plain)
             ref = reference_for(codec) if reference else None
@@ -192,16 +220,33 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
                         progress(f"baseline has no {spec}: {exc}")
                 if base is not None:
                     contenders.append(base)
-            for c in contenders:  # warm-up (first-touch of buffers, lazy tables)
-                c.run(x, -1)
+            skipped = False
+            for c in list(contenders):  # warm-up (first-touch of buffers, lazy tables, JIT)
+                try:
+                    c.run(x, -1)
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    if _device.type == "cpu":
+                        raise
+                    if c is mine:  # a codec without a device path (its plain code is CPU-only)
+                        if progress:
+                            progress(f"skip {spec}: does not run on {_device}: {str(exc)[:120]}")
+                        skipped = True
+                        break
+                    if progress:  # e.g. a plain path that cannot run on CUDA tensors
+                        progress(f"{spec}: {c.label} does not run on {_device}: {str(exc)[:120]}")
+                    contenders.remove(c)
+                    plain = None if c is plain else plain
+                    ref_t, ref = (None, None) if c is ref_t else (ref_t, ref)
                 c.enc.clear(), c.dec.clear(), c.total.clear()
+            if skipped:
+                continue
             rep, t_start = 0, time.perf_counter()
             while rep < repeats or (time.perf_counter() - t_start < min_time and rep < 50):
                 for c in (contenders if rep % 2 == 0 else contenders[::-1]):
                     c.run(x, rep)
                 rep += 1
             row = {"codec": spec, "describe": codec.describe(), "size": size,
-                   "path": "native" if native_path else "plain",
+                   "path": _path_name(codec, native_path), "device": str(_device),
                    "bits_per_value": codec.nominal_bits(size), "copy_gbps": copy_gbps,
                    "repeats": rep}
             row.update(mine.gbps(size))
@@ -222,6 +267,13 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
             if progress:
                 progress(_format_row(row))
     return rows
+
+
+def _path_name(codec, native_path: bool) -> str:
+    if _device.type == "cuda":
+        from hvd_compress.torch.kernels import runs_on_device
+        return "triton" if runs_on_device(codec, _device) else "plain"
+    return "native" if native_path else "plain"
 
 
 def has_native_path(codec) -> bool:
@@ -394,8 +446,15 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", help="also time another version: a git revision or a directory with hvd_compress/")
     ap.add_argument("--no-reference", action="store_true", help="skip the plain reference implementations")
     ap.add_argument("--json", help="write the result as JSON here")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: time the codecs on that device")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    global _device
+    _device = torch.device(args.device)
+    if _device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch.cuda.is_available() is false on this machine")
+    if _device.type == "cuda" and _device.index is None:
+        _device = torch.device("cuda", torch.cuda.current_device())
     if args.threads < 1:
         ap.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
@@ -407,7 +466,7 @@ def main(argv=None) -> int:
         from_spec(s)  # a bad spec fails before any timing, listing what exists
     baseline = load_baseline(args.baseline) if args.baseline else None
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    roof_numel = max(max(args.sizes), 1 << 24)  # larger than the last-level cache
+    roof_numel = max(max(args.sizes), 1 << 24 if _device.type == "cpu" else 1 << 28)  # beyond the caches
     from hvd_compress import _native
     result = {"copy_gbps": copy_bandwidth(roof_numel), "copy_numel": roof_numel,
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
@@ -415,6 +474,8 @@ def main(argv=None) -> int:
               "native_threads": _native_threads(),
               "load_average": _loadavg(),
               "machine": platform.processor() or platform.machine(),
+              "device": str(_device),
+              "gpu": torch.cuda.get_device_name(_device) if _device.type == "cuda" else None,
               "torch": torch.__version__, "baseline": args.baseline, "clock": args.clock,
               "command": "python -m hvd_compress.bench codecs " + " ".join(argv if argv is not None else sys.argv[1:])}
     result["rows"] = measure(specs, args.sizes, args.repeats, args.min_time, baseline,

@@ -17,6 +17,14 @@ from typing import Callable, Optional, Tuple
 import torch
 
 
+def _rand(shape, generator, device):
+    """Uniforms from ``generator`` on the CPU; on a GPU the device's own generator (a CPU
+    generator cannot draw there, and a host-to-device copy would not be the torch-ops path)."""
+    if device.type == "cpu":
+        return torch.rand(shape, generator=generator)
+    return torch.rand(shape, device=device)
+
+
 def _pad(x: torch.Tensor, bucket: int) -> torch.Tensor:
     pad = (-x.numel()) % bucket
     return torch.cat([x, x.new_zeros(pad)]).view(-1, bucket) if pad else x.view(-1, bucket)
@@ -28,7 +36,7 @@ def qsgd_encode(x: torch.Tensor, levels: int, bucket: int, norm: str, generator=
     scales = b.abs().amax(dim=1) if norm == "max" else b.norm(dim=1)
     y = b.abs() / scales.clamp(min=1e-30).unsqueeze(1) * levels
     low = y.floor()
-    level = low + (torch.rand(y.shape, generator=generator) < (y - low)).float()
+    level = low + (_rand(y.shape, generator, y.device) < (y - low)).float()
     level = level.clamp(0, levels)
     codes = (torch.sign(b) * level).to(torch.int8).view(-1)[:x.numel()]
     return codes, scales
@@ -47,7 +55,7 @@ def terngrad_encode(x: torch.Tensor, clip: Optional[float], generator=None, scal
         if clip is not None:
             scale = torch.minimum(scale, clip * x.std())
     prob = (x.abs() / scale).clamp(max=1.0)
-    keep = torch.rand(x.shape, generator=generator) < prob
+    keep = _rand(x.shape, generator, x.device) < prob
     codes = (torch.sign(x) * keep.float()).to(torch.int8)
     return codes, scale.reshape(1)
 
@@ -100,7 +108,7 @@ def topk_encode(x: torch.Tensor, k: int):
 
 def topk_decode(payload, numel: int):
     idx, values = payload
-    out = torch.zeros(numel)
+    out = torch.zeros(numel, device=values.device)
     out[idx] = values
     return out
 

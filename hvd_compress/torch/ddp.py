@@ -71,8 +71,10 @@ How to tune:
   start communication earlier in backward; encoding runs in the backward thread either way.
 * Gradient accumulation: use ``with ddp.no_sync():`` for the accumulation steps as usual; the hook
   runs only on the step that synchronizes.
-* CUDA gradients are encoded on the CPU (the codecs' packing kernels are CPU code today) and
-  moved back; with NCCL the collectives run on the GPU.
+* CUDA gradients stay on the GPU for the codecs with Triton kernels (QSGD, TernGrad, OneBit,
+  EFSign, SignSGD, TopK; see ``hvd_compress.torch.kernels`` and docs/gpu.md): payloads are encoded,
+  exchanged (NCCL, or Gloo's own host copies) and decoded on the gradient's device. Other codecs,
+  or ``HVD_COMPRESS_BACKEND=native|plain``, encode CUDA gradients on a host copy.
 
 Errors: a NaN/Inf gradient raises ``FloatingPointError`` naming the parameter on every rank (the
 codec's ``nonfinite="propagate"`` lets it through for AMP instead); ranks built with different
@@ -86,6 +88,7 @@ import torch.distributed as dist
 
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.exchange import Driver, Exchange
+from hvd_compress.torch.kernels import runs_on_device
 from hvd_compress.torch.spec import from_spec
 
 __all__ = ["DDPHookState", "ddp_comm_hook", "hvd_compress_hook"]
@@ -194,11 +197,12 @@ def hvd_compress_hook(state: DDPHookState, bucket: dist.GradBucket) -> torch.fut
     if state._driver is None:
         state._driver = Driver()
     driver = state._driver
-    staged = buffer.device.type != "cpu"  # the codecs' kernels run on the CPU
+    # Device-resident where the codec has device kernels; otherwise the CPU codecs get host copies.
+    staged = buffer.device.type != "cpu" and not runs_on_device(codec, buffer.device)
     compressed, plain = [], []
     for param, grad in zip(bucket.parameters(), bucket.gradients()):
         name = state.name_of(param)
-        g = grad.detach().cpu() if staged else grad.detach()
+        g = grad.detach().cpu() if staged else grad.detach()  # host sync (allow-listed): CPU codecs only
         if codec.should_compress(g):
             compressed.append((name, grad))
             driver.start(name, exchange.average(name, g))

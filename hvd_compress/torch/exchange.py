@@ -211,7 +211,7 @@ class Exchange:
         mean = codec.aggregate(list(mine), hi - lo)
         reencoded = codec.server_encode(mean, key, draw, rank, scale)
         gathered = yield comm.allgather_async(reencoded, name=f"hvdc.{key}.ag")
-        out = torch.empty(n)
+        out = torch.empty(n, device=flat.device)  # on the gradient's device (GPU codecs)
         pos = 0
         for (a, b), nbytes in zip(bounds, splits):
             codec.decode_into(gathered[pos:pos + nbytes], out[a:b])

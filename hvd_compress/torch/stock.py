@@ -113,7 +113,7 @@ class StockEngine:
                            _ring_allreduce_bytes(nbytes, self.comm.size))
             return t.contiguous(), ("sum", name, dtype)
         self.driver.start(name, self.exchange.average(name, tensor))
-        return torch.zeros(1), ("exchange", name, dtype, op_sum)
+        return torch.zeros(1, device=tensor.device), ("exchange", name, dtype, op_sum)  # on the gradient's device
 
     def decompress(self, tensor, ctx):
         kind, name, dtype = ctx[0], ctx[1], ctx[2]

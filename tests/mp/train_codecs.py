@@ -1,12 +1,12 @@
 """Worker: train the demo MLP once per codec under Horovod; every rank writes its rows.
 
 Usage (via tests/launch.py): horovodrun -np N python tests/mp/train_codecs.py --out DIR
-    --codecs fp32,qsgd:bits=4,... [--frontend stock|ours] [--epochs E]
+    --codecs fp32,qsgd:bits=4,... [--frontend stock|ours] [--epochs E] [--hidden H]
 """
 from common import parse_args, write_result
 
 args = parse_args({"--codecs": {"required": True}, "--frontend": {"default": "stock"},
-                   "--epochs": {"type": int, "default": 12}})
+                   "--epochs": {"type": int, "default": 12}, "--hidden": {"type": int, "default": 256}})
 
 import types  # noqa: E402
 
@@ -18,7 +18,7 @@ from hvd_compress.demo import load_digits_split, split_codecs, train_one  # noqa
 
 hvd.init()
 torch.set_num_threads(1)
-opts = types.SimpleNamespace(seed=0, hidden=256, lr=0.05, batch_size=32, epochs=args.epochs,
+opts = types.SimpleNamespace(seed=0, hidden=args.hidden, lr=0.05, batch_size=32, epochs=args.epochs,
                              frontend=args.frontend)
 data = load_digits_split(0)
 rows = []

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from hvd_compress._native import ops as native_ops
+from hvd_compress.torch import kernels
 
 try:  # Subclass Horovod's Compressor where Horovod is installed; the codecs work without it.
     from horovod.torch.compression import Compressor as _HorovodCompressor
@@ -185,18 +186,21 @@ class NativeDecoding:
     def native_decode(self, payload, numel):
         """The decoded payload from the kernel, or ``None`` where the native path does not apply."""
         kernel, *args = self.native_decoder()
-        return native_ops.decode(kernel, payload, numel, *args)
+        out = kernels.decode(kernel, payload, numel, *args)
+        return out if out is not None else native_ops.decode(kernel, payload, numel, *args)
 
     @validates_payloads
     def decode_into(self, payload, out):
         kernel, *args = self.native_decoder()
-        if not native_ops.decode_to(kernel, payload, out, *args):
+        if not (kernels.decode_to(kernel, payload, out, *args) or native_ops.decode_to(kernel, payload, out, *args)):
             super().decode_into(payload, out)
 
     @validates_payloads
     def aggregate(self, payloads, numel):
         kernel, *args = self.native_decoder()
-        out = native_ops.aggregate(kernel, payloads, numel, *args)
+        out = kernels.aggregate(kernel, payloads, numel, *args)
+        if out is None:
+            out = native_ops.aggregate(kernel, payloads, numel, *args)
         return out if out is not None else super().aggregate(payloads, numel)
 
 

@@ -5,6 +5,7 @@ import torch
 
 from hvd_compress._native import ops as native
 from hvd_compress.common import ScaledSignFormat
+from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, NativeDecoding, nan_where_nonfinite
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
@@ -22,6 +23,9 @@ class ScaledSign(NativeDecoding, ScaledSignFormat, Codec):
     # is the plain path (see QSGD).
 
     def encode(self, x, generator=None, scale=None):
+        out = kernels.sign_encode(x)
+        if out is not None:
+            return out
         res = native.sign_encode(x)
         if res is not None:
             return res[0]
@@ -46,6 +50,9 @@ class ScaledSign(NativeDecoding, ScaledSignFormat, Codec):
         """Fused error-feedback step for :class:`ErrorFeedback`: as
         :meth:`OneBitQuantizer.encode_with_residual`, in two passes per chunk (the chunk's mean
         |p| must be known before the residual)."""
+        done = kernels.fused_feedback("sign", x, residual, bounds)
+        if done is not None:
+            return done
         return native.fused_feedback(native.sign_encode, x, residual, bounds)
 
 

@@ -35,7 +35,9 @@ class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
         payloads = self.inner.worker_encode(p, key, bounds, draw, scale)
         decoded = torch.cat([self.inner.decode(pl, b - a) for pl, (a, b) in zip(payloads, bounds)])
         r = p.sub_(decoded)
-        if not torch.isfinite(r).all():
+        if r.device.type != "cpu":  # no host round trip on a GPU: reset on the device
+            r.masked_fill_(~torch.isfinite(r).all().reshape(1), 0.0)
+        elif not torch.isfinite(r).all():
             r.zero_()
         residuals[key] = r
         return payloads

@@ -5,6 +5,7 @@ import torch
 
 from hvd_compress._native import ops as native
 from hvd_compress.common import OneBitQuantizerFormat
+from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, NativeDecoding, bucket_view, nan_where_nonfinite
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
@@ -26,6 +27,9 @@ class OneBitQuantizer(NativeDecoding, OneBitQuantizerFormat, Codec):
     # is the plain path (see QSGD).
 
     def encode(self, x, generator=None, scale=None):
+        out = kernels.onebit_encode(x, self.bucket_size)
+        if out is not None:
+            return out
         res = native.onebit_encode(x, self.bucket_size)
         if res is not None:
             return res[0]
@@ -70,6 +74,9 @@ class OneBitQuantizer(NativeDecoding, OneBitQuantizerFormat, Codec):
         ``p = x + residual``; payloads of ``p`` per chunk; ``residual = p - decode(payloads)``,
         updated in place (zeroed if it holds a non-finite value). Returns ``(payloads, residual)``,
         or ``None`` where only the plain path applies."""
+        done = kernels.fused_feedback("onebit", x, residual, bounds, self.bucket_size)
+        if done is not None:
+            return done
         return native.fused_feedback(native.onebit_encode, x, residual, bounds, self.bucket_size)
 
 

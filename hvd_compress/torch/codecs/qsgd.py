@@ -5,6 +5,7 @@ import torch
 
 from hvd_compress._native import ops as native
 from hvd_compress.common import QSGDFormat
+from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, NativeDecoding, bucket_view, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
@@ -43,7 +44,9 @@ class QSGD(NativeDecoding, QSGDFormat, Codec):
     # definition, used for CUDA tensors, with HVD_COMPRESS_NATIVE=0 or without a C compiler.
 
     def encode(self, x, generator=None, scale=None, noise=None):
-        out = native.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
+        out = kernels.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
+        if out is None:
+            out = native.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
         if out is not None:
             return out
         x = x.reshape(-1).to(torch.float32)

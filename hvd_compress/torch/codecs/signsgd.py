@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from hvd_compress.common import SignSGDFormat
+from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
@@ -22,6 +23,9 @@ class SignSGD(SignSGDFormat, Codec):
     """
 
     def encode(self, x, generator=None, scale=None):
+        out = kernels.sign_encode(x, "mean" if self.scaled else "vote")  # CUDA: the Triton kernels
+        if out is not None:
+            return out
         if self.scaled:
             s = x.abs().mean().reshape(1) if x.numel() else torch.zeros(1)
         else:  # a bare vote, but an all-zero chunk stays exactly zero
@@ -41,6 +45,9 @@ class SignSGD(SignSGDFormat, Codec):
         return signs.mul_(s)
 
     def aggregate(self, payloads, numel):
+        out = kernels.signsgd_vote(payloads, numel)
+        if out is not None:
+            return out
         votes = torch.zeros(numel)
         weighted = torch.zeros(numel)
         scale = torch.zeros(1)

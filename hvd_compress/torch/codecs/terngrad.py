@@ -5,6 +5,7 @@ import torch
 
 from hvd_compress._native import ops as native
 from hvd_compress.common import TernGradFormat
+from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, NativeDecoding, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_base3, pack_bits, unpack_base3, unpack_bits
 
@@ -31,7 +32,9 @@ class TernGrad(NativeDecoding, TernGradFormat, Codec):
     # aggregate; the torch code after each ``native`` call is the plain path (see QSGD).
 
     def local_scale(self, x):
-        s = native.terngrad_scale(x, self.clip)
+        s = kernels.terngrad_scale(x, self.clip)
+        if s is None:
+            s = native.terngrad_scale(x, self.clip)
         if s is not None:
             return s
         x = x.reshape(-1).to(torch.float32)
@@ -44,7 +47,9 @@ class TernGrad(NativeDecoding, TernGradFormat, Codec):
 
     def encode(self, x, generator=None, scale=None, noise=None):
         s = self.local_scale(x) if scale is None else scale.reshape(1).to(torch.float32)
-        out = native.terngrad_encode(x, s, self.packing == "base3", generator, noise)
+        out = kernels.terngrad_encode(x, s, self.packing == "base3", generator, noise)
+        if out is None:
+            out = native.terngrad_encode(x, s, self.packing == "base3", generator, noise)
         if out is not None:
             return out
         x = x.reshape(-1).to(torch.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from hvd_compress.common import TopKFormat
+from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 
@@ -23,6 +24,9 @@ class TopKSparsifier(TopKFormat, Codec):
 
     def encode(self, x, generator=None, scale=None):
         k = self.k(x.numel())
+        out = kernels.topk_encode(x, k)  # CUDA: selection and packing on the device
+        if out is not None:
+            return out
         if k == 0:
             return torch.empty(0, dtype=torch.uint8)
         mag = torch.nan_to_num(x.abs(), nan=float("inf"))
@@ -47,6 +51,9 @@ class TopKSparsifier(TopKFormat, Codec):
         return idx, values
 
     def decode(self, payload, numel):
+        out = kernels.topk_decode(payload, numel, self.k(numel))
+        if out is not None:
+            return out
         out = torch.zeros(numel)
         if numel:
             idx, values = self._unpack(payload, numel)
@@ -54,6 +61,9 @@ class TopKSparsifier(TopKFormat, Codec):
         return out
 
     def aggregate(self, payloads, numel):
+        out = kernels.topk_aggregate(payloads, numel, self.k(numel))
+        if out is not None:
+            return out
         out = torch.zeros(numel)
         for p in payloads:
             idx, values = self._unpack(p, numel)

@@ -1,0 +1,137 @@
+"""Triton kernels for the torch codecs, picked per tensor by :mod:`.backend`.
+
+One module per codec family (``qsgd``, ``terngrad``, ``onebit``, ``sign``, ``topk``), imported
+lazily: importing this package does not import Triton. Each function here returns ``None`` when
+the Triton backend does not apply to its tensors, so a codec writes::
+
+    out = kernels.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
+    if out is None:
+        out = native.qsgd_encode(...)   # then the plain torch path
+
+Same wire format as the C kernels and the plain path: given the same uniforms (``noise=``) the
+payload is byte-identical. Without ``noise`` the stochastic codecs draw their uniforms in the
+kernel (``tl.rand``, Philox, counter-based) from a seed drawn from the codec's generator, itself
+seeded by (seed, rank, step, tensor name, chunk): deterministic, so runs and checkpoints are
+bit-exact, but a different stream from the CPU kernels' SplitMix64 one (so a CUDA run and a CPU
+run of a stochastic codec differ bit for bit, equal in distribution).
+
+No host round trip in the hot path: scales, non-finite flags and tie counts stay device tensors.
+The two exceptions (malformed-payload checks that must raise) are marked
+``# host sync (allow-listed)`` and are checked by tests/test_triton_kernels.py.
+"""
+from __future__ import annotations
+
+import importlib
+
+from hvd_compress.torch.kernels.backend import use_triton
+
+
+# Codec names (of the quantizer under error-feedback wrappers) whose whole step runs on Triton.
+TRITON_CODECS = ("qsgd", "terngrad", "onebit_quantizer", "scaled_sign", "signsgd", "topk_sparsifier")
+
+
+def runs_on_device(codec, device) -> bool:
+    """Whether ``codec`` encodes and decodes tensors on ``device`` without leaving it: the Triton
+    backend applies there and the codec is a Triton codec, bare or under ``ErrorFeedback`` (the
+    DDP hook then skips its host staging)."""
+    from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
+    from hvd_compress.torch.kernels.backend import choose
+    while isinstance(codec, ErrorFeedback):
+        codec = codec.inner
+    return getattr(codec, "name", None) in TRITON_CODECS and choose(device) == "triton"
+
+
+def family(name: str):
+    """The kernel module ``name`` (imports Triton on first use)."""
+    return importlib.import_module(f"hvd_compress.torch.kernels.{name}")
+
+
+def qsgd_encode(x, bits, bucket, norm, generator=None, noise=None):
+    if not use_triton(x):
+        return None
+    return family("qsgd").encode(x, bits, bucket, norm, generator, noise)
+
+
+def terngrad_scale(x, clip):
+    if not use_triton(x):
+        return None
+    return family("terngrad").local_scale(x, clip)
+
+
+def terngrad_encode(x, scale, base3, generator=None, noise=None):
+    if not use_triton(x):
+        return None
+    return family("terngrad").encode(x, scale, base3, generator, noise)
+
+
+def onebit_encode(x, bucket):
+    if not use_triton(x):
+        return None
+    return family("onebit").encode(x, bucket)
+
+
+def sign_encode(x, scale_mode="mean"):
+    if not use_triton(x):
+        return None
+    return family("sign").encode(x, scale_mode)
+
+
+def fused_feedback(name, x, residual, bounds, *args):
+    """The fused error-feedback step of ``onebit`` / ``sign`` (``None``: take the other paths)."""
+    if not use_triton(x):
+        return None
+    from hvd_compress.torch.kernels.common import fused_feedback as run
+    return run(family(name).encode_with_residual, x, residual, bounds, *args)
+
+
+def signsgd_vote(payloads, numel):
+    if not payloads or not use_triton(payloads[0]):
+        return None
+    return family("sign").vote(payloads, numel)
+
+
+def topk_encode(x, k):
+    if not use_triton(x):
+        return None
+    return family("topk").encode(x, k)
+
+
+def topk_decode(payload, numel, k):
+    if not use_triton(payload):
+        return None
+    return family("topk").decode(payload, numel, k)
+
+
+def topk_aggregate(payloads, numel, k):
+    if not payloads or not use_triton(payloads[0]):
+        return None
+    return family("topk").aggregate(payloads, numel, k)
+
+
+# Decoders: (module, function) per native decoder, so NativeDecoding routes decode, decode_into
+# and aggregate through Triton with the native decoder's arguments.
+_DECODERS = {"qsgd_decode_into": "qsgd", "terngrad_decode_into": "terngrad",
+             "onebit_decode_into": "onebit", "sign_decode_into": "sign"}
+
+
+def decode(native_kernel, payload, numel, *args):
+    if not use_triton(payload):
+        return None
+    import torch
+    out = torch.empty(numel, dtype=torch.float32, device=payload.device)
+    family(_DECODERS[native_kernel.__name__]).decode_into(payload, out, *args)
+    return out
+
+
+def decode_to(native_kernel, payload, out, *args) -> bool:
+    if not use_triton(payload) or str(out.dtype) != "torch.float32" or not out.is_contiguous():
+        return False
+    family(_DECODERS[native_kernel.__name__]).decode_into(payload, out, *args)
+    return True
+
+
+def aggregate(native_kernel, payloads, numel, *args):
+    if not payloads or not use_triton(payloads[0]):
+        return None
+    from hvd_compress.torch.kernels.common import aggregate as run
+    return run(family(_DECODERS[native_kernel.__name__]).decode_into, payloads, numel, payloads[0].device, *args)
