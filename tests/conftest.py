@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # the guard at the bottom fails any unmarked test that starts a launcher, so none is missed.
 MP_MODULES = {
     "test_ddp", "test_horovod", "test_horovod_edge_cases", "test_linear_mp", "test_qbroadcast",
-    "test_ray_train", "test_swarm", "test_tf_horovod", "test_tf_linear_mp",
+    "test_ray_train", "test_swarm", "test_tf_horovod", "test_tf_linear_mp", "test_cluster_mp",
 }
 MP_TESTS = {
     "test_bench_cli::test_step_smoke_two_workers_tiny_model",        # `bench step`: 2 workers in netns
