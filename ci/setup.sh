@@ -31,6 +31,13 @@ if ! command -v mpicxx >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-g
    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libopenmpi-dev openmpi-bin >/dev/null 2>&1; }) ||
     log "OpenMPI install failed; continuing with Gloo only"
 fi
+# openssh (optional): sshd per emulated host for the multi-host tests (hvd_compress/bench/cluster.py)
+if [ ! -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  log "installing openssh-server openssh-client (emulated cluster tests)"
+  (apt-get install -y -q openssh-server openssh-client >/dev/null 2>&1 ||
+   { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server openssh-client >/dev/null 2>&1; }) ||
+    log "openssh install failed; the emulated-cluster tests will be skipped"
+fi
 if ! command -v cmake >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get install -y -q cmake >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q cmake; }
 fi

@@ -47,9 +47,9 @@ def _collect(out_dir: Path, np_: int, proc: subprocess.CompletedProcess):
     return results
 
 
-def _run(cmd, np_, out_dir, timeout, expect_ok=True):
+def _run(cmd, np_, out_dir, timeout, expect_ok=True, env=None):
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=str(ROOT))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or _env(), cwd=str(ROOT))
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"")
         out = out.decode() if isinstance(out, bytes) else out
@@ -75,6 +75,17 @@ def horovodrun(np_: int, script: str, *args: str, timeout: float = 300, mpi: boo
         cmd += ["--gloo"]
     cmd += [PYTHON, str(ROOT / script), "--out", str(out), *args]
     return _run(cmd, np_, out, timeout)
+
+
+def cluster_horovodrun(cluster, per_host: int, script: str, *args: str, timeout: float = 300,
+                       out_dir: "str | None" = None):
+    """``horovodrun -H host1:P,host2:P --gloo`` launched inside host1 of an
+    ``hvd_compress.bench.cluster.EmulatedCluster``: the other hosts' ranks start over ssh."""
+    out = Path(out_dir or tempfile.mkdtemp(prefix="hvdc-test-"))
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = cluster.command(cluster.hosts[0], [str(BIN / "horovodrun"), *cluster.horovodrun_args(per_host),
+                                             PYTHON, str(ROOT / script), "--out", str(out), *args])
+    return _run(cmd, per_host * len(cluster.hosts), out, timeout, env=cluster.env(_env()))
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ def available():
     return names
 
 
-HELPERS = {"reference", "common", "netns", "plots"}
+HELPERS = {"reference", "common", "netns", "plots", "cluster", "step_hosts"}
 
 
 def usage() -> str:

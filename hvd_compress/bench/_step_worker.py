@@ -77,6 +77,31 @@ def read_tx(iface: str) -> int:
     return int(Path(f"/sys/class/net/{iface}/statistics/tx_bytes").read_text())
 
 
+def inter_host_bytes(hvd, torch, args, my_delta: int, spec: str) -> float:
+    """Bytes per step that crossed hosts: each host's first rank contributes its eth0 tx delta."""
+    mine = float(my_delta) if hvd.local_rank() == 0 else 0.0
+    total = hvd.allreduce(torch.tensor([mine], dtype=torch.float64), op=hvd.Sum, name=f"bench.inter.{spec}")
+    return float(total) / args.steps
+
+
+def nominal_inter_host(compression, model, size: int, local_size: int, stats: dict, steps: int):
+    """What the exchange patterns predict (``bench.cluster.inter_host_factor``); ``None`` for codecs
+    with their own exchange or mixed patterns."""
+    from hvd_compress.bench.cluster import inter_host_factor
+    hosts = size // local_size
+    params = [p for p in model.parameters()]
+    if not hasattr(compression, "pattern"):  # Horovod's none/fp16: one ring allreduce
+        width = 4 if compression.__name__.endswith("NoneCompressor") else 2
+        return inter_host_factor("allreduce", hosts, local_size) * width * sum(p.numel() for p in params)
+    patterns = {compression.pattern(size, p.numel()) for p in params if p.dim() >= 2}
+    from hvd_compress.torch.codecs.base import Codec
+    if len(patterns) != 1 or type(compression).custom_exchange is not Codec.custom_exchange:
+        return None
+    (pattern,) = patterns
+    return sum(inter_host_factor("allreduce" if d == "uncompressed" else pattern, hosts, local_size)
+               * r["payload_bytes"] / steps for d, r in stats.items())
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -89,6 +114,8 @@ def main(argv=None):
     ap.add_argument("--iface", default="lo")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-host-counter", action="store_true",
+                    help="emulated cluster: sum the first rank of each host's --iface counter (inter-host bytes)")
     args = ap.parse_args(argv)
 
     import torch
@@ -162,6 +189,7 @@ def main(argv=None):
             st.append(split[1])
         barrier()
         tx1 = read_tx(args.iface)
+        inter_host = inter_host_bytes(hvd, torch, args, tx1 - tx0, spec) if args.per_host_counter else None
         codec_s = (timer.total / args.steps) if timer is not None else None
         stats = hc.wire_stats()
         if spec in ("none", "hvd-fp16"):
@@ -191,6 +219,10 @@ def main(argv=None):
                 "compute_time_s": compute, "params": params, "world_size": size,
                 "model": args.model, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
             }
+            if inter_host is not None:
+                result.update(inter_host_bytes_per_step=inter_host, local_size=hvd.local_size(),
+                              nominal_inter_host_bytes_per_step=nominal_inter_host(compression, model, size,
+                                                                                   hvd.local_size(), stats, args.steps))
             out.mkdir(parents=True, exist_ok=True)
             (out / f"row.{len(list(out.glob('row.*.json'))):02d}.json").write_text(json.dumps(result))
             print(f"[bench step] {label:<40} {step_s * 1000:9.1f} ms/step  "

@@ -71,9 +71,18 @@ def check_available() -> None:
 
 
 _LIVE: List[str] = []
+LIVE = _LIVE  # namespaces to delete at exit/signal (bench.cluster appends its own)
+_CALLBACKS: List = []
+
+
+def on_cleanup(fn) -> None:
+    """Also call ``fn()`` at exit or on a signal, before the namespaces are deleted."""
+    _CALLBACKS.append(fn)
 
 
 def _cleanup_all(*_):
+    for fn in list(_CALLBACKS):
+        fn()
     for name in list(_LIVE):
         _delete(name)
 
@@ -87,6 +96,13 @@ def _delete(name: str) -> None:
 
 
 _HOOKED = False
+
+
+def tbf_args(rate_bits: float, latency_ms: float = 200.0) -> List[str]:
+    """``tbf rate RATE burst B latency L``: ``burst`` 4 ms of traffic (at least 256 KiB, more than
+    one 64 KiB GSO packet); queue up to ``latency_ms`` of traffic."""
+    burst = max(256 * 1024, int(rate_bits / 8 * 0.004))
+    return ["tbf", "rate", f"{int(rate_bits)}bit", "burst", str(burst), "latency", f"{latency_ms:g}ms"]
 
 
 def _install_cleanup():
@@ -148,10 +164,8 @@ class ShapedNamespace:
         """Token bucket on lo: ``rate``; ``burst`` 4 ms of traffic (at least 256 KiB, more than
         one 64 KiB loopback packet); queue up to ``latency_ms`` of traffic."""
         self.rate_bits = rate_bits
-        burst = max(256 * 1024, int(rate_bits / 8 * 0.004))
         verb = "add" if add else "change"
-        args = [self.tc, "-n", self.name, "qdisc", verb, "dev", "lo", "root", "tbf",
-                "rate", f"{int(rate_bits)}bit", "burst", str(burst), "latency", f"{self.latency_ms:g}ms"]
+        args = [self.tc, "-n", self.name, "qdisc", verb, "dev", "lo", "root", *tbf_args(rate_bits, self.latency_ms)]
         self._run(*args)
         self.qdisc = self._run(self.tc, "-n", self.name, "qdisc", "show", "dev", "lo").strip()
 
@@ -165,6 +179,10 @@ class ShapedNamespace:
     def __exit__(self, *exc):
         _delete(self.name)
         return False
+
+
+delete = _delete
+install_cleanup = _install_cleanup
 
 
 def namespace_exists(name: str) -> bool:

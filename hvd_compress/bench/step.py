@@ -81,20 +81,29 @@ def horovodrun_path() -> str:
     return found
 
 
-def run_job(ns: ShapedNamespace, args, codecs: List[str], out_dir: Path) -> List[dict]:
+def run_job(ns: ShapedNamespace, args, codecs: List[str], out_dir: Path, cluster=None,
+            extra_env=None) -> List[dict]:
+    """One ``horovodrun`` over every codec: in ``ns`` (shaped lo), or across ``cluster``'s hosts."""
     worker = [sys.executable, "-m", "hvd_compress.bench._step_worker", "--out", str(out_dir),
               "--model", args.model, "--codecs", ";".join(codecs), "--warmup", str(args.warmup),
               "--steps", str(args.steps), "--batch", str(args.batch), "--iface", "lo",
               "--threads", str(args.threads)]
     if args.width:
         worker += ["--width", str(args.width)]
-    cmd = ns.command([horovodrun_path(), "-np", str(args.np), "--gloo", "--network-interface", "lo"] + worker)
+    if cluster is None:
+        cmd = ns.command([horovodrun_path(), "-np", str(args.np), "--gloo", "--network-interface", "lo"] + worker)
+    else:
+        worker += ["--iface", "eth0", "--per-host-counter"]
+        cmd = cluster.command("host1", [horovodrun_path(), *cluster.horovodrun_args(args.per_host)] + worker)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update({"HOROVOD_GLOO_IFACE": "lo", "OMP_NUM_THREADS": str(args.threads),
                 "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
     if args.thp:
         env["THP_MEM_ALLOC_ENABLE"] = "1"
+    if cluster is not None:
+        env = cluster.env(env)
+    env.update(extra_env or {})
     proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     tail: List[str] = []
@@ -212,6 +221,10 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--link", required=True, help="link rate, e.g. 1gbit; several: 1gbit,10gbit")
     ap.add_argument("--np", type=int, default=4, help="workers (default 4)")
+    ap.add_argument("--hosts", type=int, default=1,
+                    help="emulated hosts (netns + sshd each, bench/cluster.py); > 1: horovodrun -H over ssh, "
+                         "--link is each host's NIC, bytes counted between hosts")
+    ap.add_argument("--per-host", type=int, default=2, help="workers per host with --hosts (default 2)")
     ap.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
     ap.add_argument("--width", type=int, default=0, help="hidden width (mlp, default 4096) or channels (cnn, 64)")
     ap.add_argument("--codecs", default=None,
@@ -229,6 +242,8 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", help="write a PNG: step time against link rate (bars for one rate)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.hosts > 1:
+        args.np = args.hosts * args.per_host
     if args.np < 2:
         ap.error("--np must be >= 2")
     try:
@@ -242,6 +257,9 @@ def main(argv=None) -> int:
             if getattr(from_spec(c), "needs_reference", False):  # bad specs fail before any namespace exists
                 ap.error(f"{c!r} is a gossip codec (decodes against the receiver's model); benchmark it "
                          "with `python -m hvd_compress.bench swarm`")
+    if args.hosts > 1:
+        from hvd_compress.bench.step_hosts import main_hosts
+        return main_hosts(args, rates, codecs, argv)
     try:
         check_available()
     except NamespaceUnavailable as exc:
