@@ -7,6 +7,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Triton and TensorFlow both bundle LLVM: Triton imported after TensorFlow aborts the process, so
+# the session imports Triton first (hvd_compress.torch.kernels.backend refuses the other order).
+# Without a GPU the Triton kernels run under the interpreter; Triton reads this when it is imported.
+if not any(Path("/dev").glob("nvidia[0-9]*")):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+try:
+    import triton
+    import triton.language  # noqa: F401
+except ImportError:
+    pass
 
 # Markers. `pytest -m "not mp"` is the in-process suite (a couple of minutes); CI runs everything.
 #   mp:  the test runs a multi-worker job: horovodrun, torchrun, Ray, or several worker processes.

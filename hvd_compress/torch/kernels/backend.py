@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Optional
 
 BACKENDS = ("triton", "native", "plain")
@@ -43,6 +44,13 @@ def triton_unavailable() -> Optional[str]:
     """Why Triton cannot be used (``None`` when it imports)."""
     global _triton_checked, _triton_error
     if not _triton_checked:
+        if "triton" not in sys.modules and "tensorflow" in sys.modules:
+            # Both bundle LLVM: Triton imported after TensorFlow aborts the whole process ("LLVM
+            # ERROR: ... registered more than once"); imported before it, both load.
+            _triton_error = ("TensorFlow was imported before Triton, and Triton would abort the process "
+                             "(both bundle LLVM); import triton before tensorflow to use both")
+            _triton_checked = True
+            return _triton_error
         try:
             import triton
             import triton.language  # noqa: F401
