@@ -115,20 +115,28 @@ def summarize(rows: List[dict], target: float) -> None:
         r["bytes_vs_fp32"] = (r["bytes_per_step"] / fp32["bytes_per_step"]) if fp32 and fp32["bytes_per_step"] else None
 
 
+def row_name(row: dict) -> str:
+    """The codec's full description where it is short, else the spec string the user gave: a long
+    description (GradiVeQ lists ten knobs) would be cut where the rows differ."""
+    label = row["label"]
+    return label if len(label) <= 40 else row["codec"]
+
+
 def format_table(result: dict) -> str:
     rows = result["rows"]
-    head = (f"{'codec':<34} {'bits/v':>6} {'acc %':>7} {'vs fp32':>8} {'loss':>7} "
+    NAME_WIDTH = max([34] + [len(row_name(r)) for r in rows])
+    head = (f"{'codec':<{NAME_WIDTH}} {'bits/v':>6} {'acc %':>7} {'vs fp32':>8} {'loss':>7} "
             f"{'MB to target':>12} {'x fewer':>8} {'bytes':>6}  published (other tasks)")
     model = ("small CNN (conv 16-32-32, 8x8 inputs)" if result.get("model") == "cnn"
              else f"MLP 64-{result['hidden']}-{result['hidden']}-10")
     lines = [f"digits {model}, {result['np']} workers, "
-             f"{result['epochs']} epochs; target training loss {result['target_loss']}", head, "-" * 110]
+             f"{result['epochs']} epochs; target training loss {result['target_loss']}", head, "-" * (NAME_WIDTH + 76)]
     for r in rows:
         mb = f"{r['bits_to_target'] / 8e6:12.3f}" if r["bits_to_target"] else f"{'never':>12}"
         few = f"{r['fewer_bits_than_fp32']:7.1f}x" if r["fewer_bits_than_fp32"] else f"{'-':>8}"
         delta = f"{r['delta_points']:+7.2f}" if r["delta_points"] is not None else f"{'-':>7}"
         flag = "" if r["within_bar"] else " (!)"
-        lines.append(f"{r['label'][:34]:<34} {(r['bits_per_value'] or 0):6.2f} {100 * r['accuracy']:7.2f} "
+        lines.append(f"{row_name(r):<{NAME_WIDTH}} {(r['bits_per_value'] or 0):6.2f} {100 * r['accuracy']:7.2f} "
                      f"{delta:>8}{flag} {r['final_train_loss']:7.4f} {mb} {few} "
                      f"{(r.get('bytes_vs_fp32') or 0):5.2f}x  {r['published'][:70]}")
     lines.append("vs fp32: accuracy difference in points ((!): outside the project's bar of 1 point, 3 for "
