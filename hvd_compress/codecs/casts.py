@@ -53,11 +53,12 @@ class FP16(CodecSpec):
 
 
 def to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
-    """The bfloat16 bit patterns (uint16) of fp32 ``x``, rounded to nearest even; NaN becomes the
-    quiet NaN 0x7FC0 (torch's rule; TensorFlow keeps a negative NaN's sign: 0xFFC0)."""
+    """The bfloat16 bit patterns (uint16) of fp32 ``x``, rounded to nearest even; every NaN becomes
+    0xFFFF, what torch's CPU cast sends (the pinned definition). TensorFlow's cast sends 0x7FC0
+    instead: also a NaN, so both decode to NaN, but those two bytes differ."""
     u = np.ascontiguousarray(x, np.float32).view(np.uint32)
     rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
-    return np.where(np.isnan(x), np.uint32(0x7FC0), rounded).astype(np.uint16)
+    return np.where(np.isnan(x), np.uint32(0xFFFF), rounded).astype(np.uint16)
 
 
 @register_codec("bf16", builtin=True)
