@@ -1,10 +1,11 @@
 """Spec: the numpy references (:mod:`hvd_compress.codecs`) ARE the built-in wire formats.
 
-For every built-in codec, the torch plain path (``HVD_COMPRESS_NATIVE=0``), the torch native C
-kernels and the TensorFlow codec produce payloads byte-identical to the numpy reference for the
-same input and the same uniforms (``noise=``; TernGrad also gets the same shared ``scale``, which
-the exchange agrees on by allreduce-MAX), odd sizes included; each implementation decodes the
-reference's payloads to the reference's values, and the reference decodes theirs to their values.
+For every built-in codec, the torch plain path (``HVD_COMPRESS_NATIVE=0``), the native C kernels,
+the Triton kernels (under Triton's CPU interpreter here) and the TensorFlow codec produce payloads
+byte-identical to the numpy reference for the same input and the same uniforms (``noise=``;
+TernGrad also gets the same shared ``scale``, which the exchange agrees on by allreduce-MAX), odd
+sizes included; each implementation decodes the reference's payloads, and any valid payload, to
+the reference's values.
 
 Inputs (as in ``tests/test_tf_torch_wire.py``): a "grid" of multiples of 1/16 (every sum, mean and
 norm is exact in fp32 whatever the order), with zeros, -0.0 and an all-zero run, for every codec;
@@ -37,7 +38,11 @@ SUM_BASED = {"qsgd:bits=4,norm=l2", "onebit", "onebit:bucket_size=64", "efsign",
 # reach a framework codec (the exchange sends them uncompressed); the reference handles 0 too
 # (hvd_compress.testing.check_codec, below).
 SIZES = [1, 7, 9, 1001, 3001, 40_000]
-IMPLS = ["torch_plain", "torch_native", "tf"]
+IMPLS = ["torch_plain", "torch_native", "triton", "tf"]
+TORCH_IMPLS = ["torch_plain", "torch_native", "triton"]
+# Triton runs here under its CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a
+# GPU): about 1 s per 131k values, so it gets the small sizes only.
+TRITON_MAX = 4096
 # No reference: wrappers (doublesqueeze), multi-round reducers (gradiveq, powersgd), gossip (lattice).
 WITHOUT_REFERENCE = {"doublesqueeze", "gradiveq", "powersgd", "lattice"}
 
@@ -71,10 +76,19 @@ class Impl:
             self.tf, self.codec = tf, quantizer(hct.from_spec(spec))
             return
         from hvd_compress import _native
+        from hvd_compress.torch.kernels import backend
+        if impl == "triton":
+            if backend.triton_unavailable() is not None or not backend.interpreting():
+                pytest.skip("Triton kernels on CPU tensors need Triton and TRITON_INTERPRET=1 "
+                            "(the gpu-marked tests in tests/test_triton_kernels.py cover CUDA)")
+            monkeypatch.setenv("HVD_COMPRESS_BACKEND", "triton")
         monkeypatch.setenv("HVD_COMPRESS_NATIVE", "1" if impl == "torch_native" else "0")
         if impl == "torch_native" and _native.load() is None:
             pytest.skip(f"native kernels unavailable: {_native.unavailable_reason()}")
         self.codec = quantizer(hc.from_spec(spec))
+
+    def sizes(self, sizes):
+        return [n for n in sizes if self.impl != "triton" or n <= TRITON_MAX]
 
     def encode(self, x, noise, scale):
         kw = {}
@@ -136,7 +150,7 @@ def test_reference_settings_match_both_frameworks(spec):
 def test_payloads_identical_to_the_reference(spec, impl, monkeypatch):
     ref = hvd_compress.reference(spec)
     codec = Impl(impl, spec, monkeypatch)
-    for n in SIZES:
+    for n in codec.sizes(SIZES):
         inputs = [("grid", grid(n, n))] + ([("randn", randn(n, n))] if spec not in SUM_BASED else [])
         for kind, x in inputs:
             noise, scale = draws(ref, x)
@@ -153,7 +167,7 @@ def test_payloads_identical_to_the_reference(spec, impl, monkeypatch):
 def test_generic_inputs_codes_identical_scales_close(spec, impl, monkeypatch):
     ref = hvd_compress.reference(spec)
     codec = Impl(impl, spec, monkeypatch)
-    for n in (1001, 40_000):
+    for n in codec.sizes((1001, 40_000)):
         x = randn(n, 3)
         noise, scale = draws(ref, x)
         want, got = reference_encode(ref, x, noise, scale), codec.encode(x, noise, scale)
@@ -167,7 +181,7 @@ def test_generic_inputs_codes_identical_scales_close(spec, impl, monkeypatch):
             assert np.array_equal(codec.decode(payload, n), ref.decode(payload, n))
 
 
-@pytest.mark.parametrize("impl", ["torch_plain", "torch_native"])
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
 @pytest.mark.parametrize("spec", SPECS)
 def test_nonfinite_inputs_identical_to_the_reference(spec, impl, monkeypatch):
     """NaN and Inf reach the wire as the reference says (a NaN scale, never a finite lie). Torch
