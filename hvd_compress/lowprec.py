@@ -132,23 +132,28 @@ def scales_of(v: np.ndarray, bucket_size: Optional[int] = None) -> np.ndarray:
 
 def quantize(v: np.ndarray, bits: int, bucket_size: Optional[int] = None,
              rng: Optional[np.random.Generator] = None,
-             noise: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+             noise: Optional[np.ndarray] = None,
+             scales: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Stochastic rounding of ``v`` to the ``bits``-bit grid: ``(codes, scales)``.
 
-    ``codes`` are ``level + s`` in ``[0, 2s]`` (uint32), ``scales`` the per-bucket max-abs (fp32).
-    ``noise`` (uniform [0, 1) fp32, one per value) replaces ``rng`` to reproduce given draws.
-    The arithmetic mirrors :class:`hvd_compress.torch.QSGD` step by step in fp32, so both give the
-    same codes for the same draws.
+    ``codes`` are ``level + s`` in ``[0, 2s]`` (uint32), ``scales`` the per-bucket max-abs (fp32),
+    or the given ``scales`` (one fp32 per bucket: QSGD's L2 norms, see
+    :class:`hvd_compress.codecs.QSGD`). ``noise`` (uniform [0, 1) fp32, one per value) replaces
+    ``rng`` to reproduce given draws. The arithmetic mirrors :class:`hvd_compress.torch.QSGD`
+    step by step in fp32, so both give the same codes for the same draws.
     """
     _check_bits(bits)
     s = levels(bits)
     v = np.asarray(v, dtype=np.float32).reshape(-1)
     n = v.size
-    scales = scales_of(v, bucket_size)
+    scales = scales_of(v, bucket_size) if scales is None else np.asarray(scales, np.float32).reshape(-1)
     if n == 0:
         return np.zeros(0, np.uint32), scales
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        inv = np.where(scales > 0, np.float32(s) / scales, np.float32(0)).astype(np.float32)
+        # ``reciprocal(scale) * s``, not ``s / scale``: torch evaluates ``levels / scales`` so, and the
+        # two differ in the last bit for about a quarter of the scales (which can flip a code).
+        recip = (np.float32(1) / np.where(scales > 0, scales, np.float32(1))).astype(np.float32)
+        inv = np.where(scales > 0, recip * np.float32(s), np.float32(0)).astype(np.float32)
         y = (np.abs(_buckets(v, bucket_size)) * inv[:, None]).reshape(-1)[:n]
     if noise is None:
         rng = rng if rng is not None else np.random.default_rng()

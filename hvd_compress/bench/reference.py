@@ -7,6 +7,11 @@ packed, cache-blocked codecs in :mod:`hvd_compress.torch.codecs` are measured ag
 ``python -m hvd_compress.bench codecs``. They are not wire-compatible with the codecs (int8 codes
 travel 8 bits per value), and they are never used in training.
 
+They are *not* the wire-format definitions: those are the numpy references in
+:mod:`hvd_compress.codecs` (``hvd_compress.reference("qsgd:bits=4")``), which every kernel is
+tested against byte for byte. These stay torch ops on purpose: the benchmark measures what plain
+PyTorch costs on the same device, which a numpy alias would not.
+
 ``reference_for(codec)`` returns ``(encode, decode)`` closures for a codec object:
 ``encode(x, generator) -> payload`` (a tuple of tensors) and ``decode(payload, numel) -> tensor``.
 """

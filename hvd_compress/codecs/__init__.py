@@ -1,0 +1,30 @@
+"""The built-in codecs' wire formats, as numpy references (one file per codec family).
+
+Each class here is a registered :class:`hvd_compress.CodecSpec` whose ``encode(x, rng)`` /
+``decode(payload, numel)`` *is* the codec's wire format. The torch plain path, the native C
+kernels, the Triton kernels and the TensorFlow codecs are accelerations of these, tested byte for
+byte against them (``tests/test_reference_conformance.py``)::
+
+    import numpy as np, hvd_compress
+    q = hvd_compress.reference("qsgd:bits=4,bucket_size=512")      # hvd_compress.codecs.QSGD
+    payload = q.encode(np.ones(1000, np.float32), np.random.default_rng(0))
+    assert payload.size == q.payload_nbytes(1000) == 504
+
+Registered names (the same spec strings as ``hvd_compress.torch.from_spec``): ``none``, ``fp16``,
+``bf16``, ``qsgd``, ``terngrad``, ``onebit``, ``efsign``, ``signsgd``, ``topk``. For ``onebit``,
+``efsign`` and ``topk`` the format is the quantizer's: error feedback (and DoubleSqueeze) wrap a
+codec without changing its bytes. The multi-round reducers (PowerSGD, GradiVeQ) and the gossip
+codec (Lattice) have no single-payload format and no reference here.
+
+The frameworks build their own classes for these names; the references are what they are
+checked against, and what a host-side tool (a parameter server, a log inspector) can decode
+payloads with, numpy only. Importing this package imports no framework.
+"""
+from hvd_compress.codecs.casts import BF16, FP16, NoCompression
+from hvd_compress.codecs.onebit import OneBit
+from hvd_compress.codecs.qsgd import QSGD
+from hvd_compress.codecs.sign import ScaledSign, SignSGD
+from hvd_compress.codecs.terngrad import TernGrad
+from hvd_compress.codecs.topk import TopK
+
+__all__ = ["NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit", "ScaledSign", "SignSGD", "TopK"]
