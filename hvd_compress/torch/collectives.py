@@ -41,9 +41,19 @@ class HorovodCollectives:
         if not hvd.is_initialized():
             raise RuntimeError("hvd_compress: call hvd.init() before the first compressed step")
         self._kw = {} if process_set is None else {"process_set": process_set}
-        ps = process_set
-        self.rank = hvd.rank() if ps is None else ps.rank()
-        self.size = hvd.size() if ps is None else ps.size()
+        self._process_set = process_set
+
+    # Read live, not cached: under hvd.elastic a reset re-initializes Horovod with a new world
+    # (ranks renumbered, size changed) while the optimizer and its exchange live on.
+    @property
+    def rank(self) -> int:
+        ps = self._process_set
+        return self._hvd.rank() if ps is None else ps.rank()
+
+    @property
+    def size(self) -> int:
+        ps = self._process_set
+        return self._hvd.size() if ps is None else ps.size()
 
     def _op(self, op: str):
         return {"sum": self._hvd.Sum, "average": self._hvd.Average, "max": self._hvd.Max}[op]

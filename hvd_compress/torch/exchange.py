@@ -108,7 +108,7 @@ class Exchange:
     def __init__(self, codec: Codec, comm, label: Optional[str] = None, stats: WireStats = WIRE_STATS):
         self.codec, self.comm, self.stats = codec, comm, stats
         self.label = label or codec.describe()
-        self._checked = False
+        self._checked_world = None  # (size, rank) the agreement check last ran for
 
     # ---------------------------------------------------------------- config agreement
     def check_config(self) -> Generator:
@@ -116,12 +116,19 @@ class Exchange:
         yield from agree(self.comm, self.codec.fingerprint(), "hvdc.config_check",
                          "ranks use different compression settings",
                          "Construct the same codec with the same arguments on every rank.")
-        self._checked = True
+        self._checked_world = (self.comm.size, self.comm.rank)
 
     def ensure_checked(self) -> None:
-        """Blocking config agreement check, once, before the first exchange of this engine."""
-        if not self._checked:
+        """Blocking config agreement check before the first exchange of this engine, and again
+        whenever the world changed (an elastic reset: new size or rank) or after
+        :meth:`reset_world`, so a worker that joined with other settings fails clearly."""
+        if self._checked_world != (self.comm.size, self.comm.rank):
             drive({"hvdc.config_check": self.check_config()})
+
+    def reset_world(self) -> None:
+        """Forget the agreement check (chunk bounds and patterns are derived from ``comm.size``
+        at every exchange): the next exchange re-runs the check in the current world."""
+        self._checked_world = None
 
     # ---------------------------------------------------------------- one tensor
     def average(self, key: str, tensor: torch.Tensor, compress: Optional[bool] = None) -> Generator:

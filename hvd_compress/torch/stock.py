@@ -40,6 +40,14 @@ class StockEngine:
         self._hooked = set()
         self._warned_anonymous = False
 
+    def reset_world(self) -> None:
+        """After an elastic reset: drop exchanges left half-done by the failed step (their peers
+        are gone) and re-run the agreement check in the new world at the next step."""
+        self.driver = Driver()
+        self._results = {}
+        self._anonymous = 0
+        self.exchange.reset_world()
+
     # ------------------------------------------------------------------ naming
     def _identify(self, tensor):
         """(parameter name, Horovod optimizer) of the gradient ``tensor``, from the call stack."""

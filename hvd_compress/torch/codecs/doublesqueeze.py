@@ -27,6 +27,11 @@ class DoubleSqueeze(DoubleSqueezeFormat, Wrapper):
         options.setdefault("exchange", "reduce_scatter")
         super().__init__(inner, **options)
 
+    def worker_encode(self, x, key, bounds, draw, scale=None):
+        # the full length, so an elastic reset can re-cut the server residual to new chunks
+        self.state.setdefault("numel", {})[key] = x.numel()
+        return self.inner.worker_encode(x, key, bounds, draw, scale)
+
     def server_encode(self, mean, key, draw, owner, scale=None):
         residuals = self.state.setdefault("server_residual", {})
         e = residuals.get(key)
