@@ -40,6 +40,7 @@ class HorovodCollectives:
         self._hvd = hvd
         if not hvd.is_initialized():
             raise RuntimeError("hvd_compress: call hvd.init() before the first compressed step")
+        self.process_set = process_set
         self._kw = {} if process_set is None else {"process_set": process_set}
         ps = process_set
         self.rank = hvd.rank() if ps is None else ps.rank()
