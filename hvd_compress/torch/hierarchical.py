@@ -25,7 +25,8 @@ shard residuals start from zero.
 Process sets. Horovod needs them registered: run with ``HOROVOD_DYNAMIC_PROCESS_SETS=1`` (the
 exchange adds them on its first step, the same on every rank), or create them at ``hvd.init``
 (:func:`host_process_sets` lists the rank lists to pass as
-``hvd.init(process_sets=[hvd.ProcessSet(r) for r in ...])``); they are found and reused.
+``hvd.init(process_sets=[hvd.ProcessSet(r) for r in ...])``); they are found and reused. Without
+either, ``"auto"`` runs the flat exchange (with a warning) and ``True`` raises saying so.
 
 What is counted in :func:`hvd_compress.torch.wire_stats`: the cross-host leg under the codec's
 label (``sent_bytes`` per the cross-host collectives' sizes) and the two intra-host legs under
@@ -38,6 +39,8 @@ optimizer, and hosts with different numbers of ranks. ``"auto"`` runs the flat e
 """
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Dict, Generator, List, Optional, Tuple
 
 import torch
@@ -127,7 +130,36 @@ def resolve(codec: Codec, comm) -> bool:
                              "Use hierarchical='auto' (flat where it cannot run) or False.")
         return True
     hvd = comm._hvd
-    return reason is None and hvd.local_size() > 1 and hvd.cross_size() > 1
+    if reason is not None or hvd.local_size() <= 1 or hvd.cross_size() <= 1:
+        return False
+    if not _process_sets_available(hvd):
+        # the same answer on every rank (horovodrun forwards the environment; sets made at init
+        # are the same everywhere), so all ranks fall back alike
+        global _warned_no_sets
+        if not _warned_no_sets:
+            warnings.warn("hvd_compress: hierarchical='auto' runs the flat exchange: Horovod process sets are "
+                          "off. Run with HOROVOD_DYNAMIC_PROCESS_SETS=1 to average inside each host uncompressed "
+                          "and compress only the cross-host leg (or pass hierarchical=False to silence this).")
+            _warned_no_sets = True
+        return False
+    return True
+
+
+_warned_no_sets = False
+
+
+def _process_sets_available(hvd) -> bool:
+    """Whether the hierarchical process sets exist or can be added: dynamic process sets are on,
+    or the per-host sets were passed to ``hvd.init(process_sets=...)``."""
+    if os.environ.get("HOROVOD_DYNAMIC_PROCESS_SETS", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    from horovod.torch.mpi_ops import _basics
+    registered = {tuple(r) for r in _basics._get_process_set_ids_and_ranks().values()}
+    size, local = hvd.size(), hvd.local_size()
+    # placement host by host (horovodrun -H): host h holds ranks h*local .. (h+1)*local-1
+    hosts = {tuple(range(h * local, (h + 1) * local)) for h in range(size // local)}
+    positions = {tuple(range(i, size, local)) for i in range(local)}
+    return hosts <= registered and positions <= registered
 
 
 class HierarchicalExchange(Exchange):
