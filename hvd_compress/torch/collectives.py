@@ -53,6 +53,12 @@ class HorovodCollectives:
         h = self._hvd.allreduce_async(tensor, name=name, op=self._op(op), **self._kw)
         return Pending(lambda: self._hvd.synchronize(h))
 
+    def reducescatter_async(self, tensor: torch.Tensor, name: str, op: str = "average") -> Pending:
+        """Reduce over the ranks and give rank ``i`` the ``i``-th block of the first dimension
+        (Horovod splits it as evenly as it can; pass ``size`` rows for one row per rank)."""
+        h = self._hvd.reducescatter_async(tensor, name=name, op=self._op(op), **self._kw)
+        return Pending(lambda: self._hvd.synchronize(h))
+
     def alltoall_async(self, tensor: torch.Tensor, splits: Sequence[int], name: str) -> Pending:
         h = self._hvd.alltoall_async(tensor, splits=torch.tensor(list(splits), dtype=torch.int32),
                                      name=name, **self._kw)
