@@ -5,9 +5,9 @@ are much faster than the network between hosts, so only the cross-host leg is wo
 With ``hierarchical=True`` (or ``"auto"`` where a host holds several ranks and there are several
 hosts) a compressed tensor of ``n`` values goes through three legs:
 
-1. **inside the host, uncompressed**: an fp32 reduce-scatter (average) over the host's ranks (a
-   Horovod process set per host): the rank at position ``i`` of its host gets the host average of
-   shard ``i`` of ``chunk_bounds(n, local_size, codec.alignment())``.
+1. **inside the host, uncompressed**: an fp32 allreduce (average) over the host's ranks (a Horovod
+   process set per host). Every local rank then takes its shard: ``chunk_bounds(n, local_size,
+   codec.alignment())``, shard ``i`` for the rank at position ``i`` of its host.
 2. **across hosts, compressed**: shard ``i`` goes through the codec's ordinary exchange
    (:meth:`Exchange.average_compressed`: allgather or reduce-scatter, error feedback, shared
    scales) among the ranks holding shard ``i`` on every host (one Horovod process set per local
@@ -45,7 +45,7 @@ from typing import Dict, Generator, List, Optional, Tuple
 
 import torch
 
-from hvd_compress.common import chunk_bounds
+from hvd_compress.common import chunk_bounds, ring_allreduce_bytes
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.collectives import HorovodCollectives
 from hvd_compress.torch.exchange import WIRE_STATS, Exchange, WireStats, agree
@@ -212,20 +212,14 @@ class HierarchicalExchange(Exchange):
         shape, dtype = tensor.shape, tensor.dtype
         flat = tensor.detach().reshape(-1).to(torch.float32).contiguous()
         n, local_n = flat.numel(), self.local_size
-        bounds = chunk_bounds(n, local_n, self.codec.alignment())
-        width = max(b - a for a, b in bounds)
-        # a reduce-scatter (half an allreduce's intra-host bytes): one zero-padded row per shard,
-        # so Horovod's even split of the first dimension hands position i exactly shard i
-        rows = flat.new_zeros(local_n, width)
-        for i, (a, b) in enumerate(bounds):
-            rows[i, :b - a] = flat[a:b]
-        host_mean = yield self.local.reducescatter_async(rows, name=f"hvdc.{key}.host_rs", op="average")
-        lo, hi = bounds[self.position]
-        shard = host_mean.reshape(-1)[:hi - lo].contiguous()
+        host_mean = yield self.local.allreduce_async(flat, name=f"hvdc.{key}.host", op="average")
+        lo, hi = chunk_bounds(n, local_n, self.codec.alignment())[self.position]
+        shard = host_mean[lo:hi].contiguous()
         if hi > lo:
             shard = yield from self.cross.average_compressed(self.shard_key(key), shard)
         whole = yield self.local.allgather_async(shard.contiguous(), name=f"hvdc.{key}.host_ag")
-        self.stats.add(INTRA_HOST, 0, 4 * n, 4 * (local_n - 1) * width + 4 * n * (local_n - 1) / local_n, tensors=0)
+        self.stats.add(INTRA_HOST, 0, 4 * n, ring_allreduce_bytes(4 * n, local_n) + 4 * n * (local_n - 1) / local_n,
+                       tensors=0)
         out = whole.view(shape).to(dtype)
         self.check_finite(key, tensor, out)  # the whole tensor, alike on every rank
         return out
