@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Dict, List, Tuple
 
 EXCHANGES = ("auto", "allgather", "reduce_scatter")
 NONFINITE_POLICIES = ("raise", "propagate")
-COMMON_OPTIONS = ("min_numel", "compress_1d", "exchange", "nonfinite", "seed")
+COMMON_OPTIONS = ("min_numel", "compress_1d", "exchange", "nonfinite", "seed", "hierarchical")
+HIERARCHICAL_MODES = ("auto", True, False)
 FIXED_WIDTHS = (1, 2, 4, 8)
 UNCOMPRESSED = "uncompressed"
 
@@ -138,6 +139,12 @@ class CodecConfig:
       reduce-scatter + allgather from 3), ``"allgather"`` or ``"reduce_scatter"``.
     * ``nonfinite``: ``"raise"`` (default) or ``"propagate"`` (see the frameworks' docs).
     * ``seed`` (default 0): base of the stochastic-rounding streams.
+    * ``hierarchical`` (default ``"auto"``): topology-aware exchange (torch Horovod frontends,
+      :mod:`hvd_compress.torch.hierarchical`): average inside each host uncompressed, run the
+      compressed exchange across hosts on a 1/local_size shard per local rank, allgather inside
+      the host. ``"auto"`` turns it on where a host holds several ranks and there are several
+      hosts; ``True`` forces it (clear error where it cannot run); ``False`` keeps the flat
+      exchange among all ranks. It changes who exchanges which payload, not the payload format.
     """
 
     name: ClassVar[str] = "codec"
@@ -147,7 +154,12 @@ class CodecConfig:
     shared_scale: ClassVar[bool] = False  # one scale agreed by allreduce-MAX before encoding
 
     def __init__(self, *, min_numel: int = 1024, compress_1d: bool = False,
-                 exchange: str = "auto", nonfinite: str = "raise", seed: int = 0):
+                 exchange: str = "auto", nonfinite: str = "raise", seed: int = 0,
+                 hierarchical="auto"):
+        if isinstance(hierarchical, str) and hierarchical.strip().lower() in ("true", "false", "auto"):
+            hierarchical = {"true": True, "false": False, "auto": "auto"}[hierarchical.strip().lower()]
+        if not any(hierarchical is m or (isinstance(m, str) and hierarchical == m) for m in HIERARCHICAL_MODES):
+            raise ValueError(f"hierarchical must be 'auto', True or False, got {hierarchical!r}")
         if exchange not in EXCHANGES:
             raise ValueError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
         if nonfinite not in NONFINITE_POLICIES:
@@ -159,14 +171,18 @@ class CodecConfig:
         self.exchange = exchange
         self.nonfinite = nonfinite
         self.seed = int(seed)
+        self.hierarchical = hierarchical
 
     def params(self) -> Dict[str, Any]:
         """The codec-specific settings (what ``from_spec`` accepts besides the common options)."""
         return {}
 
     def options(self) -> Dict[str, Any]:
-        return {"min_numel": self.min_numel, "compress_1d": self.compress_1d,
+        opts = {"min_numel": self.min_numel, "compress_1d": self.compress_1d,
                 "exchange": self.exchange, "nonfinite": self.nonfinite, "seed": self.seed}
+        if self.hierarchical != "auto":  # the default stays out, so existing fingerprints are unchanged
+            opts["hierarchical"] = self.hierarchical
+        return opts
 
     def describe(self) -> str:
         """Canonical description: every setting that changes the bytes on the wire."""

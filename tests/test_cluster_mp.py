@@ -9,7 +9,12 @@ we check, per codec:
 * the bytes that left the hosts' eth0 (kernel counters on the inter-host veths) within 10% of the
   nominal inter-host bytes of the codec's exchange pattern (``inter_host_factor``), after
   subtracting Horovod's idle control-plane traffic measured in the same job. Bytes are counted on
-  a wider MLP (hidden 1024, 2 epochs), where payloads outweigh per-message overhead.
+  a wider MLP (hidden 1024, 2 epochs), where payloads outweigh per-message overhead;
+* hierarchical compression (``hierarchical=true``: fp32 average inside the host, compressed
+  exchange of a 1/2 shard across hosts, allgather inside the host; onebit through the stock
+  ``hvd.DistributedOptimizer``, QSGD-4 through ``hc.DistributedOptimizer``) trains within 1 point
+  of fp32 with identical replicas, and its inter-host bytes are at most 0.6x flat compression's
+  (nominal 2 B vs 3.5 B per step for a B-byte payload: see ``test_hierarchical_...``).
 
 Needs root, ``ip netns``, tc and openssh-server; skipped with the reason otherwise.
 """
@@ -33,7 +38,11 @@ def _why_unavailable():
 
 pytestmark = pytest.mark.skipif(_why_unavailable() is not None, reason=f"no emulated cluster: {_why_unavailable()}")
 
-CODECS = ["fp32", "onebit", "qsgd:bits=4", "topk:ratio=0.05"]
+# flat rows say hierarchical=false: with dynamic process sets on, "auto" would make them hierarchical
+CODECS = ["fp32", "onebit:hierarchical=false", "qsgd:bits=4,hierarchical=false", "topk:ratio=0.05,hierarchical=false",
+          "onebit:hierarchical=true", "qsgd:bits=4,hierarchical=true@ours"]
+HIERARCHICAL_VS_FLAT = {"onebit:hierarchical=true": "onebit:hierarchical=false",
+                        "qsgd:bits=4,hierarchical=true@ours": "qsgd:bits=4,hierarchical=false"}
 # Horovod's background loop cycles every HOROVOD_CYCLE_TIME ms even when idle; 10 ms (default 1)
 # keeps its control traffic well below the compressed codecs' few hundred KB per step
 CYCLE_MS = "10"
@@ -43,12 +52,13 @@ CYCLE_MS = "10"
 def job():
     with EmulatedCluster(hosts=2, link="1gbit") as cluster:
         os.environ["HOROVOD_CYCLE_TIME"] = CYCLE_MS
+        os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"] = "1"  # the hierarchical rows add per-host process sets
         try:
             results = cluster_horovodrun(cluster, 2, "tests/mp/cluster_train.py", "--codecs", ",".join(CODECS),
                                          "--epochs", "16", "--bytes-hidden", "1024", "--bytes-epochs", "2",
                                          timeout=600)
         finally:
-            del os.environ["HOROVOD_CYCLE_TIME"]
+            del os.environ["HOROVOD_CYCLE_TIME"], os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"]
     return results
 
 
@@ -93,6 +103,14 @@ def _nominal_inter_host_bytes(row):
     steps = row["steps"]
     if row["codec"] == "fp32":
         per_step = inter_host_factor("allreduce", 2, 2) * row["bytes_per_step"] / (2 * 3 / 4)
+    elif row["hierarchical"]:
+        # uncompressed tensors: the flat fp32 ring over all 4 ranks; the compressed shard (this
+        # rank's payload): its pattern among the 2 ranks of one local position, one per host, and
+        # both local positions cross; the intra-host legs never leave the host
+        (pattern,) = row["patterns"]
+        factors = {"uncompressed": inter_host_factor("allreduce", 2, 2), "intra-host (fp32)": 0.0}
+        per_step = sum(factors.get(describe, 2 * inter_host_factor(pattern, 2, 1)) * stats["payload_bytes"] / steps
+                       for describe, stats in row["wire_stats"].items())
     else:
         (pattern,) = row["patterns"]
         per_step = sum(inter_host_factor("allreduce" if describe == "uncompressed" else pattern, 2, 2)
@@ -100,13 +118,35 @@ def _nominal_inter_host_bytes(row):
     return per_step * row["counted_steps"]
 
 
+def _measured_inter_host_bytes(job, i):
+    """Bytes that left both hosts' eth0 during byte row ``i``, idle control plane subtracted."""
+    leaders = [r for r in job.values() if r["local_rank"] == 0]  # one counter reader per host
+    return sum(r["byte_rows"][i]["host_tx_bytes"] - r["idle_tx_bytes_per_s"] * r["byte_rows"][i]["counted_seconds"]
+               for r in leaders)
+
+
 def test_inter_host_bytes_on_the_veths_within_10_percent_of_nominal(job):
     leaders = [r for r in job.values() if r["local_rank"] == 0]  # one counter reader per host
     idle_rate = sum(r["idle_tx_bytes_per_s"] for r in leaders)
     for i, row in enumerate(job[0]["byte_rows"]):
-        measured = sum(r["byte_rows"][i]["host_tx_bytes"] - r["idle_tx_bytes_per_s"] * r["byte_rows"][i]["counted_seconds"]
-                       for r in leaders)
+        if row.get("hierarchical"):  # compared with flat compression below; its per-set control
+            continue                 # traffic crosses hosts on top of the idle rate measured here
+        measured = _measured_inter_host_bytes(job, i)
         nominal = _nominal_inter_host_bytes(row)
         assert measured == pytest.approx(nominal, rel=0.10), (
             f"{row['codec']}: measured {measured / 1e6:.2f} MB vs nominal {nominal / 1e6:.2f} MB "
             f"(idle control plane {idle_rate / 1e3:.0f} KB/s subtracted)")
+
+
+def test_hierarchical_compression_crosses_hosts_with_at_most_0_6x_flat_bytes(job):
+    """At 2 hosts x 2 ranks and a B-byte payload, flat compression (reduce-scatter over 4 ranks)
+    moves 3.5 B across hosts per step (2 B of alltoall chunks + 1.5 B of ring allgather); the
+    hierarchical exchange moves 2 B (each host sends its host's compressed tensor once, as two
+    B/2 shards). 2 B is also the least any exchange that sends the other host one B-byte
+    compressed tensor can move, so the ratio is 4/7 = 0.571 at 2 ranks per host (it falls as
+    ranks per host grow: ``inter_host_factor``)."""
+    index = {row["codec"]: i for i, row in enumerate(job[0]["byte_rows"])}
+    for hier, flat in HIERARCHICAL_VS_FLAT.items():
+        h, f = _measured_inter_host_bytes(job, index[hier]), _measured_inter_host_bytes(job, index[flat])
+        assert h <= 0.6 * f, f"{hier}: {h / 1e6:.2f} MB across hosts vs flat {f / 1e6:.2f} MB ({h / f:.3f}x)"
+        assert job[0]["byte_rows"][index[hier]]["hierarchical"] and not job[0]["byte_rows"][index[flat]]["hierarchical"]

@@ -97,6 +97,17 @@ def nominal_inter_host(compression, model, size: int, local_size: int, stats: di
     from hvd_compress.torch.codecs.base import Codec
     if len(patterns) != 1 or type(compression).custom_exchange is not Codec.custom_exchange:
         return None
+    if getattr(compression, "hierarchical", False) is True:
+        # each local position's shard crosses among the hosts' ranks at that position (one per
+        # host); the intra-host legs stay inside; uncompressed tensors take the flat fp32 ring
+        from hvd_compress.torch.hierarchical import INTRA_HOST
+        shard_patterns = {compression.pattern(hosts, p.numel() // local_size) for p in params if p.dim() >= 2}
+        if len(shard_patterns) != 1:
+            return None
+        (pattern,) = shard_patterns
+        factors = {"uncompressed": inter_host_factor("allreduce", hosts, local_size), INTRA_HOST: 0.0}
+        return sum(factors.get(d, local_size * inter_host_factor(pattern, hosts, 1)) * r["payload_bytes"] / steps
+                   for d, r in stats.items())
     (pattern,) = patterns
     return sum(inter_host_factor("allreduce" if d == "uncompressed" else pattern, hosts, local_size)
                * r["payload_bytes"] / steps for d, r in stats.items())

@@ -7,7 +7,11 @@ own unshaped ``lo``. Per codec one row ``{"codec", "hierarchical", "step_time_s"
 
 * ``none`` / ``hvd-fp16``: Horovod's fp32 and fp16 ring allreduce (``hierarchical: false``);
 * ``none`` with ``hierarchical: "horovod"``: a second job with ``HOROVOD_HIERARCHICAL_ALLREDUCE=1``;
-* hvd_compress codecs, flat (``hierarchical: false``): one compressed exchange among all ranks.
+* hvd_compress codecs, flat (``hierarchical: false``): one compressed exchange among all ranks;
+* the same codecs with ``hierarchical: true`` (``hvd_compress.torch.hierarchical``): fp32 average
+  inside each host, the compressed exchange of a ``1/per_host`` shard across hosts, allgather
+  inside the host (the first job runs with ``HOROVOD_DYNAMIC_PROCESS_SETS=1`` for its process sets).
+  A codec given with an explicit ``hierarchical=`` runs as given, once.
 
 ``inter_host_bytes_per_step`` is measured: the sum over hosts of eth0's tx counter over the timed
 steps (it includes Horovod's control plane, ~0.2-0.5 MB/s, negligible at the default 25M-parameter
@@ -30,6 +34,22 @@ from hvd_compress.bench.common import write_json
 from hvd_compress.bench.netns import NamespaceUnavailable
 
 HOST_DEFAULT_CODECS = ["onebit", "qsgd:bits=4", "topk:ratio=0.01"]
+
+
+def flat_and_hierarchical(spec: str) -> List[str]:
+    """``onebit`` -> ``["onebit:hierarchical=false", "onebit:hierarchical=true"]``; Horovod's own
+    baselines and specs that already say ``hierarchical=`` stay as they are."""
+    from hvd_compress.bench.step import BASELINES
+    if spec in BASELINES or "hierarchical=" in spec:
+        return [spec]
+    sep = "," if ":" in spec else ":"
+    return [f"{spec}{sep}hierarchical=false", f"{spec}{sep}hierarchical=true"]
+
+
+def codec_is_hierarchical(spec: str) -> bool:
+    """Whether the row's hvd_compress codec ran hierarchical (an explicit ``hierarchical=true``;
+    ``auto`` rows are flat unless they say so, since the bench sets the mode explicitly)."""
+    return "hierarchical=true" in spec.replace(" ", "").lower()
 
 
 def format_hosts_table(result: dict) -> str:
@@ -69,12 +89,13 @@ def main_hosts(args, rates, codecs: List[str], argv) -> int:
         return 2
     if args.codecs is None:
         codecs = BASELINES + HOST_DEFAULT_CODECS
-    codecs = [c for c in BASELINES if c not in codecs] + codecs
+    codecs = [c for c in BASELINES if c not in codecs] + [v for c in codecs for v in flat_and_hierarchical(c)]
     result = {"hosts": args.hosts, "per_host": args.per_host, "np": args.np, "model": args.model,
               "links": [r[0] for r in rates], "steps": args.steps, "warmup": args.warmup,
               "command": "python -m hvd_compress.bench step " + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": []}
-    jobs = [(codecs, {}, False), (["none"], {"HOROVOD_HIERARCHICAL_ALLREDUCE": "1"}, "horovod")]
+    jobs = [(codecs, {"HOROVOD_DYNAMIC_PROCESS_SETS": "1"}, False),
+            (["none"], {"HOROVOD_HIERARCHICAL_ALLREDUCE": "1"}, "horovod")]
     try:
         for text, _bits in rates:
             with EmulatedCluster(hosts=args.hosts, link=text) as cluster:
@@ -85,7 +106,7 @@ def main_hosts(args, rates, codecs: List[str], argv) -> int:
                     with tempfile.TemporaryDirectory(prefix="hvdc-step-") as tmp:
                         rows = run_job(None, args, job_codecs, Path(tmp), cluster=cluster, extra_env=env)
                     for r in rows:
-                        r.update({"link": text, "hierarchical": hierarchical})
+                        r.update({"link": text, "hierarchical": hierarchical or codec_is_hierarchical(r["codec"])})
                         if hierarchical:
                             r["label"] += " (HOROVOD_HIER.)"
                     result["rows"] += rows

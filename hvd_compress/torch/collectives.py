@@ -40,6 +40,7 @@ class HorovodCollectives:
         self._hvd = hvd
         if not hvd.is_initialized():
             raise RuntimeError("hvd_compress: call hvd.init() before the first compressed step")
+        self.process_set = process_set
         self._kw = {} if process_set is None else {"process_set": process_set}
         self._process_set = process_set
 
@@ -60,6 +61,12 @@ class HorovodCollectives:
 
     def allreduce_async(self, tensor: torch.Tensor, name: str, op: str = "average") -> Pending:
         h = self._hvd.allreduce_async(tensor, name=name, op=self._op(op), **self._kw)
+        return Pending(lambda: self._hvd.synchronize(h))
+
+    def reducescatter_async(self, tensor: torch.Tensor, name: str, op: str = "average") -> Pending:
+        """Reduce over the ranks and give rank ``i`` the ``i``-th block of the first dimension
+        (Horovod splits it as evenly as it can; pass ``size`` rows for one row per rank)."""
+        h = self._hvd.reducescatter_async(tensor, name=name, op=self._op(op), **self._kw)
         return Pending(lambda: self._hvd.synchronize(h))
 
     def alltoall_async(self, tensor: torch.Tensor, splits: Sequence[int], name: str) -> Pending:

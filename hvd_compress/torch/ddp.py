@@ -108,6 +108,10 @@ class DDPHookState:
                  named_parameters: Optional[Union[Iterable[Tuple[str, torch.nn.Parameter]], torch.nn.Module]] = None,
                  process_group=None, comm=None, overlap: bool = True):
         self.codec = from_spec(codec)
+        if self.codec.hierarchical is True:
+            # "auto" runs the flat exchange in the hook; an explicit request must not be silently ignored
+            raise ValueError("hvd_compress: hierarchical=True is implemented for the Horovod torch frontends, "
+                             "not yet for the DDP comm hook; use hierarchical='auto' or False here")
         self.process_group = process_group
         self.iteration = 0
         self._names: Optional[Dict[int, str]] = None

@@ -105,6 +105,8 @@ def agree(comm, text: str, name: str, problem: str, fix: str) -> Generator:
 class Exchange:
     """Runs one codec's exchange for named tensors over a collectives backend."""
 
+    hierarchical = False  # HierarchicalExchange (hvd_compress.torch.hierarchical) says True
+
     def __init__(self, codec: Codec, comm, label: Optional[str] = None, stats: WireStats = WIRE_STATS):
         self.codec, self.comm, self.stats = codec, comm, stats
         self.label = label or codec.describe()
@@ -135,7 +137,7 @@ class Exchange:
         """Generator: yields collectives, returns the average of ``tensor`` over ranks, with the
         shape and dtype of ``tensor``. ``compress=None`` lets the codec decide
         (:meth:`Codec.should_compress`); ``False`` forces the plain allreduce."""
-        codec, comm = self.codec, self.comm
+        codec = self.codec
         shape, dtype = tensor.shape, tensor.dtype
         if tensor.numel() == 0:
             return tensor.detach().clone()
@@ -145,23 +147,33 @@ class Exchange:
         if not compress:
             out = yield from self._allreduce_plain(key, flat)
         else:
-            flat = flat.to(torch.float32).contiguous()
-            pattern = codec.pattern(comm.size, flat.numel())
-            custom = codec.custom_exchange(self, key, flat, shape)
-            if custom is not None:
-                out = yield from custom
-            elif pattern == "allreduce":
-                out = yield from self._allreduce_summable(key, flat)
-            else:
-                out = yield from self._compressed(key, flat, pattern)
+            out = yield from self.average_compressed(key, flat.to(torch.float32).contiguous(), shape)
         out = out.view(shape).to(dtype)
-        if codec.nonfinite == "raise" and tensor.dtype.is_floating_point \
+        self.check_finite(key, tensor, out)
+        return out
+
+    def average_compressed(self, key: str, flat: torch.Tensor, shape: Optional[torch.Size] = None) -> Generator:
+        """Generator: the codec's compressed exchange of the flat fp32 ``flat`` over ``self.comm``;
+        returns the flat fp32 average. No non-finite check (callers that run it on a part of a
+        tensor, as the hierarchical exchange does, check the whole result on every rank alike)."""
+        codec = self.codec
+        pattern = codec.pattern(self.comm.size, flat.numel())
+        custom = codec.custom_exchange(self, key, flat, shape if shape is not None else flat.shape)
+        if custom is not None:
+            return (yield from custom)
+        if pattern == "allreduce":
+            return (yield from self._allreduce_summable(key, flat))
+        return (yield from self._compressed(key, flat, pattern))
+
+    def check_finite(self, key: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
+        """``FloatingPointError`` naming ``key`` if the averaged ``out`` holds NaN/Inf (every rank
+        holds the same ``out``, so every rank raises alike) unless the codec propagates them."""
+        if self.codec.nonfinite == "raise" and tensor.dtype.is_floating_point \
                 and not torch.isfinite(out).all():
             raise FloatingPointError(
                 f"hvd_compress: gradient '{key}' holds NaN or Inf on at least one rank "
                 f"(codec {self.label}). Fix the loss or learning rate, or pass nonfinite='propagate' "
                 f"to the codec to let non-finite values through (e.g. for AMP's GradScaler).")
-        return out
 
     def _allreduce_plain(self, key, flat):
         n = flat.numel()

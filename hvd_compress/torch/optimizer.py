@@ -7,7 +7,8 @@ import torch
 
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.collectives import HorovodCollectives
-from hvd_compress.torch.exchange import Driver, Exchange
+from hvd_compress.torch.exchange import Driver
+from hvd_compress.torch.hierarchical import make_exchange
 from hvd_compress.torch.spec import from_spec
 from hvd_compress.torch.wrapped import WrappedOptimizer
 
@@ -62,7 +63,7 @@ class DistributedOptimizer(WrappedOptimizer):
         # A fixed order (sorted by name) so every rank fuses and exchanges the same way.
         self._params = sorted(((by_id[id(p)], p) for p in params if p.requires_grad), key=lambda t: t[0])
         self.comm = comm if comm is not None else HorovodCollectives(process_set)
-        self.exchange = Exchange(self.codec, self.comm)
+        self.exchange = make_exchange(self.codec, self.comm)  # flat, or hierarchical (codec.hierarchical)
 
     def __repr__(self):
         return f"hvd_compress.DistributedOptimizer({self.optimizer!r}, compression={self.codec})"

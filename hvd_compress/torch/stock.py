@@ -24,7 +24,8 @@ import warnings
 import torch
 
 from hvd_compress.torch.collectives import HorovodCollectives
-from hvd_compress.torch.exchange import UNCOMPRESSED, WIRE_STATS, Driver, Exchange, _ring_allreduce_bytes
+from hvd_compress.torch.exchange import UNCOMPRESSED, WIRE_STATS, Driver, _ring_allreduce_bytes
+from hvd_compress.torch.hierarchical import make_exchange
 
 STATE_KEY = "hvd_compress"
 
@@ -33,7 +34,7 @@ class StockEngine:
     def __init__(self, codec):
         self.codec = codec
         self.comm = HorovodCollectives()
-        self.exchange = Exchange(codec, self.comm)
+        self.exchange = make_exchange(codec, self.comm)  # flat, or hierarchical (codec.hierarchical)
         self.driver = Driver()
         self._results = {}  # finished exchanges of this step, until Horovod asks for each
         self._anonymous = 0
@@ -114,7 +115,7 @@ class StockEngine:
             WIRE_STATS.add(UNCOMPRESSED, tensor.numel(), nbytes,
                            _ring_allreduce_bytes(nbytes, self.comm.size))
             return send.contiguous(), ("plain", name, dtype)
-        if codec.summable:
+        if codec.summable and not self.exchange.hierarchical:  # hierarchical: our own three legs
             t = codec.to_summable(tensor.detach().reshape(-1).to(torch.float32)).view(tensor.shape)
             nbytes = t.numel() * t.element_size()
             WIRE_STATS.add(self.exchange.label, tensor.numel(), nbytes,

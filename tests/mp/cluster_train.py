@@ -3,6 +3,9 @@
 Usage (inside an EmulatedCluster, via horovodrun -H host1:2,host2:2 ... --network-interface eth0):
     python tests/mp/cluster_train.py --out DIR --codecs fp32,onebit,... [--epochs E] [--iface eth0]
 
+A codec name ending in ``@ours`` trains with ``hvd_compress.torch.DistributedOptimizer`` instead of
+the stock ``hvd.DistributedOptimizer(compression=codec)``.
+
 The first rank on each host (local_rank 0) reads its host's ``/sys/class/net/<iface>`` tx counter:
 first over an idle pause (Horovod's control plane alone), then after the first and the last epoch
 of every codec, so the initial broadcast and the final replica check are left out of the count.
@@ -49,19 +52,25 @@ data = load_digits_split(0)
 
 
 def train_all(hidden: int, epochs: int):
-    opts = types.SimpleNamespace(seed=0, hidden=hidden, lr=args.lr, batch_size=32, epochs=epochs, frontend="stock")
     rows = []
-    for name in split_codecs(args.codecs):
+    for entry in split_codecs(args.codecs):
+        name, _, frontend = entry.partition("@")
+        opts = types.SimpleNamespace(seed=0, hidden=hidden, lr=args.lr, batch_size=32, epochs=epochs,
+                                     frontend=frontend or "stock")
         marks = []  # (tx bytes, time) after every epoch
         row = train_one(name, data, opts, hvd, progress=lambda: marks.append((tx(), time.perf_counter())))
+        row.update({"codec": entry, "frontend": opts.frontend})
         (b0, s0), (b1, s1) = marks[0], marks[-1]
         row.update({"host_tx_bytes": b1 - b0, "counted_seconds": s1 - s0, "hidden": hidden,
                     "counted_steps": row["steps"] * (len(marks) - 1) // len(marks)})
         if name not in ("fp32", "hvd-fp16"):  # the exchange pattern of the compressed (weight) tensors
             codec = hc.from_spec(name)
-            row["patterns"] = sorted({codec.pattern(hvd.size(), p.numel()) for p in make_model(0, hidden).parameters()
-                                      if p.dim() == 2})
+            hier = codec.hierarchical is True  # the rows name it explicitly (flat rows: hierarchical=false)
+            ranks = hvd.cross_size() if hier else hvd.size()  # who runs the compressed exchange
+            row["patterns"] = sorted({codec.pattern(ranks, p.numel() // (hvd.local_size() if hier else 1))
+                                      for p in make_model(0, hidden).parameters() if p.dim() == 2})
             row["describe"] = codec.describe()
+            row["hierarchical"] = hier
         rows.append(row)
     return rows
 
