@@ -67,11 +67,34 @@ def tf_uniform(seed, n: int) -> np.ndarray:
     return out
 
 
+def to_numpy(t: tf.Tensor) -> np.ndarray:
+    """A read-only view of an eager CPU tensor's buffer (DLPack, no copy); ``Tensor.numpy()``
+    (a copy) where DLPack does not apply."""
+    if t.dtype in (tf.float32, tf.uint8) and t.device.endswith("CPU:0"):
+        try:
+            return np.from_dlpack(tf.experimental.dlpack.to_dlpack(t))
+        except Exception:  # any refusal: take the copying path
+            pass
+    return t.numpy()
+
+
+def to_tensor(a: np.ndarray) -> tf.Tensor:
+    """``a`` as an eager tensor sharing its buffer (DLPack; the tensor keeps ``a`` alive) when it is
+    64-byte aligned, as TF's allocator aligns; else a copy. The kernels' outputs are fresh arrays
+    nobody else writes."""
+    if a.ctypes.data % 64 == 0 and a.size:
+        try:
+            return tf.experimental.dlpack.from_dlpack(a.__dlpack__())
+        except Exception:  # any refusal: copy
+            pass
+    return tf.convert_to_tensor(a)
+
+
 def call(fn: Callable, inputs: Sequence[tf.Tensor], dtype, nelems: int) -> tf.Tensor:
     """``fn(*numpy_arrays)`` -> 1-D array of ``nelems`` ``dtype`` values, as a tensor: a direct call
     when executing eagerly, a ``tf.numpy_function`` node inside a graph (static shape set)."""
     if tf.executing_eagerly():
-        return tf.convert_to_tensor(fn(*[t.numpy() for t in inputs]))
+        return to_tensor(fn(*[to_numpy(t) for t in inputs]))
     out = tf.numpy_function(fn, list(inputs), dtype, stateful=False)
     out.set_shape([nelems])
     return out
