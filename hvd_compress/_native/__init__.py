@@ -147,6 +147,7 @@ def _declare(lib) -> None:
         "hvdc_onebit_decode": ([ptr, i64, i64, ptr, i32, f32, i32], i32),
         "hvdc_sign_encode": ([ptr, ptr, ptr, i64, ptr, i32], i32),
         "hvdc_sign_decode": ([ptr, i64, ptr, i32, f32, i32], i32),
+        "hvdc_tf_uniform": ([u64, u64, i64, ptr, i32], None),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)

@@ -1147,3 +1147,121 @@ API int hvdc_sign_decode(const uint8_t *payload, i64 n, float *out, int mode, fl
     }
     return 0;
 }
+
+/* ------------------------------------------------------------ TensorFlow's stateless uniforms */
+/* The uniforms `tf.random.stateless_uniform([n], seed=[s0, s1], dtype=float32)` draws on the CPU
+ * (Philox4x32-10, TF's StatelessRandomGetKeyCounter seed scrambling, 23-bit mantissa floats), so
+ * the TF codecs can run their stochastic rounding in the kernels and keep the exact noise of the
+ * TF ops (tested against TF in tests/test_tf_native.py). Value i takes word i % 4 of the block
+ * at counter + i / 4. */
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
+static inline void philox10(const uint32_t ctr_in[4], const uint32_t key_in[2], uint32_t out[4]) {
+    uint32_t c0 = ctr_in[0], c1 = ctr_in[1], c2 = ctr_in[2], c3 = ctr_in[3];
+    uint32_t k0 = key_in[0], k1 = key_in[1];
+    for (int r = 0; r < 10; r++) {
+        uint64_t p0 = (uint64_t)PHILOX_M0 * c0, p1 = (uint64_t)PHILOX_M1 * c2;
+        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        c0 = n0; c1 = (uint32_t)p1; c2 = n2; c3 = (uint32_t)p0;
+        k0 += PHILOX_W0; k1 += PHILOX_W1;
+    }
+    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+static void tf_key_counter(uint64_t s0, uint64_t s1, uint32_t key[2], uint32_t ctr[4]) {
+    const uint32_t k[2] = {0x3ec8f720u, 0x02461e29u};
+    const uint32_t c[4] = {(uint32_t)s0, (uint32_t)(s0 >> 32), (uint32_t)s1, (uint32_t)(s1 >> 32)};
+    uint32_t mix[4];
+    philox10(c, k, mix);
+    key[0] = mix[0]; key[1] = mix[1];
+    ctr[0] = 0; ctr[1] = 0; ctr[2] = mix[2]; ctr[3] = mix[3];
+}
+
+static inline float tf_u32_to_float(uint32_t x) { return u2f((x & 0x7fffffu) | 0x3f800000u) - 1.0f; }
+
+#if HVDC_AVX2
+/* 32x32 -> 64-bit products of 8 lanes by a constant: (hi, lo) words. */
+AVX2 static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo) {
+    __m256i ev = _mm256_mul_epu32(a, m), od = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    *lo = _mm256_blend_epi32(ev, _mm256_slli_epi64(od, 32), 0xAA);
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(ev, 32), od, 0xAA);
+}
+/* The ten Philox rounds of 8 blocks at once (the same operations as the scalar loop). */
+AVX2 static void philox_rounds_avx2(uint32_t *c0, uint32_t *c1, uint32_t *c2, uint32_t *c3,
+                                    uint32_t k0, uint32_t k1) {
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)c0), x1 = _mm256_loadu_si256((const __m256i *)c1);
+    __m256i x2 = _mm256_loadu_si256((const __m256i *)c2), x3 = _mm256_loadu_si256((const __m256i *)c3);
+    const __m256i m0 = _mm256_set1_epi32((int)PHILOX_M0), m1 = _mm256_set1_epi32((int)PHILOX_M1);
+    for (int r = 0; r < 10; r++) {
+        __m256i h0, l0, h1, l1;
+        mulhilo8(x0, m0, &h0, &l0);
+        mulhilo8(x2, m1, &h1, &l1);
+        __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(h1, x1), _mm256_set1_epi32((int)k0));
+        __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(h0, x3), _mm256_set1_epi32((int)k1));
+        x0 = n0; x1 = l1; x2 = n2; x3 = l0;
+        k0 += PHILOX_W0; k1 += PHILOX_W1;
+    }
+    _mm256_storeu_si256((__m256i *)c0, x0); _mm256_storeu_si256((__m256i *)c1, x1);
+    _mm256_storeu_si256((__m256i *)c2, x2); _mm256_storeu_si256((__m256i *)c3, x3);
+}
+#endif
+
+/* Blocks g = g0 .. g0+nblocks-1 (counter + g, a 128-bit add) into out[4 * (g - g0) + j]. Eight
+ * blocks at a time in lane arrays, so the compiler vectorizes the rounds (vpmuludq in AVX2). */
+#define PHILOX_LANES 8
+HOT static void philox_blocks(const uint32_t key[2], const uint32_t base[4], uint64_t g0, i64 nblocks,
+                              float *out) {
+    const uint64_t lo = (uint64_t)base[0] | ((uint64_t)base[1] << 32);
+    const uint64_t hi = (uint64_t)base[2] | ((uint64_t)base[3] << 32);
+    for (i64 b0 = 0; b0 < nblocks; b0 += PHILOX_LANES) {
+        uint32_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
+        for (int l = 0; l < PHILOX_LANES; l++) {
+            uint64_t lw = lo + g0 + (uint64_t)(b0 + l), hw = hi + (lw < lo ? 1u : 0u);
+            c0[l] = (uint32_t)lw; c1[l] = (uint32_t)(lw >> 32); c2[l] = (uint32_t)hw; c3[l] = (uint32_t)(hw >> 32);
+        }
+        uint32_t k0 = key[0], k1 = key[1];
+#if HVDC_AVX2
+        if (use_avx2()) {
+            philox_rounds_avx2(c0, c1, c2, c3, k0, k1);
+        } else
+#endif
+        for (int r = 0; r < 10; r++) {
+            for (int l = 0; l < PHILOX_LANES; l++) {
+                uint64_t p0 = (uint64_t)PHILOX_M0 * c0[l], p1 = (uint64_t)PHILOX_M1 * c2[l];
+                uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[l] ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3[l] ^ k1;
+                c0[l] = n0; c1[l] = (uint32_t)p1; c2[l] = n2; c3[l] = (uint32_t)p0;
+            }
+            k0 += PHILOX_W0; k1 += PHILOX_W1;
+        }
+        const i64 m = imin(PHILOX_LANES, nblocks - b0);
+        float *o = out + 4 * b0;
+        for (i64 l = 0; l < m; l++) {
+            o[4 * l] = tf_u32_to_float(c0[l]); o[4 * l + 1] = tf_u32_to_float(c1[l]);
+            o[4 * l + 2] = tf_u32_to_float(c2[l]); o[4 * l + 3] = tf_u32_to_float(c3[l]);
+        }
+    }
+}
+
+/* out[0 .. n): the values [0, n) of tf.random.stateless_uniform([N], seed=[s0, s1]) for any
+ * N >= n (TF's draw does not depend on N beyond the prefix). */
+API void hvdc_tf_uniform(uint64_t s0, uint64_t s1, i64 n, float *out, int nthreads) {
+    if (n <= 0) return;
+    uint32_t key[2], ctr[4];
+    tf_key_counter(s0, s1, key, ctr);
+    const i64 full = n / 4;
+    const i64 tl = TILE / 4, ntiles = (full + tl - 1) / tl;
+    i64 tctr = 0;
+#pragma omp parallel num_threads(team(ntiles, nthreads))
+    for (i64 t; (t = next_tile(&tctr)) < ntiles;) {
+        const i64 a = t * tl, b = imin(a + tl, full);
+        philox_blocks(key, ctr, (uint64_t)a, b - a, out + 4 * a);
+    }
+    if (n % 4) {
+        float last[4];
+        philox_blocks(key, ctr, (uint64_t)full, 1, last);
+        memcpy(out + 4 * full, last, (size_t)(n % 4) * sizeof(float));
+    }
+}

@@ -49,6 +49,16 @@ timed call): ``path`` is then ``"triton"`` for the codecs with Triton kernels
 device-to-device copy bandwidth (the roofline)::
 
     python -m hvd_compress.bench codecs --device cuda --sizes 16m,64m --json gpu.json
+
+``--framework tf`` times the TensorFlow codecs (default: the four target codecs) instead, eagerly
+on the CPU: ``encode_decode_gbps`` is the TF codec as it runs (``path`` ``"native"``: the C kernels
+behind :mod:`hvd_compress.tensorflow.native`), ``tf_plain_gbps`` the same TF codec with the native
+path off (the plain TF ops, the path before the kernels), ``torch_gbps`` the torch codec of the same
+spec (native kernels), all interleaved in the same run. Stochastic codecs get a stateless seed
+(as the exchange passes), TernGrad computes its ``local_scale`` inside the timing::
+
+    OMP_NUM_THREADS=1 python -m hvd_compress.bench codecs --framework tf --threads 1 --sizes 4m \
+        --json bench/results/tf_codecs.json
 """
 from __future__ import annotations
 
@@ -269,6 +279,96 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
     return rows
 
 
+def _tf_timed(label, codec, native_on: bool) -> _Timed:
+    """A TF codec, with the native path forced on or off; inputs converted once, outside timing."""
+    import tensorflow as tf
+    from hvd_compress import _native
+    cache = {}
+
+    def tf_input(x):
+        if cache.get("src") is not x:
+            cache["src"], cache["tf"] = x, tf.constant(x.cpu().numpy())
+        return cache["tf"]
+
+    def encode(x, g):
+        t = tf_input(x)
+        kw = {}
+        if codec.stochastic:
+            kw["seed"] = tf.constant([int(g.initial_seed()) if g is not None else 0, 1], tf.int64)
+        with _native.forced(native_on):
+            if codec.shared_scale:
+                kw["scale"] = codec.local_scale(t)
+            return codec.encode(t, **kw)
+
+    def decode(payload, numel):
+        with _native.forced(native_on):
+            return codec.decode(payload, numel)
+
+    return _Timed(label, encode, decode, True)
+
+
+def measure_tf(specs: List[str], sizes: List[int], repeats: int = 5, min_time: float = 0.0,
+               progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+    """``--framework tf`` rows: the TF codec (native path), the same codec's plain TF ops and the
+    torch codec, interleaved per repeat."""
+    import hvd_compress.tensorflow as hct
+    from hvd_compress import _native
+    from hvd_compress.tensorflow import native as tf_native
+    from hvd_compress.torch import from_spec
+    rows = []
+    for size in sizes:
+        x = torch.randn(size, generator=torch.Generator().manual_seed(size)) * 1e-2
+        copy_gbps = copy_bandwidth(size)
+        for spec in specs:
+            tcodec, fcodec = from_spec(spec), hct.from_spec(spec)
+            torch_t = _codec_timed("torch", tcodec)
+            fast, plain = _tf_timed("tf", fcodec, True), _tf_timed("tf-plain", fcodec, False)
+            contenders = [fast, plain] + ([torch_t] if torch_t is not None else [])
+            for c in contenders:
+                c.run(x, -1)
+                c.enc.clear(), c.dec.clear(), c.total.clear()
+            rep, t_start = 0, time.perf_counter()
+            while rep < repeats or (time.perf_counter() - t_start < min_time and rep < 50):
+                for c in (contenders if rep % 2 == 0 else contenders[::-1]):
+                    c.run(x, rep)
+                rep += 1
+            q = fcodec
+            while hasattr(q, "inner"):
+                q = q.inner
+            native_path = _native.enabled() and q.name in ("qsgd", "terngrad", "onebit_quantizer", "scaled_sign")
+            row = {"codec": spec, "describe": fcodec.describe(), "size": size, "framework": "tf",
+                   "path": "native" if native_path else "plain", "device": "cpu",
+                   "bits_per_value": fcodec.nominal_bits(size), "copy_gbps": copy_gbps, "repeats": rep,
+                   "tf_threads": tf_native.threads()}
+            row.update(fast.gbps(size))
+            p = plain.gbps(size)
+            row["tf_plain_gbps"], row["tf_plain_encode_gbps"], row["tf_plain_decode_gbps"] = (
+                p["encode_decode_gbps"], p["encode_gbps"], p["decode_gbps"])
+            row["speedup_vs_tf_plain"] = row["encode_decode_gbps"] / row["tf_plain_gbps"]
+            row["torch_gbps"] = torch_t.gbps(size)["encode_decode_gbps"] if torch_t is not None else None
+            rows.append(row)
+            if progress:
+                progress(_format_tf_row(row))
+    return rows
+
+
+def _format_tf_row(r: dict) -> str:
+    return (f"{r['codec'][:30]:<30} {r['size']:>10,} {r['path']:>6} {r['encode_decode_gbps']:8.2f} "
+            f"{r['encode_gbps']:8.2f} {r['decode_gbps']:8.2f} {_fmt(r['tf_plain_gbps'])} "
+            f"{r['speedup_vs_tf_plain']:7.1f}x {_fmt(r['torch_gbps'])} {r['bits_per_value']:7.3f}")
+
+
+def format_tf_table(result: dict) -> str:
+    head = (f"{'codec':<30} {'size':>10} {'path':>6} {'tf':>8} {'encode':>8} {'decode':>8} "
+            f"{'tf plain':>8} {'speedup':>8} {'torch':>8} {'bits/v':>7}")
+    lines = [head, "-" * len(head)] + [_format_tf_row(r) for r in result["rows"]]
+    lines.append(f"GB/s of fp32 input, encode+decode (median of repeats, clock: {result.get('clock', 'wall')}); "
+                 "tf: the TF codec as it runs (native kernels); tf plain: the same codec's plain TF ops "
+                 "(HVD_COMPRESS_NATIVE=0, the path before the kernels); torch: the torch codec (native). "
+                 f"Memory-copy roofline: {result['copy_gbps']:.2f} GB/s.")
+    return "\n".join(lines)
+
+
 def _path_name(codec, native_path: bool) -> str:
     if _device.type == "cuda":
         from hvd_compress.torch.kernels import runs_on_device
@@ -447,6 +547,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="skip the plain reference implementations")
     ap.add_argument("--json", help="write the result as JSON here")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: time the codecs on that device")
+    ap.add_argument("--framework", choices=("torch", "tf"), default="torch",
+                    help="torch (default) or tf: time the TensorFlow codecs (native path, plain TF ops, "
+                         "torch beside them); default codecs then: " + ", ".join(TARGETS))
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     global _device
@@ -460,7 +563,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     global _clock
     _clock = CLOCKS[args.clock]
-    specs = [s.strip() for s in args.codecs.split(";") if s.strip()] if args.codecs else default_specs()
+    if args.framework == "tf" and (_device.type != "cpu" or args.baseline):
+        ap.error("--framework tf times the CPU codecs of this tree: no --device cuda or --baseline")
+    specs = [s.strip() for s in args.codecs.split(";") if s.strip()] if args.codecs else (
+        list(TARGETS) if args.framework == "tf" else default_specs())
     from hvd_compress.torch import from_spec
     for s in specs:
         from_spec(s)  # a bad spec fails before any timing, listing what exists
@@ -478,6 +584,17 @@ def main(argv=None) -> int:
               "gpu": torch.cuda.get_device_name(_device) if _device.type == "cuda" else None,
               "torch": torch.__version__, "baseline": args.baseline, "clock": args.clock,
               "command": "python -m hvd_compress.bench codecs " + " ".join(argv if argv is not None else sys.argv[1:])}
+    result["framework"] = args.framework
+    if args.framework == "tf":
+        result["rows"] = measure_tf(specs, args.sizes, args.repeats, args.min_time, progress=say)
+        print(format_tf_table(result))
+        print()
+        for r in result["rows"]:
+            print(f"{r['codec']:<12} size {r['size']:>10,}: TF {r['encode_decode_gbps']:.2f} GB/s "
+                  f"(plain TF {r['tf_plain_gbps']:.2f}, torch {_fmt(r['torch_gbps'], '{:.2f}')}) "
+                  f"[{'>= 1 GB/s' if r['encode_decode_gbps'] >= 1.0 else 'BELOW 1 GB/s'}]")
+        write_json(args.json, result)
+        return 0
     result["rows"] = measure(specs, args.sizes, args.repeats, args.min_time, baseline,
                              reference=not args.no_reference, progress=say)
     print(format_table(result))

@@ -1,11 +1,13 @@
 """EF-SignSGD (Karimireddy et al., ICML 2019) in TensorFlow: scaled sign with error feedback."""
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from hvd_compress.common import ScaledSignFormat, packed_nbytes
 from hvd_compress.tensorflow.codecs.base import Codec, nan_where_nonfinite, numel_of
 from hvd_compress.tensorflow.codecs.error_feedback import ErrorFeedback
+from hvd_compress.tensorflow import native
 from hvd_compress.tensorflow.packing import bytes_f32, f32_bytes, pack_bits, unpack_bits
 
 
@@ -30,10 +32,30 @@ class ScaledSign(ScaledSignFormat, Codec):
     def encode(self, x, seed=None, scale=None, noise=None):
         n = numel_of(x)
         x = tf.reshape(tf.cast(x, tf.float32), [n])
+        lib = native.lib()
+        if lib is not None and n > 0:
+            size = self.payload_nbytes(n)
+
+            def run(xa):
+                xa, out = native.f32_array(xa), np.empty(size, np.uint8)
+                native.check(lib.hvdc_sign_encode(xa.ctypes.data, None, None, n, out.ctypes.data,
+                                                  native.threads()), "scaled_sign")
+                return out
+
+            return native.call(run, [x], tf.uint8, size)
         s = nan_where_nonfinite(mean_abs(x, n)) if n else tf.zeros([1], tf.float32)
         return tf.concat([sign_bits(x), f32_bytes(s)], 0)
 
     def decode(self, payload, numel):
+        lib = native.lib()
+        if lib is not None and numel > 0:
+            def run(pa):
+                pa, out = np.ascontiguousarray(pa, np.uint8), np.empty(numel, np.float32)
+                native.check(lib.hvdc_sign_decode(pa.ctypes.data, numel, out.ctypes.data, 0, 1.0,
+                                                  native.threads()), "scaled_sign")
+                return out
+
+            return native.call(run, [payload], tf.float32, numel)
         nb = packed_nbytes(numel, 1)
         s = bytes_f32(payload[nb:nb + 4])
         return unpack_signs(payload, numel) * s

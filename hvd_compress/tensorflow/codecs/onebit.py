@@ -1,11 +1,13 @@
 """1-bit SGD with error feedback (Seide et al., Interspeech 2014) in TensorFlow."""
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from hvd_compress.common import OneBitQuantizerFormat, packed_nbytes
 from hvd_compress.tensorflow.codecs.base import Codec, bucket_view, nan_where_nonfinite, numel_of
 from hvd_compress.tensorflow.codecs.error_feedback import ErrorFeedback
+from hvd_compress.tensorflow import native
 from hvd_compress.tensorflow.packing import bytes_f32, f32_bytes, pack_bits, unpack_bits
 
 
@@ -19,6 +21,17 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
         if n == 0:
             return tf.zeros([0], tf.uint8)
         x = tf.reshape(tf.cast(x, tf.float32), [n])
+        lib = native.lib()
+        if lib is not None:
+            bucket, size = self.bucket_size, self.payload_nbytes(n)
+
+            def run(xa):
+                xa, out = native.f32_array(xa), np.empty(size, np.uint8)
+                native.check(lib.hvdc_onebit_encode(xa.ctypes.data, None, None, n, bucket, out.ctypes.data,
+                                                    native.threads()), "onebit")
+                return out
+
+            return native.call(run, [x], tf.uint8, size)
         buckets, pad = bucket_view(x, n, self.bucket_size)
         positive = buckets >= 0
         nb = -(-n // self.bucket_size)
@@ -37,6 +50,17 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
     def decode(self, payload, numel):
         if numel == 0:
             return tf.zeros([0], tf.float32)
+        lib = native.lib()
+        if lib is not None:
+            bucket = self.bucket_size
+
+            def run(pa):
+                pa, out = np.ascontiguousarray(pa, np.uint8), np.empty(numel, np.float32)
+                native.check(lib.hvdc_onebit_decode(pa.ctypes.data, numel, bucket, out.ctypes.data, 0, 1.0,
+                                                    native.threads()), "onebit")
+                return out
+
+            return native.call(run, [payload], tf.float32, numel)
         nb = packed_nbytes(numel, 1)
         positive = unpack_bits(payload[:nb], 1, numel) > 0
         means = tf.reshape(bytes_f32(payload[nb:]), [-1, 2])

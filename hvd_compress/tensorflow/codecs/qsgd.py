@@ -1,11 +1,13 @@
 """QSGD (Alistarh et al., NeurIPS 2017) in TensorFlow: unbiased stochastic quantization per bucket."""
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from hvd_compress.common import QSGDFormat, packed_nbytes
 from hvd_compress.tensorflow.codecs.base import (Codec, bucket_view, nan_where_nonfinite, numel_of,
                                                  reduce_max_nan)
+from hvd_compress.tensorflow import native
 from hvd_compress.tensorflow.packing import bytes_f32, f32_bytes, pack_bits, unpack_bits
 
 
@@ -28,6 +30,9 @@ class QSGD(QSGDFormat, Codec):
         if n == 0:
             return tf.zeros([0], tf.uint8)
         x = tf.reshape(tf.cast(x, tf.float32), [n])
+        fast = self._native_encode(x, n, seed, noise)
+        if fast is not None:
+            return fast
         buckets, _ = bucket_view(x, n, self.bucket_size)
         mag = tf.abs(buckets)
         if self.norm == "max":
@@ -49,9 +54,37 @@ class QSGD(QSGDFormat, Codec):
         codes = pack_bits(tf.cast(signed, tf.int32), self.bits)
         return tf.concat([codes, f32_bytes(scales)], 0)
 
+    def _native_encode(self, x, n, seed, noise):
+        """The fused kernel's payload (see :mod:`hvd_compress.tensorflow.native`), or ``None``."""
+        lib = native.lib()
+        u = native.noise_input(n, seed, noise)
+        if lib is None or u is None or self.bits not in (2, 4, 8):
+            return None
+        bits, bucket, l2, size = self.bits, self.bucket_size, int(self.norm == "l2"), self.payload_nbytes(n)
+
+        def run(xa, ua):
+            xa, ua = native.f32_array(xa), native.uniforms(ua, u[1], n)
+            out = np.empty(size, np.uint8)
+            native.check(lib.hvdc_qsgd_encode(xa.ctypes.data, n, bits, bucket, l2, 0, ua.ctypes.data,
+                                              out.ctypes.data, native.threads()), "qsgd")
+            return out
+
+        return native.call(run, [x, u[0]], tf.uint8, size)
+
     def decode(self, payload, numel):
         if numel == 0:
             return tf.zeros([0], tf.float32)
+        lib = native.lib()
+        if lib is not None and self.bits in (2, 4, 8):
+            bits, bucket = self.bits, self.bucket_size
+
+            def run(pa):
+                pa, out = np.ascontiguousarray(pa, np.uint8), np.empty(numel, np.float32)
+                native.check(lib.hvdc_qsgd_decode(pa.ctypes.data, numel, bits, bucket, out.ctypes.data,
+                                                  0, 1.0, native.threads()), "qsgd")
+                return out
+
+            return native.call(run, [payload], tf.float32, numel)
         ncode = packed_nbytes(numel, self.bits)
         codes = unpack_bits(payload[:ncode], self.bits, numel)
         scales = bytes_f32(payload[ncode:])

@@ -1,10 +1,12 @@
 """TernGrad (Wen et al., NeurIPS 2017) in TensorFlow: ternary gradients, scale shared across workers."""
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from hvd_compress.common import TernGradFormat
 from hvd_compress.tensorflow.codecs.base import Codec, nan_where_nonfinite, numel_of, reduce_max_nan
+from hvd_compress.tensorflow import native
 from hvd_compress.tensorflow.packing import (bytes_f32, f32_bytes, pack_base3, pack_bits, unpack_base3,
                                              unpack_bits)
 
@@ -26,6 +28,18 @@ class TernGrad(TernGradFormat, Codec):
         if n == 0:
             return tf.zeros([1], tf.float32)
         x = tf.reshape(tf.cast(x, tf.float32), [n])
+        lib = native.lib()
+        if lib is not None:
+            # one pass in the kernel (the std summed in double: last bits may differ from the TF
+            # ops' fp32 sum, which only matters before the max-allreduce agrees on one scale)
+            clip = float(self.clip or 0.0)
+
+            def run(xa):
+                xa = native.f32_array(xa)
+                return np.array([lib.hvdc_terngrad_scale(xa.ctypes.data, n, clip, native.threads())],
+                                np.float32)
+
+            return native.call(run, [x], tf.float32, 1)
         s = reduce_max_nan(tf.abs(x))
         if self.clip is not None and n > 1:
             mean = tf.reduce_sum(x) / float(n)
@@ -40,6 +54,9 @@ class TernGrad(TernGradFormat, Codec):
         s = self.local_scale(x) if scale is None else tf.reshape(tf.cast(scale, tf.float32), [1])
         if n == 0:
             return f32_bytes(s)
+        fast = self._native_encode(x, n, s, seed, noise)
+        if fast is not None:
+            return fast
         sv = s[0]
         valid = (sv > 0) & tf.math.is_finite(sv)
         prob = tf.minimum(tf.abs(x) / tf.where(valid, sv, 1.0), 1.0)
@@ -49,8 +66,37 @@ class TernGrad(TernGradFormat, Codec):
         packed = pack_base3(codes) if self.packing == "base3" else pack_bits(codes, 2)
         return tf.concat([packed, f32_bytes(s)], 0)
 
+    def _native_encode(self, x, n, s, seed, noise):
+        """The fused kernel's payload (see :mod:`hvd_compress.tensorflow.native`), or ``None``."""
+        lib = native.lib()
+        u = native.noise_input(n, seed, noise)
+        if lib is None or u is None:
+            return None
+        base3, size = int(self.packing == "base3"), self._code_nbytes(n) + 4
+
+        def run(xa, sa, ua):
+            xa, ua = native.f32_array(xa), native.uniforms(ua, u[1], n)
+            scale_bits = int(native.f32_array(sa).view(np.uint32)[0])
+            out = np.empty(size, np.uint8)
+            native.check(lib.hvdc_terngrad_encode(xa.ctypes.data, n, scale_bits, base3, 0, ua.ctypes.data,
+                                                  out.ctypes.data, native.threads()), "terngrad")
+            return out
+
+        return native.call(run, [x, s, u[0]], tf.uint8, size)
+
     def decode(self, payload, numel):
         nc = self._code_nbytes(numel)
+        lib = native.lib()
+        if lib is not None and numel > 0:
+            base3 = int(self.packing == "base3")
+
+            def run(pa):
+                pa, out = np.ascontiguousarray(pa, np.uint8), np.empty(numel, np.float32)
+                native.check(lib.hvdc_terngrad_decode(pa.ctypes.data, numel, base3, out.ctypes.data, 0, 1.0,
+                                                      native.threads()), "terngrad")
+                return out
+
+            return native.call(run, [payload], tf.float32, numel)
         s = bytes_f32(payload[nc:nc + 4])
         if numel == 0:
             return tf.zeros([0], tf.float32)
