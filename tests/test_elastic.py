@@ -8,8 +8,8 @@
 * per-worker entries (residuals) are never broadcast, shared ones are;
 * DoubleSqueeze's server residual is re-cut from the old world's chunks to the new one's, the
   chunks of lost workers zero.
-Horovod runs with one process here (hvd.init() without a launcher); multi-host elastic runs with a
-SIGKILLed worker are not written yet (see docs/elastic.md).
+Horovod runs with one process here (hvd.init() without a launcher); the multi-host elastic runs
+with a SIGKILLed worker are tests/test_elastic_cluster.py.
 """
 import copy
 

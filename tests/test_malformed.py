@@ -156,3 +156,45 @@ def test_fuzz_tf_random_bytes_raise_value_error_or_decode_to_numel_values(spec):
         assert out.shape == (n,) and out.dtype == tf.float32
 
     check()
+
+
+# ---------------------------------------------------------------------- parameter-server messages
+@pytest.mark.parametrize("encoding", ["fp32", "quant", "sparse"])
+def test_fuzz_ps_messages_raise_malformed_message_or_decode_to_n_finite_values(encoding):
+    """The parameter server's wire format (hvd_compress.ps.wire): random and corrupted payloads."""
+    import numpy as np
+
+    from hvd_compress.ps import wire
+    outcomes = {"rejected": 0, "decoded": 0}
+
+    @FUZZ
+    @given(st.data())
+    def check(data):
+        n = data.draw(st.integers(0, 300), label="n")
+        bits = data.draw(st.integers(-1, 34), label="bits")
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+        if 2 <= bits <= 16 and data.draw(st.booleans(), label="start from a valid payload"):
+            v = rng.standard_normal(n).astype(np.float32)
+            enc = {"fp32": lambda: wire.fp32(v), "quant": lambda: wire.quant(v, bits, rng),
+                   "sparse": lambda: wire.sparse(v, bits, max(1.0, n / 10), rng)}[encoding]()
+            raw = bytearray(enc[2].tobytes())
+            for _ in range(data.draw(st.integers(0, 4), label="flips")):  # corrupt a few bytes
+                if raw:
+                    raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+            cut = data.draw(st.integers(-3, 3), label="length change")
+            raw = raw[:max(0, len(raw) + cut)] if cut < 0 else raw + bytes(cut)
+        else:
+            raw = data.draw(st.binary(max_size=4 * n + 16), label="bytes")
+        m = wire.Message(kind="gradient", sender=0, epoch=0, encoding=encoding, bits=bits, n=n,
+                         payload=np.frombuffer(bytes(raw), np.uint8).copy())
+        try:
+            wire.check_header(m, wire.PUSHES, n)
+            out = wire.decode(m)
+        except wire.MalformedMessage:
+            outcomes["rejected"] += 1
+            return
+        outcomes["decoded"] += 1
+        assert out.shape == (n,) and out.dtype == np.float32 and np.isfinite(out).all()
+
+    check()
+    assert outcomes["rejected"] and outcomes["decoded"], outcomes  # both sides were exercised

@@ -20,6 +20,10 @@ Knobs (environment):
 * ``HVD_COMPRESS_THREADS=N``: threads for the kernels (default: ``torch.get_num_threads()``).
 * ``HVD_COMPRESS_THP=0``: do not advise transparent huge pages for fresh multi-MiB outputs.
 * ``CC``: the compiler (default ``cc``); ``HVD_COMPRESS_CACHE``: the cache root.
+* ``HVD_COMPRESS_SANITIZE=1``: build (and cache separately) with AddressSanitizer and
+  UndefinedBehaviorSanitizer, for tests only. The process must preload the ASan runtime:
+  ``LD_PRELOAD=$(cc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0`` (Python itself
+  "leaks" at exit); ``tests/test_native_sanitizers.py`` shows the whole recipe.
 
 If there is no compiler or the build fails, a ``RuntimeWarning`` says so once and the codecs use
 the plain torch path. CUDA tensors always take the torch path.
@@ -50,6 +54,10 @@ ABI_VERSION = 1
 # path's, operation for operation. Never -ffast-math.
 CFLAGS = ["-O3", "-std=gnu99", "-fopenmp", "-shared", "-fPIC", "-ffp-contract=off",
           "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]
+# HVD_COMPRESS_SANITIZE=1: any out-of-bounds access or undefined behaviour aborts the process with
+# a report (-fno-sanitize-recover), so a test replaying bad payloads cannot pass over one.
+SANITIZE_FLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+                  "-fno-sanitize-recover=undefined"]
 
 _lock = threading.Lock()
 _lib = None          # the loaded library, False after a failed build
@@ -59,6 +67,16 @@ _override: Optional[bool] = None
 
 def cache_root() -> Path:
     return Path(os.environ.get("HVD_COMPRESS_CACHE") or "~/.cache/hvd_compress").expanduser() / "native"
+
+
+def sanitized() -> bool:
+    """Whether builds use the sanitizers (``HVD_COMPRESS_SANITIZE=1``)."""
+    return os.environ.get("HVD_COMPRESS_SANITIZE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cflags() -> list:
+    """The compiler flags of this process's build (the later -O1 wins over -O3 when sanitizing)."""
+    return CFLAGS + (SANITIZE_FLAGS if sanitized() else [])
 
 
 def _compiler() -> list:
@@ -74,7 +92,7 @@ def _compiler_version(cc: list) -> str:
 
 def build_key(cc: list, version: str) -> str:
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(cc).encode(), " ".join(CFLAGS).encode(),
+    for part in (SOURCE.read_bytes(), " ".join(cc).encode(), " ".join(cflags()).encode(),
                  version.encode(), sys.platform.encode()):
         h.update(part)
         h.update(b"\0")
@@ -117,7 +135,7 @@ def build(force: bool = False) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=str(folder))
         os.close(fd)
         try:
-            cmd = cc + CFLAGS + ["-o", tmp, str(SOURCE), "-lm"]
+            cmd = cc + cflags() + ["-o", tmp, str(SOURCE), "-lm"]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if out.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{(out.stderr or out.stdout).strip()[-2000:]}")
