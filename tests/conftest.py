@@ -27,6 +27,7 @@ MP_MODULES = {
     "test_ddp", "test_horovod", "test_horovod_edge_cases", "test_linear_mp", "test_qbroadcast",
     "test_ray_train", "test_swarm", "test_tf_horovod", "test_tf_linear_mp", "test_launcher_mp",
     "test_lightning_accelerate_mp", "test_triton_mp", "test_cluster_mp", "test_failing_ranks", "test_elastic_cluster",
+    "test_fusion_mp",
 }
 MP_TESTS = {
     "test_bench_cli::test_step_smoke_two_workers_tiny_model",        # `bench step`: 2 workers in netns

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "resnet")
+UNFUSED = "@unfused"  # spec suffix: the same codec exchanged tensor by tensor (HVD_COMPRESS_BUCKET_BYTES=0)
 
 
 def make_model(name: str, seed: int = 0, width: int = 0):
@@ -37,7 +39,44 @@ def make_model(name: str, seed: int = 0, width: int = 0):
             nn.Conv2d(2 * c, 4 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(4 * c * 16, 512), nn.ReLU(), nn.Linear(512, 10))
         return model, (3, 32, 32), 10
+    if name == "resnet":
+        return resnet50(width or 64), (3, 32, 32), 10
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+
+
+def resnet50(width: int = 64):
+    """A ResNet-50-shaped stack: bottleneck blocks [3, 4, 6, 3], expansion 4, batch norm, 161
+    parameter tensors (53 convolutions, 53 batch norms, the classifier), 23.5M parameters at
+    ``width=64``, for 3x32x32 inputs (a stride-2 3x3 stem instead of ImageNet's 7x7 and max-pool,
+    so the compute stays within what a CPU core does in a benchmark step)."""
+    import torch
+    nn = torch.nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, mid, stride):
+            super().__init__()
+            cout = 4 * mid
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(mid),
+                nn.ReLU(inplace=True), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            skip = x if self.down is None else self.down(x)
+            return torch.relu(self.body(x) + skip)
+
+    layers = [nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    cin = width
+    for i, blocks in enumerate([3, 4, 6, 3]):
+        mid = width * 2 ** i
+        for b in range(blocks):
+            layers.append(Bottleneck(cin, mid, 2 if (b == 0 and i > 0) else 1))
+            cin = 4 * mid
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10)]
+    return nn.Sequential(*layers)
 
 
 def count_params(name: str, width: int = 0) -> int:
@@ -113,6 +152,9 @@ def nominal_inter_host(compression, model, size: int, local_size: int, stats: di
                * r["payload_bytes"] / steps for d, r in stats.items())
 
 
+BASELINES = ("none", "hvd-fp16")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -132,6 +174,7 @@ def main(argv=None):
     import torch
     import horovod.torch as hvd
     import hvd_compress.torch as hc
+    from hvd_compress.torch.fusion import collective_stats, reset_collective_stats
 
     hvd.init()
     torch.set_num_threads(args.threads)
@@ -168,6 +211,10 @@ def main(argv=None):
     barrier()
 
     for spec in [s for s in args.codecs.split(";") if s]:
+        fused = not spec.endswith(UNFUSED)
+        spec_only = spec[:-len(UNFUSED)] if not fused else spec
+        # read when the codec's stock engine is built, at its first step below
+        os.environ["HVD_COMPRESS_BUCKET_BYTES"] = "" if fused else "0"
         model, _, _ = make_model(args.model, args.seed, args.width)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -177,8 +224,8 @@ def main(argv=None):
         elif spec == "hvd-fp16":
             compression, label, bits = hvd.Compression.fp16, "fp16 (horovod)", 16.0
         else:
-            compression = hc.from_spec(spec)
-            label, bits = compression.describe(), None
+            compression = hc.from_spec(spec_only)
+            label, bits = compression.describe() + ("" if fused else " [unfused]"), None
             # codecs with their own exchange (PowerSGD, GradiVeQ) interleave math with collectives
             # inside a generator: no entry point to time, so their codec share shows as "-"
             from hvd_compress.torch.codecs.base import Codec
@@ -190,6 +237,7 @@ def main(argv=None):
             one_step(model, dopt)
         barrier()
         hc.reset_wire_stats()
+        reset_collective_stats()
         if timer is not None:
             timer.total = 0.0
         tx0 = read_tx(args.iface)
@@ -203,6 +251,7 @@ def main(argv=None):
         inter_host = inter_host_bytes(hvd, torch, args, tx1 - tx0, spec) if args.per_host_counter else None
         codec_s = (timer.total / args.steps) if timer is not None else None
         stats = hc.wire_stats()
+        colls = collective_stats()
         if spec in ("none", "hvd-fp16"):
             nominal = 2.0 * (size - 1) / size * params * (4 if spec == "none" else 2)
         else:
@@ -228,6 +277,11 @@ def main(argv=None):
                 "forward_backward_s": statistics.median(fb), "optimizer_step_s": statistics.median(st),
                 "codec_share": (codec_s / step_s) if codec_s is not None else None,
                 "compute_time_s": compute, "params": params, "world_size": size,
+                "tensors": len(list(model.parameters())), "fused": fused,
+                # hvd_compress's own collectives (Horovod's per-parameter allreduces, which it fuses
+                # itself, are not counted: placeholders and uncompressed tensors, one per parameter)
+                "collectives_per_step": (colls["collectives"] / args.steps) if spec not in BASELINES else None,
+                "requested_per_step": (colls["requested"] / args.steps) if spec not in BASELINES else None,
                 "model": args.model, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
             }
             if inter_host is not None:

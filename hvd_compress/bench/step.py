@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import List
 
+from hvd_compress.bench._step_worker import UNFUSED
 from hvd_compress.bench.common import write_json
 from hvd_compress.bench.netns import NamespaceUnavailable, ShapedNamespace, check_available, format_rate, parse_rate
 
@@ -146,7 +147,7 @@ def format_table(result: dict) -> str:
         fp32 = next((r for r in rows if r["codec"] == "none"), None)
         fp16 = next((r for r in rows if r["codec"] == "hvd-fp16"), None)
         head = (f"{'codec':<34} {'ms/step':>9} {'vs fp32':>8} {'vs hvd16':>8} {'MB/step':>9} "
-                f"{'nominal':>9} {'meas/nom':>8} {'bits/v':>7} {'codec%':>7}")
+                f"{'nominal':>9} {'meas/nom':>8} {'bits/v':>7} {'codec%':>7} {'coll/step':>9}")
         scope = "per worker" if rows[0]["lo_rate_bits"] != rows[0]["link_bits"] else "shared"
         lines.append(f"link {link} {scope} (lo shaped to {format_rate(rows[0]['lo_rate_bits'])}), "
                      f"{result['np']} workers, model {result['model']} ({rows[0]['params'] / 1e6:.1f}M params, "
@@ -157,19 +158,22 @@ def format_table(result: dict) -> str:
             vs32 = fp32["step_time_s"] / r["step_time_s"] if fp32 else None
             vs16 = fp16["step_time_s"] / r["step_time_s"] if fp16 else None
             share = r.get("codec_share")
+            coll = r.get("collectives_per_step")
             lines.append(
                 f"{r['label'][:34]:<34} {1000 * r['step_time_s']:9.1f} "
                 f"{(f'{vs32:7.2f}x' if vs32 else '-'):>8} {(f'{vs16:7.2f}x' if vs16 else '-'):>8} "
                 f"{r['bytes_per_step'] / 1e6:9.2f} {r['nominal_bytes_per_step'] / 1e6:9.2f} "
                 f"{r['bytes_vs_nominal']:8.3f} {(r['bits_per_value'] or 0):7.2f} "
-                f"{(f'{100 * share:6.1f}%' if share is not None else '-'):>7}")
+                f"{(f'{100 * share:6.1f}%' if share is not None else '-'):>7} "
+                f"{(f'{coll:9.0f}' if coll is not None else '-'):>9}")
         best = min((r for r in rows if r["codec"] not in BASELINES), key=lambda r: r["step_time_s"], default=None)
         if best and fp32 and fp16:
             lines.append(f"best: {best['label']}: {fp32['step_time_s'] / best['step_time_s']:.2f}x faster than "
                          f"fp32, {fp16['step_time_s'] / best['step_time_s']:.2f}x faster than Horovod fp16")
         lines.append("")
     lines.append("MB/step: bytes each worker sent per step, measured on the interface (lo tx_bytes / N); "
-                 "nominal: payload bytes x collective algorithm; codec%: share of the step inside encode/decode.")
+                 "nominal: payload bytes x collective algorithm; codec%: share of the step inside encode/decode; "
+                 "coll/step: hvd_compress's collectives per step ([unfused]: one per tensor and round).")
     return "\n".join(lines)
 
 
@@ -225,7 +229,11 @@ def main(argv=None) -> int:
                     help="emulated hosts (netns + sshd each, bench/cluster.py); > 1: horovodrun -H over ssh, "
                          "--link is each host's NIC, bytes counted between hosts")
     ap.add_argument("--per-host", type=int, default=2, help="workers per host with --hosts (default 2)")
-    ap.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    ap.add_argument("--model", choices=["mlp", "cnn", "resnet"], default="mlp",
+                    help="resnet: a ResNet-50-shaped stack, 161 parameter tensors (see --unfused)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also run every hvd_compress codec tensor by tensor (HVD_COMPRESS_BUCKET_BYTES=0), "
+                         "beside its fused row")
     ap.add_argument("--width", type=int, default=0, help="hidden width (mlp, default 4096) or channels (cnn, 64)")
     ap.add_argument("--codecs", default=None,
                     help="';'-separated: none, hvd-fp16 and hvd_compress specs (default: all)")
@@ -254,9 +262,11 @@ def main(argv=None) -> int:
     from hvd_compress.torch import from_spec
     for c in codecs:
         if c not in BASELINES:
-            if getattr(from_spec(c), "needs_reference", False):  # bad specs fail before any namespace exists
+            if getattr(from_spec(c.removesuffix(UNFUSED)), "needs_reference", False):  # bad specs fail before any namespace exists
                 ap.error(f"{c!r} is a gossip codec (decodes against the receiver's model); benchmark it "
                          "with `python -m hvd_compress.bench swarm`")
+    if args.unfused:
+        codecs = [v for c in codecs for v in ([c] if c in BASELINES or c.endswith(UNFUSED) else [c, c + UNFUSED])]
     if args.hosts > 1:
         from hvd_compress.bench.step_hosts import main_hosts
         return main_hosts(args, rates, codecs, argv)

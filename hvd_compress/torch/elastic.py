@@ -194,7 +194,7 @@ class CompressedOptimizerStateHandler:
 
     def __init__(self, optimizer: DistributedOptimizer):
         self.value = optimizer
-        self.codec = CodecStateHandler(optimizer.codec, engines=[optimizer.exchange])
+        self.codec = CodecStateHandler(optimizer.codec, engines=[optimizer])
         self.save()
 
     def save(self):
@@ -214,7 +214,7 @@ class CompressedOptimizerStateHandler:
 
     def set_value(self, value):
         self.value = value
-        self.codec = CodecStateHandler(value.codec, engines=[value.exchange])
+        self.codec = CodecStateHandler(value.codec, engines=[value])
         self.save()
 
 

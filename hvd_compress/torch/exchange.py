@@ -27,6 +27,7 @@ import torch
 
 from hvd_compress.common import UNCOMPRESSED, chunk_bounds, mix, ring_allreduce_bytes  # re-exported
 from hvd_compress.torch.codecs.base import Codec
+from hvd_compress.torch.fusion import FusedCollectives
 
 
 
@@ -89,7 +90,8 @@ _mix = mix  # the RNG stream seed hash (hvd_compress.common.mix)
 def agree(comm, text: str, name: str, problem: str, fix: str) -> Generator:
     """Generator: allgather every rank's ``text``; if they differ, raise the same ``ValueError``
     (``problem``, each rank's text, ``fix``) on every rank, so a mismatch fails clearly instead of
-    hanging in a later collective."""
+    hanging in a later collective. Runs unfused (the texts' lengths differ across ranks)."""
+    comm = getattr(comm, "unfused", comm)
     mine = text.encode()
     lengths = yield comm.allgather_async(torch.tensor([len(mine)], dtype=torch.int64), name=f"{name}.len")
     gathered = yield comm.allgather_async(torch.frombuffer(bytearray(mine), dtype=torch.uint8), name=name)
@@ -229,7 +231,9 @@ class Exchange:
         mine = received.view(size, splits[rank])
         mean = codec.aggregate(list(mine), hi - lo)
         reencoded = codec.server_encode(mean, key, draw, rank, scale)
-        gathered = yield comm.allgather_async(reencoded, name=f"hvdc.{key}.ag")
+        # each owner's chunk has its own size: a fused backend needs them to cut the buffer
+        sized = {"sizes": splits} if isinstance(comm, FusedCollectives) else {}
+        gathered = yield comm.allgather_async(reencoded, name=f"hvdc.{key}.ag", **sized)
         out = torch.empty(n, device=flat.device)  # on the gradient's device (GPU codecs)
         pos = 0
         for (a, b), nbytes in zip(bounds, splits):

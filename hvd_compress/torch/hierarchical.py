@@ -228,7 +228,9 @@ class HierarchicalExchange(Exchange):
 def make_exchange(codec: Codec, comm, label: Optional[str] = None) -> Exchange:
     """The exchange ``codec.hierarchical`` asks for over ``comm``: :class:`HierarchicalExchange`
     or the flat :class:`Exchange`. A collective where it resolves to hierarchical (every rank
-    must construct it, as with the optimizers)."""
-    if resolve(codec, comm):
-        return HierarchicalExchange(codec, comm, label)
+    must construct it, as with the optimizers). The hierarchical exchange runs its legs on the
+    unfused backend (its process sets are its own), so a fused ``comm`` is unwrapped for it."""
+    base = getattr(comm, "unfused", comm)
+    if resolve(codec, base):
+        return HierarchicalExchange(codec, base, label)
     return Exchange(codec, comm, label)

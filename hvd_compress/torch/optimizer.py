@@ -1,13 +1,15 @@
 """hvd_compress's own DistributedOptimizer: bucketed small tensors, codec state in state_dict()."""
 from __future__ import annotations
 
+import zlib
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.collectives import HorovodCollectives
-from hvd_compress.torch.exchange import Driver
+from hvd_compress.torch.exchange import Driver, agree, drive
+from hvd_compress.torch.fusion import fused
 from hvd_compress.torch.hierarchical import make_exchange
 from hvd_compress.torch.spec import from_spec
 from hvd_compress.torch.wrapped import WrappedOptimizer
@@ -37,13 +39,18 @@ class DistributedOptimizer(WrappedOptimizer):
         loss.backward(); opt.step(); opt.zero_grad()
         torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, path)
 
+    ``bucket_bytes``: the compressed exchanges of one round are fused into one collective per
+    bucket of at most this many payload bytes (:mod:`hvd_compress.torch.fusion`); ``None`` reads
+    ``HVD_COMPRESS_BUCKET_BYTES`` (default 64 MiB), ``0`` exchanges tensor by tensor.
+
     How to tune: raise the codec's ``min_numel`` if many mid-sized tensors dominate latency (they
     then ride the fused fp32 allreduce); lower it to compress more of the model.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
-                 compression: "Codec | str" = "none", process_set=None, comm=None):
+                 compression: "Codec | str" = "none", process_set=None, comm=None,
+                 bucket_bytes: Optional[int] = None):
         self.optimizer = optimizer
         self.codec = from_spec(compression)
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -62,8 +69,10 @@ class DistributedOptimizer(WrappedOptimizer):
                              "parameters; pass model.named_parameters() for the model the optimizer trains")
         # A fixed order (sorted by name) so every rank fuses and exchanges the same way.
         self._params = sorted(((by_id[id(p)], p) for p in params if p.requires_grad), key=lambda t: t[0])
-        self.comm = comm if comm is not None else HorovodCollectives(process_set)
+        # one fused collective per bucket and round (fusion.py); bucket_bytes=0: one per tensor
+        self.comm = fused(comm if comm is not None else HorovodCollectives(process_set), bucket_bytes)
         self.exchange = make_exchange(self.codec, self.comm)  # flat, or hierarchical (codec.hierarchical)
+        self._layout_checked = None  # (size, rank) the parameter-layout agreement last ran for
 
     def __repr__(self):
         return f"hvd_compress.DistributedOptimizer({self.optimizer!r}, compression={self.codec})"
@@ -72,6 +81,8 @@ class DistributedOptimizer(WrappedOptimizer):
     def synchronize(self) -> None:
         """Average every parameter's gradient over the ranks, in place."""
         self.exchange.ensure_checked()
+        self._check_layout()
+        self.comm.reset()  # collectives queued by a step that failed half-way are stale
         driver = Driver()
         fused: Dict[torch.dtype, list] = {}
         for name, p in self._params:
@@ -97,6 +108,26 @@ class DistributedOptimizer(WrappedOptimizer):
                 n = p.grad.numel()
                 p.grad.copy_(out[pos:pos + n].view_as(p.grad))
                 pos += n
+
+    def reset_world(self) -> None:
+        """After an elastic reset: drop queued collectives and re-run the agreement checks (codec
+        settings, parameter layout) in the new world at the next step."""
+        self.comm.reset()
+        self.exchange.reset_world()
+        self._layout_checked = None
+
+    def _check_layout(self) -> None:
+        """Once per world: every rank trains the same parameter names and shapes (otherwise the
+        fused buckets would differ and Horovod would wait forever for a name no peer sends)."""
+        world = (self.comm.size, self.comm.rank)
+        if self._layout_checked == world:
+            return
+        text = ";".join(f"{n}:{tuple(p.shape)}" for n, p in self._params)
+        digest = f"{len(self._params)} tensors, layout {zlib.crc32(text.encode()):08x}"
+        drive({"hvdc.layout_check": agree(
+            self.comm, digest, "hvdc.layout_check", "ranks train different parameters",
+            "Build the same model on every rank and pass its named_parameters().")})
+        self._layout_checked = world
 
     def step(self, closure=None):
         self.synchronize()

@@ -24,6 +24,7 @@ import warnings
 import torch
 
 from hvd_compress.torch.collectives import HorovodCollectives
+from hvd_compress.torch.fusion import fused
 from hvd_compress.torch.exchange import UNCOMPRESSED, WIRE_STATS, Driver, _ring_allreduce_bytes
 from hvd_compress.torch.hierarchical import make_exchange
 
@@ -33,7 +34,8 @@ STATE_KEY = "hvd_compress"
 class StockEngine:
     def __init__(self, codec):
         self.codec = codec
-        self.comm = HorovodCollectives()
+        # the round's exchanges fused per bucket (HVD_COMPRESS_BUCKET_BYTES, 0 = per tensor)
+        self.comm = fused(HorovodCollectives())
         self.exchange = make_exchange(codec, self.comm)  # flat, or hierarchical (codec.hierarchical)
         self.driver = Driver()
         self._results = {}  # finished exchanges of this step, until Horovod asks for each
@@ -47,6 +49,7 @@ class StockEngine:
         self.driver = Driver()
         self._results = {}
         self._anonymous = 0
+        self.comm.reset()
         self.exchange.reset_world()
 
     # ------------------------------------------------------------------ naming
