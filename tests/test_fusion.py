@@ -41,7 +41,7 @@ def run(spec: str, bucket_bytes: int, world: int = 3, steps: int = 2, shapes=SHA
         for step in range(steps):
             before = stats.snapshot()["collectives"]
             names = sorted(shapes, reverse=(comm.rank == reverse_on))
-            outs.append(drive({n: ex.average(n, grad(comm.rank, step, n, shapes[n])) for n in names}))
+            outs.append(drive({n: ex.average(n, grad(comm.rank, step, n, shapes[n])) for n in names}, fcomm))
             per_step.append(stats.snapshot()["collectives"] - before)
         return outs, codec.state_dict(), stats.snapshot(), per_step
     return run_workers(world, work)
@@ -89,9 +89,10 @@ def test_a_rank_with_other_shapes_fails_clearly_on_every_rank(spec):
         shapes = dict(SHAPES)
         if comm.rank == 1:
             shapes["fc3.weight"] = (64, 65)  # same names, another shape
-        ex = Exchange(hc.from_spec(spec), FusedCollectives(comm, DEFAULT_BUCKET_BYTES), stats=WireStats())
+        fcomm = FusedCollectives(comm, DEFAULT_BUCKET_BYTES)
+        ex = Exchange(hc.from_spec(spec), fcomm, stats=WireStats())
         try:
-            drive({n: ex.average(n, grad(comm.rank, 0, n, s)) for n, s in shapes.items()})
+            drive({n: ex.average(n, grad(comm.rank, 0, n, s)) for n, s in shapes.items()}, fcomm)
         except ValueError as exc:
             return str(exc)
         return None
@@ -110,3 +111,99 @@ def test_bucket_bytes_knob(monkeypatch):
             bucket_bytes_from_env()
     with pytest.raises(ValueError, match="bucket_bytes"):
         FusedCollectives(object(), -5)
+
+
+# ---------------------------------------------------------------------- hc.DistributedOptimizer
+class CountingCollectives:
+    """Counts the collectives that reach the backend (to see them start during backward)."""
+
+    def __init__(self, comm):
+        self.comm, self.rank, self.size, self.issued = comm, comm.rank, comm.size, 0
+
+    def __getattr__(self, attr):
+        fn = getattr(self.comm, attr)
+
+        def counted(*args, **kwargs):
+            self.issued += 1
+            return fn(*args, **kwargs)
+        return counted
+
+
+def net(seed=0):
+    # weights from a local generator: the workers are threads, and torch's global RNG is shared
+    model = torch.nn.Sequential(torch.nn.Linear(40, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+                               torch.nn.Linear(64, 48), torch.nn.Tanh(), torch.nn.Linear(48, 5))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def train(spec="onebit", steps=3, passes=1, overlap=True, bucket_bytes=DEFAULT_BUCKET_BYTES, unused_on=None):
+    """Final parameters of every rank, and the collectives in flight after each step's backward."""
+    def work(comm):
+        counting = CountingCollectives(comm)
+        model = net()
+        opt = hc.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                      named_parameters=model.named_parameters(), compression=spec, comm=counting,
+                                      bucket_bytes=bucket_bytes, backward_passes_per_step=passes, overlap=overlap)
+        in_flight = []
+        for step in range(steps):
+            opt.zero_grad()
+            at_start = counting.issued
+            for p in range(passes):
+                g = torch.Generator().manual_seed(1000 * step + 10 * p + comm.rank)
+                x, y = torch.randn(16, 40, generator=g), torch.randint(0, 5, (16,), generator=g)
+                head = model[:-1] if comm.rank == unused_on else model  # the classifier unused there
+                out = head(x)
+                loss = out.pow(2).mean() if comm.rank == unused_on else torch.nn.functional.cross_entropy(out, y)
+                loss.backward()
+            in_flight.append(counting.issued - at_start)  # issued during backward
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()], in_flight
+    return run_workers(2, work)
+
+
+def same_params(a, b):
+    return all(torch.equal(x, y) for (pa, _), (pb, _) in zip(a, b) for x, y in zip(pa, pb))
+
+
+@pytest.mark.parametrize("spec", ["onebit", "qsgd:bits=4", "powersgd:rank=2,start_iter=0"])
+def test_optimizer_overlapped_fused_and_unfused_end_bit_identical(spec):
+    overlapped = train(spec)
+    assert same_params(overlapped, train(spec, overlap=False))
+    assert same_params(overlapped, train(spec, bucket_bytes=0))
+    assert same_params(overlapped, train(spec, bucket_bytes=64 * 64 * 4))  # several buckets
+    assert all(torch.equal(x, y) for x, y in zip(overlapped[0][0], overlapped[1][0]))  # replicas
+
+
+def test_buckets_start_during_backward_with_overlap():
+    # after backward, before step(): the buckets' first collectives are already in flight (beyond
+    # the one-off agreement checks of the first step); without overlap nothing is
+    overlapped, plain = train(overlap=True), train(overlap=False)
+    for (_, flights), (_, idle) in zip(overlapped, plain):
+        assert all(n > 0 for n in flights) and not any(idle), (flights, idle)
+
+
+def test_backward_passes_per_step_accumulates_like_exchanging_once_in_step():
+    assert same_params(train(passes=2), train(passes=2, overlap=False))
+
+
+def test_more_backward_passes_than_declared_is_a_clear_error():
+    def work(comm):
+        model = net()
+        _opt = hc.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                       named_parameters=model.named_parameters(), compression="onebit", comm=comm)
+        x = torch.randn(4, 40)
+        model(x).sum().backward()
+        with pytest.raises(RuntimeError, match="backward_passes_per_step"):
+            model(x).sum().backward()
+        return True
+    assert run_workers(2, work) == [True, True]
+
+
+def test_a_parameter_unused_on_one_rank_still_agrees():
+    # rank 1 never uses the classifier: its bucket starts in step() there, from backward elsewhere
+    ranks = train(unused_on=1)
+    assert all(torch.equal(x, y) for x, y in zip(ranks[0][0], ranks[1][0]))

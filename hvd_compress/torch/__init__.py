@@ -38,6 +38,8 @@ _LAZY = {
     "TorchDistCollectives": "hvd_compress.torch.dist",
     "SwarmSGD": "hvd_compress.torch.swarm",
     "random_matching": "hvd_compress.torch.swarm",
+    "collective_stats": "hvd_compress.torch.fusion",
+    "reset_collective_stats": "hvd_compress.torch.fusion",
 }
 
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",

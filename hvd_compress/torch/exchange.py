@@ -256,7 +256,11 @@ class Driver:
     the others have finished, so no collective is left half-done on this rank.
     """
 
-    def __init__(self):
+    def __init__(self, comm=None):
+        # a fused backend (fusion.py) is flushed before each round's waits, so each fused bucket
+        # holds exactly the collectives the previous round issued: the same set on every rank,
+        # whatever order this rank visits tensors in
+        self._flush = getattr(comm, "flush", None)
         self.results: Dict[str, torch.Tensor] = {}
         self._waiting: Dict[str, Tuple[Generator, object]] = {}
         self._errors: List[BaseException] = []
@@ -277,6 +281,8 @@ class Driver:
 
     def finish(self) -> Dict[str, torch.Tensor]:
         while self._waiting:
+            if self._flush is not None:
+                self._flush()
             batch = list(self._waiting.items())
             self._waiting.clear()
             for key, (gen, pending) in batch:
@@ -292,9 +298,10 @@ class Driver:
         return bool(self._waiting)
 
 
-def drive(generators: Dict[str, Generator]) -> Dict[str, torch.Tensor]:
-    """Run exchange generators to completion (see :class:`Driver`); returns each one's result."""
-    driver = Driver()
+def drive(generators: Dict[str, Generator], comm=None) -> Dict[str, torch.Tensor]:
+    """Run exchange generators to completion (see :class:`Driver`; ``comm``: the fused backend
+    they issue on, if any); returns each one's result."""
+    driver = Driver(comm)
     for key, gen in generators.items():
         driver.start(key, gen)
     return driver.finish()

@@ -129,8 +129,10 @@ def resolve(codec: Codec, comm) -> bool:
             raise ValueError(f"hvd_compress: hierarchical=True cannot run: {reason}. "
                              "Use hierarchical='auto' (flat where it cannot run) or False.")
         return True
+    if reason is not None:  # a custom comm= has no Horovod topology to ask
+        return False
     hvd = comm._hvd
-    if reason is not None or hvd.local_size() <= 1 or hvd.cross_size() <= 1:
+    if hvd.local_size() <= 1 or hvd.cross_size() <= 1:
         return False
     if not _process_sets_available(hvd):
         # the same answer on every rank (horovodrun forwards the environment; sets made at init

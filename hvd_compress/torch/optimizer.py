@@ -27,8 +27,13 @@ class DistributedOptimizer(WrappedOptimizer):
       allreduce per dtype instead of one Horovod request each;
     * codec state (error-feedback residuals, RNG steps), keyed by parameter name, is part of
       ``state_dict()`` / ``load_state_dict()``, also before the first step;
-    * the exchange runs in ``step()`` (or an explicit ``synchronize()``), after backward, so
-      gradient accumulation needs nothing special: call ``step()`` when you want to communicate.
+    * compressed gradients travel in buckets: each bucket's exchange starts from a gradient
+      hook as soon as backward has produced all its gradients (``overlap=True``), one fused
+      collective per bucket and round, and ``step()`` (or ``synchronize()``) waits for them;
+    * gradient accumulation as in Horovod: ``backward_passes_per_step=N`` exchanges on the N-th
+      backward pass before ``step()`` (more passes than that raise a clear error, as the exchange
+      has already read the gradients); ``overlap=False`` exchanges only in ``step()``, so any
+      number of passes accumulates.
 
     Example::
 
@@ -39,9 +44,11 @@ class DistributedOptimizer(WrappedOptimizer):
         loss.backward(); opt.step(); opt.zero_grad()
         torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, path)
 
-    ``bucket_bytes``: the compressed exchanges of one round are fused into one collective per
-    bucket of at most this many payload bytes (:mod:`hvd_compress.torch.fusion`); ``None`` reads
-    ``HVD_COMPRESS_BUCKET_BYTES`` (default 64 MiB), ``0`` exchanges tensor by tensor.
+    ``bucket_bytes``: gradients are grouped into buckets of at most this many gradient bytes, and
+    the compressed exchanges of one round are fused into one collective per bucket
+    (:mod:`hvd_compress.torch.fusion`); ``None`` reads ``HVD_COMPRESS_BUCKET_BYTES`` (default
+    64 MiB, Horovod's fusion buffer), ``0`` exchanges tensor by tensor. Smaller buckets (DDP uses
+    25 MiB) start earlier during backward; larger ones take fewer collectives.
 
     How to tune: raise the codec's ``min_numel`` if many mid-sized tensors dominate latency (they
     then ride the fused fp32 allreduce); lower it to compress more of the model.
@@ -50,7 +57,8 @@ class DistributedOptimizer(WrappedOptimizer):
     def __init__(self, optimizer: torch.optim.Optimizer,
                  named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
                  compression: "Codec | str" = "none", process_set=None, comm=None,
-                 bucket_bytes: Optional[int] = None):
+                 bucket_bytes: Optional[int] = None, backward_passes_per_step: int = 1,
+                 overlap: bool = True):
         self.optimizer = optimizer
         self.codec = from_spec(compression)
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -67,38 +75,117 @@ class DistributedOptimizer(WrappedOptimizer):
         if missing:
             raise ValueError(f"named_parameters does not name {len(missing)} of the optimizer's "
                              "parameters; pass model.named_parameters() for the model the optimizer trains")
-        # A fixed order (sorted by name) so every rank fuses and exchanges the same way.
-        self._params = sorted(((by_id[id(p)], p) for p in params if p.requires_grad), key=lambda t: t[0])
+        # A fixed order (sorted by name) so every rank fuses and exchanges the same way; buckets
+        # follow the optimizer's order, reversed (backward's order, roughly)
+        self._order = [(by_id[id(p)], p) for p in params if p.requires_grad]
+        self._params = sorted(self._order, key=lambda t: t[0])
         # one fused collective per bucket and round (fusion.py); bucket_bytes=0: one per tensor
         self.comm = fused(comm if comm is not None else HorovodCollectives(process_set), bucket_bytes)
         self.exchange = make_exchange(self.codec, self.comm)  # flat, or hierarchical (codec.hierarchical)
         self._layout_checked = None  # (size, rank) the parameter-layout agreement last ran for
+        if backward_passes_per_step < 1:
+            raise ValueError(f"backward_passes_per_step must be >= 1, got {backward_passes_per_step}")
+        self.backward_passes_per_step = int(backward_passes_per_step)
+        self._plan_buckets()
+        self._hooks: list = []
+        if overlap:
+            self._register_hooks()
 
     def __repr__(self):
         return f"hvd_compress.DistributedOptimizer({self.optimizer!r}, compression={self.codec})"
 
     # communication
-    def synchronize(self) -> None:
-        """Average every parameter's gradient over the ranks, in place."""
-        self.exchange.ensure_checked()
-        self._check_layout()
-        self.comm.reset()  # collectives queued by a step that failed half-way are stale
-        driver = Driver()
-        fused: Dict[torch.dtype, list] = {}
+    def _plan_buckets(self) -> None:
+        """Compressed parameters in reverse order (about the order backward produces their
+        gradients), cut into buckets of ``bucket_bytes`` gradient bytes; the same on every rank."""
+        limit = self.comm.bucket_bytes or 1  # unfused: every tensor is its own bucket
+        self._buckets, self._bucket_of = [], {}
+        current, size = [], 0
+        for name, p in reversed(self._order):
+            if not self.codec.should_compress(p):
+                continue
+            nbytes = p.numel() * p.element_size()
+            if current and size + nbytes > limit:
+                self._buckets.append(current)
+                current, size = [], 0
+            current.append((name, p))
+            size += nbytes
+        if current:
+            self._buckets.append(current)
+        for i, bucket in enumerate(self._buckets):
+            for name, _ in bucket:
+                self._bucket_of[name] = i
+        self._new_step()
+
+    def _new_step(self) -> None:
+        self._driver = Driver(self.comm)
+        self._passes = {name: 0 for name, _ in self._params}
+        self._left = [len(b) for b in self._buckets]
+        self._started = [False] * len(self._buckets)
+
+    def _register_hooks(self) -> None:
         for name, p in self._params:
+            if hasattr(p, "register_post_accumulate_grad_hook"):
+                self._hooks.append(p.register_post_accumulate_grad_hook(
+                    lambda param, name=name: self._grad_ready(name)))
+
+    def _grad_ready(self, name: str) -> None:
+        """Backward produced ``name``'s gradient: on the last pass before ``step()``, the
+        gradient is final, and when its bucket is complete, the bucket's exchange starts (it then
+        runs in Horovod's background thread while backward goes on)."""
+        passes = self._passes[name] + 1
+        self._passes[name] = passes
+        if passes > self.backward_passes_per_step:
+            raise RuntimeError(
+                f"hvd_compress: the gradient of '{name}' was computed {passes} times before step(), "
+                f"but backward_passes_per_step={self.backward_passes_per_step}: its exchange had "
+                "started already. Pass backward_passes_per_step=N to accumulate N backward passes "
+                "(like Horovod), or overlap=False to exchange only in step().")
+        bucket = self._bucket_of.get(name)
+        if passes == self.backward_passes_per_step and bucket is not None:
+            self._left[bucket] -= 1
+            if self._left[bucket] == 0:
+                self._start_bucket(bucket)
+
+    def _start_bucket(self, index: int) -> None:
+        self.exchange.ensure_checked()  # blocking, once per world (all ranks reach it alike)
+        self._check_layout()
+        for name, p in self._buckets[index]:
             if p.grad is None:  # another rank may have computed it; everyone must take part
                 p.grad = torch.zeros_like(p)
             if p.grad.is_sparse:
                 raise ValueError(f"sparse gradient for '{name}': use dense gradients "
                                  "(e.g. nn.Embedding(sparse=False)) with hvd_compress")
-            if self.codec.should_compress(p.grad):
-                driver.start(name, self.exchange.average(name, p.grad))
-            else:
+            self._driver.start(name, self.exchange.average(name, p.grad))
+        self._started[index] = True
+        self.comm.flush()  # this bucket alone: the same fused collectives on every rank
+
+    def synchronize(self) -> None:
+        """Average every parameter's gradient over the ranks, in place: waits for the buckets
+        that backward started, starts the rest (and the small tensors' fused allreduce)."""
+        try:
+            self.exchange.ensure_checked()
+            self._check_layout()
+            for index, started in enumerate(self._started):
+                if not started:
+                    self._start_bucket(index)
+            fused: Dict[torch.dtype, list] = {}
+            for name, p in self._params:
+                if name in self._bucket_of:
+                    continue
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                if p.grad.is_sparse:
+                    raise ValueError(f"sparse gradient for '{name}': use dense gradients "
+                                     "(e.g. nn.Embedding(sparse=False)) with hvd_compress")
                 fused.setdefault(p.grad.dtype, []).append((name, p))
-        for dtype, members in fused.items():
-            flat = torch.cat([p.grad.detach().reshape(-1) for _, p in members])
-            driver.start(_fused_key(dtype), self.exchange.average(_fused_key(dtype), flat, compress=False))
-        results = driver.finish()
+            for dtype, members in fused.items():
+                flat = torch.cat([p.grad.detach().reshape(-1) for _, p in members])
+                self._driver.start(_fused_key(dtype), self.exchange.average(_fused_key(dtype), flat, compress=False))
+            results = self._driver.finish()
+        finally:
+            self.comm.reset()
+            self._new_step()
         for name, p in self._params:
             if name in results:
                 p.grad.copy_(results[name])
@@ -115,6 +202,7 @@ class DistributedOptimizer(WrappedOptimizer):
         self.comm.reset()
         self.exchange.reset_world()
         self._layout_checked = None
+        self._new_step()
 
     def _check_layout(self) -> None:
         """Once per world: every rank trains the same parameter names and shapes (otherwise the

@@ -37,7 +37,7 @@ class StockEngine:
         # the round's exchanges fused per bucket (HVD_COMPRESS_BUCKET_BYTES, 0 = per tensor)
         self.comm = fused(HorovodCollectives())
         self.exchange = make_exchange(codec, self.comm)  # flat, or hierarchical (codec.hierarchical)
-        self.driver = Driver()
+        self.driver = Driver(self.comm)
         self._results = {}  # finished exchanges of this step, until Horovod asks for each
         self._anonymous = 0
         self._hooked = set()
@@ -46,7 +46,7 @@ class StockEngine:
     def reset_world(self) -> None:
         """After an elastic reset: drop exchanges left half-done by the failed step (their peers
         are gone) and re-run the agreement check in the new world at the next step."""
-        self.driver = Driver()
+        self.driver = Driver(self.comm)
         self._results = {}
         self._anonymous = 0
         self.comm.reset()
