@@ -15,12 +15,12 @@ import os
 
 os.environ["RAY_TRAIN_V2_ENABLED"] = "0"  # before any ray.train import; Ray workers inherit it
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -385,6 +385,8 @@ class TopKFormat(CodecConfig):
 class WrapperFormat(CodecConfig):
     """A codec that delegates its algebra and wire format to ``self.inner``."""
 
+    inner: CodecConfig  # the wrapped codec; set by each framework's __init__ (torch/tf codecs/base.py)
+
     @property
     def summable(self):  # type: ignore[override]
         return self.inner.summable
@@ -502,7 +504,9 @@ def compression_report_rows(layers: Dict[str, Tuple[int, int, int]]) -> Dict[str
     """GradiVeQ's ``compression_report()`` from ``{tensor: (K, d, S)}`` (fitted tensors only):
     per tensor ``K``, ``d``, ``ratio`` (``K/d``) and ``slices``; under ``"_total"`` the
     value-weighted ratio (values / compressed values) and the mean of the layer ratios."""
-    rows, values, sent = {}, 0, 0
+    # the return type's own rows: "_total" has no single K, d or slice count (those entries are None)
+    rows: Dict[str, Dict[str, Any]] = {}
+    values, sent = 0, 0
     for key, (k, d, s) in layers.items():
         rows[key] = {"K": k, "d": d, "ratio": k / d, "slices": s}
         values += k * s

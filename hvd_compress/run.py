@@ -17,9 +17,13 @@ entry points a script uses to build its distributed optimizer, so that they rece
 
 Only where the script passes no compression, or Horovod's ``Compression.none``: a script that
 asks for something else (``Compression.fp16``, its own codec) keeps it, and the launcher says so
-once on stderr. Each hooked call gets its own codec instance (codec state is per optimizer). The
-hooks go in when the script imports the Horovod module (an import hook), so a TF script never
-imports torch and the other way round. ``horovod.keras`` (stand-alone Keras) is not hooked.
+once on stderr. Each hooked optimizer gets its own codec instance (codec state is per optimizer).
+``DistributedGradientTape`` is different: a TF2 script wraps a new tape every step, usually inside
+its ``tf.function`` step (traced more than once), so every tape of the process shares one codec,
+built at the first call: its state (TF variables, keyed by variable name) must outlive the tape,
+and ``tf.function`` refuses variables created on a retrace. The hooks go in when the script
+imports the Horovod module (an import hook), so a TF script never imports torch and the other way
+round. ``horovod.keras`` (stand-alone Keras) is not hooked.
 
 At exit every rank logs one line per framework used, to stderr::
 
@@ -52,6 +56,8 @@ TARGETS: Dict[str, tuple] = {
     "horovod.tensorflow": (("DistributedGradientTape", "DistributedOptimizer"), "hvd_compress.tensorflow"),
     "horovod.tensorflow.keras": (("DistributedOptimizer",), "hvd_compress.tensorflow"),
 }
+# entry points called once per step, not once per run: one codec for all their calls (see above)
+SHARED_CODEC = {"horovod.tensorflow.DistributedGradientTape"}
 
 
 def say(msg: str) -> None:
@@ -65,24 +71,38 @@ def _is_no_compression(value, module) -> bool:
     return compression is not None and value is getattr(compression, "none", object())
 
 
-def wrap(original: Callable, module, spec: str, frontend: str, where: str) -> Callable:
-    """``original`` with ``compression`` replaced by ``from_spec(spec)`` when it is none."""
+def wrap(original: Callable, module, spec: str, frontend: str, where: str, shared: bool = False) -> Callable:
+    """``original`` with ``compression`` replaced by ``from_spec(spec)`` when it is none: a new
+    codec per call, or with ``shared`` one codec (built at the first call) for every call."""
     signature = inspect.signature(original)
-    warned = []
+    warned: List[bool] = []
+    codecs: list = []
+
+    def codec():
+        if shared and codecs:
+            return codecs[0]
+        made = getattr(importlib_module(frontend), "from_spec")(spec)
+        if shared:
+            codecs.append(made)
+        return made
 
     @functools.wraps(original)
     def hooked(*args, **kwargs):
         bound = signature.bind_partial(*args, **kwargs)
         given = bound.arguments.get("compression")
         if _is_no_compression(given, module):
-            from_spec = getattr(importlib_module(frontend), "from_spec")
-            bound.arguments["compression"] = from_spec(spec)
+            bound.arguments["compression"] = codec()
             return original(*bound.args, **bound.kwargs)
         if not warned:
             warned.append(True)
             say(f"{where} got compression={given!r} from the script; keeping it ({ENV}={spec!r} not applied)")
         return original(*args, **kwargs)
 
+    if frontend == "hvd_compress.tensorflow":  # TF is imported already: Horovod's TF module needs it
+        import tensorflow as tf
+        # called inside the script's tf.function step: AutoGraph has nothing to convert here (and
+        # would warn that it cannot read importlib's frozen source)
+        hooked = tf.autograph.experimental.do_not_convert(hooked)
     hooked.__hvd_compress_original__ = original
     return hooked
 
@@ -100,7 +120,8 @@ def patch_module(module, spec: str) -> List[str]:
         original = getattr(module, name, None)
         if original is None or hasattr(original, "__hvd_compress_original__"):
             continue
-        setattr(module, name, wrap(original, module, spec, frontend, f"{module.__name__}.{name}"))
+        where = f"{module.__name__}.{name}"
+        setattr(module, name, wrap(original, module, spec, frontend, where, shared=where in SHARED_CODEC))
         done.append(name)
     return done
 

@@ -44,6 +44,20 @@ def test_each_hooked_call_gets_its_own_codec():
     assert f("a") is not f("b")
 
 
+def test_a_shared_hook_builds_one_codec_for_every_call():
+    # DistributedGradientTape: a new tape each step (and each tf.function retrace), one codec state
+    f = run.wrap(fake_distributed_optimizer, hvd, "qsgd:bits=4", "hvd_compress.torch", "tape", shared=True)
+    first = f("a")
+    assert f("b") is first and f("c", compression=hvd.Compression.none) is first
+    assert f("d", compression=hvd.Compression.fp16) is hvd.Compression.fp16
+
+
+def test_only_the_gradient_tape_shares_its_codec():
+    assert run.SHARED_CODEC == {"horovod.tensorflow.DistributedGradientTape"}
+    assert all(f"{module}.{name}" in run.SHARED_CODEC or name == "DistributedOptimizer"
+               for module, (names, _) in run.TARGETS.items() for name in names)
+
+
 def python(code_or_args, env_spec):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(run.ENV, None)

@@ -8,6 +8,7 @@ per byte as ``t0 + 3*t1 + 9*t2 + 27*t3 + 81*t4``; bytes above 242 are not valid.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from hvd_compress.common import base3_nbytes, packed_nbytes  # noqa: F401 (re-exported: the sizes)
 from hvd_compress.lowprec import pack_codes, unpack_codes
@@ -29,8 +30,8 @@ def unpack_bits(packed: np.ndarray, bits: int, numel: int) -> np.ndarray:
 def pack_base3(codes: np.ndarray) -> np.ndarray:
     """Ternary ``codes`` (0, 1, 2) five to a byte (the last byte zero-padded)."""
     c = np.asarray(codes, np.uint8).reshape(-1)
-    c = np.concatenate([c, np.zeros(-c.size % 5, np.uint8)]).reshape(-1, 5)
-    return (c * _POW3).sum(axis=1, dtype=np.uint8)
+    groups = np.concatenate([c, np.zeros(-c.size % 5, np.uint8)]).reshape(-1, 5)  # 2-D: one row a byte
+    return (groups * _POW3).sum(axis=1, dtype=np.uint8)
 
 
 def unpack_base3(packed: np.ndarray, numel: int) -> np.ndarray:
@@ -51,7 +52,7 @@ def bytes_f32(payload: np.ndarray) -> np.ndarray:
     return np.frombuffer(np.ascontiguousarray(payload, np.uint8).tobytes(), dtype="<f4").astype(np.float32)
 
 
-def nan_where_nonfinite(values: np.ndarray) -> np.ndarray:
+def nan_where_nonfinite(values: ArrayLike) -> np.ndarray:
     """A non-finite scale travels as NaN, never as a silently wrong finite value (or an Inf that a
     receiver would multiply by zero codes)."""
     values = np.asarray(values, np.float32)

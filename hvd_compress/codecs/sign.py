@@ -25,7 +25,7 @@ def mean_abs(x: np.ndarray) -> np.float32:
     if x.size == 0:
         return np.float32(0)
     with np.errstate(over="ignore", invalid="ignore"):
-        return nan_where_nonfinite(np.float32(np.abs(x.astype(np.float64)).sum() / x.size)).reshape(())[()]
+        return np.float32(nan_where_nonfinite(np.float32(np.abs(x.astype(np.float64)).sum() / x.size)).reshape(())[()])
 
 
 def sign_payload(x: np.ndarray, scale) -> np.ndarray:

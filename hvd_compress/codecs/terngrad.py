@@ -73,7 +73,7 @@ class TernGrad(CodecSpec):
             with np.errstate(over="ignore", invalid="ignore"):
                 std = np.float32(np.asarray(x, np.float64).std(ddof=1))
                 s = np.minimum(s, np.float32(self.clip) * std)
-        return nan_where_nonfinite(np.float32(s)).reshape(())[()]
+        return np.float32(nan_where_nonfinite(s).reshape(())[()])
 
     def encode(self, x, rng=None, *, noise=None, scale=None):
         s = self.local_scale(x) if scale is None else np.float32(np.asarray(scale, np.float32).reshape(-1)[0])
