@@ -214,7 +214,7 @@ def main(argv=None):
         fused = not spec.endswith(UNFUSED)
         spec_only = spec[:-len(UNFUSED)] if not fused else spec
         # read when the codec's stock engine is built, at its first step below
-        os.environ["HVD_COMPRESS_BUCKET_BYTES"] = "" if fused else "0"
+        os.environ["HVD_COMPRESS_BUCKET_BYTES"] = str(64 << 20) if fused else "0"
         model, _, _ = make_model(args.model, args.seed, args.width)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)

@@ -24,7 +24,7 @@ import warnings
 import torch
 
 from hvd_compress.torch.collectives import HorovodCollectives
-from hvd_compress.torch.fusion import fused
+from hvd_compress.torch.fusion import bucket_bytes_from_env, fused
 from hvd_compress.torch.exchange import UNCOMPRESSED, WIRE_STATS, Driver, _ring_allreduce_bytes
 from hvd_compress.torch.hierarchical import make_exchange
 
@@ -34,8 +34,10 @@ STATE_KEY = "hvd_compress"
 class StockEngine:
     def __init__(self, codec):
         self.codec = codec
-        # the round's exchanges fused per bucket (HVD_COMPRESS_BUCKET_BYTES, 0 = per tensor)
-        self.comm = fused(HorovodCollectives())
+        # fused per bucket only when HVD_COMPRESS_BUCKET_BYTES asks: here the fused round waits
+        # for synchronize() and so loses its overlap with backward, which measured slower on a
+        # 1 Gbit/s link without latency (docs/fusion.md); one collective per tensor by default
+        self.comm = fused(HorovodCollectives(), bucket_bytes_from_env(default=0))
         self.exchange = make_exchange(codec, self.comm)  # flat, or hierarchical (codec.hierarchical)
         self.driver = Driver(self.comm)
         self._results = {}  # finished exchanges of this step, until Horovod asks for each
