@@ -17,6 +17,7 @@ from pathlib import Path
 
 MODELS = ("mlp", "cnn", "resnet")
 UNFUSED = "@unfused"  # spec suffix: the same codec exchanged tensor by tensor (HVD_COMPRESS_BUCKET_BYTES=0)
+BASELINES = ["none", "hvd-fp16"]  # Horovod's own fp32 and fp16 paths, not hvd_compress codecs
 
 
 def make_model(name: str, seed: int = 0, width: int = 0):
@@ -152,9 +153,6 @@ def nominal_inter_host(compression, model, size: int, local_size: int, stats: di
                * r["payload_bytes"] / steps for d, r in stats.items())
 
 
-BASELINES = ("none", "hvd-fp16")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -174,7 +172,8 @@ def main(argv=None):
     import torch
     import horovod.torch as hvd
     import hvd_compress.torch as hc
-    from hvd_compress.torch.fusion import collective_stats, reset_collective_stats
+    from hvd_compress.torch.fusion import (DEFAULT_BUCKET_BYTES, ENV_BUCKET_BYTES, collective_stats,
+                                           reset_collective_stats)
 
     hvd.init()
     torch.set_num_threads(args.threads)
@@ -212,9 +211,9 @@ def main(argv=None):
 
     for spec in [s for s in args.codecs.split(";") if s]:
         fused = not spec.endswith(UNFUSED)
-        spec_only = spec[:-len(UNFUSED)] if not fused else spec
+        spec_only = spec.removesuffix(UNFUSED)
         # read when the codec's stock engine is built, at its first step below
-        os.environ["HVD_COMPRESS_BUCKET_BYTES"] = str(64 << 20) if fused else "0"
+        os.environ[ENV_BUCKET_BYTES] = str(DEFAULT_BUCKET_BYTES) if fused else "0"
         model, _, _ = make_model(args.model, args.seed, args.width)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -252,7 +251,7 @@ def main(argv=None):
         codec_s = (timer.total / args.steps) if timer is not None else None
         stats = hc.wire_stats()
         colls = collective_stats()
-        if spec in ("none", "hvd-fp16"):
+        if spec in BASELINES:
             nominal = 2.0 * (size - 1) / size * params * (4 if spec == "none" else 2)
         else:
             nominal = sum(r["sent_bytes"] for r in stats.values()) / args.steps

@@ -45,12 +45,11 @@ import time
 from pathlib import Path
 from typing import List
 
-from hvd_compress.bench._step_worker import UNFUSED
+from hvd_compress.bench._step_worker import BASELINES, UNFUSED
 from hvd_compress.bench.common import write_json
 from hvd_compress.bench.netns import NamespaceUnavailable, ShapedNamespace, check_available, format_rate, parse_rate
 
 REPO = Path(__file__).resolve().parents[2]
-BASELINES = ["none", "hvd-fp16"]
 DEFAULT_CODECS = ["fp16", "bf16", "qsgd", "qsgd:bits=8", "terngrad", "onebit", "efsign", "signsgd",
                   "topk", "doublesqueeze"]
 

@@ -31,17 +31,18 @@ shapes under the same names) makes every rank raise the same ``ValueError`` nami
 instead of slicing wrong or hanging. The 4 bytes per rank and bucket are counted in
 :func:`collective_stats`, not in ``wire_stats()`` (which stays the codecs' payload bytes).
 
-How to tune: ``bucket_bytes`` trades latency for pipelining. One bucket per round (the default,
-64 MiB of compressed payload, Horovod's fusion-buffer size) minimises collectives per step;
-smaller buckets let the first buckets' collectives run while later ones are encoded. ``0``
-disables fusion (one collective per tensor, today's behaviour).
+How to tune: ``bucket_bytes`` trades latency for pipelining. One bucket per round (64 MiB of
+compressed payload, Horovod's fusion-buffer size: ``hc.DistributedOptimizer``'s default)
+minimises collectives per step; smaller buckets let the first buckets' collectives run while later
+ones are encoded. ``0`` disables fusion (one collective per tensor): the stock API's default,
+where a fused round would wait for ``synchronize()`` (docs/fusion.md has the measurement).
 """
 from __future__ import annotations
 
 import os
 import threading
 import zlib
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
 import torch
 
@@ -50,6 +51,7 @@ from hvd_compress.torch.collectives import Pending
 DEFAULT_BUCKET_BYTES = 64 << 20
 ENV_BUCKET_BYTES = "HVD_COMPRESS_BUCKET_BYTES"
 HEADER_BYTES = 4
+T = TypeVar("T")
 
 
 def bucket_bytes_from_env(default: int = DEFAULT_BUCKET_BYTES) -> int:
@@ -68,8 +70,26 @@ def bucket_bytes_from_env(default: int = DEFAULT_BUCKET_BYTES) -> int:
     return value
 
 
+def cut_buckets(items: Sequence[T], nbytes: Callable[[T], int], limit: int) -> List[List[T]]:
+    """``items`` in order, cut into consecutive buckets of at most ``limit`` bytes (an item larger
+    than that is a bucket of its own): the same cut on every rank for the same items."""
+    buckets: List[List[T]] = []
+    current: List[T] = []
+    size = 0
+    for item in items:
+        n = nbytes(item)
+        if current and size + n > limit:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += n
+    if current:
+        buckets.append(current)
+    return buckets
+
+
 class CollectiveStats:
-    """Collectives handed to the backend, per kind, since start or the last reset; ``tensors``
+    """Collectives handed to the backend, per kind, since start or the last reset; ``requested``
     counts the exchange's collectives before fusion (so fused/unfused is visible at a glance)."""
 
     KINDS = ("allreduce", "allgather", "alltoall")
@@ -243,19 +263,7 @@ class FusedCollectives:
                 self._issue(key[0], bucket)
 
     def _cut(self, members: List[_Member]) -> List[List[_Member]]:
-        buckets: List[List[_Member]] = []
-        current: List[_Member] = []
-        size = 0
-        for m in members:
-            nbytes = m.tensor.numel() * m.tensor.element_size()
-            if current and size + nbytes > self.bucket_bytes:
-                buckets.append(current)
-                current, size = [], 0
-            current.append(m)
-            size += nbytes
-        if current:
-            buckets.append(current)
-        return buckets
+        return cut_buckets(members, lambda m: m.tensor.numel() * m.tensor.element_size(), self.bucket_bytes)
 
     def _issue(self, kind: str, members: List[_Member]) -> None:
         if len(members) == 1:  # nothing to fuse: the member's own collective, under its own name

@@ -9,7 +9,7 @@ import torch
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.collectives import HorovodCollectives
 from hvd_compress.torch.exchange import Driver, agree, drive
-from hvd_compress.torch.fusion import fused
+from hvd_compress.torch.fusion import cut_buckets, fused
 from hvd_compress.torch.hierarchical import make_exchange
 from hvd_compress.torch.spec import from_spec
 from hvd_compress.torch.wrapped import WrappedOptimizer
@@ -99,19 +99,9 @@ class DistributedOptimizer(WrappedOptimizer):
         """Compressed parameters in reverse order (about the order backward produces their
         gradients), cut into buckets of ``bucket_bytes`` gradient bytes; the same on every rank."""
         limit = self.comm.bucket_bytes or 1  # unfused: every tensor is its own bucket
-        self._buckets, self._bucket_of = [], {}
-        current, size = [], 0
-        for name, p in reversed(self._order):
-            if not self.codec.should_compress(p):
-                continue
-            nbytes = p.numel() * p.element_size()
-            if current and size + nbytes > limit:
-                self._buckets.append(current)
-                current, size = [], 0
-            current.append((name, p))
-            size += nbytes
-        if current:
-            self._buckets.append(current)
+        compressed = [(name, p) for name, p in reversed(self._order) if self.codec.should_compress(p)]
+        self._buckets = cut_buckets(compressed, lambda item: item[1].numel() * item[1].element_size(), limit)
+        self._bucket_of = {}
         for i, bucket in enumerate(self._buckets):
             for name, _ in bucket:
                 self._bucket_of[name] = i
@@ -151,12 +141,7 @@ class DistributedOptimizer(WrappedOptimizer):
         self.exchange.ensure_checked()  # blocking, once per world (all ranks reach it alike)
         self._check_layout()
         for name, p in self._buckets[index]:
-            if p.grad is None:  # another rank may have computed it; everyone must take part
-                p.grad = torch.zeros_like(p)
-            if p.grad.is_sparse:
-                raise ValueError(f"sparse gradient for '{name}': use dense gradients "
-                                 "(e.g. nn.Embedding(sparse=False)) with hvd_compress")
-            self._driver.start(name, self.exchange.average(name, p.grad))
+            self._driver.start(name, self.exchange.average(name, _dense_grad(name, p)))
         self._started[index] = True
         self.comm.flush()  # this bucket alone: the same fused collectives on every rank
 
@@ -171,14 +156,8 @@ class DistributedOptimizer(WrappedOptimizer):
                     self._start_bucket(index)
             fused: Dict[torch.dtype, list] = {}
             for name, p in self._params:
-                if name in self._bucket_of:
-                    continue
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                if p.grad.is_sparse:
-                    raise ValueError(f"sparse gradient for '{name}': use dense gradients "
-                                     "(e.g. nn.Embedding(sparse=False)) with hvd_compress")
-                fused.setdefault(p.grad.dtype, []).append((name, p))
+                if name not in self._bucket_of:
+                    fused.setdefault(_dense_grad(name, p).dtype, []).append((name, p))
             for dtype, members in fused.items():
                 flat = torch.cat([p.grad.detach().reshape(-1) for _, p in members])
                 self._driver.start(_fused_key(dtype), self.exchange.average(_fused_key(dtype), flat, compress=False))
@@ -233,6 +212,17 @@ class DistributedOptimizer(WrappedOptimizer):
         self.optimizer.load_state_dict(state_dict)
         if saved is not None:
             self.codec.load_state_dict(saved)
+
+
+def _dense_grad(name: str, p: torch.nn.Parameter) -> torch.Tensor:
+    """``p.grad``, zeros where this rank computed none (another rank may have: everyone must
+    take part in the exchange); a clear error for a sparse one."""
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    if p.grad.is_sparse:
+        raise ValueError(f"sparse gradient for '{name}': use dense gradients "
+                         "(e.g. nn.Embedding(sparse=False)) with hvd_compress")
+    return p.grad
 
 
 def _fused_key(dtype: torch.dtype) -> str:
