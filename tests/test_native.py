@@ -437,6 +437,86 @@ def test_forked_children_run_the_kernels_single_threaded():
     assert proc.returncode == 0 and proc.stdout.strip() == "0", proc.stderr[-2000:]
 
 
+# ------------------------------------------------------------- TopK selection and signSGD's vote
+def _topk_inputs(n):
+    """Inputs that stress the sampled threshold: generic values, heavy ties, a constant chunk, and
+    a chunk whose large values sit exactly on the sample's positions (the sample then overestimates
+    the k-th magnitude and the kernel must fall back to taking every value)."""
+    g = torch.Generator().manual_seed(n)
+    yield "randn", torch.randn(n, generator=g)
+    yield "ties", torch.randint(-3, 4, (n,), generator=g).float()
+    yield "constant", torch.full((n,), -0.5)
+    x = torch.randn(n, generator=g) * 1e-3
+    stride = max(1, n // 16384)
+    x[stride // 2::stride] = 1e3  # 16384 huge values, fewer than k for ratio 0.3
+    yield "sample-trap", x
+    x = torch.randn(n, generator=g)
+    x[n // 3], x[n // 2], x[-1] = float("nan"), float("inf"), -float("inf")
+    x[:7] = -0.0
+    yield "non-finite", x
+
+
+@pytest.mark.parametrize("ratio", [0.001, 0.01, 0.3, 1.0])
+@pytest.mark.parametrize("n", [1, 7, 1001, 65_536, 1 << 20])
+def test_topk_selection_equals_torch_topk_bytes(n, ratio):
+    """The sampled-threshold selection is exact: the payload is the plain path's byte for byte."""
+    q = quantizer(f"topk:ratio={ratio}")
+    for label, x in _topk_inputs(n):
+        native, plain = encode(q, x, True), encode(q, x, False)
+        assert torch.equal(native, plain), f"n={n} ratio={ratio} {label}"
+
+
+def test_topk_threads_do_not_change_the_bytes(monkeypatch):
+    q = quantizer("topk:ratio=0.01")
+    x = randn(1 << 20, 3)
+    monkeypatch.setenv("HVD_COMPRESS_THREADS", "1")
+    one = encode(q, x, True)
+    monkeypatch.setenv("HVD_COMPRESS_THREADS", "2")
+    assert torch.equal(one, encode(q, x, True))
+
+
+@pytest.mark.parametrize("spec", ["signsgd", "signsgd:scaled=false"])
+@pytest.mark.parametrize("n", [1, 7, 1001, 40_001, 1 << 20])
+def test_signsgd_encode_equals_the_plain_path(spec, n):
+    q = quantizer(spec)
+    cases = [grid(n, n), torch.zeros(n), torch.full((n,), 1e-45)]  # 1e-45: a subnormal mean
+    x = grid(n, 1)
+    x[n // 2] = float("nan")
+    cases.append(x)
+    x = grid(n, 2)
+    x[0] = float("-inf")
+    cases.append(x)
+    for i, x in enumerate(cases):
+        assert torch.equal(encode(q, x, True), encode(q, x, False)), f"{spec} n={n} case {i}"
+    if spec == "signsgd":  # generic inputs: same signs, the mean |x| within a few ulp
+        x = randn(n, 5)
+        a, b = encode(q, x, True), encode(q, x, False)
+        assert torch.equal(a[:-4], b[:-4])
+        assert ulps(a[-4:].clone().view(torch.float32), b[-4:].clone().view(torch.float32)).max() <= 2
+
+
+@pytest.mark.parametrize("spec", ["signsgd", "signsgd:scaled=false"])
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 257])
+def test_signsgd_vote_equals_the_plain_path(spec, workers):
+    """Odd and even worker counts (ties, broken by the signed scales), and more workers than the
+    kernel's one-byte counters hold."""
+    q = quantizer(spec)
+    n = 1001 if workers > 4 else 40_001
+    xs = [grid(n, 10 + r) * (r % 3 + 1) for r in range(workers)]
+    payloads = [encode(q, x, False) for x in xs]
+    with _native.forced(True):
+        got = q.aggregate(payloads, n)
+    with _native.forced(False):
+        want = q.aggregate(payloads, n)
+    assert bits_equal(got, want)
+    nan_payloads = [encode(q, x, False) for x in (torch.full((n,), float("nan")), xs[0])]
+    with _native.forced(True):
+        got = q.aggregate(nan_payloads, n)
+    with _native.forced(False):
+        want = q.aggregate(nan_payloads, n)
+    assert bits_equal(got, want)
+
+
 def test_non_cpu_tensors_take_the_torch_path():
     assert ops.lib_for(torch.empty(3, device="meta")) is None
     assert ops.lib_for(torch.empty(3)) is not None

@@ -226,7 +226,8 @@ def native_may_differ(case: str, key: str) -> bool:
     if codec.stochastic and key != "encode_noise":
         return True  # generator-driven uniforms: the kernels' own stream
     l2 = getattr(codec, "norm", None) == "l2"
-    if codec.name in ("onebit_quantizer", "scaled_sign") or l2:  # sum-based scales
+    sum_scaled = codec.name in ("onebit_quantizer", "scaled_sign") or (codec.name == "signsgd" and codec.scaled)
+    if sum_scaled or l2:  # sum-based scales (signSGD's mean |x| comes from ScaledSign's kernel)
         if data == "randn" or (data == "grid" and key in LATER_STEPS):
             return True
         if l2 and data == "tiny":

@@ -234,7 +234,7 @@ def test_decoders_agree_on_arbitrary_valid_payloads(spec, impl, monkeypatch):
         assert np.array_equal(codec.decode(p, n), ref.decode(p, n), equal_nan=True), f"n={n}"
 
 
-@pytest.mark.parametrize("impl", ["torch_plain", "tf"])
+@pytest.mark.parametrize("impl", ["torch_plain", "torch_native", "tf"])
 @pytest.mark.parametrize("spec", ["signsgd", "signsgd:scaled=false"])
 def test_signsgd_vote_matches_the_reference(spec, impl, monkeypatch):
     ref = hvd_compress.reference(spec)

@@ -48,7 +48,7 @@ from typing import Optional
 
 SOURCE = Path(__file__).with_name("kernels.c")
 LIBNAME = "libhvdc_native.so"
-ABI_VERSION = 1
+ABI_VERSION = 2
 # No -march=native: the cached library must run on any x86-64 host (the AVX2 clones inside are
 # dispatched at run time). -ffp-contract=off: no FMA contraction, so the float math is the plain
 # path's, operation for operation. Never -ffast-math.
@@ -166,6 +166,8 @@ def _declare(lib) -> None:
         "hvdc_sign_encode": ([ptr, ptr, ptr, i64, ptr, i32], i32),
         "hvdc_sign_decode": ([ptr, i64, ptr, i32, f32, i32], i32),
         "hvdc_tf_uniform": ([u64, u64, i64, ptr, i32], None),
+        "hvdc_topk_encode": ([ptr, i64, i64, ptr, i32], i32),
+        "hvdc_signsgd_vote": ([ptr, i32, i64, f32, ptr, i32], i32),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)

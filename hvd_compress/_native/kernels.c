@@ -43,7 +43,7 @@
 #endif
 
 #define API __attribute__((visibility("default")))
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 /* Function multi-versioning: an AVX2 clone where the CPU has it, the x86-64 baseline elsewhere.
  * The clones compute the very same IEEE operations (no FMA: -ffp-contract=off), only wider. */
@@ -1264,4 +1264,205 @@ API void hvdc_tf_uniform(uint64_t s0, uint64_t s1, i64 n, float *out, int nthrea
         philox_blocks(key, ctr, (uint64_t)full, 1, last);
         memcpy(out + 4 * full, last, (size_t)(n % 4) * sizeof(float));
     }
+}
+
+/* -------------------------------------------------------------------------------------- TopK */
+/* Canonical top-k (hvd_compress/codecs/topk.py): the k largest magnitudes, NaN above everything,
+ * +-Inf tied with FLT_MAX (torch.nan_to_num), ties at the k-th magnitude to the lower indices;
+ * indices ascending, then the values.
+ *
+ * Selection without a sort (after Deep Gradient Compression's sampled threshold, but exact):
+ * magnitudes compare as their IEEE bit patterns (for non-negative floats the integer order is the
+ * float order). A strided sample of the chunk gives a threshold t a little below its estimate of
+ * the k-th magnitude; every value whose key is >= t is a candidate, collected in index order in
+ * parallel tiles (one counting pass, one collecting pass). With at least k candidates the k-th
+ * largest of all values is among them (everything else is below t), so a radix select over the
+ * candidates finds it exactly and the payload is the one torch.topk gives. With fewer (an unlucky
+ * sample) t drops to 0, every value is a candidate: slower, still exact. The sample decides only
+ * the speed. */
+#define TOPK_SAMPLE 16384
+
+static inline uint32_t topk_key(float v) {
+    uint32_t u = f2u(v) & 0x7fffffffu;
+    if (u > 0x7f800000u) return 0x7f800000u;   /* NaN: above everything */
+    if (u == 0x7f800000u) return 0x7f7fffffu;  /* +-Inf: the largest finite magnitude */
+    return u;
+}
+
+/* Values of a tile whose key is >= t; *bad |= 1 when the tile holds a non-finite value. */
+HOT static i64 topk_count(const float *x, i64 len, uint32_t t, int *bad) {
+    i64 c = 0;
+    uint32_t nonfinite = 0;
+    for (i64 i = 0; i < len; i++) {
+        const uint32_t u = f2u(x[i]) & 0x7fffffffu;
+        nonfinite |= (uint32_t)(u >= 0x7f800000u);
+        const uint32_t key = u > 0x7f800000u ? 0x7f800000u : (u == 0x7f800000u ? 0x7f7fffffu : u);
+        c += key >= t;
+    }
+    *bad |= (int)nonfinite;
+    return c;
+}
+
+/* The k-th largest (1-based) of keys[0 .. c), 1 <= k <= c: MSD radix select, 11 bits a level. */
+static uint32_t topk_kth_largest(const uint32_t *keys, i64 c, i64 k) {
+    static const int shift[3] = {21, 10, 0};
+    static const uint32_t width[3] = {2048, 2048, 1024};
+    uint32_t prefix = 0, mask = 0;
+    i64 *hist = (i64 *)malloc(sizeof(i64) * 2048);
+    if (!hist) return 0;  /* the caller checks the count of keys >= the result */
+    for (int level = 0; level < 3; level++) {
+        memset(hist, 0, sizeof(i64) * 2048);
+        for (i64 j = 0; j < c; j++)
+            if ((keys[j] & mask) == prefix) hist[(keys[j] >> shift[level]) & (width[level] - 1)]++;
+        uint32_t d = width[level];
+        i64 above = 0;
+        while (d > 0) {
+            d--;
+            if (above + hist[d] >= k) break;
+            above += hist[d];
+        }
+        k -= above;
+        prefix |= d << shift[level];
+        mask |= (width[level] - 1) << shift[level];
+    }
+    free(hist);
+    return prefix;
+}
+
+/* Payload of the canonical top-k of x[0 .. n) into out (8 * k bytes). 0, or -2 (out of memory). */
+API int hvdc_topk_encode(const float *x, i64 n, i64 k, uint8_t *out, int nthreads) {
+    if (k <= 0 || n <= 0) return 0;
+    if (k > n) return -1;
+    int32_t *idx_out = (int32_t *)out;  /* the caller passes a 4-byte-aligned buffer */
+    float *val_out = (float *)(out + 4 * k);
+    /* Threshold from a strided sample (none for small chunks: all values are candidates). */
+    uint32_t t = 0;
+    if (n >= 4 * TOPK_SAMPLE) {
+        const i64 stride = n / TOPK_SAMPLE;
+        uint32_t *sample = (uint32_t *)malloc(sizeof(uint32_t) * TOPK_SAMPLE);
+        if (!sample) return -2;
+        for (i64 j = 0; j < TOPK_SAMPLE; j++) sample[j] = topk_key(x[j * stride + stride / 2]);
+        const double m = (double)k * TOPK_SAMPLE / (double)n;  /* expected sample values above */
+        const double want = 1.5 * m + 3.0 * sqrt(m) + 4.0;
+        if (want < TOPK_SAMPLE) t = topk_kth_largest(sample, TOPK_SAMPLE, (i64)want);
+        free(sample);
+    }
+    const i64 tl = TILE, ntiles = (n + tl - 1) / tl;
+    i64 *offset = (i64 *)malloc(sizeof(i64) * (size_t)(ntiles + 1));
+    if (!offset) return -2;
+    int bad = 0;
+    i64 total = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bad = 0;
+        i64 tctr = 0;
+#pragma omp parallel num_threads(team(ntiles, nthreads)) reduction(| : bad)
+        for (i64 tt; (tt = next_tile(&tctr)) < ntiles;) {
+            const i64 a = tt * tl;
+            offset[tt + 1] = topk_count(x + a, imin(tl, n - a), t, &bad);
+        }
+        offset[0] = 0;
+        for (i64 tt = 0; tt < ntiles; tt++) offset[tt + 1] += offset[tt];
+        total = offset[ntiles];
+        if (total >= k) break;
+        t = 0;  /* the sample overestimated the k-th magnitude: take every value */
+    }
+    int32_t *cand = (int32_t *)malloc(sizeof(int32_t) * (size_t)total);
+    uint32_t *keys = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)total);
+    if (!cand || !keys) { free(cand); free(keys); free(offset); return -2; }
+    i64 tctr2 = 0;
+#pragma omp parallel num_threads(team(ntiles, nthreads))
+    for (i64 tt; (tt = next_tile(&tctr2)) < ntiles;) {
+        const i64 a = tt * tl, b = imin(a + tl, n);
+        i64 w = offset[tt];
+        for (i64 i = a; i < b; i++) {
+            const uint32_t key = topk_key(x[i]);
+            if (key >= t) { cand[w] = (int32_t)i; keys[w] = key; w++; }
+        }
+    }
+    const uint32_t kth = topk_kth_largest(keys, total, k);
+    i64 above = 0;
+    for (i64 j = 0; j < total; j++) above += keys[j] > kth;
+    i64 ties = k - above, w = 0;
+    for (i64 j = 0; j < total && w < k; j++) {
+        if (keys[j] > kth || (keys[j] == kth && ties-- > 0)) {
+            idx_out[w] = cand[j];
+            val_out[w] = x[cand[j]];
+            w++;
+        }
+    }
+    free(cand); free(keys); free(offset);
+    if (w != k) return -4;  /* cannot happen: the count above says so */
+    if (bad) val_out[0] = u2f(QNAN);  /* a non-finite gradient must not pass as a finite one */
+    return 0;
+}
+
+/* ---------------------------------------------------------------------- signSGD's majority vote */
+/* The vote of np payloads of n values (hvd_compress/codecs/sign.py, SignSGD.aggregate): per value,
+ * m * the sign of the sum of the workers' signs; ties (np even) go to the sign of the sum of the
+ * workers' signed scales, accumulated in fp32 in payload order as the plain path does, then to +1.
+ * `m` is the mean scale, computed by the caller with the plain path's fp32 operations. */
+static uint64_t g_bytes_of_bits[256];
+
+__attribute__((constructor)) static void init_bytes_of_bits(void) {  /* at load, before any call */
+    for (int b = 0; b < 256; b++) {
+        uint64_t v = 0;
+        for (int j = 0; j < 8; j++) v |= (uint64_t)((b >> j) & 1) << (8 * j);
+        g_bytes_of_bits[b] = v;
+    }
+}
+
+API int hvdc_signsgd_vote(const uint8_t *const *payloads, int np, i64 n, float m, float *out,
+                          int nthreads) {
+    if (n <= 0) return 0;
+    if (np < 1) return -1;
+    const i64 nb = (n + 7) / 8;
+    float *scales = (float *)malloc(sizeof(float) * (size_t)np);
+    if (!scales) return -2;
+    for (int p = 0; p < np; p++) scales[p] = get_f32(payloads[p] + nb);
+    const float hi = (m != m) ? quiet(m) : m;   /* plain: (+-1) * m */
+    const float lo = (m != m) ? quiet(m) : -m;
+    const i64 tl = TILE, ntiles = (n + tl - 1) / tl;
+    i64 tctr = 0;
+#pragma omp parallel num_threads(team(ntiles, nthreads))
+    {
+        uint64_t cnt64[SUB / 8];   /* one byte per value: the count of 1 bits (np < 256) */
+        int cnt[SUB];
+        float w[SUB], v[SUB];
+        for (i64 tt; (tt = next_tile(&tctr)) < ntiles;) {
+            const i64 a = tt * tl, b = imin(a + tl, n);
+            for (i64 q = a; q < b; q += SUB) {
+                const i64 len = imin(SUB, b - q), nbytes = (len + 7) / 8;
+                if (np < 256) {
+                    memset(cnt64, 0, sizeof(cnt64));
+                    for (int p = 0; p < np; p++) {
+                        const uint8_t *bits = payloads[p] + q / 8;
+                        for (i64 j = 0; j < nbytes; j++) cnt64[j] += g_bytes_of_bits[bits[j]];
+                    }
+                    const uint8_t *c8 = (const uint8_t *)cnt64;  /* little-endian: value j at byte j */
+                    for (i64 j = 0; j < len; j++) cnt[j] = c8[j];
+                } else {
+                    memset(cnt, 0, sizeof(cnt));
+                    for (int p = 0; p < np; p++) {
+                        const uint8_t *bits = payloads[p] + q / 8;
+                        for (i64 j = 0; j < len; j++) cnt[j] += (bits[j >> 3] >> (j & 7)) & 1;
+                    }
+                }
+                if (np % 2 == 0) {  /* ties possible: the signed scales' fp32 sum, in payload order */
+                    for (i64 j = 0; j < len; j++) w[j] = 0.0f;
+                    for (int p = 0; p < np; p++) {
+                        select_bits(payloads[p] + q / 8, len, scales[p], -scales[p], v);
+                        for (i64 j = 0; j < len; j++) w[j] += v[j];
+                    }
+                    for (i64 j = 0; j < len; j++) {
+                        const int votes = 2 * cnt[j] - np;
+                        out[q + j] = (votes > 0 || (votes == 0 && !(w[j] < 0.0f))) ? hi : lo;
+                    }
+                } else {
+                    for (i64 j = 0; j < len; j++) out[q + j] = 2 * cnt[j] > np ? hi : lo;
+                }
+            }
+        }
+    }
+    free(scales);
+    return 0;
 }

@@ -217,6 +217,44 @@ def sign_decode_into(lib, payload, numel, out, mode=0, div=1.0):
                                 threads()), "scaled_sign")
 
 
+# ------------------------------------------------------------------------------------- TopK
+def topk_encode(x, k):
+    """The canonical top-k payload of ``x`` (``k`` int32 indices, then ``k`` fp32 values), the
+    selection by a sampled threshold and a radix select over the candidates: the bytes
+    ``torch.topk`` gives, without its O(n log k) work."""
+    lib = lib_for(x)
+    if lib is None:
+        return None
+    x = flat_f32(x)
+    n = x.numel()
+    out = torch.empty(2 * k, dtype=torch.int32).view(torch.uint8)  # 4-byte aligned int32/fp32 slots
+    if k:
+        _check(lib.hvdc_topk_encode(x.data_ptr(), n, k, out.data_ptr(), threads()), "topk")
+    return out
+
+
+# ------------------------------------------------------------------------ signSGD's vote
+def signsgd_vote(payloads: Sequence[torch.Tensor], numel: int):
+    """signSGD's majority vote of ``payloads`` (see ``SignSGD.aggregate``) in one pass over the
+    sign bits; the mean scale is computed here with the plain path's fp32 operations."""
+    lib = lib_for(*payloads)
+    if lib is None or not payloads:
+        return None
+    nb = packed_nbytes(numel, 1)
+    payloads = [_payload(p, nb + 4, "signsgd") for p in payloads]
+    scale = torch.zeros(1)
+    for p in payloads:
+        scale += p[nb:nb + 4].clone().view(torch.float32)
+    mean = scale / len(payloads)  # the plain path's fp32 division
+    out = torch.empty(numel, dtype=torch.float32)
+    if numel:
+        import ctypes
+        ptrs = (ctypes.c_void_p * len(payloads))(*[p.data_ptr() for p in payloads])
+        _check(lib.hvdc_signsgd_vote(ptrs, len(payloads), numel, float(mean), out.data_ptr(),
+                                     threads()), "signsgd vote")
+    return out
+
+
 # ------------------------------------------------------------------------------ shared glue
 def decode(decode_into, payload: torch.Tensor, numel: int, *args):
     """A fresh fp32 tensor holding ``payload`` decoded (``None`` if the native path is off)."""
@@ -300,4 +338,4 @@ def fused_feedback(encode, x: torch.Tensor, residual: Optional[torch.Tensor], bo
 
 
 # Codec names (of the quantizer under any wrappers) whose encode/decode run natively on CPU.
-NATIVE_CODECS = ("qsgd", "terngrad", "onebit_quantizer", "scaled_sign")
+NATIVE_CODECS = ("qsgd", "terngrad", "onebit_quantizer", "scaled_sign", "signsgd", "topk_sparsifier")

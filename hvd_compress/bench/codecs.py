@@ -140,14 +140,30 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = time.perf_counter
 
 
-class _Timed:
-    """One implementation to time: encode then decode, with fresh seeded noise each repeat."""
+AGGREGATE_WORKERS = 4  # payloads per timed aggregate (the exchange's decode-and-combine step)
 
-    def __init__(self, label, encode, decode, stochastic):
+
+class _Timed:
+    """One implementation to time: encode then decode, with fresh seeded noise each repeat; with
+    ``aggregate``, also the combination of :data:`AGGREGATE_WORKERS` workers' payloads (this
+    repeat's and those of ``others``, made once by :meth:`prepare`)."""
+
+    def __init__(self, label, encode, decode, stochastic, aggregate=None):
         self.label, self.encode, self.decode, self.stochastic = label, encode, decode, stochastic
+        self.aggregate = aggregate
+        self.others: List[object] = []
         self.enc: List[float] = []
         self.dec: List[float] = []
+        self.agg: List[float] = []
         self.total: List[float] = []
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """Other workers' payloads for the timed aggregate: encodings of different tensors, so
+        a vote sees the ties and splits of real workers, not unanimous copies."""
+        if self.aggregate is not None:
+            g = torch.Generator().manual_seed(7) if self.stochastic else None
+            self.others = [self.encode(t, g) for t in (x.flip(0), x.roll(1), -x.roll(2))
+                           [:AGGREGATE_WORKERS - 1]]
 
     def run(self, x: torch.Tensor, rep: int):
         g = torch.Generator().manual_seed(1000 + rep) if self.stochastic else None
@@ -162,12 +178,23 @@ class _Timed:
         self.enc.append(t1 - t0)
         self.dec.append(t2 - t1)
         self.total.append(t2 - t0)
+        if self.aggregate is not None:
+            t3 = _clock()
+            self.aggregate([payload] + self.others, x.numel())
+            _sync()
+            self.agg.append(_clock() - t3)
+
+    def clear(self) -> None:
+        self.enc.clear(), self.dec.clear(), self.agg.clear(), self.total.clear()
 
     def gbps(self, numel: int) -> Dict[str, float]:
         gb = 4.0 * numel / 1e9
-        return {"encode_decode_gbps": gb / statistics.median(self.total),
-                "encode_gbps": gb / statistics.median(self.enc),
-                "decode_gbps": gb / statistics.median(self.dec)}
+        out = {"encode_decode_gbps": gb / statistics.median(self.total),
+               "encode_gbps": gb / statistics.median(self.enc),
+               "decode_gbps": gb / statistics.median(self.dec)}
+        if self.agg:  # GB/s of the fp32 values the workers' payloads stand for
+            out["aggregate_gbps"] = AGGREGATE_WORKERS * gb / statistics.median(self.agg)
+        return out
 
 
 def _codec_timed(label, codec) -> Optional[_Timed]:
@@ -175,7 +202,8 @@ def _codec_timed(label, codec) -> Optional[_Timed]:
         codec.payload_nbytes(1024)
     except NotImplementedError:
         return None
-    return _Timed(label, lambda x, g: codec.encode(x, g), codec.decode, bool(codec.stochastic))
+    return _Timed(label, lambda x, g: codec.encode(x, g), codec.decode, bool(codec.stochastic),
+                  codec.aggregate)
 
 
 def _plain_timed(codec) -> _Timed:
@@ -191,7 +219,11 @@ def _plain_timed(codec) -> _Timed:
         with _native.forced(False), backend.forced("plain"):
             return codec.decode(payload, numel)
 
-    return _Timed("plain", encode, decode, bool(codec.stochastic))
+    def aggregate(payloads, numel):
+        with _native.forced(False), backend.forced("plain"):
+            return codec.aggregate(payloads, numel)
+
+    return _Timed("plain", encode, decode, bool(codec.stochastic), aggregate)
 
 
 def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: float = 0.0,
@@ -233,6 +265,7 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
             skipped = False
             for c in list(contenders):  # warm-up (first-touch of buffers, lazy tables, JIT)
                 try:
+                    c.prepare(x)
                     c.run(x, -1)
                 except (RuntimeError, ValueError, TypeError) as exc:
                     if _device.type == "cpu":
@@ -247,7 +280,7 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
                     contenders.remove(c)
                     plain = None if c is plain else plain
                     ref_t, ref = (None, None) if c is ref_t else (ref_t, ref)
-                c.enc.clear(), c.dec.clear(), c.total.clear()
+                c.clear()
             if skipped:
                 continue
             rep, t_start = 0, time.perf_counter()
@@ -266,6 +299,7 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
                 row["plain_gbps"] = p["encode_decode_gbps"]
                 row["plain_encode_gbps"] = p["encode_gbps"]
                 row["plain_decode_gbps"] = p["decode_gbps"]
+                row["plain_aggregate_gbps"] = p.get("aggregate_gbps")
             row["reference_gbps"] = ref_t.gbps(size)["encode_decode_gbps"] if ref else None
             if base is not None:
                 b = base.gbps(size)
@@ -326,7 +360,7 @@ def measure_tf(specs: List[str], sizes: List[int], repeats: int = 5, min_time: f
             contenders = [fast, plain] + ([torch_t] if torch_t is not None else [])
             for c in contenders:
                 c.run(x, -1)
-                c.enc.clear(), c.dec.clear(), c.total.clear()
+                c.clear()
             rep, t_start = 0, time.perf_counter()
             while rep < repeats or (time.perf_counter() - t_start < min_time and rep < 50):
                 for c in (contenders if rep % 2 == 0 else contenders[::-1]):
@@ -458,7 +492,8 @@ def _format_row(r: dict) -> str:
     vs_plain = f"{r['encode_decode_gbps'] / plain:7.1f}x" if plain else f"{'-':>8}"
     return (f"{r['codec'][:30]:<30} {r['size']:>10,} {r.get('path', '-'):>6} {r['encode_decode_gbps']:8.2f} "
             f"{r['encode_gbps']:8.2f} {r['decode_gbps']:8.2f} {_fmt(plain)} {vs_plain} {_fmt(ref)} "
-            f"{vs_ref}{base} {r['bits_per_value']:7.3f} "
+            f"{vs_ref}{base} {_fmt(r.get('aggregate_gbps'))} {_fmt(r.get('plain_aggregate_gbps'))} "
+            f"{r['bits_per_value']:7.3f} "
             f"{100 * r['encode_decode_gbps'] / r['copy_gbps']:6.1f}%")
 
 
@@ -468,13 +503,15 @@ def format_table(result: dict) -> str:
             f"{'plain':>8} {'vs plain':>8} {'ref':>8} {'vs ref':>7}")
     if has_base:
         head += f" {'before':>8} {'speedup':>8}"
-    head += f" {'bits/v':>7} {'of copy':>7}"
+    head += f" {'agg x' + str(AGGREGATE_WORKERS):>8} {'plain ag':>8} {'bits/v':>7} {'of copy':>7}"
     lines = [head, "-" * len(head)]
     lines += [_format_row(r) for r in result["rows"]]
     lines.append(f"GB/s of fp32 input (median of repeats, clock: {result.get('clock', 'wall')}); "
                  f"enc+dec/encode/decode: the codec as it runs (path: native kernels or plain torch); "
                  f"plain: the same codec with the native kernels off (HVD_COMPRESS_NATIVE=0); "
-                 f"ref: plain torch with an unpacked int8 payload; of copy: enc+dec / copy bandwidth at "
+                 f"ref: plain torch with an unpacked int8 payload; agg x{AGGREGATE_WORKERS} / plain ag: "
+                 f"the exchange's combination of {AGGREGATE_WORKERS} workers' payloads (GB/s of the fp32 "
+                 f"values they stand for), as it runs / plain; of copy: enc+dec / copy bandwidth at "
                  f"that size. Memory-copy roofline: {result['copy_gbps']:.2f} GB/s "
                  f"({result['threads']} threads).")
     return "\n".join(lines)

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress._native import ops as native
 from hvd_compress.common import SignSGDFormat
 from hvd_compress.torch import kernels
-from hvd_compress.torch.codecs.base import Codec, nan_where_nonfinite
+from hvd_compress.torch.codecs.base import Codec, NativeDecoding, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class SignSGD(SignSGDFormat, Codec):
+class SignSGD(NativeDecoding, SignSGDFormat, Codec):
     """signSGD with majority vote: each worker sends ``sign(g)``; the result is the sign of the sum
     of the workers' signs. Biased, no memory.
 
@@ -22,18 +23,43 @@ class SignSGD(SignSGDFormat, Codec):
     scale. The vote is exactly representable, so the reduce-scatter re-encode loses nothing.
     """
 
+    # Speed: on CPU the native kernels (hvd_compress._native) encode (ScaledSign's kernel: the
+    # same bits and mean |x|), decode and count the vote in one pass over the workers' sign bits;
+    # the torch code after each ``native`` call is the plain path that defines the result.
+
     def encode(self, x, generator=None, scale=None):
         out = kernels.sign_encode(x, "mean" if self.scaled else "vote")  # CUDA: the Triton kernels
         if out is not None:
             return out
+        res = native.sign_encode(x)
+        if res is not None:
+            out = res[0]
+            mean = float(bytes_f32(out[-4:]))
+            if not self.scaled and mean > 0 and mean != float("inf"):
+                out[-4:] = f32_bytes(torch.ones(1))  # some value is nonzero, none is non-finite
+            elif not self.scaled:  # all zero, non-finite, or a mean the kernel could not round
+                out[-4:] = f32_bytes(self._vote_scale(x.reshape(-1)))
+            return out
         if self.scaled:
             s = x.abs().mean().reshape(1) if x.numel() else torch.zeros(1)
-        else:  # a bare vote, but an all-zero chunk stays exactly zero
-            s = (x.abs().amax() > 0).to(torch.float32).reshape(1) if x.numel() else torch.zeros(1)
+        else:
+            s = self._vote_scale(x)
         if x.numel() and not torch.isfinite(x).all():
             s = torch.full((1,), float("nan"))
         bits = pack_bits((x >= 0).to(torch.uint8), 1)
         return torch.cat([bits, f32_bytes(nan_where_nonfinite(s))])
+
+    @staticmethod
+    def _vote_scale(x):
+        """The bare vote's scale: 1, but 0 for an all-zero chunk (it must stay exactly zero) and
+        NaN for a non-finite one."""
+        s = (x.abs().amax() > 0).to(torch.float32).reshape(1) if x.numel() else torch.zeros(1)
+        if x.numel() and not torch.isfinite(x).all():
+            s = torch.full((1,), float("nan"))
+        return s
+
+    def native_decoder(self):
+        return (native.sign_decode_into,)
 
     def _signs_and_scale(self, payload, numel):
         nb = packed_nbytes(numel, 1)
@@ -41,11 +67,16 @@ class SignSGD(SignSGDFormat, Codec):
         return signs, bytes_f32(payload[nb:nb + 4])
 
     def decode(self, payload, numel):
+        out = self.native_decode(payload, numel)
+        if out is not None:
+            return out
         signs, s = self._signs_and_scale(payload, numel)
         return signs.mul_(s)
 
     def aggregate(self, payloads, numel):
         out = kernels.signsgd_vote(payloads, numel)
+        if out is None:
+            out = native.signsgd_vote(payloads, numel)
         if out is not None:
             return out
         votes = torch.zeros(numel)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from hvd_compress._native import ops as native
 from hvd_compress.common import TopKFormat
 from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec
@@ -25,6 +26,8 @@ class TopKSparsifier(TopKFormat, Codec):
     def encode(self, x, generator=None, scale=None):
         k = self.k(x.numel())
         out = kernels.topk_encode(x, k)  # CUDA: selection and packing on the device
+        if out is None:  # CPU: the native kernel's sampled-threshold selection, the same bytes
+            out = native.topk_encode(x, k)
         if out is not None:
             return out
         if k == 0:
