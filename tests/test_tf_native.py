@@ -85,3 +85,17 @@ def test_generic_inputs_same_codes_scales_within_an_ulp(spec):
     ncode = len(plain) - nscale
     assert fast[:ncode].tobytes() == plain[:ncode].tobytes()
     np.testing.assert_allclose(fast[ncode:].view(np.float32), plain[ncode:].view(np.float32), rtol=1e-6)
+
+
+def test_eager_calls_share_buffers_with_tf_no_copies():
+    """In eager mode the kernels read the input tensor's own buffer and TF wraps their 64-byte
+    aligned output without a copy (a copy each way cost as much as the whole encode)."""
+    x = tf.random.normal([100_003])
+    a, b = native.to_numpy(x), native.to_numpy(x)
+    assert a.ctypes.data == b.ctypes.data and not a.flags.writeable
+    out = native.empty(100_003, np.float32)
+    assert out.ctypes.data % native.ALIGN == 0 and out.shape == (100_003,)
+    t = native.to_tensor(out)
+    assert native.to_numpy(t).ctypes.data == out.ctypes.data
+    p = native.empty(17, np.uint8)
+    assert p.ctypes.data % native.ALIGN == 0 and p.dtype == np.uint8 and p.shape == (17,)

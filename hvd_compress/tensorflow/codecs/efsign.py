@@ -37,7 +37,7 @@ class ScaledSign(ScaledSignFormat, Codec):
             size = self.payload_nbytes(n)
 
             def run(xa):
-                xa, out = native.f32_array(xa), np.empty(size, np.uint8)
+                xa, out = native.f32_array(xa), native.empty(size, np.uint8)
                 native.check(lib.hvdc_sign_encode(xa.ctypes.data, None, None, n, out.ctypes.data,
                                                   native.threads()), "scaled_sign")
                 return out
@@ -50,7 +50,7 @@ class ScaledSign(ScaledSignFormat, Codec):
         lib = native.lib()
         if lib is not None and numel > 0:
             def run(pa):
-                pa, out = np.ascontiguousarray(pa, np.uint8), np.empty(numel, np.float32)
+                pa, out = np.ascontiguousarray(pa, np.uint8), native.empty(numel, np.float32)
                 native.check(lib.hvdc_sign_decode(pa.ctypes.data, numel, out.ctypes.data, 0, 1.0,
                                                   native.threads()), "scaled_sign")
                 return out

@@ -26,7 +26,7 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
             bucket, size = self.bucket_size, self.payload_nbytes(n)
 
             def run(xa):
-                xa, out = native.f32_array(xa), np.empty(size, np.uint8)
+                xa, out = native.f32_array(xa), native.empty(size, np.uint8)
                 native.check(lib.hvdc_onebit_encode(xa.ctypes.data, None, None, n, bucket, out.ctypes.data,
                                                     native.threads()), "onebit")
                 return out
@@ -55,7 +55,7 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
             bucket = self.bucket_size
 
             def run(pa):
-                pa, out = np.ascontiguousarray(pa, np.uint8), np.empty(numel, np.float32)
+                pa, out = np.ascontiguousarray(pa, np.uint8), native.empty(numel, np.float32)
                 native.check(lib.hvdc_onebit_decode(pa.ctypes.data, numel, bucket, out.ctypes.data, 0, 1.0,
                                                     native.threads()), "onebit")
                 return out

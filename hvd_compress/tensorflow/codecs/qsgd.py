@@ -64,7 +64,7 @@ class QSGD(QSGDFormat, Codec):
 
         def run(xa, ua):
             xa, ua = native.f32_array(xa), native.uniforms(ua, u[1], n)
-            out = np.empty(size, np.uint8)
+            out = native.empty(size, np.uint8)
             native.check(lib.hvdc_qsgd_encode(xa.ctypes.data, n, bits, bucket, l2, 0, ua.ctypes.data,
                                               out.ctypes.data, native.threads()), "qsgd")
             return out
@@ -79,7 +79,7 @@ class QSGD(QSGDFormat, Codec):
             bits, bucket = self.bits, self.bucket_size
 
             def run(pa):
-                pa, out = np.ascontiguousarray(pa, np.uint8), np.empty(numel, np.float32)
+                pa, out = np.ascontiguousarray(pa, np.uint8), native.empty(numel, np.float32)
                 native.check(lib.hvdc_qsgd_decode(pa.ctypes.data, numel, bits, bucket, out.ctypes.data,
                                                   0, 1.0, native.threads()), "qsgd")
                 return out

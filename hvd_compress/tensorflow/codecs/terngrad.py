@@ -77,7 +77,7 @@ class TernGrad(TernGradFormat, Codec):
         def run(xa, sa, ua):
             xa, ua = native.f32_array(xa), native.uniforms(ua, u[1], n)
             scale_bits = int(native.f32_array(sa).view(np.uint32)[0])
-            out = np.empty(size, np.uint8)
+            out = native.empty(size, np.uint8)
             native.check(lib.hvdc_terngrad_encode(xa.ctypes.data, n, scale_bits, base3, 0, ua.ctypes.data,
                                                   out.ctypes.data, native.threads()), "terngrad")
             return out
@@ -91,7 +91,7 @@ class TernGrad(TernGradFormat, Codec):
             base3 = int(self.packing == "base3")
 
             def run(pa):
-                pa, out = np.ascontiguousarray(pa, np.uint8), np.empty(numel, np.float32)
+                pa, out = np.ascontiguousarray(pa, np.uint8), native.empty(numel, np.float32)
                 native.check(lib.hvdc_terngrad_decode(pa.ctypes.data, numel, base3, out.ctypes.data, 0, 1.0,
                                                       native.threads()), "terngrad")
                 return out
