@@ -101,11 +101,13 @@ def test_step_smoke_two_workers_tiny_model(tmp_path):
     out, png = tmp_path / "step.json", tmp_path / "step.png"
     before = _bench_namespaces()  # another benchmark may be running beside this test
     _bench("step", "--link", "1gbit", "--np", "2", "--model", "mlp", "--width", "256", "--steps", "2",
-           "--warmup", "1", "--batch", "4", "--codecs", "none;hvd-fp16;qsgd;onebit", "--quiet",
+           "--warmup", "1", "--batch", "4", "--codecs", "none;hvd-fp16;qsgd;onebit;onebit@hc", "--quiet",
            "--json", str(out), "--plot", str(png), timeout=400)
     result = json.loads(out.read_text())
     rows = {r["codec"]: r for r in result["rows"]}
-    assert set(rows) == {"none", "hvd-fp16", "qsgd", "onebit"}
+    assert set(rows) == {"none", "hvd-fp16", "qsgd", "onebit", "onebit@hc"}
+    assert rows["onebit@hc"]["frontend"] == "hc" and rows["onebit"]["frontend"] == "stock"
+    assert rows["onebit@hc"]["bits_per_value"] == pytest.approx(rows["onebit"]["bits_per_value"])
     for r in rows.values():
         assert r["step_time_s"] > 0 and r["bytes_per_step"] > 0 and r["link"] == "1gbit"
     # the interface saw what the codecs put on the wire (tiny model: headers and 1-D tensors weigh more)
@@ -114,6 +116,14 @@ def test_step_smoke_two_workers_tiny_model(tmp_path):
     assert png.stat().st_size > 1000
     left = _bench_namespaces() - before
     assert not left, f"namespaces left behind: {left}"
+
+
+def test_step_row_suffixes_pick_frontend_and_fusion():
+    from hvd_compress.bench._step_worker import split_spec
+    assert split_spec("qsgd:bits=4") == ("qsgd:bits=4", True, "stock")
+    assert split_spec("qsgd:bits=4@hc") == ("qsgd:bits=4", True, "hc")
+    assert split_spec("onebit@hc@unfused") == split_spec("onebit@unfused@hc") == ("onebit", False, "hc")
+    assert split_spec("onebit@unfused") == ("onebit", False, "stock")
 
 
 def _bench_namespaces() -> set:

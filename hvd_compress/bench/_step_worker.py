@@ -17,6 +17,7 @@ from pathlib import Path
 
 MODELS = ("mlp", "cnn", "resnet")
 UNFUSED = "@unfused"  # spec suffix: the same codec exchanged tensor by tensor (HVD_COMPRESS_BUCKET_BYTES=0)
+HC = "@hc"  # spec suffix: through hc.DistributedOptimizer (buckets started from gradient hooks)
 BASELINES = ["none", "hvd-fp16"]  # Horovod's own fp32 and fp16 paths, not hvd_compress codecs
 
 
@@ -78,6 +79,20 @@ def resnet50(width: int = 64):
             cin = 4 * mid
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10)]
     return nn.Sequential(*layers)
+
+
+def split_spec(spec: str):
+    """``(codec spec, fused, frontend)`` of a row's spec: the suffixes :data:`UNFUSED` and
+    :data:`HC` (in any order) pick tensor-by-tensor exchange and ``hc.DistributedOptimizer``; the
+    default is the stock ``hvd.DistributedOptimizer(compression=...)``, fused."""
+    fused, frontend = True, "stock"
+    while True:
+        if spec.endswith(UNFUSED):
+            spec, fused = spec[:-len(UNFUSED)], False
+        elif spec.endswith(HC):
+            spec, frontend = spec[:-len(HC)], "hc"
+        else:
+            return spec, fused, frontend
 
 
 def count_params(name: str, width: int = 0) -> int:
@@ -210,8 +225,7 @@ def main(argv=None):
     barrier()
 
     for spec in [s for s in args.codecs.split(";") if s]:
-        fused = not spec.endswith(UNFUSED)
-        spec_only = spec.removesuffix(UNFUSED)
+        spec_only, fused, frontend = split_spec(spec)
         # read when the codec's stock engine is built, at its first step below
         os.environ[ENV_BUCKET_BYTES] = str(DEFAULT_BUCKET_BYTES) if fused else "0"
         model, _, _ = make_model(args.model, args.seed, args.width)
@@ -224,14 +238,20 @@ def main(argv=None):
             compression, label, bits = hvd.Compression.fp16, "fp16 (horovod)", 16.0
         else:
             compression = hc.from_spec(spec_only)
-            label, bits = compression.describe() + ("" if fused else " [unfused]"), None
+            label = compression.describe() + (" [hc]" if frontend == "hc" else "") + ("" if fused else " [unfused]")
+            bits = None
             # codecs with their own exchange (PowerSGD, GradiVeQ) interleave math with collectives
             # inside a generator: no entry point to time, so their codec share shows as "-"
             from hvd_compress.torch.codecs.base import Codec
             if type(compression).custom_exchange is Codec.custom_exchange:
                 timer = CodecTimer(compression)
-        dopt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
-                                        compression=compression)
+        if frontend == "hc":  # buckets of DEFAULT_BUCKET_BYTES started from gradient hooks
+            dopt = hc.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
+                                           compression=compression,
+                                           bucket_bytes=DEFAULT_BUCKET_BYTES if fused else 0)
+        else:
+            dopt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
+                                            compression=compression)
         for _ in range(args.warmup):
             one_step(model, dopt)
         barrier()
@@ -276,7 +296,7 @@ def main(argv=None):
                 "forward_backward_s": statistics.median(fb), "optimizer_step_s": statistics.median(st),
                 "codec_share": (codec_s / step_s) if codec_s is not None else None,
                 "compute_time_s": compute, "params": params, "world_size": size,
-                "tensors": len(list(model.parameters())), "fused": fused,
+                "tensors": len(list(model.parameters())), "fused": fused, "frontend": frontend,
                 # hvd_compress's own collectives (Horovod's per-parameter allreduces, which it fuses
                 # itself, are not counted: placeholders and uncompressed tensors, one per parameter)
                 "collectives_per_step": (colls["collectives"] / args.steps) if spec not in BASELINES else None,

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from hvd_compress.bench._step_worker import BASELINES, UNFUSED
+from hvd_compress.bench._step_worker import BASELINES, HC, UNFUSED, split_spec
 from hvd_compress.bench.common import write_json
 from hvd_compress.bench.netns import NamespaceUnavailable, ShapedNamespace, check_available, format_rate, parse_rate
 
@@ -233,6 +233,10 @@ def main(argv=None) -> int:
     ap.add_argument("--unfused", action="store_true",
                     help="also run every hvd_compress codec tensor by tensor (HVD_COMPRESS_BUCKET_BYTES=0), "
                          "beside its fused row")
+    ap.add_argument("--hc", action="store_true",
+                    help="also run every hvd_compress codec through hc.DistributedOptimizer (buckets "
+                         "started from gradient hooks during backward), beside the stock-API row; a "
+                         "single spec can ask for it with the suffix @hc")
     ap.add_argument("--width", type=int, default=0, help="hidden width (mlp, default 4096) or channels (cnn, 64)")
     ap.add_argument("--codecs", default=None,
                     help="';'-separated: none, hvd-fp16 and hvd_compress specs (default: all)")
@@ -261,9 +265,11 @@ def main(argv=None) -> int:
     from hvd_compress.torch import from_spec
     for c in codecs:
         if c not in BASELINES:
-            if getattr(from_spec(c.removesuffix(UNFUSED)), "needs_reference", False):  # bad specs fail before any namespace exists
+            if getattr(from_spec(split_spec(c)[0]), "needs_reference", False):  # bad specs fail before any namespace exists
                 ap.error(f"{c!r} is a gossip codec (decodes against the receiver's model); benchmark it "
                          "with `python -m hvd_compress.bench swarm`")
+    if args.hc:
+        codecs = [v for c in codecs for v in ([c] if c in BASELINES or HC in c else [c, c + HC])]
     if args.unfused:
         codecs = [v for c in codecs for v in ([c] if c in BASELINES or c.endswith(UNFUSED) else [c, c + UNFUSED])]
     if args.hosts > 1:
