@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,42 @@ def torchrun(np_: int, script: str, *args: str, timeout: float = 300, out_dir: "
            "--master_addr=127.0.0.1", f"--master_port={free_port()}",
            str(ROOT / script), "--out", str(out), *args]
     return _run(cmd, np_, out, timeout)
+
+
+def cluster_torchrun(cluster, per_host: int, script: str, *args: str, timeout: float = 300,
+                     out_dir: "str | None" = None):
+    """``torchrun --nnodes H --nproc_per_node P`` started in every host of an
+    ``hvd_compress.bench.cluster.EmulatedCluster``, as an operator starts it on each node of a
+    cluster: one c10d rendezvous served from host1's address, Gloo over the hosts' eth0. Fails with
+    every node's output when a node exits non-zero or the job outlives ``timeout`` (a hang)."""
+    out = Path(out_dir or tempfile.mkdtemp(prefix="hvdc-test-"))
+    out.mkdir(parents=True, exist_ok=True)
+    endpoint = f"{cluster.addr[cluster.hosts[0]]}:{free_port()}"
+    procs = []
+    for host in cluster.hosts:
+        cmd = cluster.command(host, [PYTHON, "-m", "torch.distributed.run", f"--nnodes={len(cluster.hosts)}",
+                                     f"--nproc_per_node={per_host}", "--rdzv_backend=c10d",
+                                     f"--rdzv_endpoint={endpoint}", "--rdzv_id=hvdc-test",
+                                     str(ROOT / script), "--out", str(out), *args])
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env=cluster.env(_env()), cwd=str(ROOT)))
+    outputs, failed = [], False
+    deadline = time.monotonic() + timeout
+    for host, proc in zip(cluster.hosts, procs):
+        try:
+            text, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            text, _ = proc.communicate()
+            failed = True
+            text = f"[timed out after {timeout}s: a hang]\n{text}"
+        failed |= proc.returncode != 0
+        outputs.append(f"--- {host} (exit {proc.returncode}) ---\n{text[-4000:]}")
+    if failed:
+        raise AssertionError("torchrun across hosts failed:\n" + "\n".join(outputs))
+    done = subprocess.CompletedProcess([], 0, "\n".join(outputs), "")
+    return _collect(out, per_host * len(cluster.hosts), done)
 
 
 def horovodrun_output(np_: int, argv, timeout: float = 300, env: "dict | None" = None) -> str:

@@ -16,6 +16,9 @@ we check, per codec:
   of fp32 with identical replicas, and its inter-host bytes are at most 0.6x flat compression's
   (nominal 2 B vs 3.5 B per step for a B-byte payload: see ``test_hierarchical_...``).
 
+Also ``torchrun --nnodes 2 --nproc_per_node 2`` started in each host (one c10d rendezvous on
+host1's address), the DDP hook within 1 point of uncompressed DDP with identical replicas.
+
 Needs root, ``ip netns``, tc and openssh-server; skipped with the reason otherwise.
 """
 import os
@@ -156,3 +159,29 @@ def test_hierarchical_compression_crosses_hosts_with_at_most_0_6x_flat_bytes(job
         h, f = _measured_inter_host_bytes(job, index[hier]), _measured_inter_host_bytes(job, index[flat])
         assert h <= 0.6 * f, f"{hier}: {h / 1e6:.2f} MB across hosts vs flat {f / 1e6:.2f} MB ({h / f:.3f}x)"
         assert job[0]["byte_rows"][index[hier]]["hierarchical"] and not job[0]["byte_rows"][index[flat]]["hierarchical"]
+
+
+# ---------------------------------------------------------------------- torchrun across two hosts
+TORCHRUN_CODECS = ["onebit", "qsgd:bits=4"]
+
+
+def test_torchrun_two_nodes_ddp_hook_within_1_point_of_uncompressed():
+    """``torchrun --nnodes 2 --nproc_per_node 2`` started in each emulated host (one c10d
+    rendezvous on host1, Gloo over the 1 Gbit/s link), the DDP hook beside plain DDP: every codec
+    within 1 point of uncompressed DDP, replicas identical on all 4 ranks, nominal bits on the wire."""
+    from launch import cluster_torchrun
+    with EmulatedCluster(hosts=2, link="1gbit") as cluster:
+        results = cluster_torchrun(cluster, 2, "tests/mp/ddp_codecs.py", "--codecs",
+                                   ";".join(["ddp"] + TORCHRUN_CODECS), "--epochs", "24",
+                                   timeout=600)
+    assert sorted(results) == [0, 1, 2, 3] and all(r["world_size"] == 4 for r in results.values())
+    rows = {rank: {row["codec"]: row for row in res["rows"]} for rank, res in results.items()}
+    base = rows[0]["ddp"]
+    print({spec: round(row["accuracy"], 4) for spec, row in rows[0].items()})
+    assert base["accuracy"] > 0.95 and base["replicas_identical"], base
+    for spec in TORCHRUN_CODECS:
+        row = rows[0][spec]
+        assert 100 * (base["accuracy"] - row["accuracy"]) <= 1.0, (spec, row["accuracy"], base["accuracy"])
+        assert all(rows[r][spec]["replicas_identical"] for r in rows), spec
+        stats = row["wire_stats"][row["label"]]
+        assert abs(stats["bits_per_value"] - row["nominal_bits"]) <= 0.1 * row["nominal_bits"], stats
