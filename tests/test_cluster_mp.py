@@ -162,13 +162,15 @@ def test_hierarchical_compression_crosses_hosts_with_at_most_0_6x_flat_bytes(job
 
 
 # ---------------------------------------------------------------------- torchrun across two hosts
-TORCHRUN_CODECS = ["onebit", "qsgd:bits=4"]
+# "auto" (the default) turns the hierarchical exchange on across hosts with 2 ranks each
+TORCHRUN_CODECS = ["onebit:hierarchical=false", "qsgd:bits=4", "onebit:hierarchical=true"]
 
 
 def test_torchrun_two_nodes_ddp_hook_within_1_point_of_uncompressed():
     """``torchrun --nnodes 2 --nproc_per_node 2`` started in each emulated host (one c10d
     rendezvous on host1, Gloo over the 1 Gbit/s link), the DDP hook beside plain DDP: every codec
-    within 1 point of uncompressed DDP, replicas identical on all 4 ranks, nominal bits on the wire."""
+    within 1 point of uncompressed DDP, replicas identical on all 4 ranks, nominal bits on the wire;
+    flat, and hierarchical over torch.distributed subgroups (explicit, and by "auto")."""
     from launch import cluster_torchrun
     with EmulatedCluster(hosts=2, link="1gbit") as cluster:
         results = cluster_torchrun(cluster, 2, "tests/mp/ddp_codecs.py", "--codecs",
@@ -185,6 +187,14 @@ def test_torchrun_two_nodes_ddp_hook_within_1_point_of_uncompressed():
         assert all(rows[r][spec]["replicas_identical"] for r in rows), spec
         stats = row["wire_stats"][row["label"]]
         assert abs(stats["bits_per_value"] - row["nominal_bits"]) <= 0.1 * row["nominal_bits"], stats
+        # hierarchical rows average inside the host in fp32 and send a half shard across hosts
+        hierarchical = "hierarchical=false" not in spec
+        assert ("intra-host (fp32)" in row["wire_stats"]) == hierarchical, (spec, list(row["wire_stats"]))
+        if hierarchical:
+            flat = rows[0]["onebit:hierarchical=false"]["wire_stats"]
+            flat_bytes = flat[rows[0]["onebit:hierarchical=false"]["label"]]["payload_bytes"]
+            if spec.startswith("onebit"):
+                assert stats["payload_bytes"] == pytest.approx(flat_bytes / 2, rel=0.05), (stats, flat_bytes)
 
 
 # ---------------------------------------------------------------------- Ray across two hosts

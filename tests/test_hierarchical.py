@@ -27,11 +27,12 @@ def test_bad_mode_is_a_clear_error():
         hc.from_spec("onebit:hierarchical=sometimes")
 
 
-def test_ddp_hook_refuses_an_explicit_hierarchical_request():
+def test_ddp_hook_takes_the_hierarchical_setting():
+    """The hook runs the hierarchical exchange over torch.distributed subgroups (across hosts:
+    tests/test_cluster_mp.py); building the state needs no process group."""
     from hvd_compress.torch.ddp import DDPHookState
-    with pytest.raises(ValueError, match="not yet for the DDP comm hook"):
-        DDPHookState("onebit:hierarchical=true")
-    assert DDPHookState("onebit").codec.hierarchical == "auto"  # auto: the hook runs flat
+    assert DDPHookState("onebit:hierarchical=true").codec.hierarchical is True
+    assert DDPHookState("onebit").codec.hierarchical == "auto"
 
 
 def test_tensorflow_refuses_an_explicit_hierarchical_request():

@@ -88,6 +88,7 @@ import torch.distributed as dist
 
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.exchange import Driver, Exchange
+from hvd_compress.torch.hierarchical import make_exchange
 from hvd_compress.torch.kernels import runs_on_device
 from hvd_compress.torch.spec import from_spec
 
@@ -108,10 +109,6 @@ class DDPHookState:
                  named_parameters: Optional[Union[Iterable[Tuple[str, torch.nn.Parameter]], torch.nn.Module]] = None,
                  process_group=None, comm=None, overlap: bool = True):
         self.codec = from_spec(codec)
-        if self.codec.hierarchical is True:
-            # "auto" runs the flat exchange in the hook; an explicit request must not be silently ignored
-            raise ValueError("hvd_compress: hierarchical=True is implemented for the Horovod torch frontends, "
-                             "not yet for the DDP comm hook; use hierarchical='auto' or False here")
         self.process_group = process_group
         self.iteration = 0
         self._names: Optional[Dict[int, str]] = None
@@ -144,7 +141,11 @@ class DDPHookState:
     @property
     def exchange(self) -> Exchange:
         if self._exchange is None:
-            self._exchange = Exchange(self.codec, self.comm)
+            # Agree on the codec first: choosing flat or hierarchical (codec.hierarchical; "auto":
+            # on where a host holds several ranks and there are several hosts) gathers the ranks'
+            # host names, a collective that ranks with different codecs would not all enter.
+            Exchange(self.codec, self.comm).ensure_checked()
+            self._exchange = make_exchange(self.codec, self.comm)
         return self._exchange
 
     def name_of(self, param: torch.Tensor) -> str:

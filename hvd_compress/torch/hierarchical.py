@@ -35,7 +35,13 @@ label (``sent_bytes`` per the cross-host collectives' sizes) and the two intra-h
 Not covered: codecs with their own collective schedule (PowerSGD, GradiVeQ: they need the tensor's
 matrix shape, which a shard does not have), a ``process_set=`` or custom ``comm=`` for the
 optimizer, and hosts with different numbers of ranks. ``"auto"`` runs the flat exchange there;
-``True`` raises ``ValueError`` saying why. The DDP hook and TensorFlow run flat (``True`` raises).
+``True`` raises ``ValueError`` saying why. TensorFlow runs flat (``True`` raises).
+
+torch.distributed (the DDP hook, over the default process group): hosts are told apart by
+``socket.gethostname()`` (gathered once, when the exchange is built: every rank must build it,
+as DDP's first hook call does), and the legs run over ``torch.distributed.new_group`` subgroups
+(one per host, one per local position, created in the same order on every rank). ``torchrun
+--nnodes 2 --nproc_per_node 2`` gives two hosts of two ranks: ``"auto"`` turns it on there.
 """
 from __future__ import annotations
 
@@ -104,11 +110,21 @@ def _process_set(hvd, ranks: List[int]):
             f"Horovod said: {exc}") from exc
 
 
+def _is_torch_dist(comm) -> bool:
+    return type(comm).__name__ == "TorchDistCollectives"  # no import: dist.py needs torch.distributed
+
+
 def unsupported_reason(codec: Codec, comm) -> Optional[str]:
-    """Why the hierarchical exchange cannot run for ``codec`` over ``comm`` (None: it can)."""
+    """Why the hierarchical exchange cannot run for ``codec`` over ``comm`` (None: it can). Over
+    torch.distributed this gathers every rank's host name (a collective, see the module docstring)."""
     if type(codec).custom_exchange is not Codec.custom_exchange:
         return (f"codec {codec.describe()} runs its own collective schedule on the tensor's matrix shape, "
                 "which a per-rank shard does not have")
+    if _is_torch_dist(comm):
+        if comm.group is not None:
+            return "it runs over the default torch.distributed process group (no process_group=)"
+        sizes = {len(ranks) for ranks in TorchDistTopology.of(comm).per_host}
+        return "hosts hold different numbers of ranks" if len(sizes) > 1 else None
     if not isinstance(comm, HorovodCollectives) or comm.process_set is not None:
         return "it runs over Horovod's global set of ranks (no process_set= or custom comm=)"
     if not _is_homogeneous():
@@ -131,6 +147,9 @@ def resolve(codec: Codec, comm) -> bool:
         return True
     if reason is not None:  # a custom comm= has no Horovod topology to ask
         return False
+    if _is_torch_dist(comm):
+        per_host = TorchDistTopology.of(comm).per_host
+        return len(per_host) > 1 and len(per_host[0]) > 1
     hvd = comm._hvd
     if hvd.local_size() <= 1 or hvd.cross_size() <= 1:
         return False
@@ -164,6 +183,48 @@ def _process_sets_available(hvd) -> bool:
     return hosts <= registered and positions <= registered
 
 
+class TorchDistTopology:
+    """Hosts of a torch.distributed job: ``per_host[h]``, the global ranks on host ``h`` (hosts
+    ordered by their lowest rank), from every rank's ``socket.gethostname()``. Gathered once per
+    world (:meth:`of` caches it on the collectives object); a collective on first use."""
+
+    def __init__(self, per_host: List[List[int]]):
+        self.per_host = per_host
+
+    @classmethod
+    def of(cls, comm) -> "TorchDistTopology":
+        cached = getattr(comm, "_hvdc_topology", None)
+        if cached is not None and cached[0] == (comm.size, comm.rank):
+            return cached[1]
+        import socket
+
+        import torch.distributed as dist
+        names: List[Optional[str]] = [None] * dist.get_world_size()
+        dist.all_gather_object(names, socket.gethostname())
+        hosts: Dict[str, List[int]] = {}
+        for rank, name in enumerate(names):
+            hosts.setdefault(str(name), []).append(rank)
+        topo = cls(sorted(hosts.values()))
+        comm._hvdc_topology = ((comm.size, comm.rank), topo)
+        return topo
+
+    def legs(self, comm):
+        """``(local comm, cross comm, position)`` over new subgroups: every rank creates every
+        group in the same order, as ``torch.distributed.new_group`` requires."""
+        import torch.distributed as dist
+
+        from hvd_compress.torch.dist import TorchDistCollectives
+        per_host = self.per_host
+        per_position = [sorted(host[i] for host in per_host) for i in range(len(per_host[0]))]
+        me = dist.get_rank()
+        local_groups = [dist.new_group(ranks) for ranks in per_host]
+        cross_groups = [dist.new_group(ranks) for ranks in per_position]
+        host = next(i for i, r in enumerate(per_host) if me in r)
+        position = per_host[host].index(me)
+        return (TorchDistCollectives(local_groups[host], device=comm.device),
+                TorchDistCollectives(cross_groups[position], device=comm.device), position)
+
+
 class HierarchicalExchange(Exchange):
     """:class:`Exchange` whose compressed tensors average inside the host uncompressed and go
     compressed across hosts on a ``1/local_size`` shard (see the module docstring). Tensors the
@@ -171,7 +232,7 @@ class HierarchicalExchange(Exchange):
 
     hierarchical = True
 
-    def __init__(self, codec: Codec, comm: HorovodCollectives, label: Optional[str] = None,
+    def __init__(self, codec: Codec, comm, label: Optional[str] = None,
                  stats: WireStats = WIRE_STATS):
         super().__init__(codec, comm, label, stats)
         self.local = self.cross_comm = self.cross = None  # set up after the config check agrees
@@ -187,6 +248,13 @@ class HierarchicalExchange(Exchange):
         self._setup()
 
     def _setup(self) -> None:
+        if _is_torch_dist(self.comm):
+            topo = TorchDistTopology.of(self.comm)
+            self.local, self.cross_comm, self.position = topo.legs(self.comm)
+            self.local_size, self.cross_size = len(topo.per_host[0]), len(topo.per_host)
+            self.cross = Exchange(self.codec, self.cross_comm, label=self.label, stats=self.stats)
+            self.cross._checked = True  # agreed above, over all ranks
+            return
         hvd = self.comm._hvd
         per_host, per_position = host_process_sets(hvd)
         local_sets = [_process_set(hvd, r) for r in per_host]  # the same order on every rank
