@@ -100,6 +100,24 @@ def test_a_rank_with_other_shapes_fails_clearly_on_every_rank(spec):
     assert all(m is not None and "fused" in m and "differ" in m for m in messages), messages
 
 
+@pytest.mark.parametrize("spec", ["qsgd:bits=4", "onebit", "topk:ratio=0.01"])
+def test_unfused_a_rank_with_other_shapes_fails_clearly_on_every_rank(spec):
+    """One collective per tensor: a peer's payload of another size is a ValueError naming the
+    codec and the tensor on every rank, never values sliced from the wrong bytes."""
+    def work(comm):
+        shapes = dict(SHAPES)
+        if comm.rank == 1:
+            shapes["fc3.weight"] = (64, 65)  # same names, another shape
+        ex = Exchange(hc.from_spec(spec), comm, stats=WireStats())
+        try:
+            drive({n: ex.average(n, grad(comm.rank, 0, n, s)) for n, s in shapes.items()}, comm)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    messages = run_workers(3, work)
+    assert all(m is not None and "fc3.weight" in m and "differ in size" in m for m in messages), messages
+
+
 def test_bucket_bytes_knob(monkeypatch):
     monkeypatch.delenv(ENV_BUCKET_BYTES, raising=False)
     assert bucket_bytes_from_env() == DEFAULT_BUCKET_BYTES

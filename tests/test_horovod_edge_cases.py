@@ -72,6 +72,16 @@ def test_mismatched_codec_settings_fail_clearly_on_every_rank(frontend):
         assert "rank 0: qsgd(bits=4" in err and "rank 1: qsgd(bits=2" in err
 
 
+@pytest.mark.parametrize("codec", ["qsgd:bits=4", "topk:ratio=0.1"])
+def test_weights_of_other_shapes_under_the_same_names_fail_clearly_on_every_rank(codec):
+    """Stock API, one collective per tensor: a peer's payloads of another size are a ValueError
+    naming the codec and the tensor on every rank (reduce-scatter and allgather patterns)."""
+    results = horovodrun(2, "tests/mp/mismatch.py", "--frontend", "stock", "--codec", codec, timeout=120)
+    for rank in (0, 1):
+        err = results[rank]["error"]
+        assert err is not None and err.startswith("ValueError") and "differ in size" in err, err
+
+
 @pytest.mark.parametrize("frontend,codec", [("ours", "onebit"), ("ours", "qsgd:bits=4"),
                                             ("stock", "doublesqueeze:codec=qsgd,bits=4")])
 def test_codec_state_survives_a_checkpoint(frontend, codec):

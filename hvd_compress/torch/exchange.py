@@ -220,6 +220,7 @@ class Exchange:
             payload = codec.worker_encode(flat, key, [(0, n)], draw, scale)[0]
             gathered = yield comm.allgather_async(payload, name=f"hvdc.{key}.ag")
             nbytes = payload.numel()
+            self._check_received(key, n, gathered, size * nbytes, "allgathered")
             self.stats.add(self.label, n, nbytes, nbytes * (size - 1))
             return codec.aggregate(list(gathered.view(size, nbytes)), n)
 
@@ -228,12 +229,25 @@ class Exchange:
         splits = [p.numel() for p in payloads]
         received = yield comm.alltoall_async(torch.cat(payloads), splits, name=f"hvdc.{key}.a2a")
         lo, hi = bounds[rank]
-        mine = received.view(size, splits[rank])
-        mean = codec.aggregate(list(mine), hi - lo)
-        reencoded = codec.server_encode(mean, key, draw, rank, scale)
+        try:
+            self._check_received(key, n, received, size * splits[rank], "received by alltoall")
+        except ValueError as exc:
+            # Only the ranks whose chunk came out wrong know. Raising here would leave the others
+            # waiting in the allgather (a hang); send them an empty chunk instead, which makes
+            # their allgather total wrong too, and raise after it.
+            mismatch: Optional[ValueError] = exc
+            reencoded = torch.empty(0, dtype=torch.uint8, device=received.device)
+        else:
+            mismatch = None
+            mine = received.view(size, splits[rank])
+            mean = codec.aggregate(list(mine), hi - lo)
+            reencoded = codec.server_encode(mean, key, draw, rank, scale)
         # each owner's chunk has its own size: a fused backend needs them to cut the buffer
         sized = {"sizes": splits} if isinstance(comm, FusedCollectives) else {}
         gathered = yield comm.allgather_async(reencoded, name=f"hvdc.{key}.ag", **sized)
+        if mismatch is not None:
+            raise mismatch
+        self._check_received(key, n, gathered, sum(splits), "allgathered")
         out = torch.empty(n, device=flat.device)  # on the gradient's device (GPU codecs)
         pos = 0
         for (a, b), nbytes in zip(bounds, splits):
@@ -243,6 +257,19 @@ class Exchange:
         sent = 2 * (sum(splits) - splits[rank])
         self.stats.add(self.label, n, sum(splits), sent)
         return out
+
+
+    def _check_received(self, key: str, n: int, data: torch.Tensor, expected: int, what: str) -> None:
+        """``ValueError`` naming the codec and tensor unless ``data`` holds exactly ``expected``
+        bytes: peers that sent payloads of another size (another shape under this name, another
+        codec build) must not be sliced into wrong values. Every rank sees the same totals, so
+        every rank raises."""
+        if data.numel() != expected:
+            raise ValueError(
+                f"hvd_compress: {self.codec.describe()} payloads for tensor {key!r} ({n} values here): "
+                f"{data.numel()} bytes {what}, expected {expected} from {self.comm.size} ranks; the "
+                "ranks' tensors under this name differ in size (same model and parameter names on "
+                "every rank?)")
 
 
 _ring_allreduce_bytes = ring_allreduce_bytes
