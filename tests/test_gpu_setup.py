@@ -1,4 +1,5 @@
-"""Spec: the GPU setup (ci/setup.sh + ci/setup_gpu.sh) works where it can be checked without a GPU.
+"""Spec: the GPU setup (ci/setup.sh + ci/setup_gpu.sh) and the one-shot GPU check (ci/gpu_check.sh)
+work where they can be checked without a GPU.
 
 * The scripts parse (``bash -n``).
 * ci/setup.sh on a CPU machine is what it was: with a matching stamp it says "environment up to
@@ -8,16 +9,20 @@
   ``+cpu`` wheel), no Triton pin, nvcc from pip when there is none, the NCCL paths exported, the
   Horovod build with ``--gpu``, a stamp ending in ``gpu=nccl``, and a clear failure when
   ``horovodrun --check-build`` shows ``[ ] NCCL``. HVD_COMPRESS_CPU_ONLY=1 opts out.
+* ci/gpu_check.sh without CUDA stops at once with exit status 77 and "skipped: no CUDA"; a bad
+  GPU_CHECK_DEVICE is exit status 2.
+* Its CPU dry mode runs the DDP driver end to end (2 Gloo ranks; marked ``mp``).
 """
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["ci/setup.sh", "ci/setup_gpu.sh", "ci/test.sh"]
+SCRIPTS = ["ci/setup.sh", "ci/setup_gpu.sh", "ci/gpu_check.sh", "ci/test.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -127,3 +132,43 @@ def test_cpu_only_opts_out_on_a_gpu_machine(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "torch==2.13.0" in calls and "torch===" not in calls and "--gpu" not in calls
     assert "gpu=" not in (root / ".venv/.hvd_compress_setup").read_text()
+
+
+def _gpu_check(env_extra, tmp_path, timeout=60):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, **env_extra)
+    return subprocess.run(["bash", str(ROOT / "ci/gpu_check.sh")], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=str(tmp_path))
+
+
+def test_gpu_check_without_cuda_stops_at_once_with_status_77(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the check would run")
+    out = _gpu_check({}, tmp_path)
+    assert out.returncode == 77, out.stdout + out.stderr
+    assert "skipped: no CUDA" in out.stdout
+    assert "skipped: no CUDA" in (tmp_path / "out/summary.txt").read_text()
+    # with an nvidia-smi on PATH it asks torch, which sees no GPU: the same answer
+    _exe(tmp_path / "bin/nvidia-smi", "#!/usr/bin/env bash\nexit 9\n")
+    out = _gpu_check({"PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}, tmp_path)
+    assert out.returncode == 77 and "skipped: no CUDA" in out.stdout
+
+
+def test_gpu_check_rejects_an_unknown_device(tmp_path):
+    out = _gpu_check({"GPU_CHECK_DEVICE": "tpu"}, tmp_path)
+    assert out.returncode == 2 and "must be cuda or cpu" in out.stdout
+
+
+def test_gpu_check_dry_mode_runs_the_ddp_driver_end_to_end(tmp_path):
+    """2 Gloo ranks on CPU, none and qsgd:bits=4, 30 steps (the GPU run: 300 on CUDA)."""
+    out = _gpu_check({"GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_STEPS": "ddp", "GPU_CHECK_DDP_STEPS": "30",
+                      "OMP_NUM_THREADS": "1"}, tmp_path, timeout=240)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    summary = (tmp_path / "out/summary.txt").read_text()
+    assert "ddp-accuracy: PASS" in summary and "exit status: 0" in summary
+    import json
+    report = json.loads((tmp_path / "out/ddp/ddp.json").read_text())
+    assert report["backend"] == "gloo" and [r["codec"] for r in report["rows"]] == ["none", "qsgd:bits=4"]
+    qsgd = report["rows"][1]
+    assert qsgd["replicas_identical"] and qsgd["compressed_tensors"] == 3
+    assert qsgd["sync"]["counted_steps"] == 10 and qsgd["sync"]["sites"]  # the CPU proxy saw the host reads
