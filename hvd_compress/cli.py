@@ -14,7 +14,9 @@ even when something optional is missing; it imports torch and Horovod, so it tak
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -67,7 +69,24 @@ def check_torch() -> Section:
     cuda = torch.cuda.is_available()
     s.lines.append(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'not built'}, "
                    f"GPU {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'})")
+    gpus = nvidia_smi_gpus()
+    if gpus and not cuda:
+        what = "a CPU-only build" if not torch.version.cuda else "its CUDA does not match the driver"
+        s.missing(f"CUDA torch: nvidia-smi lists {gpus[0]!r} but torch cannot use it ({what})",
+                  f"bash ci/setup.sh   (on a GPU machine it installs the CUDA build), or: "
+                  f"pip install 'torch==={torch.__version__.split('+')[0]}'")
     return s
+
+
+def nvidia_smi_gpus() -> List[str]:
+    """The GPUs ``nvidia-smi -L`` lists (empty without the driver's tools)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.startswith("GPU ")]
 
 
 def check_tensorflow() -> Section:
@@ -121,7 +140,9 @@ def check_horovod() -> Section:
         if not flags["gloo"]:
             s.missing("Gloo (horovodrun --gloo)", rebuild + " --rebuild")
         if _torch_cuda() and not flags["nccl"]:
-            s.missing("NCCL GPU operations (a GPU is available)", "hvd-compress build-horovod --gpu")
+            s.missing("NCCL GPU operations (a GPU is available)",
+                      "hvd-compress build-horovod --gpu --rebuild   (finds NCCL and nvcc from pip's nvidia "
+                      "packages; or set HOROVOD_NCCL_HOME and HOROVOD_CUDA_HOME; see the nccl section)")
     return s
 
 
@@ -158,6 +179,8 @@ def check_triton() -> Section:
 
 
 def check_nccl() -> Section:
+    """NCCL for torch.distributed (torch's own) and what building Horovod with NCCL needs: NCCL's
+    header and library, and nvcc (found as ``hvd-compress build-horovod --gpu`` finds them)."""
     s = Section("nccl")
     if not _torch_cuda():
         s.lines.append("not applicable: no CUDA GPU visible to torch")
@@ -165,9 +188,21 @@ def check_nccl() -> Section:
     import torch
     try:
         v = torch.cuda.nccl.version()
-        s.lines.append(f"torch's NCCL {'.'.join(map(str, v)) if isinstance(v, tuple) else v}")
+        s.lines.append(f"torch's NCCL {'.'.join(map(str, v)) if isinstance(v, tuple) else v} "
+                       f"(torch.distributed backend 'nccl'), {torch.cuda.device_count()} GPU(s)")
     except Exception as exc:
         s.missing(f"NCCL in torch ({exc})", "pip install torch (a CUDA wheel ships NCCL)")
+    tool = horovod_build.gpu_toolchain(horovod_build.default_cache_root())
+    for name in ("HOROVOD_NCCL_HOME", "HOROVOD_NCCL_INCLUDE", "HOROVOD_NCCL_LIB", "HOROVOD_CUDA_HOME"):
+        value = tool.env.get(name) or os.environ.get(name)
+        if value:
+            s.lines.append(f"for Horovod's NCCL build: {name}={value}")
+    major = (torch.version.cuda or "12").split(".")[0]
+    for note in tool.notes:
+        fix = (f"pip install nvidia-nccl-cu{major}" if note.startswith("NCCL")
+               else "pip install \"cuda-toolkit[nvcc,cccl]==V\" (V: torch's cuda-toolkit requirement, "
+                    "`pip show torch`), or install the CUDA toolkit")
+        s.missing(f"{note} (only needed to build Horovod with NCCL)", fix)
     return s
 
 

@@ -31,10 +31,24 @@ environment's Horovod was installed from the cached wheel already, nothing is re
 
 How to tune: the build takes 10-20 minutes on 2 cores. ``--jobs N`` (or ``HVD_BUILD_JOBS``,
 default 2) is the parallel compile count; each job needs about 2 GB of memory, so use fewer on a
-small machine. The log goes to a temporary folder and its tail is printed on failure. For GPU,
-point ``HOROVOD_NCCL_HOME`` (or ``HOROVOD_NCCL_INCLUDE`` / ``HOROVOD_NCCL_LIB``) at your NCCL
-and ``HOROVOD_CUDA_HOME`` at the CUDA toolkit if they are not found; any other ``HOROVOD_*``
-variable you set is passed through to Horovod's build.
+small machine. The log goes to a temporary folder and its tail is printed on failure. Any
+``HOROVOD_*`` variable you set is passed through to Horovod's build.
+
+GPU (``--gpu``): Horovod needs NCCL's header and library and ``nvcc`` (it compiles a few CUDA
+kernels). What you set wins: ``HOROVOD_NCCL_HOME`` (or ``HOROVOD_NCCL_INCLUDE`` /
+``HOROVOD_NCCL_LIB``) for NCCL, ``HOROVOD_CUDA_HOME`` for the toolkit. Otherwise
+:func:`gpu_toolchain` finds them in this environment: NCCL from the ``nvidia-nccl-cu12`` /
+``-cu13`` pip package that torch's CUDA wheel depends on (``site-packages/nvidia/nccl``, linked
+shared: the wheel ships no static library), ``nvcc`` on ``PATH`` / in ``$CUDA_HOME`` /
+``/usr/local/cuda``, else from the CUDA 13 pip packages (``pip install "cuda-toolkit[nvcc,cccl]==V"``
+with torch's ``cuda-toolkit`` version V, laid out as one toolkit in ``site-packages/nvidia/cu13``).
+CMake looks for unversioned ``libnccl.so`` / ``libcudart.so``, which the pip packages do not ship,
+so links to the versioned files are made in ``<wheel-dir>/gpu-links/``. ``--print-env`` makes
+those links and prints the variables as ``export`` lines (``ci/setup.sh`` evaluates them); the
+plan (``--dry-run``) lists what was found. Horovod builds its CUDA kernels for every
+architecture that ``nvcc`` supports unless ``HOROVOD_BUILD_CUDA_CC_LIST`` says otherwise (e.g.
+``90`` for H100/H200 only: a faster build, a wheel for those GPUs only; the cache key does not
+record it).
 
 This module imports neither torch nor TF (versions come from package metadata), so
 ``--dry-run`` is instant.
@@ -46,15 +60,17 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 HOROVOD_VERSION = "0.28.1"
 MIN_CMAKE = (3, 13)
@@ -96,6 +112,8 @@ class BuildPlan:
     cache_root: Path
     jobs: int
     horovod: str = HOROVOD_VERSION
+    gpu_env: Dict[str, str] = field(default_factory=dict)  # NCCL / CUDA paths found (gpu_toolchain)
+    gpu_notes: List[str] = field(default_factory=list)     # what was not found, and how to fix it
 
     @property
     def pytag(self) -> str:
@@ -127,6 +145,7 @@ class BuildPlan:
         }
         if self.gpu:
             env["HOROVOD_GPU_OPERATIONS"] = "NCCL"
+            env.update(self.gpu_env)
         return env
 
     def describe(self) -> str:
@@ -143,11 +162,12 @@ class BuildPlan:
             f"cached:     {wheel if wheel else 'no -> build from the sdist'}",
             "build env:  " + " ".join(f"{k}={v}" for k, v in sorted(self.build_env().items())),
         ]
+        lines += [f"gpu note:   {note}" for note in (self.gpu_notes if self.gpu else [])]
         return "\n".join(lines)
 
 
 def make_plan(gpu: bool = False, wheel_dir: Optional[str] = None, jobs: Optional[int] = None) -> BuildPlan:
-    return BuildPlan(
+    plan = BuildPlan(
         python=sys.executable,
         torch=installed_version("torch"),
         tensorflow=installed_version("tensorflow", "tensorflow-cpu"),
@@ -156,6 +176,139 @@ def make_plan(gpu: bool = False, wheel_dir: Optional[str] = None, jobs: Optional
         cache_root=Path(wheel_dir).expanduser() if wheel_dir else default_cache_root(),
         jobs=jobs or int(os.environ.get("HVD_BUILD_JOBS") or 2),
     )
+    if gpu:
+        tool = gpu_toolchain(plan.cache_root)
+        plan.gpu_env, plan.gpu_notes = tool.env, tool.notes
+    return plan
+
+
+# ----------------------------------------------------------------------------- GPU toolchain
+NCCL_VARS = ("HOROVOD_NCCL_HOME", "HOROVOD_NCCL_INCLUDE", "HOROVOD_NCCL_LIB")
+
+
+def site_dirs() -> List[Path]:
+    """This environment's site-packages folders (where pip puts ``nvidia/...``)."""
+    paths = sysconfig.get_paths()
+    out: List[Path] = []
+    for key in ("purelib", "platlib"):
+        p = Path(paths[key])
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def find_pip_nccl(sites: Sequence[Path]) -> Optional[tuple]:
+    """``(include dir, library file)`` of the ``nvidia-nccl-cu1x`` pip package, or ``None``."""
+    for site in sites:
+        base = site / "nvidia" / "nccl"
+        libs = sorted((base / "lib").glob("libnccl.so*"))
+        if (base / "include" / "nccl.h").is_file() and libs:
+            return base / "include", libs[0]
+    return None
+
+
+def find_pip_cuda_home(sites: Sequence[Path]) -> Optional[Path]:
+    """A CUDA 13+ toolkit assembled by pip (``site-packages/nvidia/cu13``: bin/nvcc, include, lib)."""
+    for site in sites:
+        for home in sorted((site / "nvidia").glob("cu[0-9]*"), reverse=True):
+            if is_cuda_home(home):
+                return home
+    return None
+
+
+def is_cuda_home(home: Path) -> bool:
+    return os.access(home / "bin" / "nvcc", os.X_OK) and (home / "include" / "cuda_runtime.h").is_file()
+
+
+def find_system_cuda_home(environ: Mapping[str, str]) -> Optional[Path]:
+    """A CUDA toolkit (``bin/nvcc`` and ``include/cuda_runtime.h``): ``$CUDA_HOME``, ``$CUDA_PATH``,
+    ``/usr/local/cuda``, then the folder above the ``nvcc`` on ``PATH`` (which may be a wrapper
+    script elsewhere, hence last)."""
+    candidates = [environ.get("CUDA_HOME"), environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc", path=environ.get("PATH"))
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    for home in candidates:
+        if home and is_cuda_home(Path(home)):
+            return Path(home)
+    return None
+
+
+def find_cuda_home(environ: Mapping[str, str], sites: Sequence[Path]) -> Optional[Path]:
+    """``$HOROVOD_CUDA_HOME``, a system toolkit, or pip's CUDA 13 toolkit (see the module docstring)."""
+    if environ.get("HOROVOD_CUDA_HOME"):
+        return Path(environ["HOROVOD_CUDA_HOME"])
+    return find_system_cuda_home(environ) or find_pip_cuda_home(sites)
+
+
+@dataclass
+class GpuToolchain:
+    """What :func:`gpu_toolchain` found: ``env`` (the ``HOROVOD_*`` and CMake variables to add),
+    ``links`` (link name -> versioned library it must point to, made by :meth:`make_links`) and
+    ``notes`` (what is missing and how to fix it)."""
+
+    env: Dict[str, str] = field(default_factory=dict)
+    links: Dict[Path, Path] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+    def make_links(self) -> None:
+        for link, target in self.links.items():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() and Path(os.readlink(link)) == target:
+                continue
+            tmp = link.with_name(link.name + f".tmp{os.getpid()}")
+            if tmp.is_symlink() or tmp.exists():
+                tmp.unlink()
+            tmp.symlink_to(target)
+            os.replace(tmp, link)  # atomic: a concurrent build never sees a missing link
+
+    def export_lines(self) -> str:
+        return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+
+
+def gpu_toolchain(cache_root: Path, sites: Optional[Sequence[Path]] = None,
+                  environ: Optional[Mapping[str, str]] = None) -> GpuToolchain:
+    """NCCL and CUDA toolkit locations for Horovod's NCCL build (see the module docstring): the
+    user's ``HOROVOD_*`` settings win; otherwise pip's ``nvidia`` packages in this environment.
+    Pure: finds paths and plans links, writes nothing (:meth:`GpuToolchain.make_links` does)."""
+    environ = os.environ if environ is None else environ
+    sites = site_dirs() if sites is None else list(sites)
+    tool = GpuToolchain()
+    link_dir = cache_root / "gpu-links" / hashlib.sha256(
+        "|".join(str(s) for s in sites).encode()).hexdigest()[:12]
+    lib_path: List[str] = []
+    if not any(environ.get(k) for k in NCCL_VARS):
+        nccl = find_pip_nccl(sites)
+        if nccl is None:
+            tool.notes.append("NCCL not found: pip install the nvidia-nccl-cu12/-cu13 package matching torch's "
+                              "CUDA (torch's CUDA wheel depends on it), or set HOROVOD_NCCL_HOME")
+        else:
+            include, lib = nccl
+            tool.env.update(HOROVOD_NCCL_INCLUDE=str(include), HOROVOD_NCCL_LIB=str(link_dir),
+                            HOROVOD_NCCL_LINK="SHARED")
+            if lib.name != "libnccl.so":
+                tool.links[link_dir / "libnccl.so"] = lib
+            # the extension finds the versioned library where pip put it, even before torch loads it
+            tool.env["LDFLAGS"] = " ".join(filter(None, [environ.get("LDFLAGS", ""), f"-Wl,-rpath,{lib.parent}"]))
+    if not environ.get("HOROVOD_CUDA_HOME"):
+        home = find_system_cuda_home(environ) or find_pip_cuda_home(sites)
+        if home is None:
+            tool.notes.append("nvcc not found: install the CUDA toolkit, or for CUDA 13: pip install "
+                              "\"cuda-toolkit[nvcc,cccl]==V\" (V: the cuda-toolkit version torch requires), "
+                              "or set HOROVOD_CUDA_HOME")
+        else:
+            tool.env.update(HOROVOD_CUDA_HOME=str(home), CUDA_HOME=str(home))
+            # this nvcc first: Horovod's build asks `nvcc` on PATH for the architectures it supports
+            tool.env["PATH"] = f"{home / 'bin'}{os.pathsep}{environ.get('PATH', '')}"
+            # pip's toolkit ships cudart versioned only; CMake's FindCUDAToolkit wants libcudart.so
+            libs = [d for d in (home / "lib64", home / "lib") if d.is_dir()]
+            cudart = sorted(f for d in libs for f in d.glob("libcudart.so.*"))
+            if cudart and not any((d / "libcudart.so").exists() for d in libs):
+                tool.links[link_dir / "libcudart.so"] = cudart[0]
+                lib_path.append(str(link_dir))
+    if lib_path:
+        tool.env["CMAKE_LIBRARY_PATH"] = os.pathsep.join(lib_path + [p for p in [environ.get("CMAKE_LIBRARY_PATH")] if p])
+    return tool
 
 
 def pip(args: Iterable[str], python: Optional[str] = None) -> None:
@@ -224,7 +377,7 @@ def build_wheel(plan: BuildPlan) -> Path:
         src = build / f"horovod-{plan.horovod}"
         patch_sources(src)
         env = dict(os.environ, **plan.build_env())
-        env["PATH"] = f"{cmake_dir}{os.pathsep}{env.get('PATH', '')}"
+        env["PATH"] = f"{cmake_dir}{os.pathsep}{env.get('PATH', '')}"  # after gpu_env's PATH: cmake first
         cmd = [plan.python, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", ".", "-w", str(build / "out")]
         with open(build / "build.log", "w") as logf:
             rc = subprocess.run(cmd, cwd=src, env=env, stdout=logf, stderr=subprocess.STDOUT).returncode
@@ -284,11 +437,21 @@ def install(plan: BuildPlan, wheel: Path, force: bool = False) -> None:
 
 
 def build_horovod(gpu: bool = False, wheel_dir: Optional[str] = None, jobs: Optional[int] = None,
-                  rebuild: bool = False, dry_run: bool = False) -> int:
+                  rebuild: bool = False, dry_run: bool = False, print_env: bool = False) -> int:
     """The ``build-horovod`` command: cached wheel if there is one, else build; then install."""
     plan = make_plan(gpu=gpu, wheel_dir=wheel_dir, jobs=jobs)
     if dry_run:
         print(plan.describe())
+        return 0
+    if print_env:
+        if not gpu:
+            log("--print-env lists the GPU toolchain: use it with --gpu")
+            return 2
+        tool = gpu_toolchain(plan.cache_root)
+        tool.make_links()
+        for note in tool.notes:
+            log(note)
+        print(tool.export_lines())
         return 0
     if not (plan.torch or plan.tensorflow):
         log("neither torch nor tensorflow is installed here; install one first "
@@ -319,11 +482,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--jobs", type=int, help="parallel compile jobs (default $HVD_BUILD_JOBS or 2)")
     ap.add_argument("--rebuild", action="store_true", help="build even if a cached wheel exists")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the cache key; build nothing")
+    ap.add_argument("--print-env", action="store_true",
+                    help="with --gpu: find NCCL and nvcc, make the library links, print `export` lines; build nothing")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     return build_horovod(gpu=args.gpu, wheel_dir=args.wheel_dir, jobs=args.jobs,
-                         rebuild=args.rebuild, dry_run=args.dry_run)
+                         rebuild=args.rebuild, dry_run=args.dry_run, print_env=args.print_env)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -33,6 +33,7 @@ MP_TESTS = {
     "test_bench_cli::test_step_smoke_two_workers_tiny_model",        # `bench step`: 2 workers in netns
     "test_native::test_build_command_is_safe_to_run_concurrently",   # several builders at once
     "test_native::test_forked_children_run_the_kernels_single_threaded",  # fork in a child
+    "test_gpu_setup::test_gpu_check_dry_mode_runs_the_ddp_driver_end_to_end",  # 2 Gloo ranks (ci/gpu_check.py)
 }
 MP_FIXTURES = {"ray_session"}  # tests/test_ps.py: a Ray cluster with server and worker actors
 LAUNCHERS = {"horovodrun", "torchrun", "mpirun", "mpiexec", "raylet", "gcs_server"}

@@ -51,7 +51,7 @@ def test_codecs_json_shape(tmp_path):
         assert r["encode_decode_gbps"] > 0 and r["reference_gbps"] > 0
         assert r["bits_per_value"] > 0
         # the plain torch path is timed beside the native kernels, for the codecs that have them
-        if r["codec"] in ("qsgd", "onebit", "efsign", "terngrad") and _native.enabled():
+        if r["codec"] in ("qsgd", "onebit", "efsign", "terngrad", "topk") and _native.enabled():
             assert r["path"] == "native" and r["plain_gbps"] > 0
         else:
             assert r["path"] == "plain" and r["plain_gbps"] is None

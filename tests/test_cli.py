@@ -1,7 +1,9 @@
 """`hvd-compress doctor` reports every piece with a fix for what is missing; `build-horovod --dry-run`
 shows the plan and the cache key that ci/setup.sh's wheel cache uses, and the source patches apply."""
 import io
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,71 @@ def test_source_patches_apply_and_fail_loudly_when_the_sdist_changes(tmp_path):
     (tmp_path / "horovod/torch/CMakeLists.txt").write_text("set(CMAKE_CXX_STANDARD 20)\n")
     with pytest.raises(RuntimeError, match="C\\+\\+17 patch"):
         horovod_build.patch_sources(tmp_path)
+
+
+def _fake_pip_gpu_tree(site):
+    """What torch's CUDA 13 wheel and ``cuda-toolkit[nvcc,cccl]`` put in site-packages (layout as
+    measured in the wheels: nvidia/nccl/{include,lib}, nvidia/cu13/{bin,include,lib})."""
+    (site / "nvidia/nccl/include").mkdir(parents=True)
+    (site / "nvidia/nccl/lib").mkdir()
+    (site / "nvidia/nccl/include/nccl.h").write_text("#define NCCL_MAJOR 2\n")
+    (site / "nvidia/nccl/lib/libnccl.so.2").write_bytes(b"")
+    for d in ("bin", "include", "lib"):
+        (site / "nvidia/cu13" / d).mkdir(parents=True)
+    nvcc = site / "nvidia/cu13/bin/nvcc"
+    nvcc.write_text("#!/bin/sh\n")
+    nvcc.chmod(0o755)
+    (site / "nvidia/cu13/include/cuda_runtime.h").write_text("")
+    (site / "nvidia/cu13/lib/libcudart.so.13").write_bytes(b"")
+
+
+def test_gpu_build_finds_nccl_and_nvcc_in_pip_packages_and_links_the_libraries(tmp_path, monkeypatch):
+    site, cache = tmp_path / "site", tmp_path / "cache"
+    _fake_pip_gpu_tree(site)
+    monkeypatch.setattr(horovod_build, "find_system_cuda_home", lambda environ: None)
+    tool = horovod_build.gpu_toolchain(cache, sites=[site], environ={"PATH": "/usr/bin"})
+    assert not tool.notes
+    env = tool.env
+    assert env["HOROVOD_NCCL_INCLUDE"] == str(site / "nvidia/nccl/include")
+    assert env["HOROVOD_NCCL_LINK"] == "SHARED"  # the wheel ships no libnccl_static.a
+    assert env["HOROVOD_CUDA_HOME"] == env["CUDA_HOME"] == str(site / "nvidia/cu13")
+    assert env["PATH"].startswith(str(site / "nvidia/cu13/bin"))
+    assert f"-Wl,-rpath,{site / 'nvidia/nccl/lib'}" in env["LDFLAGS"]
+    link_dir = Path(env["HOROVOD_NCCL_LIB"])
+    assert env["CMAKE_LIBRARY_PATH"] == str(link_dir)
+    assert not cache.exists()  # finding writes nothing (the plan of --dry-run)
+    tool.make_links()
+    tool.make_links()  # idempotent
+    assert os.readlink(link_dir / "libnccl.so") == str(site / "nvidia/nccl/lib/libnccl.so.2")
+    assert os.readlink(link_dir / "libcudart.so") == str(site / "nvidia/cu13/lib/libcudart.so.13")
+    assert "export HOROVOD_NCCL_LINK=SHARED" in tool.export_lines().splitlines()
+
+
+def test_gpu_build_keeps_what_the_user_set_and_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(horovod_build, "find_system_cuda_home", lambda environ: None)
+    mine = {"HOROVOD_NCCL_HOME": "/opt/nccl", "HOROVOD_CUDA_HOME": "/opt/cuda"}
+    site = tmp_path / "site"
+    _fake_pip_gpu_tree(site)
+    assert horovod_build.gpu_toolchain(tmp_path, sites=[site], environ=mine).env == {}
+    empty = horovod_build.gpu_toolchain(tmp_path, sites=[tmp_path / "nothing"], environ={})
+    assert empty.env == {} and len(empty.notes) == 2
+    assert "nvidia-nccl-cu12/-cu13" in empty.notes[0] and "cuda-toolkit[nvcc,cccl]" in empty.notes[1]
+    system = tmp_path / "cuda"  # a system toolkit wins over pip's; one with libcudart.so needs no link
+    for d in ("bin", "include", "lib64"):
+        (system / d).mkdir(parents=True)
+    (system / "bin/nvcc").write_text("")
+    (system / "bin/nvcc").chmod(0o755)
+    (system / "include/cuda_runtime.h").write_text("")
+    (system / "lib64/libcudart.so").write_bytes(b"")
+    monkeypatch.undo()
+    system_env = horovod_build.gpu_toolchain(tmp_path, sites=[site], environ={"CUDA_HOME": str(system)}).env
+    assert system_env["HOROVOD_CUDA_HOME"] == str(system)
+    assert system_env["PATH"].startswith(str(system / "bin"))
+    assert "CMAKE_LIBRARY_PATH" not in system_env
+
+
+def test_gpu_dry_run_lists_the_nccl_build_and_the_cache_key(tmp_path, capsys):
+    assert cli.main(["build-horovod", "--gpu", "--dry-run", "--wheel-dir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "HOROVOD_GPU_OPERATIONS=NCCL" in text and "-nccl" in text
+    assert not list(tmp_path.iterdir())

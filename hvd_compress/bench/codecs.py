@@ -86,6 +86,9 @@ DEFAULT_SIZES = [1 << 16, 1 << 20, 1 << 24]
 VARIANTS = ["qsgd:bits=8", "qsgd:bits=2,bucket_size=128"]
 # The four codecs issue #8 holds to >= 1 GB/s of fp32 input on two cores.
 TARGETS = ("qsgd", "onebit", "efsign", "terngrad")
+# On a GPU (issue #12): >= 1 TB/s of fp32 input for these, and >= 20x the plain torch-ops path.
+GPU_TARGETS = ("qsgd", "onebit", "efsign")
+GPU_MIN_GBPS, GPU_MIN_VS_PLAIN = 1000.0, 20.0
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -506,14 +509,21 @@ def format_table(result: dict) -> str:
     head += f" {'agg x' + str(AGGREGATE_WORKERS):>8} {'plain ag':>8} {'bits/v':>7} {'of copy':>7}"
     lines = [head, "-" * len(head)]
     lines += [_format_row(r) for r in result["rows"]]
+    cuda = str(result.get("device", "cpu")).startswith("cuda")
+    path_note = ("path: triton kernels or plain torch ops on the GPU" if cuda
+                 else "path: native kernels or plain torch")
+    plain_note = ("the same codec on the plain torch-ops path (HVD_COMPRESS_BACKEND=plain), same GPU" if cuda
+                  else "the same codec with the native kernels off (HVD_COMPRESS_NATIVE=0)")
+    roof = (f"Device-to-device copy roofline ({result.get('gpu') or result.get('device')}): "
+            f"{result['copy_gbps']:.2f} GB/s." if cuda else
+            f"Memory-copy roofline: {result['copy_gbps']:.2f} GB/s ({result['threads']} threads).")
     lines.append(f"GB/s of fp32 input (median of repeats, clock: {result.get('clock', 'wall')}); "
-                 f"enc+dec/encode/decode: the codec as it runs (path: native kernels or plain torch); "
-                 f"plain: the same codec with the native kernels off (HVD_COMPRESS_NATIVE=0); "
+                 f"enc+dec/encode/decode: the codec as it runs ({path_note}); "
+                 f"plain: {plain_note}; "
                  f"ref: plain torch with an unpacked int8 payload; agg x{AGGREGATE_WORKERS} / plain ag: "
                  f"the exchange's combination of {AGGREGATE_WORKERS} workers' payloads (GB/s of the fp32 "
                  f"values they stand for), as it runs / plain; of copy: enc+dec / copy bandwidth at "
-                 f"that size. Memory-copy roofline: {result['copy_gbps']:.2f} GB/s "
-                 f"({result['threads']} threads).")
+                 f"that size. {roof}")
     return "\n".join(lines)
 
 
@@ -530,6 +540,24 @@ def targets_summary(result: dict) -> str:
                          f"[{'>= 1 GB/s' if ok else 'BELOW 1 GB/s'}; "
                          f"{100 * r['encode_decode_gbps'] / result['copy_gbps']:.0f}% of the "
                          f"{result['copy_gbps']:.1f} GB/s copy roofline{' (goal met)' if goal else ''}]")
+    return "\n".join(lines)
+
+
+def gpu_targets_summary(result: dict) -> str:
+    """Issue #12's bar on a GPU: QSGD-4, OneBit, EFSign >= 1 TB/s of fp32 input (goal: 40% of the
+    device copy bandwidth) and >= 20x the plain torch-ops path on the same GPU."""
+    lines = []
+    copy = result["copy_gbps"]
+    for name in GPU_TARGETS:
+        for r in (r for r in result["rows"] if r["codec"] == name):
+            gbps, plain = r["encode_decode_gbps"], r.get("plain_gbps")
+            vs = gbps / plain if plain else None
+            ok = gbps >= GPU_MIN_GBPS and vs is not None and vs >= GPU_MIN_VS_PLAIN
+            lines.append(f"{name:<7} size {r['size']:>11,} [{r['path']}]: {gbps:8.1f} GB/s, "
+                         f"{100 * gbps / copy:4.0f}% of the {copy:.0f} GB/s device copy, "
+                         f"{'-' if vs is None else f'{vs:.1f}x'} the plain path "
+                         f"[{'meets' if ok else 'BELOW'} >= {GPU_MIN_GBPS:.0f} GB/s and >= {GPU_MIN_VS_PLAIN:.0f}x plain"
+                         f"{'; goal 40% of copy met' if gbps >= 0.4 * copy else ''}]")
     return "\n".join(lines)
 
 
@@ -636,7 +664,7 @@ def main(argv=None) -> int:
                              reference=not args.no_reference, progress=say)
     print(format_table(result))
     print()
-    print(targets_summary(result))
+    print(gpu_targets_summary(result) if _device.type == "cuda" else targets_summary(result))
     write_json(args.json, result)
     return 0
 
