@@ -120,6 +120,22 @@ def test_state_is_keyed_by_parameter_name_across_bucket_rebuild(codec_runs, spec
     assert residual == weights, keys
 
 
+# ---------------------------------------------------------------------- fused buckets
+def test_fused_exchange_is_bit_identical_with_fewer_collectives():
+    """One DDP bucket holding every parameter: fused (the default), each round's collectives are
+    one per kind; unfused (bucket_bytes=0), one per tensor. The bytes moved are the same, so the
+    trained parameters are bit-identical."""
+    args = ("--codecs", "onebit;qsgd:bits=4;powersgd:rank=2,start_iter=0", "--epochs", "2", "--bucket-cap-mb", "25")
+    fused = torchrun(2, "tests/mp/ddp_codecs.py", *args, timeout=300)
+    unfused = torchrun(2, "tests/mp/ddp_codecs.py", *args, "--bucket-bytes", "0", timeout=300)
+    for rank in (0, 1):
+        for f, u in zip(fused[rank]["rows"], unfused[rank]["rows"]):
+            assert f["param_digest"] == u["param_digest"], f["codec"]
+            assert f["requested_per_step"] == u["requested_per_step"] > 0
+            assert u["collectives_per_step"] == u["requested_per_step"]  # unfused: one per tensor
+            assert f["collectives_per_step"] < f["requested_per_step"], f
+
+
 # ---------------------------------------------------------------------- checkpoint, edge cases
 def test_checkpoint_restore_continues_bit_identically():
     results = torchrun(2, "tests/mp/ddp_checkpoint.py", timeout=300)

@@ -8,6 +8,7 @@ iterations (DDP rebuilds its buckets after the first).
 
 Run by tests/test_ddp.py under ``torch.distributed.run --nproc_per_node=2`` (Gloo).
 """
+import hashlib
 import time
 
 from common import close_process_group, parse_args, write_result
@@ -27,7 +28,8 @@ def train(codec_name, data, args):
     buckets = []  # parameter names per bucket, first two iterations
     state = None
     if codec_name != "ddp":
-        state, hook = hc.ddp_comm_hook(codec_name, named_parameters=model.named_parameters())
+        state, hook = hc.ddp_comm_hook(codec_name, named_parameters=model.named_parameters(),
+                                       bucket_bytes=args.bucket_bytes)
 
         def spy(st, bucket):
             if st.iteration < 2:
@@ -39,6 +41,8 @@ def train(codec_name, data, args):
         ddp.register_comm_hook(state, spy)
     opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9)
     hc.reset_wire_stats()
+    from hvd_compress.torch.fusion import collective_stats, reset_collective_stats
+    reset_collective_stats()
     n, steps, busy = xtr.shape[0], 0, 0.0
     losses = []
     for epoch in range(args.epochs):
@@ -63,7 +67,10 @@ def train(codec_name, data, args):
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     everyone = [torch.empty_like(flat) for _ in range(size)]
     dist.all_gather(everyone, flat)
+    colls = collective_stats()
     row = {"codec": codec_name, "accuracy": acc, "steps": steps, "ms_per_step": 1000 * busy / steps,
+           "collectives_per_step": colls["collectives"] / steps, "requested_per_step": colls["requested"] / steps,
+           "param_digest": hashlib.sha256(flat.numpy().tobytes()).hexdigest()[:16],
            "final_loss": sum(losses[-10:]) / 10,
            "replicas_identical": all(torch.equal(everyone[0], e) for e in everyone), "wire_stats": stats}
     if state is not None:
@@ -81,7 +88,8 @@ def main():
     args = parse_args({"--codecs": {"default": "ddp,none"}, "--epochs": {"type": int, "default": 12},
                        "--batch-size": {"type": int, "default": 32}, "--lr": {"type": float, "default": 0.05},
                        "--hidden": {"type": int, "default": 256}, "--seed": {"type": int, "default": 0},
-                       "--bucket-cap-mb": {"type": float, "default": 0.05}})
+                       "--bucket-cap-mb": {"type": float, "default": 0.05},
+                       "--bucket-bytes": {"type": int, "default": None}})
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     from hvd_compress.demo import load_digits_split, split_codecs
