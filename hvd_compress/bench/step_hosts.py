@@ -30,8 +30,10 @@ import tempfile
 from pathlib import Path
 from typing import List
 
+from hvd_compress.bench._step_worker import BASELINES
 from hvd_compress.bench.common import write_json
 from hvd_compress.bench.netns import NamespaceUnavailable
+from hvd_compress.bench.step_job import run_job
 
 HOST_DEFAULT_CODECS = ["onebit", "qsgd:bits=4", "topk:ratio=0.01"]
 
@@ -39,7 +41,6 @@ HOST_DEFAULT_CODECS = ["onebit", "qsgd:bits=4", "topk:ratio=0.01"]
 def flat_and_hierarchical(spec: str) -> List[str]:
     """``onebit`` -> ``["onebit:hierarchical=false", "onebit:hierarchical=true"]``; Horovod's own
     baselines and specs that already say ``hierarchical=`` stay as they are."""
-    from hvd_compress.bench.step import BASELINES
     if spec in BASELINES or "hierarchical=" in spec:
         return [spec]
     sep = "," if ":" in spec else ":"
@@ -81,7 +82,6 @@ def format_hosts_table(result: dict) -> str:
 
 def main_hosts(args, rates, codecs: List[str], argv) -> int:
     from hvd_compress.bench.cluster import EmulatedCluster, check_available
-    from hvd_compress.bench.step import BASELINES, run_job
     try:
         check_available()
     except NamespaceUnavailable as exc:

@@ -17,8 +17,20 @@ from hvd_compress._lazy import lazy_attributes as _lazy_attributes
 from hvd_compress.tensorflow.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
                                             GradiVeQ, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
                                             ScaledSign, SignSGD, TernGrad, TopK, TopKSparsifier, Wrapper)
+from hvd_compress.tensorflow.codecs.base import install_stock_engine as _install_stock_engine
 from hvd_compress.tensorflow.spec import from_spec
 from hvd_compress.tensorflow.stats import compression_error, reset_wire_stats, wire_stats
+
+
+def _stock_engine(codec):
+    """The engine behind ``codec.compress`` / ``decompress`` when Horovod's stock TF APIs
+    (``hvd.DistributedGradientTape(compression=codec)``, ...) call them. A frontend: installed here,
+    not imported by the codec layer, and imported on first use (it imports Horovod)."""
+    from hvd_compress.tensorflow.stock import StockEngine
+    return StockEngine(codec)
+
+
+_install_stock_engine(_stock_engine)
 
 __all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
            "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",

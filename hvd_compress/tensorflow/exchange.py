@@ -71,6 +71,14 @@ class Exchange:
                              "). Construct the same codec with the same arguments on every rank.")
         self._checked = True
 
+    def sub_exchange(self, codec: Codec, label: str) -> "Exchange":
+        """An exchange of ``codec``, a codec nested in this one (GradiVeQ's fallback and sampler),
+        over the same collectives and into the same wire statistics under ``label``. No agreement
+        check of its own: this codec's fingerprint, agreed already, covers the nested codec."""
+        sub = Exchange(codec, self.comm, label=label, stats=self.stats)
+        sub._checked = True
+        return sub
+
     # ---------------------------------------------------------------- state up front
     def build_state(self, key: str, shape, dtype) -> None:
         """Create the state variables the exchange of tensor ``key`` will use (RNG step counter,

@@ -3,17 +3,13 @@ from __future__ import annotations
 
 from typing import Dict
 
-from hvd_compress.spec import build
 from hvd_compress.tensorflow.codecs.base import Codec
-from hvd_compress.tensorflow.codecs.reference import ReferenceCodec
+from hvd_compress.tensorflow.codecs.catalog import codec_classes, from_spec_with
+from hvd_compress.tensorflow.codecs.gradiveq import GradiVeQ
 
 
 def registry() -> Dict[str, type]:
-    from hvd_compress.tensorflow import codecs as c
-    return {"none": c.NoCompression, "fp16": c.FP16, "bf16": c.BF16, "qsgd": c.QSGD,
-            "terngrad": c.TernGrad, "onebit": c.OneBit, "efsign": c.EFSign, "signsgd": c.SignSGD,
-            "topk": c.TopK, "doublesqueeze": c.DoubleSqueeze, "gradiveq": c.GradiVeQ,
-            "powersgd": c.PowerSGD}
+    return codec_classes(GradiVeQ)
 
 
 def from_spec(spec: "str | Codec") -> Codec:
@@ -24,4 +20,4 @@ def from_spec(spec: "str | Codec") -> Codec:
     A bad spec raises ``ValueError`` listing what exists. A name registered with
     :func:`hvd_compress.register_codec` builds a
     :class:`hvd_compress.tensorflow.codecs.reference.ReferenceCodec` (alone or as ``codec=``)."""
-    return build(spec, registry(), Codec, ReferenceCodec)
+    return from_spec_with(spec, GradiVeQ)

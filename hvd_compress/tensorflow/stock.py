@@ -15,23 +15,24 @@ compressor is called the same way.
   wire in fp32: the placeholder costs 4 bytes per tensor.
 
 Names without extra calls: ``compress`` receives only the gradient. Horovod calls it from its
-``allreduce_grads(grads, vars)``; the engine finds that frame on the stack and maps the gradient to
-its variable (``var.path`` under Keras 3, else ``var.name`` without ``:0``), so error-feedback
-residuals and RNG streams are ``tf.Variable``\\ s keyed by variable name (``codec.state``;
-checkpoint them with ``tf.train.Checkpoint(compression=codec)``). Where no variable is found (a
-bare ``hvd.allreduce(t, compression=codec)``) it falls back to call order within the trace.
+``allreduce_grads(grads, vars)``; the engine finds that frame on the stack
+(:mod:`hvd_compress.horovod_names`) and maps the gradient to its variable (``var.path`` under
+Keras 3, else ``var.name`` without ``:0``), so error-feedback residuals and RNG streams are
+``tf.Variable``\\ s keyed by variable name (``codec.state``; checkpoint them with
+``tf.train.Checkpoint(compression=codec)``). Where no variable is found (a bare
+``hvd.allreduce(t, compression=codec)``) it falls back to call order within the trace.
 
 Horovod's ``op=hvd.Sum`` is honoured (the average times the world size); ``hvd.Adasum`` cannot take
 compressed gradients and raises.
 """
 from __future__ import annotations
 
-import sys
 import warnings
 
 import tensorflow as tf
 
 from hvd_compress.common import UNCOMPRESSED, ring_allreduce_bytes
+from hvd_compress.horovod_names import tf_gradient_variable
 from hvd_compress.tensorflow.collectives import HorovodCollectives, op_name
 from hvd_compress.tensorflow.exchange import Exchange
 from hvd_compress.tensorflow.stats import WIRE_STATS
@@ -56,33 +57,10 @@ class StockEngine:
         self._anonymous = 0
         self._warned_anonymous = False
 
-    def _identify(self, tensor):
-        """(variable name or None, Horovod op or None) of the gradient ``tensor``, from the stack."""
-        name = op = None
-        frame = sys._getframe(2)
-        for _ in range(80):
-            if frame is None:
-                break
-            code, loc = frame.f_code, frame.f_locals
-            # (autograph renames Horovod's functions tf__<name> when the caller is a tf.function)
-            fname = code.co_name[4:] if code.co_name.startswith("tf__") else code.co_name
-            if op is None and fname in ("allreduce", "grouped_allreduce") and "op" in loc \
-                    and "compression" in loc:
-                op = loc["op"]
-            if fname == "allreduce_grads" and "grads" in loc:
-                grads, variables = loc.get("grads"), loc.get("vars")
-                if variables is not None:
-                    for g, v in zip(grads, variables):
-                        if g is tensor:
-                            name = variable_key(v)
-                            break
-                break
-            frame = frame.f_back
-        return name, op
-
     def compress(self, tensor):
         import horovod.tensorflow as hvd
-        name, op = self._identify(tensor)
+        variable, op = tf_gradient_variable(tensor)
+        name = None if variable is None else variable_key(variable)
         if op is not None and op not in (hvd.Average, hvd.Sum):
             raise ValueError("hvd_compress codecs support op=hvd.Average and hvd.Sum (Adasum combines "
                              "raw gradients and cannot take them compressed)")

@@ -24,8 +24,20 @@ from hvd_compress._lazy import lazy_attributes as _lazy_attributes
 from hvd_compress.torch.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
                                        GradiVeQ, Lattice, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
                                        ScaledSign, SignSGD, TernGrad, TopK, TopKSparsifier, Wrapper)
+from hvd_compress.torch.codecs.base import install_stock_engine as _install_stock_engine
 from hvd_compress.torch.exchange import reset_wire_stats, wire_stats
 from hvd_compress.torch.spec import from_spec
+
+
+def _stock_engine(codec):
+    """The engine behind ``codec.compress`` / ``decompress`` when Horovod's stock
+    ``hvd.DistributedOptimizer(compression=codec)`` calls them. A frontend: installed here, not
+    imported by the codec layer, and imported on first use (like the frontends in ``_LAZY``)."""
+    from hvd_compress.torch.stock import StockEngine
+    return StockEngine(codec)
+
+
+_install_stock_engine(_stock_engine)
 
 # Imported on first use, so importing hvd_compress.torch needs neither Horovod nor an initialized
 # torch.distributed.

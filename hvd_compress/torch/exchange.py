@@ -134,6 +134,11 @@ class Exchange:
         at every exchange): the next exchange re-runs the check in the current world."""
         self._checked_world = None
 
+    def sub_exchange(self, codec: Codec, label: str) -> "Exchange":
+        """A flat exchange of ``codec``, a codec nested in this one (GradiVeQ's fallback and
+        sampler), over the same collectives and into the same wire statistics under ``label``."""
+        return Exchange(codec, self.comm, label=label, stats=self.stats)
+
     # ---------------------------------------------------------------- one tensor
     def average(self, key: str, tensor: torch.Tensor, compress: Optional[bool] = None) -> Generator:
         """Generator: yields collectives, returns the average of ``tensor`` over ranks, with the

@@ -7,17 +7,13 @@ from __future__ import annotations
 from typing import Dict
 
 from hvd_compress.common import COMMON_OPTIONS  # noqa: F401 (re-exported)
-from hvd_compress.spec import build
 from hvd_compress.torch.codecs.base import Codec
-from hvd_compress.torch.codecs.reference import ReferenceCodec
+from hvd_compress.torch.codecs.catalog import codec_classes, from_spec_with
+from hvd_compress.torch.codecs.gradiveq import GradiVeQ
 
 
 def registry() -> Dict[str, type]:
-    from hvd_compress.torch import codecs as c
-    return {"none": c.NoCompression, "fp16": c.FP16, "bf16": c.BF16, "qsgd": c.QSGD,
-            "terngrad": c.TernGrad, "onebit": c.OneBit, "efsign": c.EFSign, "signsgd": c.SignSGD,
-            "topk": c.TopK, "doublesqueeze": c.DoubleSqueeze, "gradiveq": c.GradiVeQ,
-            "powersgd": c.PowerSGD, "lattice": c.Lattice}
+    return codec_classes(GradiVeQ)
 
 
 def from_spec(spec: "str | Codec") -> Codec:
@@ -37,4 +33,4 @@ def from_spec(spec: "str | Codec") -> Codec:
     builds a :class:`hvd_compress.torch.codecs.reference.ReferenceCodec`, alone or as
     ``doublesqueeze:codec=<name>``.
     """
-    return build(spec, registry(), Codec, ReferenceCodec)
+    return from_spec_with(spec, GradiVeQ)

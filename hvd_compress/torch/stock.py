@@ -11,18 +11,20 @@ may visit parameters in different orders) and each ``decompress`` returns its pa
 
 How the codec learns parameter names without extra calls: ``compress`` is called from Horovod's
 ``_allreduce_grad_async(self, p)`` (or its grouped variant); the engine looks up the calling
-optimizer in the stack and maps ``p`` to its name with the optimizer's own ``_parameter_names``.
+optimizer in the stack and maps ``p`` to its name with the optimizer's own ``_parameter_names``
+(:mod:`hvd_compress.horovod_names`, the one module that reads frames, says exactly what of
+Horovod it relies on).
 State (error-feedback residuals, RNG steps) is therefore keyed by parameter name, and the
 optimizer's ``state_dict()`` carries the codec state under ``"hvd_compress"`` from the first step
 on. To restore state before the first step, call ``codec.load_state_dict(...)`` yourself.
 """
 from __future__ import annotations
 
-import sys
 import warnings
 
 import torch
 
+from hvd_compress.horovod_names import torch_parameter_name
 from hvd_compress.torch.collectives import HorovodCollectives
 from hvd_compress.torch.fusion import bucket_bytes_from_env, fused
 from hvd_compress.torch.exchange import UNCOMPRESSED, WIRE_STATS, Driver, _ring_allreduce_bytes
@@ -54,28 +56,6 @@ class StockEngine:
         self.comm.reset()
         self.exchange.reset_world()
 
-    # ------------------------------------------------------------------ naming
-    def _identify(self, tensor):
-        """(parameter name, Horovod optimizer) of the gradient ``tensor``, from the call stack."""
-        frame = sys._getframe(3)
-        param = None
-        for _ in range(8):
-            if frame is None:
-                break
-            loc = frame.f_locals
-            p = loc.get("p")
-            if param is None and isinstance(p, torch.Tensor) and (p.grad is tensor or "name" in loc):
-                param = p
-            opt = loc.get("self")
-            names = getattr(opt, "_parameter_names", None)
-            if isinstance(names, dict):
-                if param is None:
-                    param = next((q for q in names if q.grad is tensor), None)
-                if param is not None and param in names:
-                    return names[param], opt
-            frame = frame.f_back
-        return None, None
-
     def _hook_state_dict(self, opt):
         if id(opt) in self._hooked or not hasattr(opt, "register_state_dict_post_hook"):
             return
@@ -97,7 +77,7 @@ class StockEngine:
 
     # ------------------------------------------------------------------ Compressor API
     def compress(self, tensor):
-        name, opt = self._identify(tensor)
+        name, opt = torch_parameter_name(tensor)
         if opt is not None:
             self._hook_state_dict(opt)
             if getattr(opt, "op", None) not in (None, _hvd_op("Average"), _hvd_op("Sum")):

@@ -18,7 +18,7 @@ they serve (``hvd_compress/residual/dense/kernel``), so ``tf.train.Checkpoint(co
 from __future__ import annotations
 
 import re
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -50,6 +50,19 @@ def check_tf_payload(codec, payload, numel: int) -> None:
 
 
 validates_payloads = payload_validator(check_tf_payload)
+
+
+# Builds the engine behind Codec.compress/decompress (hvd_compress.tensorflow.stock.StockEngine).
+_stock_engine: Optional[Callable[["Codec"], Any]] = None
+
+
+def install_stock_engine(factory: Callable[["Codec"], Any]) -> None:
+    """Install ``factory(codec) -> engine`` for the Horovod ``Compressor`` API (``compress`` /
+    ``decompress``). Imports flow one way, codecs -> exchange -> frontends, so the codec layer
+    does not import the stock-API engine; ``hvd_compress.tensorflow`` installs it when imported
+    (which Python does before any of its submodules, so every codec finds it)."""
+    global _stock_engine
+    _stock_engine = factory
 
 
 def variable_name(group: str, key: str) -> str:
@@ -198,8 +211,10 @@ class Codec(CodecConfig, _Trackable):
     def compress(self, tensor):
         """Horovod ``Compressor.compress`` (see :mod:`hvd_compress.tensorflow.stock`)."""
         if self._stock is None:
-            from hvd_compress.tensorflow.stock import StockEngine
-            self._stock = StockEngine(self)
+            if _stock_engine is None:
+                raise RuntimeError("hvd_compress: no Horovod stock-API engine installed; import "
+                                   "hvd_compress.tensorflow (it installs hvd_compress.tensorflow.stock)")
+            self._stock = _stock_engine(self)
         return self._stock.compress(tensor)
 
     @tf.autograph.experimental.do_not_convert

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from hvd_compress.common import GRADIVEQ_PHASES, GradiVeQFormat, compression_report_rows
 from hvd_compress.tensorflow.codecs.base import Codec
+from hvd_compress.tensorflow.codecs.catalog import from_spec_with
 from hvd_compress.tensorflow.codecs.powersgd import tracked_allreduce
 from hvd_compress.tensorflow.collectives import op_name
 
@@ -149,8 +150,8 @@ class GradiVeQ(GradiVeQFormat, Codec):
 
     @staticmethod
     def build_codec(spec):
-        from hvd_compress.tensorflow.spec import from_spec
-        return from_spec(spec)
+        """``hvd_compress.tensorflow.from_spec(spec)``, for the fallback and sampler codecs."""
+        return from_spec_with(spec, GradiVeQ)
 
     # ------------------------------------------------------------------ reports
     def compression_report(self) -> Dict[str, Dict[str, Any]]:
@@ -168,12 +169,6 @@ class GradiVeQ(GradiVeQFormat, Codec):
         return {key: GRADIVEQ_PHASES[int(v.numpy())] for key, v in self.state["phase"].items()}
 
     # ------------------------------------------------------------------ state
-    def _sub_exchange(self, exchange, codec, label):
-        from hvd_compress.tensorflow.exchange import Exchange
-        sub = Exchange(codec, exchange.comm, label=label, stats=exchange.stats)
-        sub._checked = True  # this codec's fingerprint, agreed already, covers the sub-codec
-        return sub
-
     def _variables(self, key: str, shape) -> Tuple[int, int, Dict[str, tf.Variable]]:
         f, p, dpos, k, s = self.geometry(shape)
         sv = self.state_variable
@@ -192,18 +187,18 @@ class GradiVeQ(GradiVeQFormat, Codec):
     def build_custom_state(self, exchange, key, shape, dtype) -> bool:
         shape = tuple(int(s) for s in shape)
         if not is_conv_kernel(shape):
-            self._sub_exchange(exchange, self.fallback, self.fallback.describe()).build_state(key, shape, dtype)
+            exchange.sub_exchange(self.fallback, self.fallback.describe()).build_state(key, shape, dtype)
             return True
         self.state_variable("step", key, [], tf.int64)
         self._variables(key, shape)
-        self._sub_exchange(exchange, self.sampler, exchange.label).build_state(key, shape, dtype)
+        exchange.sub_exchange(self.sampler, exchange.label).build_state(key, shape, dtype)
         return True
 
     # ------------------------------------------------------------------ the exchange
     def custom_exchange(self, exchange, key, flat, shape):
         shape = tuple(int(s) for s in shape)
         if not is_conv_kernel(shape):
-            sub = self._sub_exchange(exchange, self.fallback, self.fallback.describe())
+            sub = exchange.sub_exchange(self.fallback, self.fallback.describe())
             return tf.reshape(sub.average(key, tf.reshape(flat, shape), check=False), [-1])
         k, s, v = self._variables(key, shape)
         step = self.next_step(key)
@@ -231,7 +226,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
 
     def _sample(self, exchange, key, flat, shape, k, s, v, pos):
         size = exchange.comm.size
-        sub = self._sub_exchange(exchange, self.sampler, exchange.label)
+        sub = exchange.sub_exchange(self.sampler, exchange.label)
         out = tf.reshape(sub.average(key, tf.reshape(flat, shape), compress=True, check=False), [-1])
         agg = tf.cast(to_slices(out * float(size), shape, k), tf.float64)  # the Sum
         finite = tf.reduce_all(tf.math.is_finite(out))  # a non-finite step must not poison the basis

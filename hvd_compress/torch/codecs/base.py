@@ -8,6 +8,8 @@ plain dict of dicts keyed by tensor name, saved by :meth:`Codec.state_dict`.
 
 Every codec is also a Horovod ``Compressor``: pass it as ``compression=`` to
 ``hvd.DistributedOptimizer`` and it runs its own bit-packed exchange (see ``hvd_compress.torch.stock``).
+That engine is a frontend, a layer above the codecs: this module does not import it; the package
+(``hvd_compress/torch/__init__.py``) installs it with :func:`install_stock_engine`.
 """
 from __future__ import annotations
 
@@ -43,7 +45,17 @@ def check_torch_payload(codec, payload, numel: int) -> None:
 
 validates_payloads = payload_validator(check_torch_payload)
 
+# Builds the engine behind Codec.compress/decompress (hvd_compress.torch.stock.StockEngine).
+_stock_engine: Optional[Callable[["Codec"], Any]] = None
 
+
+def install_stock_engine(factory: Callable[["Codec"], Any]) -> None:
+    """Install ``factory(codec) -> engine`` for the Horovod ``Compressor`` API (``compress`` /
+    ``decompress``). Imports flow one way, codecs -> exchange -> frontends, so the codec layer
+    does not import the stock-API engine; ``hvd_compress.torch`` installs it when imported (which
+    Python does before any of its submodules, so every codec finds it)."""
+    global _stock_engine
+    _stock_engine = factory
 
 
 class Codec(_HorovodCompressor, CodecConfig):
@@ -157,8 +169,10 @@ class Codec(_HorovodCompressor, CodecConfig):
         (the compressed tensor for summable codecs, a 1-value placeholder otherwise) and a context.
         """
         if self._stock is None:
-            from hvd_compress.torch.stock import StockEngine
-            self._stock = StockEngine(self)
+            if _stock_engine is None:
+                raise RuntimeError("hvd_compress: no Horovod stock-API engine installed; import "
+                                   "hvd_compress.torch (it installs hvd_compress.torch.stock)")
+            self._stock = _stock_engine(self)
         return self._stock.compress(tensor)
 
     def decompress(self, tensor: torch.Tensor, ctx):

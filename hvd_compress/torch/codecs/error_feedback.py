@@ -22,6 +22,10 @@ class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
     other codec, or a ``None`` answer, takes the generic path below.
     """
 
+    # Its own work is elementwise tensor ops on the inner codec's device: it runs where the inner
+    # codec's kernels run (read by hvd_compress.torch.kernels.runs_on_device).
+    runs_inner_kernels = True
+
     def worker_encode(self, x, key, bounds, draw, scale=None):
         residuals = self.state.setdefault("residual", {})
         r = residuals.get(key)

@@ -13,6 +13,7 @@ import torch
 from hvd_compress.common import (GRADIVEQ_PHASES, GradiVeQFormat, compression_report_rows,
                                  filters_and_positions, slice_geometry_fp)
 from hvd_compress.torch.codecs.base import Codec
+from hvd_compress.torch.codecs.catalog import from_spec_with
 from hvd_compress.torch.codecs.powersgd import tracked_allreduce
 
 PHASES = GRADIVEQ_PHASES
@@ -161,8 +162,8 @@ class GradiVeQ(GradiVeQFormat, Codec):
 
     @staticmethod
     def build_codec(spec):
-        from hvd_compress.torch.spec import from_spec
-        return from_spec(spec)
+        """``hvd_compress.torch.from_spec(spec)``, for the fallback and sampler codecs."""
+        return from_spec_with(spec, GradiVeQ)
 
     def compression_report(self) -> Dict[str, Dict[str, Any]]:
         """Per conv tensor with a fitted basis: ``K``, ``d``, ``ratio`` (``K/d``) and ``slices``;
@@ -177,12 +178,8 @@ class GradiVeQ(GradiVeQFormat, Codec):
             return self._fallback(exchange, key, flat, shape)
         return self._conv(exchange, key, flat, shape)
 
-    def _sub_exchange(self, exchange, codec, label):
-        from hvd_compress.torch.exchange import Exchange
-        return Exchange(codec, exchange.comm, label=label, stats=exchange.stats)
-
     def _fallback(self, exchange, key, flat, shape):
-        sub = self._sub_exchange(exchange, self.fallback, self.fallback.describe())
+        sub = exchange.sub_exchange(self.fallback, self.fallback.describe())
         out = yield from sub.average(key, flat.view(shape))
         return out.reshape(-1)
 
@@ -198,7 +195,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
             return out
         f, p, dpos, k, s = self.geometry(shape)
         if phase == "sample":
-            sub = self._sub_exchange(exchange, self.sampler, exchange.label)
+            sub = exchange.sub_exchange(self.sampler, exchange.label)
             out = (yield from sub.average(key, flat.view(shape), compress=True)).reshape(-1)
             samples = self.state.setdefault("samples", {})
             if pos == 0 or key not in samples or samples[key]["sum"].numel() != k:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 
-from hvd_compress.torch.kernels.backend import use_triton
+from hvd_compress.torch.kernels.backend import choose, use_triton
 
 
 # Codec names (of the quantizer under error-feedback wrappers) whose whole step runs on Triton.
@@ -32,11 +32,11 @@ TRITON_CODECS = ("qsgd", "terngrad", "onebit_quantizer", "scaled_sign", "signsgd
 
 def runs_on_device(codec, device) -> bool:
     """Whether ``codec`` encodes and decodes tensors on ``device`` without leaving it: the Triton
-    backend applies there and the codec is a Triton codec, bare or under ``ErrorFeedback`` (the
-    DDP hook then skips its host staging)."""
-    from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
-    from hvd_compress.torch.kernels.backend import choose
-    while isinstance(codec, ErrorFeedback):
+    backend applies there and the codec is a Triton codec, bare or under a wrapper whose own work
+    is device tensor ops around its inner codec's kernels (``ErrorFeedback``, and the codecs built
+    on it, say so with ``runs_inner_kernels = True``; the kernels import no codec). The DDP hook
+    then skips its host staging."""
+    while getattr(codec, "runs_inner_kernels", False):
         codec = codec.inner
     return getattr(codec, "name", None) in TRITON_CODECS and choose(device) == "triton"
 
