@@ -95,7 +95,7 @@ def check_tensorflow() -> Section:
     s = Section("tensorflow")
     tf = _version("tensorflow") or _version("tensorflow-cpu")
     if tf is None:
-        s.missing("tensorflow", "pip install tensorflow-cpu tf-keras   (or tensorflow for GPU)")
+        s.missing("tensorflow", "pip install tensorflow tf-keras   (tensorflow[and-cuda] for GPU)")
         return s
     s.lines.append(f"tensorflow {tf}")
     keras = _version("tf-keras")

@@ -75,8 +75,11 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 HOROVOD_VERSION = "0.28.1"
 MIN_CMAKE = (3, 13)
 # Horovod's runtime dependencies: the wheel is installed --no-deps (its metadata would pull
-# cmake 4.x and friends), so these are installed explicitly.
+# cmake 4.x and friends), so these are installed explicitly. A wheel built with PyTorch also
+# declares cffi (Horovod's setup.py adds it; nothing imports it today): installed too, so that pip
+# does not report the environment as broken ("horovod 0.28.1 requires cffi").
 RUNTIME_DEPS = ["cloudpickle", "psutil", "pyyaml", "packaging"]
+TORCH_RUNTIME_DEPS = ["cffi>=1.4.0"]
 # The machine's pip config may list local mirror folders that are absent; pip warns about each.
 _PIP_NOISE = "is ignored: it is neither a file nor a directory"
 
@@ -431,7 +434,8 @@ def install(plan: BuildPlan, wheel: Path, force: bool = False) -> None:
     else:
         log(f"installing {wheel}")
         pip(["install", "-q", "--force-reinstall", "--no-deps", str(wheel)], plan.python)
-    missing = [dep for dep in RUNTIME_DEPS if installed_version(dep) is None]
+    deps = RUNTIME_DEPS + (TORCH_RUNTIME_DEPS if plan.torch else [])
+    missing = [dep for dep in deps if installed_version(re.split(r"[<>=!]", dep)[0]) is None]
     if missing:
         pip(["install", "-q", *missing], plan.python)
 
@@ -455,7 +459,7 @@ def build_horovod(gpu: bool = False, wheel_dir: Optional[str] = None, jobs: Opti
         return 0
     if not (plan.torch or plan.tensorflow):
         log("neither torch nor tensorflow is installed here; install one first "
-            "(pip install torch  /  pip install tensorflow-cpu tf-keras)")
+            "(pip install torch  /  pip install tensorflow tf-keras)")
         return 1
     wheel = None if rebuild else plan.cached_wheel()
     if wheel:

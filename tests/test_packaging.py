@@ -61,3 +61,18 @@ def test_wheel_installs_the_hvd_compress_console_script(wheel):
     entry_points = wheel.read(name).decode()
     assert "[console_scripts]" in entry_points
     assert "hvd-compress = hvd_compress.cli:main" in entry_points
+
+
+def test_fresh_env_script_parses_and_stays_out_of_the_ci_run():
+    """ci/fresh_env.sh (a user's install in throwaway venvs: pip install ., build-horovod, a compressed
+    Horovod run, for torch and for TF) is run by hand: it takes minutes. Here only: it is there, bash
+    parses it, it reads its versions from ci/setup.sh, and ci/test.sh does not run it."""
+    script = ROOT / "ci" / "fresh_env.sh"
+    assert script.is_file()
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = script.read_text()
+    assert "pin TORCH_VERSION" in text and "pin TF_VERSION" in text
+    setup = (ROOT / "ci" / "setup.sh").read_text()
+    assert "\nTORCH_VERSION=" in setup and "\nTF_VERSION=" in setup
+    assert "fresh_env" not in (ROOT / "ci" / "test.sh").read_text()

@@ -22,8 +22,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from hvd_compress.common import (EXCHANGES, NONFINITE_POLICIES, CodecConfig,  # noqa: F401 (re-exported)
-                                 DECODING_METHODS, WrapperFormat, check_payload, payload_validator)
+from hvd_compress.common import EXCHANGES, NONFINITE_POLICIES  # noqa: F401 (re-exported)
+from hvd_compress.common import CodecConfig, DECODING_METHODS, WrapperFormat, check_payload, payload_validator
 
 try:
     _Trackable = tf.__internal__.tracking.AutoTrackable

@@ -27,8 +27,8 @@ except Exception:  # pragma: no cover - exercised only without Horovod
     class _HorovodCompressor:  # type: ignore[no-redef]
         pass
 
-from hvd_compress.common import (EXCHANGES, NONFINITE_POLICIES, CodecConfig,  # noqa: F401 (re-exported)
-                                 DECODING_METHODS, WrapperFormat, check_payload, payload_validator)
+from hvd_compress.common import EXCHANGES, NONFINITE_POLICIES  # noqa: F401 (re-exported)
+from hvd_compress.common import CodecConfig, DECODING_METHODS, WrapperFormat, check_payload, payload_validator
 
 Bounds = Sequence[Tuple[int, int]]
 Draw = Callable[[int, int], Optional[torch.Generator]]
