@@ -225,3 +225,23 @@ def test_a_parameter_unused_on_one_rank_still_agrees():
     # rank 1 never uses the classifier: its bucket starts in step() there, from backward elsewhere
     ranks = train(unused_on=1)
     assert all(torch.equal(x, y) for x, y in zip(ranks[0][0], ranks[1][0]))
+
+
+@pytest.mark.parametrize("bucket_bytes", [0, DEFAULT_BUCKET_BYTES])
+def test_a_nan_gradient_on_one_rank_raises_on_every_rank_after_the_step_finishes(bucket_bytes):
+    """The non-finite check is a device flag per tensor that the Driver reads once for the whole
+    step: every rank raises FloatingPointError naming the tensor, after every exchange finished
+    (no collective left half-done), fused or not."""
+    def work(comm):
+        fcomm = FusedCollectives(comm, bucket_bytes)
+        ex = Exchange(hc.from_spec("qsgd:bits=4"), fcomm, stats=WireStats())
+        grads = {n: grad(comm.rank, 0, n, s) for n, s in SHAPES.items()}
+        if comm.rank == 2:
+            grads["fc1.weight"][3, 4] = float("nan")
+        try:
+            drive({n: ex.average(n, g) for n, g in grads.items()}, fcomm)
+        except FloatingPointError as exc:
+            return str(exc)
+        return None
+    messages = run_workers(3, work)
+    assert all(m is not None and "'fc1.weight'" in m for m in messages), messages

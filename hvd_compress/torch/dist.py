@@ -243,7 +243,7 @@ class TorchDistCollectives:
 
             def issue():
                 size_work.wait()
-                all_rows = sizes.cpu().tolist()
+                all_rows = sizes.cpu().tolist()  # host sync (allow-listed): first call under a name only
                 self._resolve("allgather", name, max(all_rows))
                 return all_rows, gather(max(all_rows), header=False)
         else:  # one round, padded to last time's longest; a second round only if someone grew
@@ -300,7 +300,7 @@ class TorchDistCollectives:
 
             def issue():
                 count_work.wait()
-                received = recv_counts.cpu().tolist()
+                received = recv_counts.cpu().tolist()  # host sync (allow-listed): first call under a name only
                 self._resolve("alltoall", name, (splits, received))
                 out = torch.empty(sum(received) * row_bytes, dtype=torch.uint8, device=self.device)
                 work = self._alltoall_bytes_async(data, [s * row_bytes for s in splits],
@@ -424,7 +424,9 @@ def _int64_bytes(value: int, device) -> torch.Tensor:
 
 
 def _read_int64(data: torch.Tensor) -> int:
-    return int.from_bytes(bytes(data.cpu().tolist()), "little", signed=True)
+    # host sync (allow-listed): a peer's true size cuts the padded buffer; once per collective
+    # (per fused bucket with fusion on, not per tensor)
+    return int.from_bytes(bytes(data.cpu().tolist()), "little", signed=True)  # host sync (allow-listed)
 
 
 def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:

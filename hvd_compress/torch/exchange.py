@@ -96,8 +96,8 @@ def agree(comm, text: str, name: str, problem: str, fix: str) -> Generator:
     lengths = yield comm.allgather_async(torch.tensor([len(mine)], dtype=torch.int64), name=f"{name}.len")
     gathered = yield comm.allgather_async(torch.frombuffer(bytearray(mine), dtype=torch.uint8), name=name)
     texts, pos = [], 0
-    for n in lengths.tolist():
-        texts.append(bytes(gathered[pos:pos + n].tolist()).decode())
+    for n in lengths.tolist():  # host sync (allow-listed): the agreement check, once per world
+        texts.append(bytes(gathered[pos:pos + n].tolist()).decode())  # host sync (allow-listed): once per world
         pos += n
     if len(set(texts)) > 1:
         listing = "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts))
@@ -156,7 +156,7 @@ class Exchange:
         else:
             out = yield from self.average_compressed(key, flat.to(torch.float32).contiguous(), shape)
         out = out.view(shape).to(dtype)
-        self.check_finite(key, tensor, out)
+        yield from self.check_finite(key, tensor, out)
         return out
 
     def average_compressed(self, key: str, flat: torch.Tensor, shape: Optional[torch.Size] = None) -> Generator:
@@ -172,15 +172,17 @@ class Exchange:
             return (yield from self._allreduce_summable(key, flat))
         return (yield from self._compressed(key, flat, pattern))
 
-    def check_finite(self, key: str, tensor: torch.Tensor, out: torch.Tensor) -> None:
-        """``FloatingPointError`` naming ``key`` if the averaged ``out`` holds NaN/Inf (every rank
-        holds the same ``out``, so every rank raises alike) unless the codec propagates them."""
-        if self.codec.nonfinite == "raise" and tensor.dtype.is_floating_point \
-                and not torch.isfinite(out).all():
-            raise FloatingPointError(
+    def check_finite(self, key: str, tensor: torch.Tensor, out: torch.Tensor) -> Generator:
+        """Generator: unless the codec propagates them, hands the :class:`Driver` a
+        :class:`FiniteCheck` of the averaged ``out``, which raises ``FloatingPointError`` naming
+        ``key`` when ``out`` holds NaN/Inf (every rank holds the same ``out``, so every rank raises
+        alike). The flag stays on ``out``'s device: the driver reads all of a step's flags at once,
+        one host sync per step instead of one per tensor on a GPU."""
+        if self.codec.nonfinite == "raise" and tensor.dtype.is_floating_point:
+            yield FiniteCheck(torch.isfinite(out).all(), FloatingPointError(
                 f"hvd_compress: gradient '{key}' holds NaN or Inf on at least one rank "
                 f"(codec {self.label}). Fix the loss or learning rate, or pass nonfinite='propagate' "
-                f"to the codec to let non-finite values through (e.g. for AMP's GradScaler).")
+                f"to the codec to let non-finite values through (e.g. for AMP's GradScaler)."))
 
     def _allreduce_plain(self, key, flat):
         n = flat.numel()
@@ -280,6 +282,17 @@ class Exchange:
 _ring_allreduce_bytes = ring_allreduce_bytes
 
 
+class FiniteCheck:
+    """Yielded by an exchange generator between collectives: ``flag``, a device-side bool tensor
+    ("every value finite"), and the ``error`` to raise when it is false. The :class:`Driver` sends
+    the generator on at once and reads every flag of the step together in :meth:`Driver.finish`."""
+
+    __slots__ = ("flag", "error")
+
+    def __init__(self, flag: torch.Tensor, error: BaseException):
+        self.flag, self.error = flag, error
+
+
 class Driver:
     """Advances exchange generators round by round until all are done.
 
@@ -296,6 +309,7 @@ class Driver:
         self.results: Dict[str, torch.Tensor] = {}
         self._waiting: Dict[str, Tuple[Generator, object]] = {}
         self._errors: List[BaseException] = []
+        self._checks: List[FiniteCheck] = []
 
     def start(self, key: str, gen: Generator) -> None:
         """Run ``gen`` up to its first collective (which is then in flight)."""
@@ -304,6 +318,9 @@ class Driver:
     def _advance(self, key, gen, value):
         try:
             pending = gen.send(value)
+            while isinstance(pending, FiniteCheck):  # not a collective: note it, go on at once
+                self._checks.append(pending)
+                pending = gen.send(None)
         except StopIteration as stop:
             self.results[key] = stop.value
         except BaseException as exc:  # re-raised by finish(), after the others
@@ -319,10 +336,14 @@ class Driver:
             self._waiting.clear()
             for key, (gen, pending) in batch:
                 self._advance(key, gen, pending.wait())
-        results, errors = self.results, self._errors
-        self.results, self._errors = {}, []
+        results, errors, checks = self.results, self._errors, self._checks
+        self.results, self._errors, self._checks = {}, [], []
         if errors:
             raise errors[0]
+        if checks:
+            flags = torch.stack([c.flag.reshape(()) for c in checks]).cpu()  # host sync (allow-listed): once per step
+            if not bool(flags.all()):  # host sync (allow-listed): flags are on the host already
+                raise checks[int((~flags).nonzero()[0])].error  # host sync (allow-listed): host tensor
         return results
 
     @property

@@ -78,7 +78,7 @@ def host_process_sets(hvd=None) -> Tuple[List[List[int]], List[List[int]]]:
         raise ValueError("hvd_compress: the hierarchical exchange needs the same number of ranks on every host "
                          f"(this job: local_size {hvd.local_size()} here, not the same everywhere)")
     mine = torch.tensor([[hvd.rank(), hvd.cross_rank(), hvd.local_rank()]], dtype=torch.int64)
-    table = hvd.allgather(mine, name="hvdc.hierarchical.topology").tolist()
+    table = hvd.allgather(mine, name="hvdc.hierarchical.topology").tolist()  # host sync (allow-listed): once
     hosts: Dict[int, List[int]] = {}
     for rank, cross_rank, _local in table:
         hosts.setdefault(cross_rank, []).append(rank)
@@ -291,7 +291,7 @@ class HierarchicalExchange(Exchange):
         self.stats.add(INTRA_HOST, 0, 4 * n, ring_allreduce_bytes(4 * n, local_n) + 4 * n * (local_n - 1) / local_n,
                        tensors=0)
         out = whole.view(shape).to(dtype)
-        self.check_finite(key, tensor, out)  # the whole tensor, alike on every rank
+        yield from self.check_finite(key, tensor, out)  # the whole tensor, alike on every rank
         return out
 
 
