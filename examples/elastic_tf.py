@@ -44,6 +44,8 @@ opt = hck.DistributedOptimizer(tf.keras.optimizers.SGD(0.05, momentum=0.9), comp
 #   codec = hvd_compress.tensorflow.from_spec(args.codec)
 #   opt = horovod.tensorflow.keras.DistributedOptimizer(tf.keras.optimizers.SGD(...), compression=codec)
 #   state = elastic.CompressedKerasState(model, opt, codec=codec, epoch=0, batch=0)
+#   and in step(): opt.minimize(loss, model.trainable_variables, tape=tape) (Horovod's optimizer
+#   averages in compute_gradients, not in apply_gradients)
 opt.build(model.trainable_variables)  # every worker, joining ones too, holds the same optimizer variables
 state = elastic.CompressedKerasState(model, opt, epoch=0, batch=0)
 loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
