@@ -82,12 +82,4 @@ def recut_server_residual(pieces: Sequence[Piece], numels: Dict[str, int], align
     return out
 
 
-def gathered_numels(pieces: Sequence[Dict[str, int]]) -> Dict[str, int]:
-    """The union of every worker's ``{tensor key: numel}`` (workers that hold a tensor agree)."""
-    out: Dict[str, int] = {}
-    for numels in pieces:
-        out.update(numels)
-    return out
-
-
 __all__: List[str] = ["LOCAL_STATE_KEYS", "NESTED_KEYS", "split_state", "merge_state", "recut_server_residual"]

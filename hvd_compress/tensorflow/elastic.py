@@ -8,17 +8,19 @@ extra keyword arguments are plain Python values, pickled and broadcast from rank
 
     import horovod.tensorflow as hvd
     import hvd_compress.tensorflow.keras as hck
-    from hvd_compress.tensorflow.elastic import CompressedKerasState
+    from hvd_compress.tensorflow import elastic
 
     hvd.init()
     opt = hck.DistributedOptimizer(tf.keras.optimizers.SGD(0.05), compression="onebit")
-    # or Horovod's: opt = hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.05), compression=codec)
-    model.compile(optimizer=opt, loss=...)
-    state = CompressedKerasState(model, opt, codec=codec, epoch=0, batch=0)  # codec: found on hck's optimizer
+    opt.build(model.trainable_variables)  # the same optimizer variables on every worker, joining ones too
+    state = elastic.CompressedKerasState(model, opt, epoch=0, batch=0)  # the codec is found on opt
+    # Horovod's optimizer instead (tf-keras):
+    #   opt = horovod.tensorflow.keras.DistributedOptimizer(tf.keras.optimizers.SGD(0.05), compression=codec)
+    #   state = elastic.CompressedKerasState(model, opt, codec=codec, epoch=0, batch=0)
 
-    @hvd.elastic.run
+    @elastic.run  # hvd.elastic.run that also recognizes hvdc_ collectives failing
     def train(state):
-        ...   # model.fit(..., callbacks=[hvd.elastic.CommitStateCallback(state), ...]) or a custom loop
+        ...   # a tf.function step created here, or model.fit(..., callbacks=[CommitStateCallback(state)])
         state.commit()
 
 ``CompressedTensorFlowState(variables, codec=codec, ...)`` does the same around ``TensorFlowState``
