@@ -28,9 +28,40 @@ class HorovodCollectives:
         self._hvd = hvd
         if not hvd.is_initialized():
             raise RuntimeError("hvd_compress: call hvd.init() before the first compressed step")
+        self._process_set = process_set
         self._kw = {} if process_set is None else {"process_set": process_set}
-        self.rank = hvd.rank() if process_set is None else process_set.rank()
-        self.size = hvd.size() if process_set is None else process_set.size()
+
+    # Read live, so that after an elastic reset (hvd.shutdown(); hvd.init() in a new world) the
+    # next trace derives patterns, chunk bounds and RNG streams from the new world.
+    @property
+    def rank(self) -> int:
+        return self._hvd.rank() if self._process_set is None else self._process_set.rank()
+
+    @property
+    def size(self) -> int:
+        return self._hvd.size() if self._process_set is None else self._process_set.size()
+
+    def world_guard(self) -> Optional[tf.Operation]:
+        """Inside a ``tf.function`` being traced: an op that fails unless the world the graph runs
+        in is the one it is traced for (rank and size are baked into the graph as constants).
+        Under elastic Horovod a graph traced before a reset must be traced again (see
+        ``docs/elastic.md``); this turns a stale graph into a clear error instead of averaging
+        the wrong chunks. ``None`` when executing eagerly (rank and size are read live)."""
+        if tf.executing_eagerly():
+            return None
+        hvd = self._hvd
+        if self._process_set is None:
+            live = tf.stack([hvd.size_op(), hvd.rank_op()])
+            traced = [self.size, self.rank]
+        else:
+            live = tf.reshape(hvd.size_op(process_set_id=self._process_set.process_set_id), [1])
+            traced = [self.size]
+        return tf.debugging.assert_equal(
+            live, tf.constant(traced, live.dtype),
+            message=f"hvd_compress: this graph was traced for a world of (size, rank) {tuple(traced)}; Horovod "
+                    "now runs a different one (an elastic reset). Trace the training step again after a "
+                    "reset: hvd_compress.tensorflow.elastic's states do it for Keras and Horovod's "
+                    "frontends; build your own tf.function inside the @hvd.elastic.run function")
 
     def _op(self, op: str):
         return {"sum": self._hvd.Sum, "average": self._hvd.Average, "max": self._hvd.Max}[op]

@@ -79,6 +79,21 @@ class Exchange:
         sub._checked = True
         return sub
 
+    def reset_world(self) -> None:
+        """After an elastic reset: the agreement check runs again, among the new world's ranks."""
+        self._checked = False
+
+    def guard_world(self, flat: tf.Tensor) -> tf.Tensor:
+        """``flat``, ordered after the backend's world guard where it has one (see
+        :meth:`HorovodCollectives.world_guard`): a graph traced for another world fails before its
+        first collective."""
+        guard = getattr(self.comm, "world_guard", None)
+        check = guard() if guard is not None else None
+        if check is None:
+            return flat
+        with tf.control_dependencies([check]):
+            return tf.identity(flat)
+
     # ---------------------------------------------------------------- state up front
     def build_state(self, key: str, shape, dtype) -> None:
         """Create the state variables the exchange of tensor ``key`` will use (RNG step counter,
@@ -126,7 +141,7 @@ class Exchange:
         if not compress:
             out = self._allreduce_plain(key, flat)
         else:
-            flat = tf.cast(flat, tf.float32)
+            flat = self.guard_world(tf.cast(flat, tf.float32))
             pattern = codec.pattern(self.comm.size, int(n))
             custom = codec.custom_exchange(self, key, flat, shape)
             if custom is not None:

@@ -60,9 +60,10 @@ class GradientReducer:
         return keys
 
     def build(self, variables: Sequence) -> None:
-        """Create the codec state for ``variables`` now (e.g. before restoring a checkpoint)."""
+        """Create the codec state for ``variables`` now (e.g. before restoring a checkpoint). No
+        collective runs here (the agreement check waits for the first exchange), so a worker
+        joining an elastic job may build its optimizer while the others are in ``state.sync()``."""
         exchange = self.exchange
-        exchange.ensure_checked()
         for key, v in zip(self.keys(variables), variables):
             if getattr(v, "trainable", True):
                 exchange.build_state(key, v.shape, v.dtype)

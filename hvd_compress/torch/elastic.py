@@ -49,73 +49,25 @@ taken at the same commit).
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from hvd_compress.common import chunk_bounds
+from hvd_compress import elastic as elastic_common
+from hvd_compress.elastic import LOCAL_STATE_KEYS, NESTED_KEYS, merge_state, split_state  # noqa: F401 (re-exported)
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.optimizer import DistributedOptimizer
-
-# codec state entries that belong to one worker (never broadcast); everything else is shared
-LOCAL_STATE_KEYS = frozenset({"residual", "server_residual", "samples"})
-# nested codec state_dicts (Wrapper.inner, GradiVeQ's fallback codec and sampler)
-NESTED_KEYS = ("inner", "fallback", "sampler")
-
-
-def split_state(sd: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """A codec ``state_dict()`` as (shared, local): ``local`` holds the per-worker entries of
-    :data:`LOCAL_STATE_KEYS` at every nesting level, ``shared`` the rest."""
-    shared, local = {}, {}
-    for key, value in sd.items():
-        if key == "state" and isinstance(value, dict):
-            shared["state"] = {k: v for k, v in value.items() if k not in LOCAL_STATE_KEYS}
-            local["state"] = {k: v for k, v in value.items() if k in LOCAL_STATE_KEYS}
-        elif key in NESTED_KEYS and isinstance(value, dict) and "state" in value:
-            shared[key], local[key] = split_state(value)
-        else:
-            shared[key] = value
-    return shared, local
-
-
-def merge_state(shared: Dict[str, Any], local: Dict[str, Any]) -> Dict[str, Any]:
-    """Inverse of :func:`split_state`: rank 0's shared entries with this worker's local ones."""
-    out = dict(shared)
-    for key, value in local.items():
-        if key == "state":
-            out["state"] = {**shared.get("state", {}), **value}
-        elif key in shared and isinstance(shared[key], dict):
-            out[key] = merge_state(shared[key], value)
-    return out
 
 
 def recut_server_residual(pieces: List[Tuple[Optional[int], Optional[int], Dict[str, torch.Tensor]]],
                           numels: Dict[str, int], align: int, new_size: int, new_rank: int
                           ) -> Dict[str, torch.Tensor]:
-    """DoubleSqueeze's server residual for ``new_rank`` of ``new_size`` workers.
-
-    ``pieces``: every current worker's ``(old_size, old_rank, {key: chunk residual})`` (``None``
-    sizes for workers that joined with no state). The chunks are placed at the old world's chunk
-    bounds of each tensor (``numels[key]`` values, ``align`` as the codec's alignment), the chunks
-    of workers that are gone stay zero, and the full residual is cut to the new bounds.
-    """
-    old_sizes = {size for size, _, res in pieces if size is not None and res}
-    if len(old_sizes) != 1:
-        return {}  # nothing committed yet (or inconsistent commits): start from zero
-    (old_size,) = old_sizes
-    out = {}
-    for key, n in numels.items():
-        full = torch.zeros(n, dtype=torch.float32)
-        old_bounds = chunk_bounds(n, old_size, align)
-        for size, rank, res in pieces:
-            chunk = res.get(key)
-            if size == old_size and chunk is not None and 0 <= rank < old_size:
-                lo, hi = old_bounds[rank]
-                if chunk.numel() == hi - lo:
-                    full[lo:hi] = chunk.reshape(-1).to(torch.float32)
-        lo, hi = chunk_bounds(n, new_size, align)[new_rank]
-        out[key] = full[lo:hi].clone()
-    return out
+    """DoubleSqueeze's server residual for ``new_rank`` of ``new_size`` workers, as CPU float32
+    tensors (:func:`hvd_compress.elastic.recut_server_residual` on torch tensors)."""
+    pieces_np = [(size, rank, {k: v.detach().reshape(-1).to("cpu", torch.float32).numpy() for k, v in res.items()})
+                 for size, rank, res in pieces]
+    out = elastic_common.recut_server_residual(pieces_np, numels, align, new_size, new_rank)
+    return {key: torch.from_numpy(value) for key, value in out.items()}
 
 
 def _world() -> Tuple[int, int]:

@@ -173,6 +173,12 @@ class Codec(CodecConfig, _Trackable):
                              "tensor names must be unique and keep their shapes")
         return var
 
+    def initial_state(self, group: str, key: str, var: tf.Variable) -> tf.Tensor:
+        """The value ``state[group][key]`` (``var``) starts from: zeros here; codecs whose
+        :meth:`state_variable` calls pass ``initial`` say theirs. Elastic training restores a
+        variable created after the last commit to this value."""
+        return tf.zeros(var.shape, var.dtype)
+
     def next_step(self, key: str) -> tf.Tensor:
         """This tensor's step number (int64, before this step), then counts the step."""
         var = self.state_variable("step", key, [], tf.int64)

@@ -184,6 +184,11 @@ class GradiVeQ(GradiVeQFormat, Codec):
             "outer": sv("sample_outer", key, [k, k], tf.float64),
             **({"residual": sv("residual", key, [k * s])} if self.error_feedback else {})}
 
+    def initial_state(self, group, key, var):
+        if group in ("K", "slices"):  # the tensor's geometry: set when created, never changed
+            return var.read_value()
+        return super().initial_state(group, key, var)
+
     def build_custom_state(self, exchange, key, shape, dtype) -> bool:
         shape = tuple(int(s) for s in shape)
         if not is_conv_kernel(shape):

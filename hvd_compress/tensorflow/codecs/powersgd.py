@@ -155,6 +155,12 @@ class PowerSGD(PowerSGDFormat, Codec):
     def _q_variable(self, key, m, r) -> tf.Variable:
         return self.state_variable("q", key, [m, r], initial=lambda: initial_q(self.seed, key, m, r))
 
+    def initial_state(self, group, key, var):
+        if group == "q":
+            m, r = (int(d) for d in var.shape)
+            return initial_q(self.seed, key, m, r)
+        return super().initial_state(group, key, var)
+
     def build_custom_state(self, exchange, key, shape, dtype) -> bool:
         shape = tuple(int(s) for s in shape)
         self.state_variable("step", key, [], tf.int64)
