@@ -235,3 +235,37 @@ def test_ray_two_node_cluster_torch_trainer_4_workers_within_1_point(tmp_path):
     # plain DDP alone allreduces ~0.27M fp32 gradients a step for hundreds of steps: far more
     # than Ray's control traffic; nothing crossing would mean all 4 workers sat in one host
     assert crossed > 50e6, crossed
+
+
+# ---------------------------------------------------------------------- TensorFlow, hierarchical
+TF_RUNS = ["hvd:fp32", "hvd:onebit:hierarchical=false", "hvd:onebit:hierarchical=true",
+           "ours:qsgd:bits=4,hierarchical=true"]
+
+
+def test_tensorflow_hierarchical_across_two_hosts_within_1_point_of_fp32():
+    """Horovod's Keras optimizer and ours (tf-keras), ``horovodrun -H host1:2,host2:2`` over ssh:
+    hierarchical OneBit and QSGD-4 (fp32 inside each host over process sets, a half shard
+    compressed across hosts) within 1 point of fp32, replicas identical, the intra-host leg in the
+    wire stats, half the cross-host payload bytes per rank of flat OneBit."""
+    pytest.importorskip("horovod.tensorflow")
+    with EmulatedCluster(hosts=2, link="1gbit") as cluster:
+        os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"] = "1"
+        try:
+            results = cluster_horovodrun(cluster, 2, "tests/mp/tf_train.py", "--mode", "tfkeras",
+                                         "--runs", ";".join(TF_RUNS), "--epochs", "8", timeout=600)
+        finally:
+            del os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"]
+    rows = {r["run"]: r for r in results[0]["rows"]}
+    print({run: round(r["accuracy"], 4) for run, r in rows.items()})
+    base = rows["hvd:fp32"]["accuracy"]
+    assert base > 0.9, base
+    flat = rows["hvd:onebit:hierarchical=false"]
+    for run in TF_RUNS[1:]:
+        row = rows[run]
+        assert row["accuracy"] >= base - 0.01, (run, row["accuracy"], base)
+        assert all(res["rows"][TF_RUNS.index(run)]["replicas_identical"] for res in results.values()), run
+        hierarchical = run.endswith("hierarchical=true")
+        assert ("intra-host (fp32)" in row["wire_stats"]) == hierarchical, (run, list(row["wire_stats"]))
+        if run == "hvd:onebit:hierarchical=true":
+            ratio = row["codec_row"]["payload_bytes"] / flat["codec_row"]["payload_bytes"]
+            assert ratio == pytest.approx(0.5, rel=0.05), ratio

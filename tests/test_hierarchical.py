@@ -35,11 +35,14 @@ def test_ddp_hook_takes_the_hierarchical_setting():
     assert DDPHookState("onebit").codec.hierarchical == "auto"
 
 
-def test_tensorflow_refuses_an_explicit_hierarchical_request():
+def test_tensorflow_takes_the_hierarchical_setting():
+    """TF runs the hierarchical exchange over Horovod process sets (across hosts:
+    tests/test_cluster_mp.py); the fingerprint is torch's."""
     pytest.importorskip("tensorflow")
     import hvd_compress.tensorflow as hct
-    with pytest.raises(ValueError, match="TensorFlow frontend runs the flat exchange"):
-        hct.from_spec("qsgd:bits=4,hierarchical=true")
+    assert hct.from_spec("qsgd:bits=4,hierarchical=true").hierarchical is True
+    assert hct.from_spec("qsgd:bits=4,hierarchical=true").fingerprint() == \
+        hc.from_spec("qsgd:bits=4,hierarchical=true").fingerprint()
     assert hct.from_spec("qsgd:bits=4").fingerprint() == hc.from_spec("qsgd:bits=4").fingerprint()
 
 

@@ -108,6 +108,12 @@ class Exchange:
             return
         if codec.build_custom_state(self, key, shape, dtype):
             return
+        self.build_compressed_state(key, n)
+
+    def build_compressed_state(self, key: str, n: int) -> None:
+        """The state of a compressed exchange of ``n`` values under ``key`` (whatever the codec
+        would decide for the tensor's shape: the hierarchical exchange compresses 1-D shards)."""
+        codec = self.codec
         pattern = codec.pattern(self.comm.size, n)
         if pattern == "allreduce":
             return

@@ -20,6 +20,7 @@ import tensorflow as tf
 from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.collectives import HorovodCollectives
 from hvd_compress.tensorflow.exchange import Exchange
+from hvd_compress.tensorflow.hierarchical import make_exchange
 from hvd_compress.tensorflow.spec import from_spec
 from hvd_compress.tensorflow.stock import variable_key
 
@@ -47,7 +48,7 @@ class GradientReducer:
     def exchange(self) -> Exchange:
         if self._exchange is None:
             comm = self._comm if self._comm is not None else HorovodCollectives(self._process_set)
-            self._exchange = Exchange(self.codec, comm)
+            self._exchange = make_exchange(self.codec, comm)  # flat, or hierarchical (codec.hierarchical)
         return self._exchange
 
     @staticmethod

@@ -34,7 +34,7 @@ import tensorflow as tf
 from hvd_compress.common import UNCOMPRESSED, ring_allreduce_bytes
 from hvd_compress.horovod_names import tf_gradient_variable
 from hvd_compress.tensorflow.collectives import HorovodCollectives, op_name
-from hvd_compress.tensorflow.exchange import Exchange
+from hvd_compress.tensorflow.hierarchical import make_exchange
 from hvd_compress.tensorflow.stats import WIRE_STATS
 
 _PLAIN = (tf.float16, tf.float32, tf.float64)
@@ -53,7 +53,7 @@ class StockEngine:
     def __init__(self, codec):
         self.codec = codec
         self.comm = HorovodCollectives()
-        self.exchange = Exchange(codec, self.comm)
+        self.exchange = make_exchange(codec, self.comm)  # flat, or hierarchical (codec.hierarchical)
         self._anonymous = 0
         self._warned_anonymous = False
 

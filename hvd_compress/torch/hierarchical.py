@@ -35,7 +35,8 @@ label (``sent_bytes`` per the cross-host collectives' sizes) and the two intra-h
 Not covered: codecs with their own collective schedule (PowerSGD, GradiVeQ: they need the tensor's
 matrix shape, which a shard does not have), a ``process_set=`` or custom ``comm=`` for the
 optimizer, and hosts with different numbers of ranks. ``"auto"`` runs the flat exchange there;
-``True`` raises ``ValueError`` saying why. TensorFlow runs flat (``True`` raises).
+``True`` raises ``ValueError`` saying why. TensorFlow: the same legs over Horovod's TF process
+sets, :mod:`hvd_compress.tensorflow.hierarchical`.
 
 torch.distributed (the DDP hook, over the default process group): hosts are told apart by
 ``socket.gethostname()`` (gathered once, when the exchange is built: every rank must build it,

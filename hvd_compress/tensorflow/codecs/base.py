@@ -86,11 +86,6 @@ class Codec(CodecConfig, _Trackable):
 
     def __init__(self, **options):
         CodecConfig.__init__(self, **options)
-        if self.hierarchical is True:
-            # "auto" runs the flat exchange here; an explicit request must not be silently ignored
-            raise ValueError("hvd_compress: hierarchical=True is implemented for the torch Horovod frontends "
-                             "(hvd.DistributedOptimizer(compression=codec), hvd_compress.torch.DistributedOptimizer); "
-                             "the TensorFlow frontend runs the flat exchange: use hierarchical='auto' or False")
         self.state = {group: {} for group in STATE_GROUPS}
         self._stock = None
 
