@@ -12,6 +12,7 @@ rounded stochastically between its two neighbours so the result is unbiased. Imp
 Guide: docs/extending.md. Check it: ``python -c "import custom_codec, hvd_compress.testing as t;
 print(t.check_codec('twobit'))"``.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +24,10 @@ import hvd_compress
 @dataclass(frozen=True)
 class TwoBit(hvd_compress.CodecSpec):
     """Args:
-        bucket_size: values sharing one fp32 scale (>= 4, a multiple of 4). Smaller: lower
-            variance, more bytes (32 / bucket_size extra bits per value).
+    bucket_size: values sharing one fp32 scale (>= 4, a multiple of 4). Smaller: lower
+        variance, more bytes (32 / bucket_size extra bits per value).
     """
+
     bucket_size: int = 256
 
     def __post_init__(self):

@@ -13,6 +13,7 @@ is ``hvd.elastic.run`` that also recognizes a failed compressed collective. The 
 a ``tf.function`` created inside the elastic function, so it is traced again for the new world
 after every reset (see docs/elastic.md).
 """
+
 import argparse
 import os
 
@@ -37,8 +38,9 @@ hvd.init()
 teacher = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
 test_x = np.random.default_rng(1).normal(size=(2000, 64)).astype(np.float32)
 test_y = (test_x @ teacher).argmax(1)
-model = tf.keras.Sequential([tf.keras.layers.Dense(128, activation="relu", input_shape=(64,)),
-                             tf.keras.layers.Dense(10)])
+model = tf.keras.Sequential(
+    [tf.keras.layers.Dense(128, activation="relu", input_shape=(64,)), tf.keras.layers.Dense(10)]
+)
 opt = hck.DistributedOptimizer(tf.keras.optimizers.SGD(0.05, momentum=0.9), compression=args.codec)
 # Horovod's stock optimizer instead:
 #   codec = hvd_compress.tensorflow.from_spec(args.codec)
@@ -77,5 +79,7 @@ def train(state):
 train(state)
 accuracy = float((model(test_x).numpy().argmax(1) == test_y).mean())
 checksum = sum(float(np.asarray(w, np.float64).sum()) for w in model.get_weights())
-print(f"rank {hvd.rank()} of {hvd.size()}: codec {args.codec}, accuracy {accuracy:.4f}, "
-      f"parameter checksum {checksum:.10f}")
+print(
+    f"rank {hvd.rank()} of {hvd.size()}: codec {args.codec}, accuracy {accuracy:.4f}, "
+    f"parameter checksum {checksum:.10f}"
+)

@@ -11,6 +11,7 @@ commits and restores the codec's state (error-feedback residuals, DoubleSqueeze'
 residual, RNG steps, PowerSGD's Q, GradiVeQ's basis) together with the model and optimizer, and
 after a reset the exchange re-derives everything from the new world size (see docs/elastic.md).
 """
+
 import argparse
 
 import horovod.torch as hvd
@@ -33,8 +34,11 @@ teacher = torch.randn(64, 10)
 test_x = torch.randn(2000, 64)
 test_y = (test_x @ teacher).argmax(1)
 model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-opt = hc.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
-                              named_parameters=model.named_parameters(), compression=args.codec)
+opt = hc.DistributedOptimizer(
+    torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+    named_parameters=model.named_parameters(),
+    compression=args.codec,
+)
 state = hvd.elastic.TorchState(model=model, optimizer=opt, epoch=0, batch=0)
 
 
@@ -59,5 +63,7 @@ train(state)
 with torch.no_grad():
     accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
     checksum = sum(p.double().sum().item() for p in model.parameters())
-print(f"rank {hvd.rank()} of {hvd.size()}: codec {args.codec}, accuracy {accuracy:.4f}, "
-      f"parameter checksum {checksum:.10f}")
+print(
+    f"rank {hvd.rank()} of {hvd.size()}: codec {args.codec}, accuracy {accuracy:.4f}, "
+    f"parameter checksum {checksum:.10f}"
+)

@@ -9,6 +9,7 @@ compressed, unchanged, through the launcher::
 and plain with ``horovodrun -np 2 python examples/horovod_keras_digits.py``. Rank 0 prints
 ``accuracy=0.XXXX`` (the test set, averaged over ranks) at the end.
 """
+
 import argparse
 import os
 
@@ -37,15 +38,17 @@ def datasets():
 
 
 def make_model():
-    return tf.keras.Sequential([
-        tf.keras.Input(shape=(8, 8, 1)),
-        tf.keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        tf.keras.layers.MaxPooling2D(2),
-        tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(128, activation="relu"),
-        tf.keras.layers.Dense(10),
-    ])
+    return tf.keras.Sequential(
+        [
+            tf.keras.Input(shape=(8, 8, 1)),
+            tf.keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            tf.keras.layers.MaxPooling2D(2),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(128, activation="relu"),
+            tf.keras.layers.Dense(10),
+        ]
+    )
 
 
 if __name__ == "__main__":
@@ -59,9 +62,13 @@ if __name__ == "__main__":
     (xtr, ytr), (xte, yte) = datasets()
     # Horovod: shard the training set; every rank takes the same number of steps per epoch
     steps_per_epoch = len(xtr) // hvd.size() // args.batch_size
-    xtr, ytr = xtr[hvd.rank()::hvd.size()], ytr[hvd.rank()::hvd.size()]
-    dataset = (tf.data.Dataset.from_tensor_slices((xtr, ytr))
-               .repeat().shuffle(len(xtr), seed=args.seed + hvd.rank()).batch(args.batch_size))
+    xtr, ytr = xtr[hvd.rank() :: hvd.size()], ytr[hvd.rank() :: hvd.size()]
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((xtr, ytr))
+        .repeat()
+        .shuffle(len(xtr), seed=args.seed + hvd.rank())
+        .batch(args.batch_size)
+    )
 
     model = make_model()
     # Horovod: adjust learning rate based on number of workers.
@@ -71,8 +78,9 @@ if __name__ == "__main__":
     # Horovod: add Horovod DistributedOptimizer.
     opt = hvd.DistributedOptimizer(opt)
 
-    model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  optimizer=opt, metrics=["accuracy"])
+    model.compile(
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), optimizer=opt, metrics=["accuracy"]
+    )
 
     callbacks = [
         # Horovod: broadcast initial variable states from rank 0 to all other processes.
@@ -89,7 +97,7 @@ if __name__ == "__main__":
     model.fit(dataset, steps_per_epoch=steps_per_epoch, callbacks=callbacks, epochs=args.epochs, verbose=verbose)
 
     # test accuracy, averaged over ranks (each rank scores its shard of the test set)
-    xte, yte = xte[hvd.rank()::hvd.size()], yte[hvd.rank()::hvd.size()]
+    xte, yte = xte[hvd.rank() :: hvd.size()], yte[hvd.rank() :: hvd.size()]
     correct = float(np.sum(np.argmax(model.predict(xte, verbose=0), axis=1) == yte))
     totals = hvd.allreduce(np.array([correct, float(len(yte))]), op=hvd.Sum, name="test_accuracy")
     if hvd.rank() == 0:

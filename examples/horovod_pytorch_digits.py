@@ -6,6 +6,7 @@ compressed, unchanged, through the launcher::
 
 and plain with ``horovodrun -np 2 python examples/horovod_pytorch_digits.py``.
 """
+
 import argparse
 
 import horovod.torch as hvd
@@ -90,10 +91,12 @@ if __name__ == "__main__":
 
     train_dataset, test_dataset = datasets()
     train_sampler = torch.utils.data.distributed.DistributedSampler(
-        train_dataset, num_replicas=hvd.size(), rank=hvd.rank())
+        train_dataset, num_replicas=hvd.size(), rank=hvd.rank()
+    )
     train_loader = torch.utils.data.DataLoader(train_dataset, batch_size=args.batch_size, sampler=train_sampler)
     test_sampler = torch.utils.data.distributed.DistributedSampler(
-        test_dataset, num_replicas=hvd.size(), rank=hvd.rank())
+        test_dataset, num_replicas=hvd.size(), rank=hvd.rank()
+    )
     test_loader = torch.utils.data.DataLoader(test_dataset, batch_size=args.test_batch_size, sampler=test_sampler)
 
     model = Net()
@@ -108,9 +111,12 @@ if __name__ == "__main__":
     compression = hvd.Compression.fp16 if args.fp16_allreduce else hvd.Compression.none
 
     # Horovod: wrap optimizer with DistributedOptimizer.
-    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                         compression=compression,
-                                         op=hvd.Adasum if args.use_adasum else hvd.Average)
+    optimizer = hvd.DistributedOptimizer(
+        optimizer,
+        named_parameters=model.named_parameters(),
+        compression=compression,
+        op=hvd.Adasum if args.use_adasum else hvd.Average,
+    )
 
     for epoch in range(1, args.epochs + 1):
         train(epoch)

@@ -8,6 +8,7 @@ It does not import hvd_compress: run it compressed, unchanged, through the launc
 and plain with ``horovodrun -np 2 python examples/horovod_tf_digits.py``. Rank 0 prints
 ``accuracy=0.XXXX`` (the test set, averaged over ranks) at the end.
 """
+
 import argparse
 import os
 
@@ -36,15 +37,17 @@ def datasets():
 
 
 def make_model():
-    return tf.keras.Sequential([
-        tf.keras.Input(shape=(8, 8, 1)),
-        tf.keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        tf.keras.layers.MaxPooling2D(2),
-        tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(128, activation="relu"),
-        tf.keras.layers.Dense(10),
-    ])
+    return tf.keras.Sequential(
+        [
+            tf.keras.Input(shape=(8, 8, 1)),
+            tf.keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            tf.keras.layers.MaxPooling2D(2),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(128, activation="relu"),
+            tf.keras.layers.Dense(10),
+        ]
+    )
 
 
 if __name__ == "__main__":
@@ -57,7 +60,7 @@ if __name__ == "__main__":
     (xtr, ytr), (xte, yte) = datasets()
     # Horovod: shard the training set; every rank takes the same number of steps
     steps_per_epoch = len(xtr) // hvd.size() // args.batch_size
-    xtr, ytr = xtr[hvd.rank()::hvd.size()], ytr[hvd.rank()::hvd.size()]
+    xtr, ytr = xtr[hvd.rank() :: hvd.size()], ytr[hvd.rank() :: hvd.size()]
 
     model = make_model()
     loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -90,13 +93,13 @@ if __name__ == "__main__":
     for epoch in range(1, args.epochs + 1):
         perm = rng.permutation(len(xtr))
         for batch in range(steps_per_epoch):
-            idx = perm[batch * args.batch_size:(batch + 1) * args.batch_size]
+            idx = perm[batch * args.batch_size : (batch + 1) * args.batch_size]
             loss_value = training_step(tf.constant(xtr[idx]), tf.constant(ytr[idx]), epoch == 1 and batch == 0)
             if batch % 10 == 0 and hvd.rank() == 0:
                 print(f"Epoch {epoch} step {batch}/{steps_per_epoch}\tLoss: {float(loss_value):.6f}")
 
     # test accuracy, averaged over ranks (each rank scores its shard of the test set)
-    xte, yte = xte[hvd.rank()::hvd.size()], yte[hvd.rank()::hvd.size()]
+    xte, yte = xte[hvd.rank() :: hvd.size()], yte[hvd.rank() :: hvd.size()]
     correct = float(np.sum(np.argmax(model(xte, training=False).numpy(), axis=1) == yte))
     totals = hvd.allreduce(tf.constant([correct, float(len(yte))], tf.float64), op=hvd.Sum, name="test_accuracy")
     if hvd.rank() == 0:

@@ -11,6 +11,7 @@ raises unless ``RAY_TRAIN_V2_ENABLED=0`` is set before Ray Train is imported. Th
 For new code prefer ``TorchTrainer`` with the DDP hook (``examples/ray_train_torch.py``): it runs
 on Ray Train's maintained path.
 """
+
 import os
 
 os.environ["RAY_TRAIN_V2_ENABLED"] = "0"  # before any ray.train import; Ray workers inherit it
@@ -41,9 +42,11 @@ def train_func(config):
     model = make_model(config["seed"], config["hidden"])
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     codec = None if config["codec"] == "fp32" else hc.from_spec(config["codec"])
-    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9),
-                                   named_parameters=model.named_parameters(),
-                                   compression=codec if codec is not None else hvd.Compression.none)
+    opt = hvd.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9),
+        named_parameters=model.named_parameters(),
+        compression=codec if codec is not None else hvd.Compression.none,
+    )
     hc.reset_wire_stats()
     n, steps, busy = xtr.shape[0], 0, 0.0
     for epoch in range(config["epochs"]):
@@ -51,7 +54,7 @@ def train_func(config):
         shard = perm[rank::size]
         model.train()
         for b in range(len(perm[0::size]) // config["batch_size"]):
-            idx = shard[b * config["batch_size"]:(b + 1) * config["batch_size"]]
+            idx = shard[b * config["batch_size"] : (b + 1) * config["batch_size"]]
             t0 = time.perf_counter()
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
@@ -63,22 +66,40 @@ def train_func(config):
             acc = (model(xte).argmax(1) == yte).float().mean().item()
         stats = hc.wire_stats()
         label = codec.describe() if codec is not None else None
-        train.report({"epoch": epoch, "accuracy": acc, "ms_per_step": 1000 * busy / max(steps, 1),
-                      "bits_per_value": stats[label]["bits_per_value"] if label in stats else 32.0})
+        train.report(
+            {
+                "epoch": epoch,
+                "accuracy": acc,
+                "ms_per_step": 1000 * busy / max(steps, 1),
+                "bits_per_value": stats[label]["bits_per_value"] if label in stats else 32.0,
+            }
+        )
 
 
 def run(codec, args, storage):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.horovod import HorovodConfig, HorovodTrainer
-    config = {"codec": codec, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-              "hidden": args.hidden, "seed": args.seed}
+
+    config = {
+        "codec": codec,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "hidden": args.hidden,
+        "seed": args.seed,
+    }
     trainer = HorovodTrainer(
-        train_func, train_loop_config=config,
+        train_func,
+        train_loop_config=config,
         horovod_config=HorovodConfig(timeout_s=120),
         # V1 trainers hold a CPU for the trainer actor unless told otherwise; it only coordinates
         scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=False, trainer_resources={"CPU": 0}),
-        run_config=RunConfig(name=f"hvdc-hvd-{codec.replace(':', '_').replace(',', '_').replace('=', '')}",
-                             storage_path=storage, verbose=0))
+        run_config=RunConfig(
+            name=f"hvdc-hvd-{codec.replace(':', '_').replace(',', '_').replace('=', '')}",
+            storage_path=storage,
+            verbose=0,
+        ),
+    )
     result = trainer.fit()
     return dict(result.metrics, codec=codec)
 
@@ -97,7 +118,9 @@ def main(argv=None):
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args(argv)
 
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
     from hvd_compress.demo import split_codecs
@@ -106,8 +129,7 @@ def main(argv=None):
     if args.address:
         ray.init(address=args.address, runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "0"}})
     else:
-        ray.init(num_cpus=args.workers, object_store_memory=200 * 1024 ** 2, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(num_cpus=args.workers, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False)
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="hvdc-ray-") as tmp:

@@ -19,6 +19,7 @@ the checkpoint directory it reports; Ray Train merges the workers' files into on
 Ray here runs locally with a small object store and no dashboard; pass ``--address`` to use a
 running cluster instead.
 """
+
 import argparse
 import json
 import os
@@ -59,7 +60,7 @@ def train_one(codec, config, data):
         shard = perm[rank::size]
         model.train()
         for b in range(len(perm[0::size]) // config["batch_size"]):  # same step count on every rank
-            idx = shard[b * config["batch_size"]:(b + 1) * config["batch_size"]]
+            idx = shard[b * config["batch_size"] : (b + 1) * config["batch_size"]]
             t0 = time.perf_counter()
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
@@ -71,9 +72,13 @@ def train_one(codec, config, data):
         acc = (model(xte).argmax(1) == yte).float().mean().item()
     stats = hc.wire_stats()
     label = state.codec.describe() if state is not None else None
-    row = {"codec": codec, "accuracy": acc, "ms_per_step": 1000 * busy / max(steps, 1),
-           "bytes_per_step": sum(r["sent_bytes"] for r in stats.values()) / max(steps, 1),
-           "bits_per_value": stats[label]["bits_per_value"] if label in stats else 32.0}
+    row = {
+        "codec": codec,
+        "accuracy": acc,
+        "ms_per_step": 1000 * busy / max(steps, 1),
+        "bytes_per_step": sum(r["sent_bytes"] for r in stats.values()) / max(steps, 1),
+        "bits_per_value": stats[label]["bits_per_value"] if label in stats else 32.0,
+    }
     return row, model, opt, state
 
 
@@ -97,24 +102,36 @@ def train_func(config):
         # state.load_state_dict(torch.load(f"comm_hook.rank{rank}.pt")) before training on.
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "codec": codec},
-                           os.path.join(d, "model.pt"))
+                torch.save(
+                    {"model": model.state_dict(), "opt": opt.state_dict(), "codec": codec}, os.path.join(d, "model.pt")
+                )
             if state is not None:
                 torch.save(state.state_dict(), os.path.join(d, f"comm_hook.rank{rank}.pt"))
-            ray.train.report({"codec": codec, "accuracy": row["accuracy"], "rows": list(rows)},
-                             checkpoint=ray.train.Checkpoint.from_directory(d),
-                             checkpoint_dir_name=f"codec{i}")
+            ray.train.report(
+                {"codec": codec, "accuracy": row["accuracy"], "rows": list(rows)},
+                checkpoint=ray.train.Checkpoint.from_directory(d),
+                checkpoint_dir_name=f"codec{i}",
+            )
 
 
 def run(codecs, args, storage):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    config = {"codecs": codecs, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-              "hidden": args.hidden, "seed": args.seed}
+
+    config = {
+        "codecs": codecs,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "hidden": args.hidden,
+        "seed": args.seed,
+    }
     trainer = TorchTrainer(
-        train_func, train_loop_config=config,
+        train_func,
+        train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=False),
-        run_config=RunConfig(name="hvdc-ray-torch", storage_path=storage))
+        run_config=RunConfig(name="hvdc-ray-torch", storage_path=storage),
+    )
     result = trainer.fit()
     files = sorted(os.listdir(result.checkpoint.path)) if result.checkpoint else []
     return result.metrics["rows"], {"path": result.checkpoint.path if result.checkpoint else None, "files": files}
@@ -122,8 +139,9 @@ def run(codecs, args, storage):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--codecs", default="ddp,onebit", help="ddp (no hook) or hvd_compress spec strings, "
-                    "separated by ';' or ','")
+    ap.add_argument(
+        "--codecs", default="ddp,onebit", help="ddp (no hook) or hvd_compress spec strings, " "separated by ';' or ','"
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -136,7 +154,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     # Ray workers inherit this environment: make hvd_compress importable from a plain checkout
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     sys.path.insert(0, str(ROOT))
     from hvd_compress.demo import split_codecs
     import ray
@@ -144,23 +164,27 @@ def main(argv=None):
     if args.address:
         ray.init(address=args.address)
     else:  # a small local Ray: one CPU per worker, small object store, no dashboard
-        ray.init(num_cpus=args.workers, object_store_memory=200 * 1024 ** 2, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(num_cpus=args.workers, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="hvdc-ray-") as tmp:
             rows, checkpoint = run(split_codecs(args.codecs), args, args.storage or tmp)
     finally:
         ray.shutdown()
-    print(f"\nRay Train TorchTrainer, {args.workers} CPU workers, digits MLP, {args.epochs} epochs "
-          f"({time.perf_counter() - t0:.0f} s with Ray start-up)")
+    print(
+        f"\nRay Train TorchTrainer, {args.workers} CPU workers, digits MLP, {args.epochs} epochs "
+        f"({time.perf_counter() - t0:.0f} s with Ray start-up)"
+    )
     print(f"{'codec':<30} {'accuracy':>9} {'bits/value':>10} {'bytes/step':>11} {'ms/step':>8}")
     for r in rows:
-        print(f"{r['codec']:<30} {100 * r['accuracy']:>8.2f}% {r['bits_per_value']:>10.3f} "
-              f"{r['bytes_per_step']:>11,.0f} {r['ms_per_step']:>8.2f}")
+        print(
+            f"{r['codec']:<30} {100 * r['accuracy']:>8.2f}% {r['bits_per_value']:>10.3f} "
+            f"{r['bytes_per_step']:>11,.0f} {r['ms_per_step']:>8.2f}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"workers": args.workers, "rows": rows,
-                                               "last_checkpoint": checkpoint}, indent=1, default=str))
+        Path(args.json).write_text(
+            json.dumps({"workers": args.workers, "rows": rows, "last_checkpoint": checkpoint}, indent=1, default=str)
+        )
 
 
 if __name__ == "__main__":

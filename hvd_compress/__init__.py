@@ -4,6 +4,7 @@ Framework-neutral (numpy only, imported on first use): :class:`CodecSpec`, :func
 :func:`registry` and :func:`reference` define codecs once for every framework
 (guide: ``docs/extending.md``).
 """
+
 __version__ = "0.1.0"
 
 from hvd_compress._lazy import lazy_attributes as _lazy_attributes

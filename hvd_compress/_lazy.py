@@ -4,6 +4,7 @@ for ``hct.keras.DistributedOptimizer`` and ``import hvd_compress.torch as hc`` f
 A submodule is imported the first time its name is read, never at package import: Horovod, Ray and
 TensorFlow stay unimported until a module that needs them is used.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,12 +14,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 def public_submodules(package_path: Iterable[str]) -> List[str]:
     """Names of the package's submodules and subpackages, without private (``_``) ones."""
-    return sorted(info.name for info in pkgutil.iter_modules(list(package_path))
-                  if not info.name.startswith("_"))
+    return sorted(info.name for info in pkgutil.iter_modules(list(package_path)) if not info.name.startswith("_"))
 
 
-def lazy_attributes(package: str, package_path: Iterable[str], attributes: Optional[Dict[str, str]] = None,
-                    public: Iterable[str] = ()) -> Tuple[Callable[[str], object], Callable[[], List[str]]]:
+def lazy_attributes(
+    package: str, package_path: Iterable[str], attributes: Optional[Dict[str, str]] = None, public: Iterable[str] = ()
+) -> Tuple[Callable[[str], object], Callable[[], List[str]]]:
     """``(__getattr__, __dir__)`` for a package.
 
     ``attributes`` maps a name to the module it is taken from (imported on first use); every

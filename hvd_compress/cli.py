@@ -11,6 +11,7 @@ TensorFlow, Horovod (version, frameworks, Gloo / MPI / NCCL built in), the nativ
 Triton, NCCL and MPI, and prints for every missing piece the command that fixes it. It exits 0
 even when something optional is missing; it imports torch and Horovod, so it takes a few seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,14 +68,18 @@ def check_torch() -> Section:
         s.missing(f"torch ({exc})", "pip install torch")
         return s
     cuda = torch.cuda.is_available()
-    s.lines.append(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'not built'}, "
-                   f"GPU {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'})")
+    s.lines.append(
+        f"torch {torch.__version__} (CUDA {torch.version.cuda or 'not built'}, "
+        f"GPU {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'})"
+    )
     gpus = nvidia_smi_gpus()
     if gpus and not cuda:
         what = "a CPU-only build" if not torch.version.cuda else "its CUDA does not match the driver"
-        s.missing(f"CUDA torch: nvidia-smi lists {gpus[0]!r} but torch cannot use it ({what})",
-                  f"bash ci/setup.sh   (on a GPU machine it installs the CUDA build), or: "
-                  f"pip install 'torch==={torch.__version__.split('+')[0]}'")
+        s.missing(
+            f"CUDA torch: nvidia-smi lists {gpus[0]!r} but torch cannot use it ({what})",
+            f"bash ci/setup.sh   (on a GPU machine it installs the CUDA build), or: "
+            f"pip install 'torch==={torch.__version__.split('+')[0]}'",
+        )
     return s
 
 
@@ -108,6 +113,7 @@ def check_tensorflow() -> Section:
 
 def _horovod_extension(framework: str) -> bool:
     import horovod
+
     folder = Path(horovod.__file__).parent / framework
     return any(folder.glob("mpi_lib*.so"))
 
@@ -130,19 +136,26 @@ def check_horovod() -> Section:
     if "torch" in built:
         try:
             import horovod.torch as hvd
-            flags = {name: bool(getattr(hvd, f"{name}_built")())
-                     for name in ("gloo", "mpi", "nccl", "cuda", "rocm", "ddl", "ccl")}
+
+            flags = {
+                name: bool(getattr(hvd, f"{name}_built")())
+                for name in ("gloo", "mpi", "nccl", "cuda", "rocm", "ddl", "ccl")
+            }
         except Exception as exc:  # an extension compiled against another torch fails here
             s.missing(f"horovod.torch does not load ({type(exc).__name__}: {exc})", rebuild + " --rebuild")
             return s
-        s.lines.append("built with (horovod.torch.*_built()): "
-                       + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()))
+        s.lines.append(
+            "built with (horovod.torch.*_built()): "
+            + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items())
+        )
         if not flags["gloo"]:
             s.missing("Gloo (horovodrun --gloo)", rebuild + " --rebuild")
         if _torch_cuda() and not flags["nccl"]:
-            s.missing("NCCL GPU operations (a GPU is available)",
-                      "hvd-compress build-horovod --gpu --rebuild   (finds NCCL and nvcc from pip's nvidia "
-                      "packages; or set HOROVOD_NCCL_HOME and HOROVOD_CUDA_HOME; see the nccl section)")
+            s.missing(
+                "NCCL GPU operations (a GPU is available)",
+                "hvd-compress build-horovod --gpu --rebuild   (finds NCCL and nvcc from pip's nvidia "
+                "packages; or set HOROVOD_NCCL_HOME and HOROVOD_CUDA_HOME; see the nccl section)",
+            )
     return s
 
 
@@ -157,9 +170,12 @@ def _torch_cuda() -> bool:
 def check_native() -> Section:
     s = Section("native kernels (hvd_compress._native, CPU codecs)")
     from hvd_compress import _native
+
     if _native.load() is None:
-        s.missing(f"native kernels ({_native.unavailable_reason()})",
-                  "apt-get install gcc   then: python -m hvd_compress._native --build")
+        s.missing(
+            f"native kernels ({_native.unavailable_reason()})",
+            "apt-get install gcc   then: python -m hvd_compress._native --build",
+        )
     else:
         s.lines.append(f"loaded from {_native.build()}")
     return s
@@ -186,10 +202,13 @@ def check_nccl() -> Section:
         s.lines.append("not applicable: no CUDA GPU visible to torch")
         return s
     import torch
+
     try:
         v = torch.cuda.nccl.version()
-        s.lines.append(f"torch's NCCL {'.'.join(map(str, v)) if isinstance(v, tuple) else v} "
-                       f"(torch.distributed backend 'nccl'), {torch.cuda.device_count()} GPU(s)")
+        s.lines.append(
+            f"torch's NCCL {'.'.join(map(str, v)) if isinstance(v, tuple) else v} "
+            f"(torch.distributed backend 'nccl'), {torch.cuda.device_count()} GPU(s)"
+        )
     except Exception as exc:
         s.missing(f"NCCL in torch ({exc})", "pip install torch (a CUDA wheel ships NCCL)")
     tool = horovod_build.gpu_toolchain(horovod_build.default_cache_root())
@@ -199,9 +218,12 @@ def check_nccl() -> Section:
             s.lines.append(f"for Horovod's NCCL build: {name}={value}")
     major = (torch.version.cuda or "12").split(".")[0]
     for note in tool.notes:
-        fix = (f"pip install nvidia-nccl-cu{major}" if note.startswith("NCCL")
-               else "pip install \"cuda-toolkit[nvcc,cccl]==V\" (V: torch's cuda-toolkit requirement, "
-                    "`pip show torch`), or install the CUDA toolkit")
+        fix = (
+            f"pip install nvidia-nccl-cu{major}"
+            if note.startswith("NCCL")
+            else 'pip install "cuda-toolkit[nvcc,cccl]==V" (V: torch\'s cuda-toolkit requirement, '
+            "`pip show torch`), or install the CUDA toolkit"
+        )
         s.missing(f"{note} (only needed to build Horovod with NCCL)", fix)
     return s
 
@@ -210,8 +232,10 @@ def check_mpi() -> Section:
     s = Section("mpi")
     mpirun = shutil.which("mpirun")
     if mpirun is None:
-        s.missing("mpirun (optional: horovodrun --gloo works without MPI)",
-                  "apt-get install libopenmpi-dev openmpi-bin   then: hvd-compress build-horovod --rebuild")
+        s.missing(
+            "mpirun (optional: horovodrun --gloo works without MPI)",
+            "apt-get install libopenmpi-dev openmpi-bin   then: hvd-compress build-horovod --rebuild",
+        )
         return s
     # Paths only: running mpirun (even --version) counts as starting a launcher in the test suite.
     s.lines.append(f"mpirun at {mpirun}")
@@ -224,7 +248,14 @@ def check_mpi() -> Section:
 
 
 CHECKS: List[Callable[[], Section]] = [
-    check_python, check_torch, check_tensorflow, check_horovod, check_native, check_triton, check_nccl, check_mpi,
+    check_python,
+    check_torch,
+    check_tensorflow,
+    check_horovod,
+    check_native,
+    check_triton,
+    check_nccl,
+    check_mpi,
 ]
 
 

@@ -12,6 +12,7 @@ so the same spec string builds codecs with the same settings, the same fingerpri
 payload sizes in both frameworks, and one frontend decodes the other's payloads (tested byte for
 byte in ``tests/test_tf_torch_wire.py``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,8 +45,10 @@ def check_payload(codec: "CodecConfig", numel: int, nbytes: "int | None", is_uin
     elif nbytes is not None and nbytes != expected:
         problem = f"has {nbytes} bytes"
     if problem is not None:
-        raise ValueError(f"hvd_compress: malformed {codec.describe()} payload for {numel} values: it "
-                         f"{problem}, expected a 1-D uint8 tensor of {expected} bytes")
+        raise ValueError(
+            f"hvd_compress: malformed {codec.describe()} payload for {numel} values: it "
+            f"{problem}, expected a 1-D uint8 tensor of {expected} bytes"
+        )
 
 
 DECODING_METHODS = ("decode", "decode_into", "aggregate")
@@ -56,19 +59,23 @@ def payload_validator(check):
     ``decode(payload, numel)``, ``decode_into(payload, out)`` or ``aggregate(payloads, numel)``.
     Each framework's ``Codec.__init_subclass__`` applies it to every subclass's own definitions of
     those methods (:data:`DECODING_METHODS`), so no codec can forget the check."""
+
     def validates_payloads(method):
         if getattr(method, "validates_payloads", False):
             return method
         name = method.__name__
         if name == "decode":
+
             def checked(self, payload, numel):
                 check(self, payload, numel)
                 return method(self, payload, numel)
         elif name == "decode_into":
+
             def checked(self, payload, out):
                 check(self, payload, out.numel())  # torch only: ``out`` is the chunk's fp32 slice
                 return method(self, payload, out)
         elif name == "aggregate":
+
             def checked(self, payloads, numel):
                 for payload in payloads:
                     check(self, payload, numel)
@@ -78,6 +85,7 @@ def payload_validator(check):
         checked = functools.wraps(method)(checked)
         checked.validates_payloads = True  # type: ignore[attr-defined]
         return checked
+
     return validates_payloads
 
 
@@ -148,14 +156,21 @@ class CodecConfig:
     """
 
     name: ClassVar[str] = "codec"
-    summable: ClassVar[bool] = False      # sum of payloads == payload of the sum (allreduce-able)
-    stochastic: ClassVar[bool] = False    # needs random draws (stochastic rounding)
-    sparse: ClassVar[bool] = False        # payloads do not re-encode well after summation
+    summable: ClassVar[bool] = False  # sum of payloads == payload of the sum (allreduce-able)
+    stochastic: ClassVar[bool] = False  # needs random draws (stochastic rounding)
+    sparse: ClassVar[bool] = False  # payloads do not re-encode well after summation
     shared_scale: ClassVar[bool] = False  # one scale agreed by allreduce-MAX before encoding
 
-    def __init__(self, *, min_numel: int = 1024, compress_1d: bool = False,
-                 exchange: str = "auto", nonfinite: str = "raise", seed: int = 0,
-                 hierarchical="auto"):
+    def __init__(
+        self,
+        *,
+        min_numel: int = 1024,
+        compress_1d: bool = False,
+        exchange: str = "auto",
+        nonfinite: str = "raise",
+        seed: int = 0,
+        hierarchical="auto",
+    ):
         if isinstance(hierarchical, str) and hierarchical.strip().lower() in ("true", "false", "auto"):
             hierarchical = {"true": True, "false": False, "auto": "auto"}[hierarchical.strip().lower()]
         if not any(hierarchical is m or (isinstance(m, str) and hierarchical == m) for m in HIERARCHICAL_MODES):
@@ -178,8 +193,13 @@ class CodecConfig:
         return {}
 
     def options(self) -> Dict[str, Any]:
-        opts = {"min_numel": self.min_numel, "compress_1d": self.compress_1d,
-                "exchange": self.exchange, "nonfinite": self.nonfinite, "seed": self.seed}
+        opts = {
+            "min_numel": self.min_numel,
+            "compress_1d": self.compress_1d,
+            "exchange": self.exchange,
+            "nonfinite": self.nonfinite,
+            "seed": self.seed,
+        }
         if self.hierarchical != "auto":  # the default stays out, so existing fingerprints are unchanged
             opts["hierarchical"] = self.hierarchical
         return opts
@@ -231,6 +251,7 @@ class CodecConfig:
 # ---------------------------------------------------------------------- per-algorithm formats
 class NoCompressionFormat(CodecConfig):
     """fp32 as is (4 bytes per value, little-endian)."""
+
     name = "none"
     summable = True
 
@@ -240,6 +261,7 @@ class NoCompressionFormat(CodecConfig):
 
 class FP16Format(CodecConfig):
     """IEEE half precision (2 bytes per value); summable by the allreduce itself."""
+
     name = "fp16"
     summable = True
 
@@ -249,6 +271,7 @@ class FP16Format(CodecConfig):
 
 class BF16Format(CodecConfig):
     """bfloat16, round to nearest even (2 bytes per value); summed in fp32 after decoding."""
+
     name = "bf16"
 
     def payload_nbytes(self, numel):
@@ -258,6 +281,7 @@ class BF16Format(CodecConfig):
 class QSGDFormat(CodecConfig):
     """QSGD: ``ceil(n * bits / 8)`` bytes of codes (level + s, low bits first), then one fp32
     scale per bucket of ``bucket_size`` values."""
+
     name = "qsgd"
     stochastic = True
 
@@ -285,6 +309,7 @@ class QSGDFormat(CodecConfig):
 class TernGradFormat(CodecConfig):
     """TernGrad: ternary codes (0: -s, 1: 0, 2: +s) packed five per byte (``base3``) or four per
     byte (``2bit``), then the fp32 scale ``s`` shared by every worker."""
+
     name = "terngrad"
     stochastic = True
     shared_scale = True
@@ -314,6 +339,7 @@ class TernGradFormat(CodecConfig):
 class OneBitQuantizerFormat(CodecConfig):
     """1-bit: ``ceil(n / 8)`` bytes of bits (1: non-negative), then per bucket the fp32 pair
     (mean of non-negatives, mean of negatives)."""
+
     name = "onebit_quantizer"
 
     def __init__(self, bucket_size: int = 1024, **options):
@@ -334,6 +360,7 @@ class OneBitQuantizerFormat(CodecConfig):
 
 class ScaledSignFormat(CodecConfig):
     """Scaled sign: ``ceil(n / 8)`` bytes of sign bits (1: non-negative), then the fp32 mean |x|."""
+
     name = "scaled_sign"
 
     def payload_nbytes(self, numel):
@@ -342,6 +369,7 @@ class ScaledSignFormat(CodecConfig):
 
 class SignSGDFormat(CodecConfig):
     """signSGD: ``ceil(n / 8)`` bytes of sign bits (1: non-negative), then one fp32 scale."""
+
     name = "signsgd"
 
     def __init__(self, scaled: bool = True, **options):
@@ -362,6 +390,7 @@ class TopKFormat(CodecConfig):
     anything, +-Inf as the largest finite value); ties at the k-th magnitude go to the lower
     indices. This canonical choice makes the payload identical in every framework.
     """
+
     name = "topk_sparsifier"
     sparse = True
 
@@ -418,6 +447,7 @@ class WrapperFormat(CodecConfig):
 
 class ErrorFeedbackFormat(WrapperFormat):
     """Error feedback: ``p = g + e``; send ``C(p)``; keep ``e = p - C(p)``."""
+
     name = "ef"
     worker_feedback = True
 
@@ -430,6 +460,7 @@ class ErrorFeedbackFormat(WrapperFormat):
 
 class DoubleSqueezeFormat(WrapperFormat):
     """DoubleSqueeze: worker- and server-side error feedback over the compressed reduce-scatter."""
+
     name = "doublesqueeze"
 
     @staticmethod
@@ -437,8 +468,9 @@ class DoubleSqueezeFormat(WrapperFormat):
         if not isinstance(codec, base_cls):
             raise TypeError(f"DoubleSqueeze wraps an hvd_compress codec, got {codec!r}")
         if codec.summable:
-            raise ValueError(f"DoubleSqueeze needs a non-summable codec; {codec.name} already "
-                             "rides a plain allreduce")
+            raise ValueError(
+                f"DoubleSqueeze needs a non-summable codec; {codec.name} already " "rides a plain allreduce"
+            )
 
     def describe(self):
         return f"{self.name}({self.inner.describe()})"
@@ -473,8 +505,9 @@ def filters_and_positions(shape, filters_axis: int = 0) -> Tuple[int, int]:
     return f, p
 
 
-def slice_geometry_fp(f: int, p: int, slice_size: int, samples: "int | None" = None,
-                      samples_per_dim: float = 0.0) -> Tuple[int, int, int, int, int]:
+def slice_geometry_fp(
+    f: int, p: int, slice_size: int, samples: "int | None" = None, samples_per_dim: float = 0.0
+) -> Tuple[int, int, int, int, int]:
     """``(F, P, D, K, S)`` for ``F`` filters of ``P`` positions: a GradiVeQ slice holds ``D``
     consecutive positions of all ``F`` filters, ``K = F * D`` values, ``S = P / D`` slices per
     tensor. ``D`` is the largest divisor of ``P`` with ``F * D <= slice_size`` (at least 1, so
@@ -512,8 +545,13 @@ def compression_report_rows(layers: Dict[str, Tuple[int, int, int]]) -> Dict[str
         values += k * s
         sent += d * s
     if rows:
-        rows["_total"] = {"K": None, "d": None, "ratio": values / sent, "slices": None,
-                          "mean_layer_ratio": sum(r["ratio"] for r in rows.values()) / len(rows)}
+        rows["_total"] = {
+            "K": None,
+            "d": None,
+            "ratio": values / sent,
+            "slices": None,
+            "mean_layer_ratio": sum(r["ratio"] for r in rows.values()) / len(rows),
+        }
     return rows
 
 
@@ -529,14 +567,25 @@ class GradiVeQFormat(CodecConfig):
     (largest ``K``, >= 1), ``samples_per_dim`` (>= 0), ``fallback`` and ``sampler`` (codecs or spec
     strings; ``None`` means ``"none"``).
     """
+
     name = "gradiveq"
     summable = False  # linear within a cycle, but the phases need their own schedule
     filters_axis: ClassVar[int] = 0  # torch's OIHW; TensorFlow's HWIO kernels set -1
 
-    def __init__(self, energy: float = 0.99, warmup_steps: int = 2500, sample_steps: int = 100,
-                 compress_steps: int = 400, slice_size: int = 256, samples_per_dim: float = 4.0,
-                 fallback: Any = "qsgd:bits=4", sampler: Any = "qsgd:bits=4", ratio: Any = None,
-                 error_feedback: bool = False, **options):
+    def __init__(
+        self,
+        energy: float = 0.99,
+        warmup_steps: int = 2500,
+        sample_steps: int = 100,
+        compress_steps: int = 400,
+        slice_size: int = 256,
+        samples_per_dim: float = 4.0,
+        fallback: Any = "qsgd:bits=4",
+        sampler: Any = "qsgd:bits=4",
+        ratio: Any = None,
+        error_feedback: bool = False,
+        **options,
+    ):
         super().__init__(**options)
         if not 0 < energy <= 1:
             raise ValueError(f"energy must be in (0, 1], got {energy}")
@@ -573,12 +622,18 @@ class GradiVeQFormat(CodecConfig):
         return codec
 
     def params(self):
-        return {"energy": self.energy, "warmup_steps": self.warmup_steps,
-                "sample_steps": self.sample_steps, "compress_steps": self.compress_steps,
-                "slice_size": self.slice_size, "samples_per_dim": self.samples_per_dim,
-                "fallback": self.fallback.describe(), "sampler": self.sampler.describe(),
-                **({"ratio": self.ratio} if self.ratio is not None else {}),
-                **({"error_feedback": True} if self.error_feedback else {})}
+        return {
+            "energy": self.energy,
+            "warmup_steps": self.warmup_steps,
+            "sample_steps": self.sample_steps,
+            "compress_steps": self.compress_steps,
+            "slice_size": self.slice_size,
+            "samples_per_dim": self.samples_per_dim,
+            "fallback": self.fallback.describe(),
+            "sampler": self.sampler.describe(),
+            **({"ratio": self.ratio} if self.ratio is not None else {}),
+            **({"error_feedback": True} if self.error_feedback else {}),
+        }
 
     def fixed_dim(self, k: int) -> "int | None":
         """``d`` for a ``K``-value slice under ``ratio`` (``None`` under the energy rule)."""
@@ -613,12 +668,20 @@ class PowerSGDFormat(CodecConfig):
     """PowerSGD's configuration (both frameworks): knobs, validation and sizes. A tensor is viewed
     as an ``n x m`` matrix, ``n`` its filters / output units (torch's first axis, TensorFlow's
     last), ``m`` the rest (see each framework's ``matrix_shape``)."""
+
     name = "powersgd"
     summable = False  # linear, but two dependent allreduces: runs through custom_exchange
 
-    def __init__(self, rank: int = 1, start_iter: int = 1000, min_compression_rate: float = 2.0,
-                 error_feedback: bool = True, warm_start: bool = True,
-                 orthogonalization_epsilon: float = 0.0, **options):
+    def __init__(
+        self,
+        rank: int = 1,
+        start_iter: int = 1000,
+        min_compression_rate: float = 2.0,
+        error_feedback: bool = True,
+        warm_start: bool = True,
+        orthogonalization_epsilon: float = 0.0,
+        **options,
+    ):
         super().__init__(**options)
         if isinstance(rank, bool) or int(rank) != rank or rank < 1:
             raise ValueError(f"PowerSGD rank must be a positive integer, got {rank}")
@@ -636,9 +699,13 @@ class PowerSGDFormat(CodecConfig):
         self.orthogonalization_epsilon = float(orthogonalization_epsilon)
 
     def params(self):
-        return {"rank": self.rank, "start_iter": self.start_iter,
-                "min_compression_rate": self.min_compression_rate,
-                "error_feedback": self.error_feedback, "warm_start": self.warm_start}
+        return {
+            "rank": self.rank,
+            "start_iter": self.start_iter,
+            "min_compression_rate": self.min_compression_rate,
+            "error_feedback": self.error_feedback,
+            "warm_start": self.warm_start,
+        }
 
     @staticmethod
     def matrix_shape(shape) -> Tuple[int, int]:

@@ -21,6 +21,7 @@ Codec names: ``fp32`` (Horovod, no compression) and ``hvd-fp16`` (Horovod's own
 ``--tensorboard DIR`` writes, per codec and epoch, the wire statistics and the compression error
 as TensorBoard scalars (:mod:`hvd_compress.torch.tensorboard`); ``tensorboard --logdir DIR``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,23 +32,39 @@ import time
 
 import torch
 
-DEFAULT_CODECS = ["fp32", "hvd-fp16", "fp16", "bf16", "qsgd:bits=8", "qsgd:bits=4", "terngrad", "onebit",
-                  "efsign", "signsgd", "topk:ratio=0.01", "doublesqueeze:codec=onebit",
-                  "powersgd:rank=4,start_iter=10"]
+DEFAULT_CODECS = [
+    "fp32",
+    "hvd-fp16",
+    "fp16",
+    "bf16",
+    "qsgd:bits=8",
+    "qsgd:bits=4",
+    "terngrad",
+    "onebit",
+    "efsign",
+    "signsgd",
+    "topk:ratio=0.01",
+    "doublesqueeze:codec=onebit",
+    "powersgd:rank=4,start_iter=10",
+]
 
 
 def load_digits_split(seed: int = 0):
     from hvd_compress.data import load_digits_arrays  # numpy, shared with the TensorFlow demo
+
     xtr, ytr, xte, yte = load_digits_arrays(seed)
-    return (torch.from_numpy(xtr), torch.from_numpy(ytr).long(),
-            torch.from_numpy(xte), torch.from_numpy(yte).long())
+    return (torch.from_numpy(xtr), torch.from_numpy(ytr).long(), torch.from_numpy(xte), torch.from_numpy(yte).long())
 
 
 def make_model(seed: int = 0, hidden: int = 256) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(),
-                               torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-                               torch.nn.Linear(hidden, 10))
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 10),
+    )
 
 
 def make_cnn(seed: int = 0) -> torch.nn.Module:
@@ -56,11 +73,19 @@ def make_cnn(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     nn = torch.nn
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),                        # 144 values: plain fp32
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 4608: GradiVeQ
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 9216: GradiVeQ
-        nn.Flatten(), nn.Linear(128, 64), nn.ReLU(),                      # 8192: fallback codec
-        nn.Linear(64, 10))
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),  # 144 values: plain fp32
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 4608: GradiVeQ
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 9216: GradiVeQ
+        nn.Flatten(),
+        nn.Linear(128, 64),
+        nn.ReLU(),  # 8192: fallback codec
+        nn.Linear(64, 10),
+    )
 
 
 def split_codecs(text: str):
@@ -80,6 +105,7 @@ def split_codecs(text: str):
 def train_one(codec_name: str, data, args, hvd, progress=None):
     """Train one codec from the shared initial weights; ``progress()`` after each epoch."""
     import hvd_compress.torch as hc
+
     xtr, ytr, xte, yte = data
     model = make_model(args.seed, args.hidden)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
@@ -106,7 +132,7 @@ def train_one(codec_name: str, data, args, hvd, progress=None):
         nb = len(perm[0::size]) // args.batch_size  # same step count on every rank
         model.train()
         for b in range(nb):
-            idx = shard[b * args.batch_size:(b + 1) * args.batch_size]
+            idx = shard[b * args.batch_size : (b + 1) * args.batch_size]
             t0 = time.perf_counter()
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
@@ -139,12 +165,20 @@ def train_one(codec_name: str, data, args, hvd, progress=None):
         codec_row = stats.get(compression.describe(), {"values": 0, "payload_bytes": 0, "sent_bytes": 0})
         total_sent = sum(r["sent_bytes"] for r in stats.values())
     bits = 8.0 * codec_row["payload_bytes"] / max(codec_row["values"], 1)
-    return {"codec": codec_name, "label": label, "accuracy": acc, "bits_per_value": bits,
-            "compressed_values_per_step": codec_row["values"] / max(steps, 1),
-            "codec_bytes_per_step": codec_row["sent_bytes"] / max(steps, 1),
-            "bytes_per_step": total_sent / max(steps, 1), "time_per_step_s": step_time / max(steps, 1),
-            "steps": steps, "replicas_identical": identical, "world_size": size,
-            "wire_stats": stats}
+    return {
+        "codec": codec_name,
+        "label": label,
+        "accuracy": acc,
+        "bits_per_value": bits,
+        "compressed_values_per_step": codec_row["values"] / max(steps, 1),
+        "codec_bytes_per_step": codec_row["sent_bytes"] / max(steps, 1),
+        "bytes_per_step": total_sent / max(steps, 1),
+        "time_per_step_s": step_time / max(steps, 1),
+        "steps": steps,
+        "replicas_identical": identical,
+        "world_size": size,
+        "wire_stats": stats,
+    }
 
 
 def tensorboard_writer(args, codec_name: str, rank: int):
@@ -153,6 +187,7 @@ def tensorboard_writer(args, codec_name: str, rank: int):
     if not getattr(args, "tensorboard", None) or rank != 0 or codec_name in ("fp32", "hvd-fp16"):
         return None
     from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(os.path.join(args.tensorboard, codec_name.replace(":", "_").replace(",", "_")))
 
 
@@ -162,14 +197,17 @@ def format_table(rows) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r['bytes_per_step'] / fp32:8.3f}" if fp32 else f"{'':>8}"
-        lines.append(f"{r['label'][:34]:<34} {r['bits_per_value']:>10.3f} {r['bytes_per_step']:>12,.0f} {ratio} "
-                     f"{100 * r['accuracy']:>8.2f}% {1000 * r['time_per_step_s']:>8.2f} "
-                     f"{'same' if r['replicas_identical'] else 'DIFFER':>9}")
+        lines.append(
+            f"{r['label'][:34]:<34} {r['bits_per_value']:>10.3f} {r['bytes_per_step']:>12,.0f} {ratio} "
+            f"{100 * r['accuracy']:>8.2f}% {1000 * r['time_per_step_s']:>8.2f} "
+            f"{'same' if r['replicas_identical'] else 'DIFFER':>9}"
+        )
     return "\n".join(lines)
 
 
 def _worker(args):
     import horovod.torch as hvd
+
     hvd.init()
     torch.set_num_threads(1)
     codecs = split_codecs(args.codecs)
@@ -184,8 +222,14 @@ def _worker(args):
 
     rows = [train_one(name, data, args, hvd, progress) for name in codecs]
     if hvd.rank() == 0:
-        result = {"world_size": hvd.size(), "frontend": args.frontend, "epochs": args.epochs,
-                  "hidden": args.hidden, "batch_size": args.batch_size, "rows": rows}
+        result = {
+            "world_size": hvd.size(),
+            "frontend": args.frontend,
+            "epochs": args.epochs,
+            "hidden": args.hidden,
+            "batch_size": args.batch_size,
+            "rows": rows,
+        }
         if args.json:
             os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
             with open(args.json, "w") as f:
@@ -196,11 +240,14 @@ def _worker(args):
 
 
 def _report(result) -> str:
-    return (f"\nhvd_compress demo: MLP 64-{result['hidden']}-{result['hidden']}-10 on digits, "
-            f"{result['world_size']} workers, {result['epochs']} epochs, batch {result['batch_size']}/worker, "
-            f"frontend={result['frontend']}\n" + format_table(result["rows"]) +
-            "\nbits/value: payload bits per compressed value (scales included); bytes/step: bytes this "
-            "worker sent per step, all tensors (ring-allreduce model for fp32 and fp16)")
+    return (
+        f"\nhvd_compress demo: MLP 64-{result['hidden']}-{result['hidden']}-10 on digits, "
+        f"{result['world_size']} workers, {result['epochs']} epochs, batch {result['batch_size']}/worker, "
+        f"frontend={result['frontend']}\n"
+        + format_table(result["rows"])
+        + "\nbits/value: payload bits per compressed value (scales included); bytes/step: bytes this "
+        "worker sent per step, all tensors (ring-allreduce model for fp32 and fp16)"
+    )
 
 
 def _launch(args, argv):
@@ -210,16 +257,31 @@ def _launch(args, argv):
     from pathlib import Path
 
     from tqdm import tqdm
+
     tmp = Path(tempfile.mkdtemp(prefix="hvdc-demo-"))
     progress_file, json_path, log_path = tmp / "progress", Path(args.json or tmp / "result.json"), tmp / "workers.log"
     horovodrun = Path(sys.executable).with_name("horovodrun")
-    cmd = [str(horovodrun if horovodrun.exists() else "horovodrun"), "-np", str(args.np), "--gloo",
-           sys.executable, "-m", "hvd_compress.demo", *argv, "--progress-file", str(progress_file),
-           "--json", str(json_path), "--quiet-table"]
+    cmd = [
+        str(horovodrun if horovodrun.exists() else "horovodrun"),
+        "-np",
+        str(args.np),
+        "--gloo",
+        sys.executable,
+        "-m",
+        "hvd_compress.demo",
+        *argv,
+        "--progress-file",
+        str(progress_file),
+        "--json",
+        str(json_path),
+        "--quiet-table",
+    ]
     total = len(split_codecs(args.codecs)) * args.epochs
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    with open(log_path, "w") as log, tqdm(total=total, unit="epoch", disable=args.no_progress,
-                                          desc=f"{args.np} workers") as bar:
+    with (
+        open(log_path, "w") as log,
+        tqdm(total=total, unit="epoch", disable=args.no_progress, desc=f"{args.np} workers") as bar,
+    ):
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
             time.sleep(0.3)
@@ -244,18 +306,29 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--np", type=int, default=2, help="workers to launch with horovodrun (launcher mode)")
-    ap.add_argument("--codecs", default=",".join(DEFAULT_CODECS),
-                    help="codecs to compare (fp32, hvd-fp16 or hvd_compress spec strings)")
-    ap.add_argument("--frontend", choices=["stock", "ours"], default="stock",
-                    help="stock: hvd.DistributedOptimizer(compression=codec); ours: hvd_compress.torch.DistributedOptimizer")
+    ap.add_argument(
+        "--codecs",
+        default=",".join(DEFAULT_CODECS),
+        help="codecs to compare (fp32, hvd-fp16 or hvd_compress spec strings)",
+    )
+    ap.add_argument(
+        "--frontend",
+        choices=["stock", "ours"],
+        default="stock",
+        help="stock: hvd.DistributedOptimizer(compression=codec); ours: hvd_compress.torch.DistributedOptimizer",
+    )
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the rows as JSON here")
-    ap.add_argument("--tensorboard", metavar="DIR", help="write wire stats and compression error per epoch "
-                    "as TensorBoard scalars under DIR/<codec> (rank 0; view with `tensorboard --logdir DIR`)")
+    ap.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write wire stats and compression error per epoch "
+        "as TensorBoard scalars under DIR/<codec> (rank 0; view with `tensorboard --logdir DIR`)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--progress-file", help=argparse.SUPPRESS)
     ap.add_argument("--quiet-table", action="store_true", help=argparse.SUPPRESS)
@@ -265,8 +338,14 @@ def main(argv=None):
     if under_horovod:
         _worker(args)
     else:
-        launcher_argv = [a for i, a in enumerate(argv) if not (a == "--np" or (i and argv[i - 1] == "--np"))
-                         and not a.startswith("--np=") and a != "--json" and not (i and argv[i - 1] == "--json")]
+        launcher_argv = [
+            a
+            for i, a in enumerate(argv)
+            if not (a == "--np" or (i and argv[i - 1] == "--np"))
+            and not a.startswith("--np=")
+            and a != "--json"
+            and not (i and argv[i - 1] == "--json")
+        ]
         _launch(args, launcher_argv)
 
 

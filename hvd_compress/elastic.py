@@ -7,6 +7,7 @@ A codec's state is seen here as a nested dict: ``{"state": {group: ...}, "inner"
 "fallback": {...}, "sampler": {...}}`` (torch's ``Codec.state_dict()``; the TF module builds the
 same shape from the codec's ``tf.Variable``\\ s).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -52,8 +53,9 @@ def merge_state(shared: Dict[str, Any], local: Dict[str, Any]) -> Dict[str, Any]
     return out
 
 
-def recut_server_residual(pieces: Sequence[Piece], numels: Dict[str, int], align: int, new_size: int,
-                          new_rank: int) -> Dict[str, np.ndarray]:
+def recut_server_residual(
+    pieces: Sequence[Piece], numels: Dict[str, int], align: int, new_size: int, new_rank: int
+) -> Dict[str, np.ndarray]:
     """DoubleSqueeze's server residual for ``new_rank`` of ``new_size`` workers, as float32 arrays.
 
     ``pieces``: every current worker's ``(old_size, old_rank, {key: chunk residual})`` (chunks as

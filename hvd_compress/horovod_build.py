@@ -53,6 +53,7 @@ record it).
 This module imports neither torch nor TF (versions come from package metadata), so
 ``--dry-run`` is instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,7 +117,7 @@ class BuildPlan:
     jobs: int
     horovod: str = HOROVOD_VERSION
     gpu_env: Dict[str, str] = field(default_factory=dict)  # NCCL / CUDA paths found (gpu_toolchain)
-    gpu_notes: List[str] = field(default_factory=list)     # what was not found, and how to fix it
+    gpu_notes: List[str] = field(default_factory=list)  # what was not found, and how to fix it
 
     @property
     def pytag(self) -> str:
@@ -124,8 +125,10 @@ class BuildPlan:
 
     @property
     def key(self) -> str:
-        key = (f"horovod-{self.horovod}-torch{self.torch or 'none'}-tf{self.tensorflow or 'none'}"
-               f"-{self.pytag}-mpi{int(self.mpi)}")
+        key = (
+            f"horovod-{self.horovod}-torch{self.torch or 'none'}-tf{self.tensorflow or 'none'}"
+            f"-{self.pytag}-mpi{int(self.mpi)}"
+        )
         return key + ("-nccl" if self.gpu else "")
 
     @property
@@ -269,26 +272,29 @@ class GpuToolchain:
         return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
 
 
-def gpu_toolchain(cache_root: Path, sites: Optional[Sequence[Path]] = None,
-                  environ: Optional[Mapping[str, str]] = None) -> GpuToolchain:
+def gpu_toolchain(
+    cache_root: Path, sites: Optional[Sequence[Path]] = None, environ: Optional[Mapping[str, str]] = None
+) -> GpuToolchain:
     """NCCL and CUDA toolkit locations for Horovod's NCCL build (see the module docstring): the
     user's ``HOROVOD_*`` settings win; otherwise pip's ``nvidia`` packages in this environment.
     Pure: finds paths and plans links, writes nothing (:meth:`GpuToolchain.make_links` does)."""
     environ = os.environ if environ is None else environ
     sites = site_dirs() if sites is None else list(sites)
     tool = GpuToolchain()
-    link_dir = cache_root / "gpu-links" / hashlib.sha256(
-        "|".join(str(s) for s in sites).encode()).hexdigest()[:12]
+    link_dir = cache_root / "gpu-links" / hashlib.sha256("|".join(str(s) for s in sites).encode()).hexdigest()[:12]
     lib_path: List[str] = []
     if not any(environ.get(k) for k in NCCL_VARS):
         nccl = find_pip_nccl(sites)
         if nccl is None:
-            tool.notes.append("NCCL not found: pip install the nvidia-nccl-cu12/-cu13 package matching torch's "
-                              "CUDA (torch's CUDA wheel depends on it), or set HOROVOD_NCCL_HOME")
+            tool.notes.append(
+                "NCCL not found: pip install the nvidia-nccl-cu12/-cu13 package matching torch's "
+                "CUDA (torch's CUDA wheel depends on it), or set HOROVOD_NCCL_HOME"
+            )
         else:
             include, lib = nccl
-            tool.env.update(HOROVOD_NCCL_INCLUDE=str(include), HOROVOD_NCCL_LIB=str(link_dir),
-                            HOROVOD_NCCL_LINK="SHARED")
+            tool.env.update(
+                HOROVOD_NCCL_INCLUDE=str(include), HOROVOD_NCCL_LIB=str(link_dir), HOROVOD_NCCL_LINK="SHARED"
+            )
             if lib.name != "libnccl.so":
                 tool.links[link_dir / "libnccl.so"] = lib
             # the extension finds the versioned library where pip put it, even before torch loads it
@@ -296,9 +302,11 @@ def gpu_toolchain(cache_root: Path, sites: Optional[Sequence[Path]] = None,
     if not environ.get("HOROVOD_CUDA_HOME"):
         home = find_system_cuda_home(environ) or find_pip_cuda_home(sites)
         if home is None:
-            tool.notes.append("nvcc not found: install the CUDA toolkit, or for CUDA 13: pip install "
-                              "\"cuda-toolkit[nvcc,cccl]==V\" (V: the cuda-toolkit version torch requires), "
-                              "or set HOROVOD_CUDA_HOME")
+            tool.notes.append(
+                "nvcc not found: install the CUDA toolkit, or for CUDA 13: pip install "
+                '"cuda-toolkit[nvcc,cccl]==V" (V: the cuda-toolkit version torch requires), '
+                "or set HOROVOD_CUDA_HOME"
+            )
         else:
             tool.env.update(HOROVOD_CUDA_HOME=str(home), CUDA_HOME=str(home))
             # this nvcc first: Horovod's build asks `nvcc` on PATH for the architectures it supports
@@ -310,7 +318,9 @@ def gpu_toolchain(cache_root: Path, sites: Optional[Sequence[Path]] = None,
                 tool.links[link_dir / "libcudart.so"] = cudart[0]
                 lib_path.append(str(link_dir))
     if lib_path:
-        tool.env["CMAKE_LIBRARY_PATH"] = os.pathsep.join(lib_path + [p for p in [environ.get("CMAKE_LIBRARY_PATH")] if p])
+        tool.env["CMAKE_LIBRARY_PATH"] = os.pathsep.join(
+            lib_path + [p for p in [environ.get("CMAKE_LIBRARY_PATH")] if p]
+        )
     return tool
 
 
@@ -361,8 +371,10 @@ def find_system_cmake() -> Path:
         v = cmake_version(c)
         if v and MIN_CMAKE <= v < (4, 0):
             return Path(c).parent
-    raise RuntimeError("no cmake 3.x >= 3.13 found (pip's cmake 4.x cannot build Horovod's gloo); "
-                       "fix: apt-get install cmake   (or: pip install 'cmake<4')")
+    raise RuntimeError(
+        "no cmake 3.x >= 3.13 found (pip's cmake 4.x cannot build Horovod's gloo); "
+        "fix: apt-get install cmake   (or: pip install 'cmake<4')"
+    )
 
 
 def build_wheel(plan: BuildPlan) -> Path:
@@ -381,7 +393,18 @@ def build_wheel(plan: BuildPlan) -> Path:
         patch_sources(src)
         env = dict(os.environ, **plan.build_env())
         env["PATH"] = f"{cmake_dir}{os.pathsep}{env.get('PATH', '')}"  # after gpu_env's PATH: cmake first
-        cmd = [plan.python, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", ".", "-w", str(build / "out")]
+        cmd = [
+            plan.python,
+            "-m",
+            "pip",
+            "wheel",
+            "-v",
+            "--no-deps",
+            "--no-build-isolation",
+            ".",
+            "-w",
+            str(build / "out"),
+        ]
         with open(build / "build.log", "w") as logf:
             rc = subprocess.run(cmd, cwd=src, env=env, stdout=logf, stderr=subprocess.STDOUT).returncode
         if rc != 0:
@@ -440,8 +463,14 @@ def install(plan: BuildPlan, wheel: Path, force: bool = False) -> None:
         pip(["install", "-q", *missing], plan.python)
 
 
-def build_horovod(gpu: bool = False, wheel_dir: Optional[str] = None, jobs: Optional[int] = None,
-                  rebuild: bool = False, dry_run: bool = False, print_env: bool = False) -> int:
+def build_horovod(
+    gpu: bool = False,
+    wheel_dir: Optional[str] = None,
+    jobs: Optional[int] = None,
+    rebuild: bool = False,
+    dry_run: bool = False,
+    print_env: bool = False,
+) -> int:
     """The ``build-horovod`` command: cached wheel if there is one, else build; then install."""
     plan = make_plan(gpu=gpu, wheel_dir=wheel_dir, jobs=jobs)
     if dry_run:
@@ -458,8 +487,10 @@ def build_horovod(gpu: bool = False, wheel_dir: Optional[str] = None, jobs: Opti
         print(tool.export_lines())
         return 0
     if not (plan.torch or plan.tensorflow):
-        log("neither torch nor tensorflow is installed here; install one first "
-            "(pip install torch  /  pip install tensorflow tf-keras)")
+        log(
+            "neither torch nor tensorflow is installed here; install one first "
+            "(pip install torch  /  pip install tensorflow tf-keras)"
+        )
         return 1
     wheel = None if rebuild else plan.cached_wheel()
     if wheel:
@@ -481,23 +512,38 @@ def build_horovod(gpu: bool = False, wheel_dir: Optional[str] = None, jobs: Opti
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--gpu", action="store_true", help="build NCCL GPU operations (HOROVOD_GPU_OPERATIONS=NCCL)")
-    ap.add_argument("--wheel-dir", metavar="DIR", help="cache root for built wheels "
-                    "(default $HVD_COMPRESS_CACHE or ~/.cache/hvd_compress); the wheel goes to DIR/<key>/")
+    ap.add_argument(
+        "--wheel-dir",
+        metavar="DIR",
+        help="cache root for built wheels "
+        "(default $HVD_COMPRESS_CACHE or ~/.cache/hvd_compress); the wheel goes to DIR/<key>/",
+    )
     ap.add_argument("--jobs", type=int, help="parallel compile jobs (default $HVD_BUILD_JOBS or 2)")
     ap.add_argument("--rebuild", action="store_true", help="build even if a cached wheel exists")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the cache key; build nothing")
-    ap.add_argument("--print-env", action="store_true",
-                    help="with --gpu: find NCCL and nvcc, make the library links, print `export` lines; build nothing")
+    ap.add_argument(
+        "--print-env",
+        action="store_true",
+        help="with --gpu: find NCCL and nvcc, make the library links, print `export` lines; build nothing",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    return build_horovod(gpu=args.gpu, wheel_dir=args.wheel_dir, jobs=args.jobs,
-                         rebuild=args.rebuild, dry_run=args.dry_run, print_env=args.print_env)
+    return build_horovod(
+        gpu=args.gpu,
+        wheel_dir=args.wheel_dir,
+        jobs=args.jobs,
+        rebuild=args.rebuild,
+        dry_run=args.dry_run,
+        print_env=args.print_env,
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hvd_compress.horovod_build",
-                                 description="Build and install Horovod with today's fixes (see the module docstring).")
+    ap = argparse.ArgumentParser(
+        prog="python -m hvd_compress.horovod_build",
+        description="Build and install Horovod with today's fixes (see the module docstring).",
+    )
     add_arguments(ap)
     return run_from_args(ap.parse_args(argv))
 

@@ -35,6 +35,7 @@ the same either way; only which state a gradient meets depends on the name.
 Both lookups start at the first frame outside hvd_compress (the codec's ``compress`` and the
 engine are above it), so they do not depend on how many of our own calls lie in between.
 """
+
 from __future__ import annotations
 
 import sys
@@ -90,8 +91,7 @@ def tf_gradient_variable(tensor) -> Tuple[Any, Any]:
         code, loc = frame.f_code, frame.f_locals
         # (autograph renames Horovod's functions tf__<name> when the caller is a tf.function)
         fname = code.co_name[4:] if code.co_name.startswith("tf__") else code.co_name
-        if op is None and fname in ("allreduce", "grouped_allreduce") and "op" in loc \
-                and "compression" in loc:
+        if op is None and fname in ("allreduce", "grouped_allreduce") and "op" in loc and "compression" in loc:
             op = loc["op"]
         if fname == "allreduce_grads" and "grads" in loc:
             grads, variables = loc.get("grads"), loc.get("vars")

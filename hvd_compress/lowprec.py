@@ -31,6 +31,7 @@ Example::
     v_hat = lowprec.decode(payload, v.size, bits=8)
     assert np.all(np.abs(v_hat - v) <= np.abs(v).max() / 127 * (1 + 1e-6))
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -87,8 +88,9 @@ def unpack_codes(packed: np.ndarray, bits: int, numel: int) -> np.ndarray:
         raise ValueError(f"bits must be in [1, 32], got {bits}")
     packed = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
     if packed.size < packed_nbytes(numel, bits):
-        raise ValueError(f"{packed.size} bytes cannot hold {numel} codes of {bits} bits "
-                         f"({packed_nbytes(numel, bits)} needed)")
+        raise ValueError(
+            f"{packed.size} bytes cannot hold {numel} codes of {bits} bits " f"({packed_nbytes(numel, bits)} needed)"
+        )
     if bits == 8:
         return packed[:numel].copy()
     if bits in (1, 2, 4):
@@ -96,7 +98,7 @@ def unpack_codes(packed: np.ndarray, bits: int, numel: int) -> np.ndarray:
         codes = (packed[:, None] >> shifts) & np.uint8((1 << bits) - 1)
         return codes.reshape(-1)[:numel]
     bitvec = np.unpackbits(packed, count=numel * bits, bitorder="little")
-    weights = (np.uint64(1) << np.arange(bits, dtype=np.uint64))
+    weights = np.uint64(1) << np.arange(bits, dtype=np.uint64)
     return (bitvec.reshape(numel, bits).astype(np.uint64) @ weights).astype(np.uint32)
 
 
@@ -130,10 +132,14 @@ def scales_of(v: np.ndarray, bucket_size: Optional[int] = None) -> np.ndarray:
     return np.where(np.isfinite(s), s, np.float32(np.nan)).astype(np.float32)
 
 
-def quantize(v: np.ndarray, bits: int, bucket_size: Optional[int] = None,
-             rng: Optional[np.random.Generator] = None,
-             noise: Optional[np.ndarray] = None,
-             scales: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+def quantize(
+    v: np.ndarray,
+    bits: int,
+    bucket_size: Optional[int] = None,
+    rng: Optional[np.random.Generator] = None,
+    noise: Optional[np.ndarray] = None,
+    scales: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Stochastic rounding of ``v`` to the ``bits``-bit grid: ``(codes, scales)``.
 
     ``codes`` are ``level + s`` in ``[0, 2s]`` (uint32), ``scales`` the per-bucket max-abs (fp32),
@@ -168,8 +174,7 @@ def quantize(v: np.ndarray, bits: int, bucket_size: Optional[int] = None,
     return signed.astype(np.uint32), scales
 
 
-def dequantize(codes: np.ndarray, scales: np.ndarray, bits: int,
-               bucket_size: Optional[int] = None) -> np.ndarray:
+def dequantize(codes: np.ndarray, scales: np.ndarray, bits: int, bucket_size: Optional[int] = None) -> np.ndarray:
     """Values of ``codes`` (fp32): ``(code - s) * scale / s``."""
     s = levels(bits)
     n = codes.size
@@ -181,8 +186,13 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, bits: int,
     return ((codes.astype(np.float32) - np.float32(s)) * step).astype(np.float32)
 
 
-def encode(v: np.ndarray, bits: int, bucket_size: Optional[int] = None,
-           rng: Optional[np.random.Generator] = None, noise: Optional[np.ndarray] = None) -> np.ndarray:
+def encode(
+    v: np.ndarray,
+    bits: int,
+    bucket_size: Optional[int] = None,
+    rng: Optional[np.random.Generator] = None,
+    noise: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """Quantize and pack ``v``: codes then fp32 scales, one uint8 array (see the module doc)."""
     codes, scales = quantize(v, bits, bucket_size, rng=rng, noise=noise)
     if codes.size == 0:
@@ -195,8 +205,10 @@ def decode(payload: np.ndarray, numel: int, bits: int, bucket_size: Optional[int
     payload = np.asarray(payload, dtype=np.uint8).reshape(-1)
     want = payload_nbytes(numel, bits, bucket_size)
     if payload.size != want:
-        raise ValueError(f"a {bits}-bit payload of {numel} values (bucket_size={bucket_size}) has "
-                         f"{want} bytes, got {payload.size}")
+        raise ValueError(
+            f"a {bits}-bit payload of {numel} values (bucket_size={bucket_size}) has "
+            f"{want} bytes, got {payload.size}"
+        )
     if numel == 0:
         return np.zeros(0, np.float32)
     ncode = packed_nbytes(numel, bits)
@@ -219,7 +231,7 @@ def expected_sq_error(v: np.ndarray, bits: int, bucket_size: Optional[int] = Non
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.where(delta > 0, np.abs(b) / delta, 0.0)
     f = y - np.floor(y)
-    return float(np.sum(delta ** 2 * f * (1.0 - f)))
+    return float(np.sum(delta**2 * f * (1.0 - f)))
 
 
 def fewest_bits(v: np.ndarray, budget: float, candidates=range(MIN_BITS, MAX_BITS + 1)) -> Optional[int]:
@@ -266,8 +278,8 @@ def keep_probabilities(v: np.ndarray, budget: float) -> np.ndarray:
         raise ValueError(f"sparsification budget must be positive, got {budget}")
     if budget >= nnz:
         return (a > 0).astype(np.float64)
-    order = np.sort(a)[::-1]                      # descending
-    tail = np.cumsum(order[::-1])[::-1]           # tail[k] = sum of order[k:]
+    order = np.sort(a)[::-1]  # descending
+    tail = np.cumsum(order[::-1])[::-1]  # tail[k] = sum of order[k:]
     # find the smallest k (entries kept surely) with (budget - k) * order[k] / tail[k] <= 1
     ks = np.arange(n)
     with np.errstate(divide="ignore", invalid="ignore"):

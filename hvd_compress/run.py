@@ -35,6 +35,7 @@ the same path, for an A/B comparison; a malformed spec fails before the script s
 codec where the optimizer is built (with the list of codecs). A script's own ``--fp16-allreduce``
 style flag still works: it passes ``Compression.fp16``, which is kept.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -100,6 +101,7 @@ def wrap(original: Callable, module, spec: str, frontend: str, where: str, share
 
     if frontend == "hvd_compress.tensorflow":  # TF is imported already: Horovod's TF module needs it
         import tensorflow as tf
+
         # called inside the script's tf.function step: AutoGraph has nothing to convert here (and
         # would warn that it cannot read importlib's frozen source)
         hooked = tf.autograph.experimental.do_not_convert(hooked)
@@ -109,6 +111,7 @@ def wrap(original: Callable, module, spec: str, frontend: str, where: str, share
 
 def importlib_module(name: str):
     import importlib
+
     return importlib.import_module(name)
 
 
@@ -187,14 +190,17 @@ def validate(spec: str) -> None:
     the hooked call builds the codec, on every rank alike, with the list of what exists; checking
     it here would import torch into TF scripts.)"""
     from hvd_compress.spec import parse
+
     parse(spec)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = (f"usage: {ENV}=SPEC python -m hvd_compress.run SCRIPT.py [ARGS...]\n"
-             f"       {ENV}=SPEC python -m hvd_compress.run -m MODULE [ARGS...]\n"
-             f"e.g.   {ENV}='qsgd:bits=4' horovodrun -np 2 python -m hvd_compress.run train.py")
+    usage = (
+        f"usage: {ENV}=SPEC python -m hvd_compress.run SCRIPT.py [ARGS...]\n"
+        f"       {ENV}=SPEC python -m hvd_compress.run -m MODULE [ARGS...]\n"
+        f"e.g.   {ENV}='qsgd:bits=4' horovodrun -np 2 python -m hvd_compress.run train.py"
+    )
     if not argv or argv[0] in ("-h", "--help") or (argv[0] == "-m" and len(argv) < 2):
         print(usage + "\n\n" + __doc__, file=sys.stderr)
         return 2

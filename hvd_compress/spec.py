@@ -3,14 +3,14 @@
 ``hvd_compress.torch.from_spec`` and ``hvd_compress.tensorflow.from_spec`` both call :func:`build`
 with their own registry of codec classes, so a spec means the same codec in both frameworks.
 """
+
 from __future__ import annotations
 
 import inspect
 from typing import Dict
 
 from hvd_compress.common import COMMON_OPTIONS
-from hvd_compress.core.registry import (BUILTIN_NAMES, instantiate, knob_names, lookup, registry,
-                                         split_options)
+from hvd_compress.core.registry import BUILTIN_NAMES, instantiate, knob_names, lookup, registry, split_options
 from hvd_compress.core.specstring import parse
 
 CODEC_NAMES = tuple(sorted(BUILTIN_NAMES))
@@ -22,8 +22,11 @@ def accepted(cls) -> set:
     for klass in cls.__mro__:
         if "__init__" in klass.__dict__:
             params = inspect.signature(klass.__init__).parameters.values()
-            names |= {p.name for p in params if p.name not in ("self", "inner")
-                      and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+            names |= {
+                p.name
+                for p in params
+                if p.name not in ("self", "inner") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            }
     return names
 
 
@@ -46,9 +49,11 @@ def build(spec, known: Dict[str, type], base_cls: type, reference_cls: "type | N
     user = _user_spec(name, known, reference_cls)
     if name not in known and user is None:
         available = sorted(set(known) | (set(registry()) if reference_cls is not None else set()))
-        raise ValueError(f"unknown codec {name!r} in spec {spec!r}; available: {', '.join(available)} "
-                         "(e.g. 'qsgd:bits=4,bucket_size=512', 'terngrad:clip=2.5', 'topk:ratio=0.01', "
-                         "'doublesqueeze:codec=onebit')")
+        raise ValueError(
+            f"unknown codec {name!r} in spec {spec!r}; available: {', '.join(available)} "
+            "(e.g. 'qsgd:bits=4,bucket_size=512', 'terngrad:clip=2.5', 'topk:ratio=0.01', "
+            "'doublesqueeze:codec=onebit')"
+        )
     if user is not None:
         knobs, options = split_options(user, kwargs, spec)
         return reference_cls(instantiate(user, knobs, spec), **options)  # type: ignore[misc]
@@ -82,6 +87,8 @@ def _build(cls, kwargs, spec):
     ok = accepted(cls) | {"codec"}
     unknown = set(kwargs) - ok
     if unknown:
-        raise ValueError(f"codec spec {spec!r}: {cls.__name__} does not take {sorted(unknown)}; "
-                         f"it takes {sorted(ok - {'codec'})}")
+        raise ValueError(
+            f"codec spec {spec!r}: {cls.__name__} does not take {sorted(unknown)}; "
+            f"it takes {sorted(ok - {'codec'})}"
+        )
     return cls(**kwargs)

@@ -22,6 +22,7 @@ What is checked, for every size in ``numels`` (empty, odd, unaligned and multi-b
 
 A failure raises :class:`ConformanceError` saying which check, which size and what differed.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -64,8 +65,11 @@ def _check_numpy(spec: CodecSpec, x: np.ndarray, seed: int) -> np.ndarray:
     _expect(np.array_equal(x, before), spec, f"encode changed its input ({n} values)")
     again = checks.encode(spec, x, np.random.default_rng(seed))
     _expect(np.array_equal(payload, again), spec, f"two encodes with rng seed {seed} differ ({n} values)")
-    _expect(np.array_equal(decoded, checks.decode(spec, payload, n), equal_nan=True), spec,
-            f"decode of the same payload differs between calls ({n} values)")
+    _expect(
+        np.array_equal(decoded, checks.decode(spec, payload, n), equal_nan=True),
+        spec,
+        f"decode of the same payload differs between calls ({n} values)",
+    )
     _expect(bool(np.isfinite(decoded).all()), spec, f"finite input of {n} values decoded to non-finite values")
     if checks.takes_noise(spec):
         noise = np.random.default_rng(seed + 1).random(n, dtype=np.float32)
@@ -83,31 +87,42 @@ def _check_torch(spec: CodecSpec, x: np.ndarray, seed: int, payload: np.ndarray)
     import torch
 
     from hvd_compress.torch.codecs.reference import ReferenceCodec
+
     codec = ReferenceCodec(spec)
     g = torch.Generator()
     g.manual_seed(seed)
     got = codec.encode(torch.from_numpy(x.copy()), g).numpy()
     want = checks.encode(spec, x, np.random.default_rng(g.initial_seed()))
-    _expect(np.array_equal(got, want), spec, f"torch adapter's payload differs from the numpy reference ({x.size} values)")
+    _expect(
+        np.array_equal(got, want), spec, f"torch adapter's payload differs from the numpy reference ({x.size} values)"
+    )
     out = codec.decode(torch.from_numpy(payload.copy()), x.size).numpy()
-    _expect(np.array_equal(out, checks.decode(spec, payload, x.size), equal_nan=True), spec,
-            f"torch adapter's decode differs from the numpy reference ({x.size} values)")
-    _rejects(spec, codec.decode, torch.zeros(payload.size + 1, dtype=torch.uint8), x.size,
-             "(torch) a payload one byte long")
+    _expect(
+        np.array_equal(out, checks.decode(spec, payload, x.size), equal_nan=True),
+        spec,
+        f"torch adapter's decode differs from the numpy reference ({x.size} values)",
+    )
+    _rejects(
+        spec, codec.decode, torch.zeros(payload.size + 1, dtype=torch.uint8), x.size, "(torch) a payload one byte long"
+    )
 
 
 def _check_tensorflow(spec: CodecSpec, x: np.ndarray, seed: int, payload: np.ndarray) -> None:
     import tensorflow as tf
 
     from hvd_compress.tensorflow.codecs.reference import ReferenceCodec, numpy_rng
+
     codec = ReferenceCodec(spec)
     stream = np.array([seed, 7], np.int64)
     got = codec.encode(tf.constant(x), tf.constant(stream)).numpy()
     want = checks.encode(spec, x, numpy_rng(stream))
     _expect(np.array_equal(got, want), spec, f"TF adapter's payload differs from the numpy reference ({x.size} values)")
     out = codec.decode(tf.constant(payload), x.size).numpy()
-    _expect(np.array_equal(out, checks.decode(spec, payload, x.size), equal_nan=True), spec,
-            f"TF adapter's decode differs from the numpy reference ({x.size} values)")
+    _expect(
+        np.array_equal(out, checks.decode(spec, payload, x.size), equal_nan=True),
+        spec,
+        f"TF adapter's decode differs from the numpy reference ({x.size} values)",
+    )
     _rejects(spec, codec.decode, tf.zeros([payload.size + 1], tf.uint8), x.size, "(TF) a payload one byte long")
 
 
@@ -115,8 +130,12 @@ def _available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def check_codec(spec_or_string: Union[str, CodecSpec], numels: Iterable[int] = DEFAULT_NUMELS,
-                seeds: Iterable[int] = (0, 1), frameworks: Optional[Iterable[str]] = None) -> Dict[str, Any]:
+def check_codec(
+    spec_or_string: Union[str, CodecSpec],
+    numels: Iterable[int] = DEFAULT_NUMELS,
+    seeds: Iterable[int] = (0, 1),
+    frameworks: Optional[Iterable[str]] = None,
+) -> Dict[str, Any]:
     """Run the conformance checks on a codec spec (a registered name / spec string, or an instance).
 
     Args:
@@ -133,10 +152,12 @@ def check_codec(spec_or_string: Union[str, CodecSpec], numels: Iterable[int] = D
     _expect(isinstance(spec, CodecSpec), spec, "is not a CodecSpec")
     _expect(spec.name != "", spec, "is not registered (use @hvd_compress.register_codec)")
     rebuilt = reference(spec.spec_string())
-    _expect(rebuilt == spec and rebuilt.fingerprint() == spec.fingerprint(), spec,
-            f"spec string {spec.spec_string()!r} builds {rebuilt.describe()}, not the same codec")
-    names = tuple(frameworks) if frameworks is not None else tuple(
-        f for f in ("torch", "tensorflow") if _available(f))
+    _expect(
+        rebuilt == spec and rebuilt.fingerprint() == spec.fingerprint(),
+        spec,
+        f"spec string {spec.spec_string()!r} builds {rebuilt.describe()}, not the same codec",
+    )
+    names = tuple(frameworks) if frameworks is not None else tuple(f for f in ("torch", "tensorflow") if _available(f))
     runners = {"torch": _check_torch, "tensorflow": _check_tensorflow}
     unknown = set(names) - set(runners)
     if unknown:
@@ -148,5 +169,9 @@ def check_codec(spec_or_string: Union[str, CodecSpec], numels: Iterable[int] = D
             payload = _check_numpy(spec, x, seed)
             for name in names:
                 runners[name](spec, x, seed, payload)
-    return {"codec": spec.describe(), "numels": sizes, "frameworks": list(names),
-            "nominal_bits": spec.nominal_bits(max(max(sizes, default=1), 1))}
+    return {
+        "codec": spec.describe(),
+        "numels": sizes,
+        "frameworks": list(names),
+        "nominal_bits": spec.nominal_bits(max(max(sizes, default=1), 1)),
+    }

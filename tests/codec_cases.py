@@ -6,6 +6,7 @@ none). The accuracy bar is the project's (issue #2): within 1 point of fp32, the
 high-variance codecs (TernGrad, SignSGD's majority vote) within 3 -- the same figure
 ``python -m hvd_compress.bench accuracy`` reports against (:data:`hvd_compress.bench.accuracy.BAR_POINTS`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,14 +23,26 @@ class Case:
 
 # Every codec, and the variants whose wire format differs.
 CASES: List[Case] = [
-    Case("none", 32), Case("fp16", 16), Case("bf16", 16),
-    Case("powersgd:rank=2"), Case("gradiveq"), Case("lattice:bits=8"),
-    Case("qsgd:bits=2,bucket_size=128", 2.25), Case("qsgd:bits=4", 4.0625), Case("qsgd:bits=8", 8.0625),
+    Case("none", 32),
+    Case("fp16", 16),
+    Case("bf16", 16),
+    Case("powersgd:rank=2"),
+    Case("gradiveq"),
+    Case("lattice:bits=8"),
+    Case("qsgd:bits=2,bucket_size=128", 2.25),
+    Case("qsgd:bits=4", 4.0625),
+    Case("qsgd:bits=8", 8.0625),
     Case("qsgd:bits=4,norm=l2"),
-    Case("terngrad", 1.6), Case("terngrad:packing=2bit", 2.0), Case("terngrad:clip=none"),
-    Case("onebit", 1.0625), Case("efsign", 1.0), Case("signsgd", 1.0), Case("signsgd:scaled=false"),
+    Case("terngrad", 1.6),
+    Case("terngrad:packing=2bit", 2.0),
+    Case("terngrad:clip=none"),
+    Case("onebit", 1.0625),
+    Case("efsign", 1.0),
+    Case("signsgd", 1.0),
+    Case("signsgd:scaled=false"),
     Case("topk:ratio=0.01", 0.64),
-    Case("doublesqueeze:codec=onebit"), Case("doublesqueeze:codec=qsgd,bits=4"),
+    Case("doublesqueeze:codec=onebit"),
+    Case("doublesqueeze:codec=qsgd,bits=4"),
     Case("doublesqueeze:codec=topk,ratio=0.05"),
 ]
 
@@ -44,5 +57,9 @@ def accuracy_points(spec: str) -> float:
 
 # Built-in codecs a framework does not implement, with the reason; every other registered codec
 # must build in both (tests/test_codecs.py::test_every_registered_codec_builds_where_declared).
-NOT_IN = {"tf": {"lattice": "SwarmSGD's gossip codec: decodes against the receiver's own model, "
-                            "which only the torch swarm trainer has"}}
+NOT_IN = {
+    "tf": {
+        "lattice": "SwarmSGD's gossip codec: decodes against the receiver's own model, "
+        "which only the torch swarm trainer has"
+    }
+}

@@ -24,14 +24,26 @@ except ImportError:
 # A test gets `mp` from the lists below (whole modules, single tests) or from using a Ray fixture;
 # the guard at the bottom fails any unmarked test that starts a launcher, so none is missed.
 MP_MODULES = {
-    "test_ddp", "test_horovod", "test_horovod_edge_cases", "test_linear_mp", "test_qbroadcast",
-    "test_ray_train", "test_swarm", "test_tf_horovod", "test_tf_linear_mp", "test_launcher_mp",
-    "test_lightning_accelerate_mp", "test_triton_mp", "test_cluster_mp", "test_failing_ranks", "test_elastic_cluster",
+    "test_ddp",
+    "test_horovod",
+    "test_horovod_edge_cases",
+    "test_linear_mp",
+    "test_qbroadcast",
+    "test_ray_train",
+    "test_swarm",
+    "test_tf_horovod",
+    "test_tf_linear_mp",
+    "test_launcher_mp",
+    "test_lightning_accelerate_mp",
+    "test_triton_mp",
+    "test_cluster_mp",
+    "test_failing_ranks",
+    "test_elastic_cluster",
     "test_fusion_mp",
 }
 MP_TESTS = {
-    "test_bench_cli::test_step_smoke_two_workers_tiny_model",        # `bench step`: 2 workers in netns
-    "test_native::test_build_command_is_safe_to_run_concurrently",   # several builders at once
+    "test_bench_cli::test_step_smoke_two_workers_tiny_model",  # `bench step`: 2 workers in netns
+    "test_native::test_build_command_is_safe_to_run_concurrently",  # several builders at once
     "test_native::test_forked_children_run_the_kernels_single_threaded",  # fork in a child
     "test_gpu_setup::test_gpu_check_dry_mode_runs_the_ddp_driver_end_to_end",  # 2 Gloo ranks (ci/gpu_check.py)
 }
@@ -40,8 +52,11 @@ LAUNCHERS = {"horovodrun", "torchrun", "mpirun", "mpiexec", "raylet", "gcs_serve
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "mp: launches a multi-worker job (horovodrun, torchrun, Ray, worker "
-                                       "processes); deselect with -m 'not mp' for the in-process suite")
+    config.addinivalue_line(
+        "markers",
+        "mp: launches a multi-worker job (horovodrun, torchrun, Ray, worker "
+        "processes); deselect with -m 'not mp' for the in-process suite",
+    )
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped where torch.cuda.is_available() is false")
 
 
@@ -50,12 +65,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         module = getattr(getattr(item, "module", None), "__name__", "").rsplit(".", 1)[-1]
         name = item.originalname if hasattr(item, "originalname") else item.name
-        if (module in MP_MODULES or f"{module}::{name}" in MP_TESTS
-                or MP_FIXTURES & set(getattr(item, "fixturenames", ()))):
+        if (
+            module in MP_MODULES
+            or f"{module}::{name}" in MP_TESTS
+            or MP_FIXTURES & set(getattr(item, "fixturenames", ()))
+        ):
             item.add_marker(pytest.mark.mp)
         if item.get_closest_marker("gpu"):
             if cuda is None:
                 import torch
+
                 cuda = torch.cuda.is_available()
             if not cuda:
                 item.add_marker(pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is false)"))
@@ -69,14 +88,18 @@ def _unmarked_tests_start_no_launcher(request, monkeypatch):
         yield
         return
     import subprocess
+
     real_init = subprocess.Popen.__init__
 
     def checked_init(self, args, *rest, **kwargs):
         argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
         words = {Path(os.fsdecode(w)).name for a in argv for w in os.fsdecode(a).split()}
         if words & LAUNCHERS:
-            pytest.fail(f"{request.node.nodeid} launches {sorted(words & LAUNCHERS)} but is not marked `mp`: "
-                        "add it to MP_MODULES/MP_TESTS in tests/conftest.py", pytrace=False)
+            pytest.fail(
+                f"{request.node.nodeid} launches {sorted(words & LAUNCHERS)} but is not marked `mp`: "
+                "add it to MP_MODULES/MP_TESTS in tests/conftest.py",
+                pytrace=False,
+            )
         real_init(self, args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", checked_init)

@@ -4,6 +4,7 @@ Each worker script writes its findings as JSON (one file per rank, ``{out}/rank{
 launcher returns ``{rank: dict}``. A hung job is killed at ``timeout`` and the test fails with the
 job's output, so a deadlock shows up as a clear failure, never as a stuck CI run.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,10 @@ def _collect(out_dir: Path, np_: int, proc: subprocess.CompletedProcess):
     for r in range(np_):
         f = out_dir / f"rank{r}.json"
         if not f.exists():
-            raise AssertionError(f"rank {r} wrote no result (exit {proc.returncode}).\n--- output tail ---\n"
-                                 + (proc.stdout + proc.stderr)[-6000:])
+            raise AssertionError(
+                f"rank {r} wrote no result (exit {proc.returncode}).\n--- output tail ---\n"
+                + (proc.stdout + proc.stderr)[-6000:]
+            )
         results[r] = json.loads(f.read_text())
     return results
 
@@ -52,17 +55,19 @@ def _run(cmd, np_, out_dir, timeout, expect_ok=True, env=None):
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or _env(), cwd=str(ROOT))
     except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"")
+        out = exc.stdout or b""
         out = out.decode() if isinstance(out, bytes) else out
         raise AssertionError(f"job timed out after {timeout}s (a hang): {' '.join(map(str, cmd))}\n{out[-6000:]}")
     if expect_ok and proc.returncode != 0:
-        raise AssertionError(f"job failed with exit {proc.returncode}: {' '.join(map(str, cmd))}\n"
-                             + (proc.stdout + proc.stderr)[-8000:])
+        raise AssertionError(
+            f"job failed with exit {proc.returncode}: {' '.join(map(str, cmd))}\n" + (proc.stdout + proc.stderr)[-8000:]
+        )
     return _collect(out_dir, np_, proc)
 
 
-def horovodrun(np_: int, script: str, *args: str, timeout: float = 300, mpi: bool = False,
-               out_dir: "str | None" = None):
+def horovodrun(
+    np_: int, script: str, *args: str, timeout: float = 300, mpi: bool = False, out_dir: "str | None" = None
+):
     """Run ``script`` (a path relative to the repo root) with ``horovodrun -np N``.
 
     The script receives ``--out DIR`` and must write ``DIR/rank{R}.json``.
@@ -78,14 +83,25 @@ def horovodrun(np_: int, script: str, *args: str, timeout: float = 300, mpi: boo
     return _run(cmd, np_, out, timeout)
 
 
-def cluster_horovodrun(cluster, per_host: int, script: str, *args: str, timeout: float = 300,
-                       out_dir: "str | None" = None):
+def cluster_horovodrun(
+    cluster, per_host: int, script: str, *args: str, timeout: float = 300, out_dir: "str | None" = None
+):
     """``horovodrun -H host1:P,host2:P --gloo`` launched inside host1 of an
     ``hvd_compress.bench.cluster.EmulatedCluster``: the other hosts' ranks start over ssh."""
     out = Path(out_dir or tempfile.mkdtemp(prefix="hvdc-test-"))
     out.mkdir(parents=True, exist_ok=True)
-    cmd = cluster.command(cluster.hosts[0], [str(BIN / "horovodrun"), *cluster.horovodrun_args(per_host),
-                                             PYTHON, str(ROOT / script), "--out", str(out), *args])
+    cmd = cluster.command(
+        cluster.hosts[0],
+        [
+            str(BIN / "horovodrun"),
+            *cluster.horovodrun_args(per_host),
+            PYTHON,
+            str(ROOT / script),
+            "--out",
+            str(out),
+            *args,
+        ],
+    )
     return _run(cmd, per_host * len(cluster.hosts), out, timeout, env=cluster.env(_env()))
 
 
@@ -99,14 +115,25 @@ def torchrun(np_: int, script: str, *args: str, timeout: float = 300, out_dir: "
     """Run ``script`` under torch.distributed (``torch.distributed.run``, Gloo, localhost)."""
     out = Path(out_dir or tempfile.mkdtemp(prefix="hvdc-test-"))
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={np_}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           str(ROOT / script), "--out", str(out), *args]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={np_}",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(ROOT / script),
+        "--out",
+        str(out),
+        *args,
+    ]
     return _run(cmd, np_, out, timeout)
 
 
-def cluster_torchrun(cluster, per_host: int, script: str, *args: str, timeout: float = 300,
-                     out_dir: "str | None" = None):
+def cluster_torchrun(
+    cluster, per_host: int, script: str, *args: str, timeout: float = 300, out_dir: "str | None" = None
+):
     """``torchrun --nnodes H --nproc_per_node P`` started in every host of an
     ``hvd_compress.bench.cluster.EmulatedCluster``, as an operator starts it on each node of a
     cluster: one c10d rendezvous served from host1's address, Gloo over the hosts' eth0. Fails with
@@ -116,12 +143,28 @@ def cluster_torchrun(cluster, per_host: int, script: str, *args: str, timeout: f
     endpoint = f"{cluster.addr[cluster.hosts[0]]}:{free_port()}"
     procs = []
     for host in cluster.hosts:
-        cmd = cluster.command(host, [PYTHON, "-m", "torch.distributed.run", f"--nnodes={len(cluster.hosts)}",
-                                     f"--nproc_per_node={per_host}", "--rdzv_backend=c10d",
-                                     f"--rdzv_endpoint={endpoint}", "--rdzv_id=hvdc-test",
-                                     str(ROOT / script), "--out", str(out), *args])
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env=cluster.env(_env()), cwd=str(ROOT)))
+        cmd = cluster.command(
+            host,
+            [
+                PYTHON,
+                "-m",
+                "torch.distributed.run",
+                f"--nnodes={len(cluster.hosts)}",
+                f"--nproc_per_node={per_host}",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={endpoint}",
+                "--rdzv_id=hvdc-test",
+                str(ROOT / script),
+                "--out",
+                str(out),
+                *args,
+            ],
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster.env(_env()), cwd=str(ROOT)
+            )
+        )
     outputs, failed = [], False
     deadline = time.monotonic() + timeout
     for host, proc in zip(cluster.hosts, procs):
@@ -146,13 +189,15 @@ def horovodrun_output(np_: int, argv, timeout: float = 300, env: "dict | None" =
     script): returns stdout + stderr; fails on a non-zero exit or at ``timeout`` (a hang)."""
     cmd = [str(BIN / "horovodrun"), "-np", str(np_), "--gloo", *map(str, argv)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT),
-                              env={**_env(), **(env or {})})
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT), env={**_env(), **(env or {})}
+        )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout or b""
         out = out.decode() if isinstance(out, bytes) else out
         raise AssertionError(f"job timed out after {timeout}s (a hang): {' '.join(cmd)}\n{out[-6000:]}")
     if proc.returncode != 0:
-        raise AssertionError(f"job failed with exit {proc.returncode}: {' '.join(cmd)}\n"
-                             + (proc.stdout + proc.stderr)[-8000:])
+        raise AssertionError(
+            f"job failed with exit {proc.returncode}: {' '.join(cmd)}\n" + (proc.stdout + proc.stderr)[-8000:]
+        )
     return proc.stdout + proc.stderr

@@ -7,6 +7,7 @@ are computed once, in rank order, and handed to every rank, so they are identica
 with Horovod's ring. Real multi-process behaviour is covered by the horovodrun tests; this exists so
 that the codecs' math and schedules can be tested in milliseconds.
 """
+
 from __future__ import annotations
 
 import threading
@@ -34,8 +35,7 @@ class ThreadCollectives:
         with g.cond:
             n = g.seq[self.rank].get(name, 0)
             g.seq[self.rank][name] = n + 1
-            slot = g.slots.setdefault((name, n), {"inputs": [None] * g.size, "count": 0, "result": None,
-                                                   "taken": 0})
+            slot = g.slots.setdefault((name, n), {"inputs": [None] * g.size, "count": 0, "result": None, "taken": 0})
             slot["inputs"][self.rank] = value
             slot["count"] += 1
             if slot["count"] == g.size:
@@ -52,6 +52,7 @@ class ThreadCollectives:
                 if slot["taken"] == g.size:
                     g.slots.pop((name, n), None)
                 return out
+
         return Pending(wait)
 
     def allreduce_async(self, tensor, name, op="average"):
@@ -65,6 +66,7 @@ class ThreadCollectives:
             for x in xs[1:]:
                 out += x
             return out / len(xs) if op == "average" else out
+
         return self._submit(name, tensor.detach().clone(), combine, lambda r, rank: r.clone())
 
     def allgather_async(self, tensor, name):
@@ -76,8 +78,9 @@ class ThreadCollectives:
             for src in xs:
                 t, sp = src
                 start = sum(sp[:rank])
-                parts.append(t[start:start + sp[rank]])
+                parts.append(t[start : start + sp[rank]])
             return torch.cat(parts)
+
         return self._submit(name, (tensor.detach().clone(), list(splits)), lambda xs: xs, pick)
 
     def broadcast_async(self, tensor, root_rank, name):
@@ -119,6 +122,7 @@ class SyncCollectives:
     def _call(fn, tensor, *args, **kwargs):
         import numpy as np
         import tensorflow as tf
+
         out = fn(torch.from_numpy(np.array(tensor.numpy())), *args, **kwargs).wait()
         return tf.constant(out.numpy())
 

@@ -3,6 +3,7 @@
 Speed itself is never asserted here (the machine is shared and noisy); the commands print tables
 and write JSON for BENCHMARKS.md. These tests only check that they run and what they write.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench(*args, timeout=300, check=True):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               TF_CPP_MIN_LOG_LEVEL="2", PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-    proc = subprocess.run([sys.executable, "-m", "hvd_compress.bench", *args], capture_output=True,
-                          text=True, env=env, cwd=str(REPO), timeout=timeout)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hvd_compress.bench", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=timeout,
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -39,14 +50,28 @@ def test_unknown_command_is_a_clear_error():
 
 def test_codecs_json_shape(tmp_path):
     out = tmp_path / "codecs.json"
-    _bench("codecs", "--sizes", "4096,5000", "--repeats", "1", "--threads", "1", "--quiet",
-           "--codecs", "qsgd;onebit;efsign;terngrad;topk;fp16;none", "--json", str(out))
+    _bench(
+        "codecs",
+        "--sizes",
+        "4096,5000",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        "--codecs",
+        "qsgd;onebit;efsign;terngrad;topk;fp16;none",
+        "--json",
+        str(out),
+    )
     result = json.loads(out.read_text())
     assert result["copy_gbps"] > 0 and result["threads"] == 1
     rows = result["rows"]
     assert {(r["codec"], r["size"]) for r in rows} == {
-        (c, s) for c in ("qsgd", "onebit", "efsign", "terngrad", "topk", "fp16", "none") for s in (4096, 5000)}
+        (c, s) for c in ("qsgd", "onebit", "efsign", "terngrad", "topk", "fp16", "none") for s in (4096, 5000)
+    }
     from hvd_compress import _native
+
     for r in rows:
         assert r["encode_decode_gbps"] > 0 and r["reference_gbps"] > 0
         assert r["bits_per_value"] > 0
@@ -68,6 +93,7 @@ def _netns_ok() -> str:
     if os.geteuid() != 0:
         return "not root: the step benchmark needs root for ip netns and tc"
     from hvd_compress.bench.netns import tool
+
     if tool("ip") is None or tool("tc") is None:
         return "ip/tc (iproute2) not installed"
     probe = f"hvdc-probe-{os.getpid()}"
@@ -82,6 +108,7 @@ def test_step_refuses_clearly_without_root():
     if os.geteuid() == 0:
         # as root, check the message by calling the check with a faked euid
         from hvd_compress.bench import netns
+
         real = os.geteuid
         try:
             os.geteuid = lambda: 1000
@@ -100,9 +127,31 @@ def test_step_smoke_two_workers_tiny_model(tmp_path):
         pytest.skip(reason)
     out, png = tmp_path / "step.json", tmp_path / "step.png"
     before = _bench_namespaces()  # another benchmark may be running beside this test
-    _bench("step", "--link", "1gbit", "--np", "2", "--model", "mlp", "--width", "256", "--steps", "2",
-           "--warmup", "1", "--batch", "4", "--codecs", "none;hvd-fp16;qsgd;onebit;onebit@hc", "--quiet",
-           "--json", str(out), "--plot", str(png), timeout=400)
+    _bench(
+        "step",
+        "--link",
+        "1gbit",
+        "--np",
+        "2",
+        "--model",
+        "mlp",
+        "--width",
+        "256",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch",
+        "4",
+        "--codecs",
+        "none;hvd-fp16;qsgd;onebit;onebit@hc",
+        "--quiet",
+        "--json",
+        str(out),
+        "--plot",
+        str(png),
+        timeout=400,
+    )
     result = json.loads(out.read_text())
     rows = {r["codec"]: r for r in result["rows"]}
     assert set(rows) == {"none", "hvd-fp16", "qsgd", "onebit", "onebit@hc"}
@@ -120,6 +169,7 @@ def test_step_smoke_two_workers_tiny_model(tmp_path):
 
 def test_step_row_suffixes_pick_frontend_and_fusion():
     from hvd_compress.bench._step_worker import split_spec
+
     assert split_spec("qsgd:bits=4") == ("qsgd:bits=4", True, "stock")
     assert split_spec("qsgd:bits=4@hc") == ("qsgd:bits=4", True, "hc")
     assert split_spec("onebit@hc@unfused") == split_spec("onebit@unfused@hc") == ("onebit", False, "hc")

@@ -1,5 +1,6 @@
 """`hvd-compress doctor` reports every piece with a fix for what is missing; `build-horovod --dry-run`
 shows the plan and the cache key that ci/setup.sh's wheel cache uses, and the source patches apply."""
+
 import io
 import os
 import sys
@@ -44,8 +45,9 @@ def test_build_horovod_dry_run_prints_the_plan_and_cache_key(tmp_path, capsys):
 
 
 def test_cache_key_names_every_version_the_binary_depends_on(tmp_path):
-    plan = horovod_build.BuildPlan(python=sys.executable, torch="2.13.0", tensorflow="2.21.0", mpi=True,
-                                   gpu=False, cache_root=tmp_path, jobs=2)
+    plan = horovod_build.BuildPlan(
+        python=sys.executable, torch="2.13.0", tensorflow="2.21.0", mpi=True, gpu=False, cache_root=tmp_path, jobs=2
+    )
     tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
     assert plan.key == f"horovod-0.28.1-torch2.13.0-tf2.21.0-{tag}-mpi1"  # ci/setup.sh's key, unchanged
     gpu = horovod_build.BuildPlan(**{**plan.__dict__, "gpu": True, "tensorflow": None, "mpi": False})

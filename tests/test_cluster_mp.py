@@ -21,6 +21,7 @@ host1's address), the DDP hook within 1 point of uncompressed DDP with identical
 
 Needs root, ``ip netns``, tc and openssh-server; skipped with the reason otherwise.
 """
+
 import os
 import subprocess
 
@@ -42,10 +43,18 @@ def _why_unavailable():
 pytestmark = pytest.mark.skipif(_why_unavailable() is not None, reason=f"no emulated cluster: {_why_unavailable()}")
 
 # flat rows say hierarchical=false: with dynamic process sets on, "auto" would make them hierarchical
-CODECS = ["fp32", "onebit:hierarchical=false", "qsgd:bits=4,hierarchical=false", "topk:ratio=0.05,hierarchical=false",
-          "onebit:hierarchical=true", "qsgd:bits=4,hierarchical=true@ours"]
-HIERARCHICAL_VS_FLAT = {"onebit:hierarchical=true": "onebit:hierarchical=false",
-                        "qsgd:bits=4,hierarchical=true@ours": "qsgd:bits=4,hierarchical=false"}
+CODECS = [
+    "fp32",
+    "onebit:hierarchical=false",
+    "qsgd:bits=4,hierarchical=false",
+    "topk:ratio=0.05,hierarchical=false",
+    "onebit:hierarchical=true",
+    "qsgd:bits=4,hierarchical=true@ours",
+]
+HIERARCHICAL_VS_FLAT = {
+    "onebit:hierarchical=true": "onebit:hierarchical=false",
+    "qsgd:bits=4,hierarchical=true@ours": "qsgd:bits=4,hierarchical=false",
+}
 # Horovod's background loop cycles every HOROVOD_CYCLE_TIME ms even when idle; 10 ms (default 1)
 # keeps its control traffic well below the compressed codecs' few hundred KB per step
 CYCLE_MS = "10"
@@ -57,9 +66,20 @@ def job():
         os.environ["HOROVOD_CYCLE_TIME"] = CYCLE_MS
         os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"] = "1"  # the hierarchical rows add per-host process sets
         try:
-            results = cluster_horovodrun(cluster, 2, "tests/mp/cluster_train.py", "--codecs", ",".join(CODECS),
-                                         "--epochs", "16", "--bytes-hidden", "1024", "--bytes-epochs", "2",
-                                         timeout=600)
+            results = cluster_horovodrun(
+                cluster,
+                2,
+                "tests/mp/cluster_train.py",
+                "--codecs",
+                ",".join(CODECS),
+                "--epochs",
+                "16",
+                "--bytes-hidden",
+                "1024",
+                "--bytes-epochs",
+                "2",
+                timeout=600,
+            )
         finally:
             del os.environ["HOROVOD_CYCLE_TIME"], os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"]
     return results
@@ -68,8 +88,9 @@ def job():
 def test_setup_and_teardown_leave_nothing_behind():
     with EmulatedCluster(hosts=2, link="500mbit") as c:
         names = list(c.ns.values()) + [c.switch]
-        qdisc = subprocess.run(c.command("host1", ["tc", "qdisc", "show", "dev", "eth0"]),
-                               capture_output=True, text=True).stdout
+        qdisc = subprocess.run(
+            c.command("host1", ["tc", "qdisc", "show", "dev", "eth0"]), capture_output=True, text=True
+        ).stdout
         assert "tbf" in qdisc and "500Mbit" in qdisc, qdisc
         ssh = c.run("host1", ["ssh", "host2", "hostname"], capture_output=True, text=True, timeout=30)
         assert ssh.stdout.strip() == "host2", ssh.stderr
@@ -112,20 +133,28 @@ def _nominal_inter_host_bytes(row):
         # both local positions cross; the intra-host legs never leave the host
         (pattern,) = row["patterns"]
         factors = {"uncompressed": inter_host_factor("allreduce", 2, 2), "intra-host (fp32)": 0.0}
-        per_step = sum(factors.get(describe, 2 * inter_host_factor(pattern, 2, 1)) * stats["payload_bytes"] / steps
-                       for describe, stats in row["wire_stats"].items())
+        per_step = sum(
+            factors.get(describe, 2 * inter_host_factor(pattern, 2, 1)) * stats["payload_bytes"] / steps
+            for describe, stats in row["wire_stats"].items()
+        )
     else:
         (pattern,) = row["patterns"]
-        per_step = sum(inter_host_factor("allreduce" if describe == "uncompressed" else pattern, 2, 2)
-                       * stats["payload_bytes"] / steps for describe, stats in row["wire_stats"].items())
+        per_step = sum(
+            inter_host_factor("allreduce" if describe == "uncompressed" else pattern, 2, 2)
+            * stats["payload_bytes"]
+            / steps
+            for describe, stats in row["wire_stats"].items()
+        )
     return per_step * row["counted_steps"]
 
 
 def _measured_inter_host_bytes(job, i):
     """Bytes that left both hosts' eth0 during byte row ``i``, idle control plane subtracted."""
     leaders = [r for r in job.values() if r["local_rank"] == 0]  # one counter reader per host
-    return sum(r["byte_rows"][i]["host_tx_bytes"] - r["idle_tx_bytes_per_s"] * r["byte_rows"][i]["counted_seconds"]
-               for r in leaders)
+    return sum(
+        r["byte_rows"][i]["host_tx_bytes"] - r["idle_tx_bytes_per_s"] * r["byte_rows"][i]["counted_seconds"]
+        for r in leaders
+    )
 
 
 def test_inter_host_bytes_on_the_veths_within_10_percent_of_nominal(job):
@@ -133,7 +162,7 @@ def test_inter_host_bytes_on_the_veths_within_10_percent_of_nominal(job):
     idle_rate = sum(r["idle_tx_bytes_per_s"] for r in leaders)
     for i, row in enumerate(job[0]["byte_rows"]):
         if row.get("hierarchical"):  # compared with flat compression below; its per-set control
-            continue                 # traffic crosses hosts on top of the idle rate measured here
+            continue  # traffic crosses hosts on top of the idle rate measured here
         # Bracketed, because the control plane's share is only estimated: the raw counters include
         # it (so they must reach the payload), the corrected figure subtracts the idle rate over the
         # whole row, which over-subtracts when a loaded machine stretches the steps (seen here at
@@ -141,8 +170,10 @@ def test_inter_host_bytes_on_the_veths_within_10_percent_of_nominal(job):
         measured = _measured_inter_host_bytes(job, i)
         raw = sum(r["byte_rows"][i]["host_tx_bytes"] for r in leaders)
         nominal = _nominal_inter_host_bytes(row)
-        context = (f"{row['codec']}: raw {raw / 1e6:.2f} MB, {measured / 1e6:.2f} MB with the idle control plane "
-                   f"({idle_rate / 1e3:.0f} KB/s) subtracted, nominal {nominal / 1e6:.2f} MB")
+        context = (
+            f"{row['codec']}: raw {raw / 1e6:.2f} MB, {measured / 1e6:.2f} MB with the idle control plane "
+            f"({idle_rate / 1e3:.0f} KB/s) subtracted, nominal {nominal / 1e6:.2f} MB"
+        )
         assert raw >= 0.90 * nominal, context
         assert measured <= 1.10 * nominal, context
 
@@ -172,10 +203,18 @@ def test_torchrun_two_nodes_ddp_hook_within_1_point_of_uncompressed():
     within 1 point of uncompressed DDP, replicas identical on all 4 ranks, nominal bits on the wire;
     flat, and hierarchical over torch.distributed subgroups (explicit, and by "auto")."""
     from launch import cluster_torchrun
+
     with EmulatedCluster(hosts=2, link="1gbit") as cluster:
-        results = cluster_torchrun(cluster, 2, "tests/mp/ddp_codecs.py", "--codecs",
-                                   ";".join(["ddp"] + TORCHRUN_CODECS), "--epochs", "24",
-                                   timeout=600)
+        results = cluster_torchrun(
+            cluster,
+            2,
+            "tests/mp/ddp_codecs.py",
+            "--codecs",
+            ";".join(["ddp"] + TORCHRUN_CODECS),
+            "--epochs",
+            "24",
+            timeout=600,
+        )
     assert sorted(results) == [0, 1, 2, 3] and all(r["world_size"] == 4 for r in results.values())
     rows = {rank: {row["codec"]: row for row in res["rows"]} for rank, res in results.items()}
     base = rows[0]["ddp"]
@@ -208,22 +247,52 @@ def test_ray_two_node_cluster_torch_trainer_4_workers_within_1_point(tmp_path):
     import sys
     from pathlib import Path
     from launch import ROOT, _env
+
     ray = str(Path(sys.executable).parent / "ray")
     out = tmp_path / "rows.json"
     with EmulatedCluster(hosts=2, link="1gbit") as cluster:
         head_ip = cluster.addr["host1"]
         env = cluster.env(_env(), RAY_USAGE_STATS_ENABLED="0")
         common = ["--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"]
-        for host, args in (("host1", ["--head", "--port=6379", "--include-dashboard=false"]),
-                           ("host2", [f"--address={head_ip}:6379"])):
-            proc = cluster.run(host, [ray, "start", f"--node-ip-address={cluster.addr[host]}", *args, *common],
-                               env=env, capture_output=True, text=True, timeout=180, cwd=str(tmp_path))
+        for host, args in (
+            ("host1", ["--head", "--port=6379", "--include-dashboard=false"]),
+            ("host2", [f"--address={head_ip}:6379"]),
+        ):
+            proc = cluster.run(
+                host,
+                [ray, "start", f"--node-ip-address={cluster.addr[host]}", *args, *common],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                cwd=str(tmp_path),
+            )
             assert proc.returncode == 0, f"ray start in {host}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
         before = cluster.inter_host_bytes()
-        proc = cluster.run("host1", [sys.executable, str(ROOT / "examples/ray_train_torch.py"), "--codecs",
-                                     "ddp,onebit", "--workers", "4", "--epochs", "24", "--address",
-                                     f"{head_ip}:6379", "--json", str(out), "--storage", str(tmp_path / "results")],
-                           env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+        proc = cluster.run(
+            "host1",
+            [
+                sys.executable,
+                str(ROOT / "examples/ray_train_torch.py"),
+                "--codecs",
+                "ddp,onebit",
+                "--workers",
+                "4",
+                "--epochs",
+                "24",
+                "--address",
+                f"{head_ip}:6379",
+                "--json",
+                str(out),
+                "--storage",
+                str(tmp_path / "results"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=str(tmp_path),
+        )
         crossed = cluster.inter_host_bytes() - before
         assert proc.returncode == 0, f"ray_train_torch.py failed:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}"
     rows = {r["codec"]: r for r in json.loads(out.read_text())["rows"]}
@@ -238,8 +307,12 @@ def test_ray_two_node_cluster_torch_trainer_4_workers_within_1_point(tmp_path):
 
 
 # ---------------------------------------------------------------------- TensorFlow, hierarchical
-TF_RUNS = ["hvd:fp32", "hvd:onebit:hierarchical=false", "hvd:onebit:hierarchical=true",
-           "ours:qsgd:bits=4,hierarchical=true"]
+TF_RUNS = [
+    "hvd:fp32",
+    "hvd:onebit:hierarchical=false",
+    "hvd:onebit:hierarchical=true",
+    "ours:qsgd:bits=4,hierarchical=true",
+]
 
 
 def test_tensorflow_hierarchical_across_two_hosts_within_1_point_of_fp32():
@@ -251,8 +324,18 @@ def test_tensorflow_hierarchical_across_two_hosts_within_1_point_of_fp32():
     with EmulatedCluster(hosts=2, link="1gbit") as cluster:
         os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"] = "1"
         try:
-            results = cluster_horovodrun(cluster, 2, "tests/mp/tf_train.py", "--mode", "tfkeras",
-                                         "--runs", ";".join(TF_RUNS), "--epochs", "8", timeout=600)
+            results = cluster_horovodrun(
+                cluster,
+                2,
+                "tests/mp/tf_train.py",
+                "--mode",
+                "tfkeras",
+                "--runs",
+                ";".join(TF_RUNS),
+                "--epochs",
+                "8",
+                timeout=600,
+            )
         finally:
             del os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"]
     rows = {r["run"]: r for r in results[0]["rows"]}

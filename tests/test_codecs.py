@@ -2,6 +2,7 @@
 
 Multi-process behaviour (exchange patterns, replicas, wire bytes) is in test_horovod.py.
 """
+
 import math
 
 import pytest
@@ -14,8 +15,12 @@ from codec_cases import NOMINAL, SPECS
 
 # Multi-round codecs (PowerSGD, GradiVeQ; and Lattice, decoded against the receiver's own model) do not make one
 # self-contained payload per tensor: their conformance is in test_linear_codecs.py and test_lattice.py.
-LINEAR = [s for s in SPECS if type(hc.from_spec(s)).custom_exchange is not hc.Codec.custom_exchange
-          or getattr(hc.from_spec(s), "needs_reference", False)]
+LINEAR = [
+    s
+    for s in SPECS
+    if type(hc.from_spec(s)).custom_exchange is not hc.Codec.custom_exchange
+    or getattr(hc.from_spec(s), "needs_reference", False)
+]
 NON_SUMMABLE = [s for s in SPECS if not hc.from_spec(s).summable and s not in LINEAR]
 FEEDBACK = ["onebit", "efsign", "topk:ratio=0.01"]
 
@@ -35,8 +40,10 @@ def test_every_registered_codec_builds_where_declared():
     """Both frameworks build every registered codec, except those codec_cases.NOT_IN lists (and
     those really are missing, so the list cannot go stale)."""
     from codec_cases import NOT_IN
+
     pytest.importorskip("tensorflow")
     import hvd_compress.tensorflow.spec as tf_spec
+
     builders = {"torch": registry, "tf": tf_spec.registry}
     for framework, names in builders.items():
         missing = set(registry()) - set(names())
@@ -62,8 +69,9 @@ def test_nominal_bits_per_value(spec, bits):
     assert hc.from_spec(spec).nominal_bits(1 << 20) == pytest.approx(bits, rel=1e-3)
 
 
-@pytest.mark.parametrize("spec", ["qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8",
-                                  "qsgd:bits=4,norm=l2", "terngrad:clip=none"])
+@pytest.mark.parametrize(
+    "spec", ["qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8", "qsgd:bits=4,norm=l2", "terngrad:clip=none"]
+)
 def test_stochastic_codecs_are_unbiased(spec):
     codec = hc.from_spec(spec)
     x = torch.randn(1000, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.01, 3, 1000)
@@ -174,23 +182,26 @@ def test_non_finite_input_never_decodes_to_finite_values(spec, bad):
 
 def test_signsgd_aggregate_is_the_majority_vote():
     codec = hc.SignSGD(scaled=False)
-    votes = [torch.tensor([1., 1., -1., -1., 1.]), torch.tensor([1., -1., -1., 1., -2.]),
-             torch.tensor([-3., 1., -1., -1., -2.])]
+    votes = [
+        torch.tensor([1.0, 1.0, -1.0, -1.0, 1.0]),
+        torch.tensor([1.0, -1.0, -1.0, 1.0, -2.0]),
+        torch.tensor([-3.0, 1.0, -1.0, -1.0, -2.0]),
+    ]
     payloads = [codec.encode(v) for v in votes]
-    assert codec.aggregate(payloads, 5).tolist() == [1., 1., -1., -1., -1.]
+    assert codec.aggregate(payloads, 5).tolist() == [1.0, 1.0, -1.0, -1.0, -1.0]
 
 
 def test_topk_keeps_the_largest_values_and_sums_exactly():
     codec = hc.TopKSparsifier(ratio=0.25)
-    a = torch.tensor([0., 5., 0., -7., 1., 0., 0., 0.])
-    b = torch.tensor([9., 0., 0., -1., 0., 0., 0., 3.])
-    assert codec.decode(codec.encode(a), 8).tolist() == [0., 5., 0., -7., 0., 0., 0., 0.]
+    a = torch.tensor([0.0, 5.0, 0.0, -7.0, 1.0, 0.0, 0.0, 0.0])
+    b = torch.tensor([9.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 3.0])
+    assert codec.decode(codec.encode(a), 8).tolist() == [0.0, 5.0, 0.0, -7.0, 0.0, 0.0, 0.0, 0.0]
     assert codec.aggregate([codec.encode(a), codec.encode(b)], 8).tolist() == [4.5, 2.5, 0, -3.5, 0, 0, 0, 1.5]
 
 
 def test_qsgd_levels_and_layout():
     codec = hc.QSGD(bits=4, bucket_size=8)
-    x = torch.tensor([7., -7., 0., 1., -1., 3., 2., 5.])  # max 7 -> every value is on the grid
+    x = torch.tensor([7.0, -7.0, 0.0, 1.0, -1.0, 3.0, 2.0, 5.0])  # max 7 -> every value is on the grid
     payload = codec.encode(x)
     # code = level + 7: [14, 0, 7, 8, 6, 10, 9, 12], two per byte, first in the low nibble
     assert payload[:4].tolist() == [14 | 0 << 4, 7 | 8 << 4, 6 | 10 << 4, 9 | 12 << 4]
@@ -230,7 +241,7 @@ def test_codec_state_round_trips_and_refuses_another_codec():
 def test_should_compress_skips_small_1d_and_integer_tensors(spec):
     codec = hc.from_spec(spec)
     assert codec.should_compress(torch.zeros(64, 64))
-    assert not codec.should_compress(torch.zeros(4096))            # 1-D
-    assert not codec.should_compress(torch.zeros(10, 10))          # below min_numel
+    assert not codec.should_compress(torch.zeros(4096))  # 1-D
+    assert not codec.should_compress(torch.zeros(10, 10))  # below min_numel
     assert not codec.should_compress(torch.zeros(64, 64, dtype=torch.int64))
     assert hc.from_spec(spec + ("," if ":" in spec else ":") + "compress_1d=true").should_compress(torch.zeros(4096))

@@ -1,6 +1,7 @@
 """Spec: a codec defined once as a numpy CodecSpec (examples/custom_codec.py) is registered by name,
 checked by hvd_compress.testing, and runs in torch and TF through the reference backend; a broken
 codec fails on the first call with a ValueError naming it and the expected size."""
+
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ def throwaway():
         if "__dataclass_fields__" not in cls.__dict__:
             cls = dataclass(frozen=True)(cls)
         return hvd_compress.register_codec(name)(cls)
+
     yield register
     for name in names:
         unregister_codec(name)
@@ -40,6 +42,7 @@ def throwaway():
 @dataclass(frozen=True)
 class Bytes(hvd_compress.CodecSpec):
     """A deliberately broken codec: encode returns ``extra`` bytes too many, as ``dtype``."""
+
     extra: int = 0
     dtype: str = "uint8"
     shrink: int = 0
@@ -52,7 +55,7 @@ class Bytes(hvd_compress.CodecSpec):
         return np.concatenate([x.view(np.uint8), np.zeros(self.extra, np.uint8)]).astype(self.dtype)
 
     def decode(self, payload, numel):
-        return payload.view(np.float32)[:numel - self.shrink]
+        return payload.view(np.float32)[: numel - self.shrink]
 
 
 # ---------------------------------------------------------------------- registry
@@ -104,16 +107,23 @@ def test_check_codec_passes_the_example_and_catches_a_nondeterministic_codec(thr
 
         def decode(self, payload, numel):
             return payload.astype(np.float32)
+
     throwaway("flaky", Flaky)
     with pytest.raises(ConformanceError, match="two encodes with rng seed"):
         check_codec("flaky", numels=(100,), frameworks=())
 
 
-@pytest.mark.parametrize("knobs, message", [
-    ("extra=1", r"encode of 256 values returned 1025 bytes; expected a 1-D uint8 array of payload_nbytes\(256\) = 1024 bytes"),
-    ("dtype=int8", "encode of 256 values returned dtype int8"),
-    ("shrink=1", r"decode of 1024 bytes returned shape \(255,\); expected a float32 array of shape \(256,\)"),
-])
+@pytest.mark.parametrize(
+    "knobs, message",
+    [
+        (
+            "extra=1",
+            r"encode of 256 values returned 1025 bytes; expected a 1-D uint8 array of payload_nbytes\(256\) = 1024 bytes",
+        ),
+        ("dtype=int8", "encode of 256 values returned dtype int8"),
+        ("shrink=1", r"decode of 1024 bytes returned shape \(255,\); expected a float32 array of shape \(256,\)"),
+    ],
+)
 def test_a_broken_codec_fails_on_the_first_call_naming_itself_and_the_expected_size(throwaway, knobs, message):
     throwaway("broken", Bytes)
     codec = hc.from_spec(f"broken:{knobs}")
@@ -126,14 +136,18 @@ def test_a_broken_codec_fails_on_the_first_call_naming_itself_and_the_expected_s
 def test_payloads_of_the_wrong_size_never_reach_the_codec():
     codec = hc.from_spec("twobit")
     payload = codec.encode(torch.randn(1000))
-    with pytest.raises(ValueError, match=r"twobit\(bucket_size=256\) payload for 1000 values: it has 265 bytes, "
-                                         "expected a 1-D uint8 tensor of 266 bytes"):
+    with pytest.raises(
+        ValueError,
+        match=r"twobit\(bucket_size=256\) payload for 1000 values: it has 265 bytes, "
+        "expected a 1-D uint8 tensor of 266 bytes",
+    ):
         codec.decode(payload[:-1], 1000)
 
 
 # ---------------------------------------------------------------------- torch exchanges
 def _exchange(codec_spec, size, steps=3, numel=3000):
     """Every rank averages ``steps`` gradients through ``codec_spec``; results, stats and payload RNG."""
+
     def work(comm):
         codec = hc.from_spec(codec_spec) if isinstance(codec_spec, str) else codec_spec()
         ex = Exchange(codec, comm, stats=WireStats())
@@ -142,15 +156,19 @@ def _exchange(codec_spec, size, steps=3, numel=3000):
             g = torch.randn(numel, generator=torch.Generator().manual_seed(100 * comm.rank + t))
             outs.append(drive({"w": ex.average("w", g.view(30, -1), compress=True)})["w"])
         return torch.stack(outs), ex.stats.snapshot()[codec.describe()], codec
+
     return run_workers(size, work)
 
 
-@pytest.mark.parametrize("spec, size", [
-    ("twobit:min_numel=0", 2),
-    ("twobit:exchange=reduce_scatter,bucket_size=64", 3),
-    ("doublesqueeze:codec=twobit,bucket_size=64", 3),
-    (lambda: hc.ErrorFeedback(hc.from_spec("twobit")), 2),
-])
+@pytest.mark.parametrize(
+    "spec, size",
+    [
+        ("twobit:min_numel=0", 2),
+        ("twobit:exchange=reduce_scatter,bucket_size=64", 3),
+        ("doublesqueeze:codec=twobit,bucket_size=64", 3),
+        (lambda: hc.ErrorFeedback(hc.from_spec("twobit")), 2),
+    ],
+)
 def test_user_codec_averages_identically_on_every_rank_with_its_nominal_bytes(spec, size):
     runs = _exchange(spec, size)
     outs, stats, codec = runs[0]
@@ -158,8 +176,14 @@ def test_user_codec_averages_identically_on_every_rank_with_its_nominal_bytes(sp
         assert torch.equal(outs, other)
     assert torch.equal(_exchange(spec, size)[0][0], outs), "same seed, same steps: same result"
     assert stats["bits_per_value"] == pytest.approx(codec.nominal_bits(3000 // size), rel=0.10)
-    truth = torch.stack([torch.stack([torch.randn(3000, generator=torch.Generator().manual_seed(100 * r + t))
-                                      for r in range(size)]).mean(0) for t in range(3)])
+    truth = torch.stack(
+        [
+            torch.stack(
+                [torch.randn(3000, generator=torch.Generator().manual_seed(100 * r + t)) for r in range(size)]
+            ).mean(0)
+            for t in range(3)
+        ]
+    )
     cosine = torch.nn.functional.cosine_similarity(outs.reshape(-1), truth.reshape(-1), dim=0)
     assert cosine > 0.3  # a (noisy) estimate of the mean
 
@@ -170,6 +194,7 @@ def test_tensorflow_builds_the_same_codec_and_bytes_and_averages_it():
     import hvd_compress.tensorflow as hct
     from hvd_compress.tensorflow.exchange import Exchange as TFExchange
     from hvd_compress.tensorflow.stats import WireStats as TFWireStats
+
     spec = "doublesqueeze:codec=twobit,bucket_size=64"
     assert hct.from_spec(spec).fingerprint() == hc.from_spec(spec).fingerprint()
     tfc, thc = hct.from_spec("twobit:bucket_size=64"), hc.from_spec("twobit:bucket_size=64")
@@ -186,6 +211,7 @@ def test_tensorflow_builds_the_same_codec_and_bytes_and_averages_it():
         ex = TFExchange(codec, comm, stats=TFWireStats())
         g = tf.constant(np.random.default_rng(comm.rank).standard_normal((30, 100)).astype(np.float32))
         return ex.average("w", g, compress=True).numpy()
+
     outs = run_workers_tf(3, work)
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
 

@@ -4,6 +4,7 @@ Every multi-process test launches ``torch.distributed.run`` on a worker script i
 (no mocks). One launch trains the demo's digits MLP once per codec from the same init beside
 plain DDP; the per-codec assertions below read its results.
 """
+
 import inspect
 import statistics
 
@@ -19,13 +20,18 @@ from launch import torchrun
 # test_linear_mp.py; here they must train and keep replicas identical through the hook.
 LINEAR = ["powersgd:rank=2,start_iter=10", "gradiveq:warmup_steps=20,sample_steps=10,compress_steps=60"]
 # every hvd_compress codec of the demo, plus the uncompressed one through the hook
-CODECS = ["none"] + [c for c in DEFAULT_CODECS if c not in ("fp32", "hvd-fp16")] + [
-    "qsgd:bits=2,bucket_size=128", "doublesqueeze:codec=qsgd,bits=4"] + LINEAR
+CODECS = (
+    ["none"]
+    + [c for c in DEFAULT_CODECS if c not in ("fp32", "hvd-fp16")]
+    + ["qsgd:bits=2,bucket_size=128", "doublesqueeze:codec=qsgd,bits=4"]
+    + LINEAR
+)
 
 
 # ---------------------------------------------------------------------- single process
 def test_importing_needs_neither_horovod_nor_initialized_distributed():
     import torch.distributed as dist
+
     assert not dist.is_initialized()
     state, hook = hc.ddp_comm_hook("qsgd:bits=4")  # building the state needs no process group
     assert state.codec.describe() == "qsgd(bits=4,bucket_size=512,norm=max)"
@@ -154,11 +160,12 @@ def test_checkpoint_restore_continues_bit_identically():
 
 # ---------------------------------------------------------------------- PowerSGD vs torch's hook
 def _moving_average(values, window=20):
-    return [statistics.fmean(values[i:i + window]) for i in range(len(values) - window + 1)]
+    return [statistics.fmean(values[i : i + window]) for i in range(len(values) - window + 1)]
 
 
-@pytest.mark.skipif(not hasattr(hc, "PowerSGD"),
-                    reason="hvd_compress.torch.PowerSGD does not exist yet (issue 5, GradiVeQ/PowerSGD)")
+@pytest.mark.skipif(
+    not hasattr(hc, "PowerSGD"), reason="hvd_compress.torch.PowerSGD does not exist yet (issue 5, GradiVeQ/PowerSGD)"
+)
 def test_powersgd_hook_beside_torch_builtin_powersgd_hook():
     results = torchrun(2, "tests/mp/ddp_powersgd.py", "--rank", "2", "--start-iter", "10", timeout=600)
     for rank, res in results.items():

@@ -11,6 +11,7 @@
 Horovod runs with one process here (hvd.init() without a launcher); the multi-host elastic runs
 with a SIGKILLed worker are tests/test_elastic_cluster.py.
 """
+
 import copy
 
 import pytest
@@ -22,8 +23,13 @@ import hvd_compress.torch as hc  # noqa: E402
 from hvd_compress.common import chunk_bounds  # noqa: E402
 from hvd_compress.torch import elastic  # noqa: E402
 
-SPECS = ["onebit", "doublesqueeze:codec=onebit", "qsgd:bits=4",
-         "powersgd:rank=2", "gradiveq:warmup_steps=1,sample_steps=2,compress_steps=4,sampler=none"]
+SPECS = [
+    "onebit",
+    "doublesqueeze:codec=onebit",
+    "qsgd:bits=4",
+    "powersgd:rank=2",
+    "gradiveq:warmup_steps=1,sample_steps=2,compress_steps=4,sampler=none",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,6 +61,7 @@ def _flat(obj):
                 walk(f"{prefix}/{k}", o[k])
         else:
             out[prefix] = o.clone() if isinstance(o, torch.Tensor) else o
+
     walk("", obj)
     return out
 
@@ -71,8 +78,11 @@ def _same(a, b):
 @pytest.mark.parametrize("spec", SPECS)
 def test_commit_and_restore_bring_back_codec_state_with_the_model(spec):
     model = _model()
-    opt = hc.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
-                                  named_parameters=model.named_parameters(), compression=spec)
+    opt = hc.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        named_parameters=model.named_parameters(),
+        compression=spec,
+    )
     state = hvd.elastic.TorchState(model=model, optimizer=opt, epoch=0)
     assert isinstance(state._handlers["optimizer"], elastic.CompressedOptimizerStateHandler)
     _train(model, opt, 5, seed=1)
@@ -88,8 +98,11 @@ def test_commit_and_restore_bring_back_codec_state_with_the_model(spec):
     # restored state trains on exactly like the original did after the commit
     twin_model = _model()
     twin_model.load_state_dict(weights)
-    twin = hc.DistributedOptimizer(torch.optim.SGD(twin_model.parameters(), lr=0.05, momentum=0.9),
-                                   named_parameters=twin_model.named_parameters(), compression=spec)
+    twin = hc.DistributedOptimizer(
+        torch.optim.SGD(twin_model.parameters(), lr=0.05, momentum=0.9),
+        named_parameters=twin_model.named_parameters(),
+        compression=spec,
+    )
     twin.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch may alias loaded tensors
     _train(model, opt, 2, seed=3)
     _train(twin_model, twin, 2, seed=3)
@@ -99,14 +112,16 @@ def test_commit_and_restore_bring_back_codec_state_with_the_model(spec):
 def test_stock_optimizer_takes_a_codec_member_and_sync_rechecks_the_world():
     model = _model()
     codec = hc.from_spec("doublesqueeze:codec=onebit")
-    stock = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05),
-                                     named_parameters=model.named_parameters(), compression=codec)
+    stock = hvd.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), named_parameters=model.named_parameters(), compression=codec
+    )
     state = hvd.elastic.TorchState(model=model, optimizer=stock, codec=codec, epoch=0)
     assert isinstance(state._handlers["codec"], elastic.CodecStateHandler)
     # (one process: Horovod's stock optimizer skips communication, so the exchange is checked
     # with hvd_compress's optimizer)
-    opt = hc.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05),
-                                  named_parameters=model.named_parameters(), compression=codec)
+    opt = hc.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), named_parameters=model.named_parameters(), compression=codec
+    )
     state = hvd.elastic.TorchState(model=model, optimizer=opt, epoch=0)
     _train(model, opt, 3, seed=1)
     state.commit()
@@ -125,8 +140,11 @@ def test_stock_optimizer_takes_a_codec_member_and_sync_rechecks_the_world():
 
 def test_split_state_keeps_residuals_local_and_the_rest_shared():
     model = _model()
-    opt = hc.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05),
-                                  named_parameters=model.named_parameters(), compression="doublesqueeze:codec=qsgd")
+    opt = hc.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        named_parameters=model.named_parameters(),
+        compression="doublesqueeze:codec=qsgd",
+    )
     _train(model, opt, 2, seed=1)
     sd = opt.codec.state_dict()
     shared, local = elastic.split_state(sd)
@@ -140,14 +158,17 @@ def test_server_residual_is_recut_to_the_new_world_and_lost_chunks_are_zero():
     full = torch.arange(n, dtype=torch.float32)
     old = chunk_bounds(n, 3, align)
     # old rank 1 was killed; old ranks 2 and 0 survive as new ranks 0 and 1; a new worker joins
-    pieces = [(3, 2, {"w": full[old[2][0]:old[2][1]].clone()}), (3, 0, {"w": full[old[0][0]:old[0][1]].clone()}),
-              (None, None, {})]
+    pieces = [
+        (3, 2, {"w": full[old[2][0] : old[2][1]].clone()}),
+        (3, 0, {"w": full[old[0][0] : old[0][1]].clone()}),
+        (None, None, {}),
+    ]
     expected = full.clone()
-    expected[old[1][0]:old[1][1]] = 0
+    expected[old[1][0] : old[1][1]] = 0
     new = chunk_bounds(n, 3, align)
     for rank in range(3):
         got = elastic.recut_server_residual(pieces, {"w": n}, align, 3, rank)["w"]
-        assert torch.equal(got, expected[new[rank][0]:new[rank][1]]), rank
+        assert torch.equal(got, expected[new[rank][0] : new[rank][1]]), rank
     two = chunk_bounds(n, 2, align)
     got = torch.cat([elastic.recut_server_residual(pieces[:2], {"w": n}, align, 2, r)["w"] for r in range(2)])
     assert torch.equal(got, expected) and two[0][1] == got.numel() - (two[1][1] - two[1][0])

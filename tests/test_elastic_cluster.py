@@ -20,6 +20,7 @@ optimizer in ``hvd_compress.tensorflow.elastic.CompressedKerasState``. Needs roo
 On a single host (no namespaces) elastic horovodrun cannot do this: the kill blacklists the only
 host and ends the job.
 """
+
 import glob
 import json
 import os
@@ -35,11 +36,13 @@ from hvd_compress.bench.cluster import EmulatedCluster, check_available
 from hvd_compress.bench.netns import NamespaceUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKERS = {"torch": ROOT / "tests" / "mp" / "elastic_cluster_train.py",
-           "tf": ROOT / "tests" / "mp" / "elastic_cluster_train_tf.py"}
+WORKERS = {
+    "torch": ROOT / "tests" / "mp" / "elastic_cluster_train.py",
+    "tf": ROOT / "tests" / "mp" / "elastic_cluster_train_tf.py",
+}
 HOROVODRUN = Path(sys.executable).with_name("horovodrun")
 JOB_TIMEOUT = 300  # seconds per horovodrun job; a hang fails the test instead of stalling CI
-EPOCHS = 8         # long enough that host3 re-joins (cooldown 5-10 s) well before the end
+EPOCHS = 8  # long enough that host3 re-joins (cooldown 5-10 s) well before the end
 # Horovod's control run detects the dead peer only when Gloo times out (30 s by default)
 GLOO_TIMEOUT_S = "15"
 # ... but a TF worker that re-joins takes 20-40 s to import TensorFlow on a loaded machine, and the
@@ -82,12 +85,38 @@ def run_job(cluster, tmp_path, codec, kill, framework="torch"):
     discover = logdir / "discover.sh"
     discover.write_text(f"#!/bin/sh\ncat {hosts}\n")
     discover.chmod(0o755)
-    env = cluster.env(ELASTIC_LOG=logdir, PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}",
-                      OMP_NUM_THREADS=1, HOROVOD_LOG_LEVEL="warning", HOROVOD_GLOO_TIMEOUT_SECONDS=GLOO_TIMEOUT_S if framework == "torch" else TF_GLOO_TIMEOUT_S,
-                      TF_USE_LEGACY_KERAS=1, TF_CPP_MIN_LOG_LEVEL=3)
-    cmd = [HOROVODRUN, "-np", "3", "--min-np", "2", "--max-np", "3", "--host-discovery-script", discover,
-           "--gloo", "--network-interface", "eth0", "--blacklist-cooldown-range", "5", "10",
-           sys.executable, WORKERS[framework], "--codec", codec, "--epochs", str(EPOCHS)]
+    env = cluster.env(
+        ELASTIC_LOG=logdir,
+        PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}",
+        OMP_NUM_THREADS=1,
+        HOROVOD_LOG_LEVEL="warning",
+        HOROVOD_GLOO_TIMEOUT_SECONDS=GLOO_TIMEOUT_S if framework == "torch" else TF_GLOO_TIMEOUT_S,
+        TF_USE_LEGACY_KERAS=1,
+        TF_CPP_MIN_LOG_LEVEL=3,
+    )
+    cmd = [
+        HOROVODRUN,
+        "-np",
+        "3",
+        "--min-np",
+        "2",
+        "--max-np",
+        "3",
+        "--host-discovery-script",
+        discover,
+        "--gloo",
+        "--network-interface",
+        "eth0",
+        "--blacklist-cooldown-range",
+        "5",
+        "10",
+        sys.executable,
+        WORKERS[framework],
+        "--codec",
+        codec,
+        "--epochs",
+        str(EPOCHS),
+    ]
     out_path = logdir / "horovodrun.log"
     killed_at, start = None, time.time()
     with open(out_path, "w") as out:
@@ -95,11 +124,16 @@ def run_job(cluster, tmp_path, codec, kill, framework="torch"):
         try:
             while proc.poll() is None:
                 if time.time() - start > JOB_TIMEOUT:
-                    pytest.fail(f"elastic job for {codec} still running after {JOB_TIMEOUT} s (hang?); "
-                                f"log: {out_path.read_text()[-3000:]}")
+                    pytest.fail(
+                        f"elastic job for {codec} still running after {JOB_TIMEOUT} s (hang?); "
+                        f"log: {out_path.read_text()[-3000:]}"
+                    )
                 if kill and killed_at is None:
-                    victim = [e for e in _events(logdir) if e["host"] == "host3" and e["event"] == "progress"
-                              and e["epoch"] >= 1]
+                    victim = [
+                        e
+                        for e in _events(logdir)
+                        if e["host"] == "host3" and e["event"] == "progress" and e["epoch"] >= 1
+                    ]
                     if victim:
                         os.kill(victim[-1]["pid"], signal.SIGKILL)
                         killed_at = time.time()
@@ -129,12 +163,21 @@ def check_recovery(events, killed_at, codec):
     resumed_t = next(e["t"] for e in after if e["event"] == "progress" and e["size"] == 2)
     rejoined = [e for e in after if e["event"] == "start" and e["host"] == "host3"]
     assert rejoined, f"{codec}: no worker re-joined on host3"
-    return {"kill_to_reset_s": round(reset_t - killed_at, 1), "kill_to_resumed_s": round(resumed_t - killed_at, 1),
-            "kill_to_rejoined_s": round(rejoined[0]["t"] - killed_at, 1)}
+    return {
+        "kill_to_reset_s": round(reset_t - killed_at, 1),
+        "kill_to_resumed_s": round(resumed_t - killed_at, 1),
+        "kill_to_rejoined_s": round(rejoined[0]["t"] - killed_at, 1),
+    }
 
 
-CODECS = ["none", "onebit", "doublesqueeze:codec=onebit", "qsgd:bits=4", "powersgd:rank=2,start_iter=10",
-          "gradiveq:warmup_steps=10,sample_steps=5,compress_steps=30,ratio=4"]
+CODECS = [
+    "none",
+    "onebit",
+    "doublesqueeze:codec=onebit",
+    "qsgd:bits=4",
+    "powersgd:rank=2,start_iter=10",
+    "gradiveq:warmup_steps=10,sample_steps=5,compress_steps=30,ratio=4",
+]
 
 
 def check_job(cluster, tmp_path, codec, framework="torch"):

@@ -16,6 +16,7 @@ a user's training loop. We check, per frontend and codec:
 The stall check is set short (HOROVOD_STALL_CHECK_TIME_SECONDS=5, shutdown at 20 s) so that even
 a rank that never reaches the collective would be shut down well within the job's 120 s limit.
 """
+
 import subprocess
 import tempfile
 import time
@@ -38,8 +39,22 @@ CASES = [
 def _run_failing_job(fault, frontend, codec):
     out = Path(tempfile.mkdtemp(prefix="hvdc-fail-"))
     env = {**_env(), "HOROVOD_STALL_CHECK_TIME_SECONDS": "5", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "20"}
-    cmd = [str(BIN / "horovodrun"), "-np", "2", "--gloo", PYTHON, str(ROOT / "tests/mp/failing_rank.py"),
-           "--out", str(out), "--fault", fault, "--frontend", frontend, "--codec", codec]
+    cmd = [
+        str(BIN / "horovodrun"),
+        "-np",
+        "2",
+        "--gloo",
+        PYTHON,
+        str(ROOT / "tests/mp/failing_rank.py"),
+        "--out",
+        str(out),
+        "--fault",
+        fault,
+        "--frontend",
+        frontend,
+        "--codec",
+        codec,
+    ]
     start = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=JOB_LIMIT_S, env=env, cwd=str(ROOT))
@@ -51,7 +66,7 @@ def _run_failing_job(fault, frontend, codec):
 
 def _rank_lines(log, rank):
     prefix = f"[{rank}]<stderr>:"
-    return "\n".join(line[len(prefix):] for line in log.splitlines() if line.startswith(prefix))
+    return "\n".join(line[len(prefix) :] for line in log.splitlines() if line.startswith(prefix))
 
 
 @pytest.mark.timeout(JOB_LIMIT_S + 30)

@@ -6,6 +6,7 @@ step are buckets x the pattern's rounds; ranks that visit tensors in different o
 ranks whose tensors differ fail with the same clear error instead of slicing wrong or hanging.
 Simulated workers (threads, tests/local_comm.py) over the real Exchange; the horovodrun runs are in
 test_fusion_mp.py."""
+
 import zlib
 
 import pytest
@@ -13,14 +14,25 @@ import torch
 
 import hvd_compress.torch as hc
 from hvd_compress.torch.exchange import Exchange, WireStats, drive
-from hvd_compress.torch.fusion import (DEFAULT_BUCKET_BYTES, ENV_BUCKET_BYTES, CollectiveStats, FusedCollectives,
-                                       bucket_bytes_from_env)
+from hvd_compress.torch.fusion import (
+    DEFAULT_BUCKET_BYTES,
+    ENV_BUCKET_BYTES,
+    CollectiveStats,
+    FusedCollectives,
+    bucket_bytes_from_env,
+)
 from local_comm import run_workers
 from test_codecs import SPECS
 
 # odd sizes, several shapes, one tensor the codecs leave uncompressed (1-D, small)
-SHAPES = {"conv.weight": (16, 3, 3, 3), "fc1.weight": (257, 31), "fc1.bias": (31,), "fc2.weight": (1001,),
-          "fc3.weight": (64, 64), "z.last": (5, 7)}
+SHAPES = {
+    "conv.weight": (16, 3, 3, 3),
+    "fc1.weight": (257, 31),
+    "fc1.bias": (31,),
+    "fc2.weight": (1001,),
+    "fc3.weight": (64, 64),
+    "z.last": (5, 7),
+}
 FUSABLE = [s for s in SPECS if not getattr(hc.from_spec(s), "needs_reference", False)]  # not Lattice
 
 
@@ -31,6 +43,7 @@ def grad(rank: int, step: int, name: str, shape) -> torch.Tensor:
 
 def run(spec: str, bucket_bytes: int, world: int = 3, steps: int = 2, shapes=SHAPES, reverse_on=None):
     """Every rank's averaged gradients per step, codec state and collective counts."""
+
     def work(comm):
         codec = hc.from_spec(spec)
         stats = CollectiveStats()
@@ -44,6 +57,7 @@ def run(spec: str, bucket_bytes: int, world: int = 3, steps: int = 2, shapes=SHA
             outs.append(drive({n: ex.average(n, grad(comm.rank, step, n, shapes[n])) for n in names}, fcomm))
             per_step.append(stats.snapshot()["collectives"] - before)
         return outs, codec.state_dict(), stats.snapshot(), per_step
+
     return run_workers(world, work)
 
 
@@ -96,6 +110,7 @@ def test_a_rank_with_other_shapes_fails_clearly_on_every_rank(spec):
         except ValueError as exc:
             return str(exc)
         return None
+
     messages = run_workers(3, work)
     assert all(m is not None and "fused" in m and "differ" in m for m in messages), messages
 
@@ -104,6 +119,7 @@ def test_a_rank_with_other_shapes_fails_clearly_on_every_rank(spec):
 def test_unfused_a_rank_with_other_shapes_fails_clearly_on_every_rank(spec):
     """One collective per tensor: a peer's payload of another size is a ValueError naming the
     codec and the tensor on every rank, never values sliced from the wrong bytes."""
+
     def work(comm):
         shapes = dict(SHAPES)
         if comm.rank == 1:
@@ -114,6 +130,7 @@ def test_unfused_a_rank_with_other_shapes_fails_clearly_on_every_rank(spec):
         except ValueError as exc:
             return str(exc)
         return None
+
     messages = run_workers(3, work)
     assert all(m is not None and "fc3.weight" in m and "differ in size" in m for m in messages), messages
 
@@ -144,13 +161,21 @@ class CountingCollectives:
         def counted(*args, **kwargs):
             self.issued += 1
             return fn(*args, **kwargs)
+
         return counted
 
 
 def net(seed=0):
     # weights from a local generator: the workers are threads, and torch's global RNG is shared
-    model = torch.nn.Sequential(torch.nn.Linear(40, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
-                               torch.nn.Linear(64, 48), torch.nn.Tanh(), torch.nn.Linear(48, 5))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(40, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 48),
+        torch.nn.Tanh(),
+        torch.nn.Linear(48, 5),
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -160,12 +185,19 @@ def net(seed=0):
 
 def train(spec="onebit", steps=3, passes=1, overlap=True, bucket_bytes=DEFAULT_BUCKET_BYTES, unused_on=None):
     """Final parameters of every rank, and the collectives in flight after each step's backward."""
+
     def work(comm):
         counting = CountingCollectives(comm)
         model = net()
-        opt = hc.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
-                                      named_parameters=model.named_parameters(), compression=spec, comm=counting,
-                                      bucket_bytes=bucket_bytes, backward_passes_per_step=passes, overlap=overlap)
+        opt = hc.DistributedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            named_parameters=model.named_parameters(),
+            compression=spec,
+            comm=counting,
+            bucket_bytes=bucket_bytes,
+            backward_passes_per_step=passes,
+            overlap=overlap,
+        )
         in_flight = []
         for step in range(steps):
             opt.zero_grad()
@@ -180,6 +212,7 @@ def train(spec="onebit", steps=3, passes=1, overlap=True, bucket_bytes=DEFAULT_B
             in_flight.append(counting.issued - at_start)  # issued during backward
             opt.step()
         return [p.detach().clone() for p in model.parameters()], in_flight
+
     return run_workers(2, work)
 
 
@@ -211,13 +244,18 @@ def test_backward_passes_per_step_accumulates_like_exchanging_once_in_step():
 def test_more_backward_passes_than_declared_is_a_clear_error():
     def work(comm):
         model = net()
-        _opt = hc.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
-                                       named_parameters=model.named_parameters(), compression="onebit", comm=comm)
+        _opt = hc.DistributedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            named_parameters=model.named_parameters(),
+            compression="onebit",
+            comm=comm,
+        )
         x = torch.randn(4, 40)
         model(x).sum().backward()
         with pytest.raises(RuntimeError, match="backward_passes_per_step"):
             model(x).sum().backward()
         return True
+
     assert run_workers(2, work) == [True, True]
 
 
@@ -232,6 +270,7 @@ def test_a_nan_gradient_on_one_rank_raises_on_every_rank_after_the_step_finishes
     """The non-finite check is a device flag per tensor that the Driver reads once for the whole
     step: every rank raises FloatingPointError naming the tensor, after every exchange finished
     (no collective left half-done), fused or not."""
+
     def work(comm):
         fcomm = FusedCollectives(comm, bucket_bytes)
         ex = Exchange(hc.from_spec("qsgd:bits=4"), fcomm, stats=WireStats())
@@ -243,5 +282,6 @@ def test_a_nan_gradient_on_one_rank_raises_on_every_rank_after_the_step_finishes
         except FloatingPointError as exc:
             return str(exc)
         return None
+
     messages = run_workers(3, work)
     assert all(m is not None and "'fc1.weight'" in m for m in messages), messages

@@ -3,6 +3,7 @@ takes, not what it computes. For each codec, through hc.DistributedOptimizer and
 hvd.DistributedOptimizer(compression=...), a 100-tensor model trained fused and unfused from the
 same start ends with bit-identical parameters on every rank; unfused takes one collective per
 compressed tensor and round, fused one per bucket and round; the wire bytes are the same."""
+
 import pytest
 
 from launch import horovodrun
@@ -32,5 +33,5 @@ def test_fused_takes_one_collective_per_bucket_and_round(runs, spec, frontend):
         last_u, last_f = unfused["per_step"][-1], fused["per_step"][-1]
         assert last_u["collectives"] == last_u["requested"] == last_f["requested"], (rank, last_u, last_f)
         assert last_u["collectives"] >= 50, last_u  # one per compressed weight and round
-        assert last_f["collectives"] <= 4, last_f   # one bucket: one per round (and per kind)
+        assert last_f["collectives"] <= 4, last_f  # one bucket: one per round (and per kind)
         assert unfused["payload_bytes"] == fused["payload_bytes"] and unfused["values"] == fused["values"]

@@ -13,6 +13,7 @@ work where they can be checked without a GPU.
   GPU_CHECK_DEVICE is exit status 2.
 * Its CPU dry mode runs the DDP driver end to end (2 Gloo ranks; marked ``mp``).
 """
+
 import os
 import stat
 import subprocess
@@ -69,8 +70,13 @@ def _run_setup(root, tmp_path, gpus, extra_env=None):
     _exe(bindir / "nvidia-smi", f"#!/usr/bin/env bash\nprintf '{gpus}'\n")
     log = tmp_path / "calls.log"
     log.write_text("")
-    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", FAKE_LOG=str(log),
-               HVD_COMPRESS_CACHE=str(tmp_path / "cache"), **(extra_env or {}))
+    env = dict(
+        os.environ,
+        PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        FAKE_LOG=str(log),
+        HVD_COMPRESS_CACHE=str(tmp_path / "cache"),
+        **(extra_env or {}),
+    )
     for k in ("HOROVOD_CUDA_HOME", "HOROVOD_NCCL_HOME", "HOROVOD_NCCL_INCLUDE", "HVD_COMPRESS_CPU_ONLY"):
         if not extra_env or k not in extra_env:
             env.pop(k, None)
@@ -83,8 +89,9 @@ CHECK_NCCL = CHECK_OK + "[X] NCCL\\n"
 
 
 def _cpu_stamp(root):
-    reqs = subprocess.run(f"cat {root}/ci/requirements.txt | md5sum | cut -c1-8", shell=True,
-                          capture_output=True, text=True).stdout.strip()
+    reqs = subprocess.run(
+        f"cat {root}/ci/requirements.txt | md5sum | cut -c1-8", shell=True, capture_output=True, text=True
+    ).stdout.strip()
     mpi = int(subprocess.run(["bash", "-c", "command -v mpicxx"], capture_output=True).returncode == 0)
     return f"torch=2.13.0 tf=2.21.0 horovod=0.28.1 mpi={mpi} reqs={reqs}"
 
@@ -136,12 +143,19 @@ def test_cpu_only_opts_out_on_a_gpu_machine(tmp_path):
 
 def _gpu_check(env_extra, tmp_path, timeout=60):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, **env_extra)
-    return subprocess.run(["bash", str(ROOT / "ci/gpu_check.sh")], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=str(tmp_path))
+    return subprocess.run(
+        ["bash", str(ROOT / "ci/gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=str(tmp_path),
+    )
 
 
 def test_gpu_check_without_cuda_stops_at_once_with_status_77(tmp_path):
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here: the check would run")
     out = _gpu_check({}, tmp_path)
@@ -161,12 +175,16 @@ def test_gpu_check_rejects_an_unknown_device(tmp_path):
 
 def test_gpu_check_dry_mode_runs_the_ddp_driver_end_to_end(tmp_path):
     """2 Gloo ranks on CPU, none and qsgd:bits=4, 30 steps (the GPU run: 300 on CUDA)."""
-    out = _gpu_check({"GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_STEPS": "ddp", "GPU_CHECK_DDP_STEPS": "30",
-                      "OMP_NUM_THREADS": "1"}, tmp_path, timeout=240)
+    out = _gpu_check(
+        {"GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_STEPS": "ddp", "GPU_CHECK_DDP_STEPS": "30", "OMP_NUM_THREADS": "1"},
+        tmp_path,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     summary = (tmp_path / "out/summary.txt").read_text()
     assert "ddp-accuracy: PASS" in summary and "exit status: 0" in summary
     import json
+
     report = json.loads((tmp_path / "out/ddp/ddp.json").read_text())
     assert report["backend"] == "gloo" and [r["codec"] for r in report["rows"]] == ["none", "qsgd:bits=4"]
     qsgd = report["rows"][1]

@@ -2,6 +2,7 @@
 
 The exchange itself runs across emulated hosts in tests/test_cluster_mp.py (2 hosts x 2 ranks).
 """
+
 import pytest
 
 import hvd_compress.torch as hc
@@ -19,7 +20,9 @@ def test_default_is_auto_and_leaves_fingerprints_unchanged():
     assert codec.hierarchical == "auto" and "hierarchical" not in codec.fingerprint()
     # an explicit mode is part of the fingerprint, so ranks that disagree fail the config check
     assert "hierarchical=True" in hc.from_spec("onebit:hierarchical=true").fingerprint()
-    assert hc.QSGD(bits=4, hierarchical=True).fingerprint() == hc.from_spec("qsgd:bits=4,hierarchical=true").fingerprint()
+    assert (
+        hc.QSGD(bits=4, hierarchical=True).fingerprint() == hc.from_spec("qsgd:bits=4,hierarchical=true").fingerprint()
+    )
 
 
 def test_bad_mode_is_a_clear_error():
@@ -31,6 +34,7 @@ def test_ddp_hook_takes_the_hierarchical_setting():
     """The hook runs the hierarchical exchange over torch.distributed subgroups (across hosts:
     tests/test_cluster_mp.py); building the state needs no process group."""
     from hvd_compress.torch.ddp import DDPHookState
+
     assert DDPHookState("onebit:hierarchical=true").codec.hierarchical is True
     assert DDPHookState("onebit").codec.hierarchical == "auto"
 
@@ -40,9 +44,12 @@ def test_tensorflow_takes_the_hierarchical_setting():
     tests/test_cluster_mp.py); the fingerprint is torch's."""
     pytest.importorskip("tensorflow")
     import hvd_compress.tensorflow as hct
+
     assert hct.from_spec("qsgd:bits=4,hierarchical=true").hierarchical is True
-    assert hct.from_spec("qsgd:bits=4,hierarchical=true").fingerprint() == \
-        hc.from_spec("qsgd:bits=4,hierarchical=true").fingerprint()
+    assert (
+        hct.from_spec("qsgd:bits=4,hierarchical=true").fingerprint()
+        == hc.from_spec("qsgd:bits=4,hierarchical=true").fingerprint()
+    )
     assert hct.from_spec("qsgd:bits=4").fingerprint() == hc.from_spec("qsgd:bits=4").fingerprint()
 
 

@@ -7,14 +7,29 @@ weights (scikit-learn digits, MLP 64-256-256-10, 12 epochs) and we check, per co
 * payload bits per compressed value within 10% of the codec's nominal bits, and the bytes this
   worker sent within 10% of what the exchange pattern implies for that payload.
 """
+
 import pytest
 
 from codec_cases import accuracy_points
 from launch import horovodrun, mpi_available
 
-CODECS = ["fp32", "hvd-fp16", "none", "fp16", "bf16", "qsgd:bits=8", "qsgd:bits=4", "qsgd:bits=2,bucket_size=128",
-          "terngrad", "onebit", "efsign", "signsgd", "topk:ratio=0.01", "doublesqueeze:codec=onebit",
-          "doublesqueeze:codec=qsgd,bits=4"]
+CODECS = [
+    "fp32",
+    "hvd-fp16",
+    "none",
+    "fp16",
+    "bf16",
+    "qsgd:bits=8",
+    "qsgd:bits=4",
+    "qsgd:bits=2,bucket_size=128",
+    "terngrad",
+    "onebit",
+    "efsign",
+    "signsgd",
+    "topk:ratio=0.01",
+    "doublesqueeze:codec=onebit",
+    "doublesqueeze:codec=qsgd,bits=4",
+]
 
 
 def _check_rows(results, world_size):
@@ -34,8 +49,7 @@ def _check_rows(results, world_size):
         assert stats["bits_per_value"] == pytest.approx(row["nominal_bits"], rel=0.10), name
         (pattern,) = row["patterns"]
         n = world_size
-        per_payload = {"allreduce": 2 * (n - 1) / n, "reduce_scatter": 2 * (n - 1) / n,
-                       "allgather": n - 1}[pattern]
+        per_payload = {"allreduce": 2 * (n - 1) / n, "reduce_scatter": 2 * (n - 1) / n, "allgather": n - 1}[pattern]
         # shared-scale codecs add one 4-byte MAX allreduce per tensor: negligible at these sizes
         assert stats["sent_bits_per_value"] == pytest.approx(stats["bits_per_value"] * per_payload, rel=0.10), name
 
@@ -54,14 +68,21 @@ def test_every_codec_trains_through_stock_horovod_optimizer(np_):
 
 
 def test_every_codec_trains_through_hvd_compress_optimizer():
-    results = horovodrun(2, "tests/mp/train_codecs.py", "--codecs", ",".join(CODECS), "--frontend", "ours",
-                         timeout=900)
+    results = horovodrun(2, "tests/mp/train_codecs.py", "--codecs", ",".join(CODECS), "--frontend", "ours", timeout=900)
     _check_rows(results, 2)
 
 
 @pytest.mark.skipif(not mpi_available(), reason="Horovod was built without MPI (no OpenMPI at setup)")
 def test_one_codec_per_exchange_pattern_under_mpi():
     # fp16: allreduce; qsgd at 2 workers: allgather; doublesqueeze: compressed reduce-scatter
-    results = horovodrun(2, "tests/mp/train_codecs.py", "--codecs", "fp32,fp16,qsgd:bits=4,doublesqueeze:codec=onebit",
-                         "--epochs", "6", mpi=True, timeout=600)
+    results = horovodrun(
+        2,
+        "tests/mp/train_codecs.py",
+        "--codecs",
+        "fp32,fp16,qsgd:bits=4,doublesqueeze:codec=onebit",
+        "--epochs",
+        "6",
+        mpi=True,
+        timeout=600,
+    )
     _check_rows(results, 2)

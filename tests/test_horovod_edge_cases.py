@@ -1,17 +1,38 @@
 """Spec: bad input through real `horovodrun -np 2` jobs gives a clear error or an exact result,
 never a hang, a crash of one rank, or silently wrong numbers; codec state survives checkpoints."""
+
 import pytest
 
 from launch import horovodrun
 
-CODECS = ["qsgd:bits=4", "terngrad", "onebit", "efsign", "signsgd", "topk:ratio=0.05", "bf16", "fp16",
-          "none", "doublesqueeze:codec=onebit"]
+CODECS = [
+    "qsgd:bits=4",
+    "terngrad",
+    "onebit",
+    "efsign",
+    "signsgd",
+    "topk:ratio=0.05",
+    "bf16",
+    "fp16",
+    "none",
+    "doublesqueeze:codec=onebit",
+]
 # Relative error of ONE averaged step of two ranks' independent Gaussian gradients against the
 # exact fp32 average: about 1.3x what was measured (qsgd-4 0.19, terngrad 1.03, onebit/efsign 0.60,
 # signsgd 0.99 (a biased vote), topk-5% 0.85, doublesqueeze-onebit 0.80, casts 0.002). Unbiasedness
 # and convergence are checked elsewhere; this catches dtype/layout mistakes, which give errors >> 1.
-REL_ERR = {"qsgd:bits=4": 0.25, "terngrad": 1.35, "onebit": 0.8, "efsign": 0.8, "signsgd": 1.3,
-           "topk:ratio=0.05": 1.1, "bf16": 0.01, "fp16": 0.01, "none": 1e-6, "doublesqueeze:codec=onebit": 1.05}
+REL_ERR = {
+    "qsgd:bits=4": 0.25,
+    "terngrad": 1.35,
+    "onebit": 0.8,
+    "efsign": 0.8,
+    "signsgd": 1.3,
+    "topk:ratio=0.05": 1.1,
+    "bf16": 0.01,
+    "fp16": 0.01,
+    "none": 1e-6,
+    "doublesqueeze:codec=onebit": 1.05,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +63,22 @@ def test_zero_and_empty_tensors_are_exact(bad_input, spec):
     for rank in (0, 1):
         res = bad_input[rank][f"zero/{spec}"]
         assert res["ok"], res
-        assert res["value"] == {"zero_exact": True, "empty_shape": [0, 64], "z16_exact": True,
-                                "z16_dtype": "torch.float16"}
+        assert res["value"] == {
+            "zero_exact": True,
+            "empty_shape": [0, 64],
+            "z16_exact": True,
+            "z16_dtype": "torch.float16",
+        }
 
 
 @pytest.mark.parametrize("spec", CODECS)
 def test_half_bf16_fp64_and_non_contiguous_gradients(bad_input, spec):
-    expected_dtype = {"f16": "torch.float16", "bf16": "torch.bfloat16", "f64": "torch.float64",
-                      "noncontig": "torch.float32"}
+    expected_dtype = {
+        "f16": "torch.float16",
+        "bf16": "torch.bfloat16",
+        "f64": "torch.float64",
+        "noncontig": "torch.float32",
+    }
     for rank in (0, 1):
         res = bad_input[rank][f"dtype/{spec}"]
         assert res["ok"], res
@@ -82,8 +111,9 @@ def test_weights_of_other_shapes_under_the_same_names_fail_clearly_on_every_rank
         assert err is not None and err.startswith("ValueError") and "differ in size" in err, err
 
 
-@pytest.mark.parametrize("frontend,codec", [("ours", "onebit"), ("ours", "qsgd:bits=4"),
-                                            ("stock", "doublesqueeze:codec=qsgd,bits=4")])
+@pytest.mark.parametrize(
+    "frontend,codec", [("ours", "onebit"), ("ours", "qsgd:bits=4"), ("stock", "doublesqueeze:codec=qsgd,bits=4")]
+)
 def test_codec_state_survives_a_checkpoint(frontend, codec):
     results = horovodrun(2, "tests/mp/resume.py", "--frontend", frontend, "--codec", codec, timeout=300)
     for rank in (0, 1):

@@ -5,6 +5,7 @@ pins on the installed Horovod: the functions, locals and attributes the lookups 
 module docstring), read from Horovod's code objects, so an upgrade that changes them fails here
 rather than silently turning every name anonymous. The pins skip where Horovod is not installed.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -131,8 +132,11 @@ def test_horovod_torch_optimizer_still_holds_what_the_torch_lookup_reads():
 
 def test_horovod_tensorflow_still_holds_what_the_tf_lookup_reads():
     codes = code_objects(horovod("horovod.tensorflow"))
-    grads_fns = [code for path, code in codes.items() if path.endswith(".allreduce_grads")
-                 and path.startswith("_make_cached_allreduce_grads_fn")]
+    grads_fns = [
+        code
+        for path, code in codes.items()
+        if path.endswith(".allreduce_grads") and path.startswith("_make_cached_allreduce_grads_fn")
+    ]
     assert grads_fns, sorted(p for p in codes if "allreduce_grads" in p)
     for code in grads_fns:
         assert code.co_varnames[:2] == ("grads", "vars"), code.co_varnames

@@ -5,6 +5,7 @@
   that closes a circle only postpones it to the first call).
 * Stack frames are read in one module only, :mod:`hvd_compress.horovod_names`, which says why.
 """
+
 from __future__ import annotations
 
 import ast
@@ -43,7 +44,7 @@ def imported_modules(name: str, path: Path, known: Set[str]) -> Set[str]:
             base = node.module or ""
             if node.level:  # relative: from the module's package, up level - 1
                 package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-                package = package[:len(package) - node.level + 1]
+                package = package[: len(package) - node.level + 1]
                 base = ".".join(package + ([base] if base else []))
             submodules = {f"{base}.{alias.name}" for alias in node.names} & known
             out |= submodules
@@ -121,8 +122,8 @@ def test_no_import_circles_in_hvd_compress():
     graph = import_graph(PACKAGE)
     groups = circular_groups(graph)
     assert not groups, "import circles in hvd_compress/ (function-local imports included):\n" + "\n".join(
-        f"  {' -> '.join(_circle_through(min(g), g, graph))}   (circular group: {', '.join(sorted(g))})"
-        for g in groups)
+        f"  {' -> '.join(_circle_through(min(g), g, graph))}   (circular group: {', '.join(sorted(g))})" for g in groups
+    )
 
 
 def test_the_checker_sees_function_local_and_from_package_imports(tmp_path):
@@ -166,8 +167,11 @@ def frame_readers(package: Path) -> Dict[str, List[str]]:
                 if node.attr in FRAME_ATTRIBUTES or (owner == "inspect" and node.attr in INSPECT_FRAME_FUNCTIONS):
                     hits.append(f"line {node.lineno}: .{node.attr}")
             elif isinstance(node, ast.ImportFrom) and node.module in ("sys", "inspect"):
-                hits += [f"line {node.lineno}: from {node.module} import {a.name}" for a in node.names
-                         if a.name in FRAME_ATTRIBUTES | INSPECT_FRAME_FUNCTIONS]
+                hits += [
+                    f"line {node.lineno}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if a.name in FRAME_ATTRIBUTES | INSPECT_FRAME_FUNCTIONS
+                ]
         if hits:
             found[name] = hits
     return found
@@ -177,7 +181,15 @@ def test_stack_frames_are_read_in_one_documented_module():
     readers = frame_readers(PACKAGE)
     assert set(readers) == {"hvd_compress.horovod_names"}, readers
     import hvd_compress.horovod_names as names
+
     doc = names.__doc__ or ""
-    for point in ("_allreduce_grad_async", "_parameter_names", "allreduce_grads", "grads", "vars",
-                  "0.28.1", "anonymous"):
+    for point in (
+        "_allreduce_grad_async",
+        "_parameter_names",
+        "allreduce_grads",
+        "grads",
+        "vars",
+        "0.28.1",
+        "anonymous",
+    ):
         assert point in doc, f"horovod_names' docstring no longer says {point!r}"

@@ -6,6 +6,7 @@
 * too-far vectors are detected by the checksum, never decoded to silently wrong values;
 * wire size: bits per value plus a 16-byte side channel.
 """
+
 import math
 
 import pytest
@@ -149,7 +150,7 @@ def test_nonfinite_and_reference_free_use_are_clear():
 def test_checksum_catches_any_single_wrong_coordinate():
     c = Lattice(bits=8)
     g = gen(11)
-    k = torch.randint(-10 ** 9, 10 ** 9, (3000,), generator=g)
+    k = torch.randint(-(10**9), 10**9, (3000,), generator=g)
     base = c.checksum(k)
     for i in torch.randint(0, 3000, (50,), generator=g).tolist():
         for m in (1, -1, 7, 255):

@@ -1,6 +1,7 @@
 """Spec for hvd_compress.run's hooks, in-process: the codec from HVD_COMPRESS replaces a missing or
 `Compression.none` compression and nothing else; the hooks go in when the script imports Horovod;
 a missing or malformed spec stops before the script runs."""
+
 import os
 import subprocess
 import sys
@@ -22,12 +23,15 @@ def hooked(spec="qsgd:bits=4"):
     return run.wrap(fake_distributed_optimizer, hvd, spec, "hvd_compress.torch", "DistributedOptimizer")
 
 
-@pytest.mark.parametrize("call", [
-    lambda f: f("opt"),
-    lambda f: f("opt", named_parameters=[]),
-    lambda f: f("opt", compression=hvd.Compression.none),
-    lambda f: f("opt", [], hvd.Compression.none),  # positionally, as Horovod's signature allows
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda f: f("opt"),
+        lambda f: f("opt", named_parameters=[]),
+        lambda f: f("opt", compression=hvd.Compression.none),
+        lambda f: f("opt", [], hvd.Compression.none),  # positionally, as Horovod's signature allows
+    ],
+)
 def test_no_compression_becomes_the_codec_from_the_spec(call):
     codec = call(hooked())
     assert codec.describe().startswith("qsgd(bits=4")
@@ -54,8 +58,11 @@ def test_a_shared_hook_builds_one_codec_for_every_call():
 
 def test_only_the_gradient_tape_shares_its_codec():
     assert run.SHARED_CODEC == {"horovod.tensorflow.DistributedGradientTape"}
-    assert all(f"{module}.{name}" in run.SHARED_CODEC or name == "DistributedOptimizer"
-               for module, (names, _) in run.TARGETS.items() for name in names)
+    assert all(
+        f"{module}.{name}" in run.SHARED_CODEC or name == "DistributedOptimizer"
+        for module, (names, _) in run.TARGETS.items()
+        for name in names
+    )
 
 
 def python(code_or_args, env_spec):
@@ -68,14 +75,16 @@ def python(code_or_args, env_spec):
 
 
 def test_hooks_go_in_when_the_script_imports_horovod_and_torch_scripts_stay_torch_only():
-    done = python("import sys; from hvd_compress import run; run.install('onebit');"
-                  "import horovod.torch as hvd; assert hvd.DistributedOptimizer.__hvd_compress_original__;"
-                  "assert 'tensorflow' not in sys.modules; print('ok')", None)
+    done = python(
+        "import sys; from hvd_compress import run; run.install('onebit');"
+        "import horovod.torch as hvd; assert hvd.DistributedOptimizer.__hvd_compress_original__;"
+        "assert 'tensorflow' not in sys.modules; print('ok')",
+        None,
+    )
     assert done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("spec, message", [(None, "HVD_COMPRESS is not set"),
-                                           ("qsgd:bits", "expected key=value")])
+@pytest.mark.parametrize("spec, message", [(None, "HVD_COMPRESS is not set"), ("qsgd:bits", "expected key=value")])
 def test_missing_or_malformed_spec_stops_before_the_script(tmp_path, spec, message):
     script = tmp_path / "train.py"
     script.write_text("raise SystemExit('the script ran')\n")

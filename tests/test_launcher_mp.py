@@ -4,6 +4,7 @@ with DistributedGradientTape and examples/horovod_keras_digits.py with horovod.t
 DistributedOptimizer and model.fit; none imports hvd_compress) with the codec: every gradient value is
 exchanged each step, the compressed ones at the codec's nominal bits (within 10%), each rank logs
 its wire_stats line at exit, and the model still learns."""
+
 import json
 import math
 import re
@@ -34,8 +35,12 @@ def wire_stats_lines(output: str, framework: str = "torch") -> dict:
 @pytest.mark.timeout(600)
 def test_unchanged_horovod_script_runs_compressed_through_the_launcher():
     spec = "qsgd:bits=4"
-    out = horovodrun_output(2, [PYTHON, "-m", "hvd_compress.run", SCRIPT, "--epochs", EPOCHS, "--batch-size", BATCH],
-                            timeout=420, env={"HVD_COMPRESS": spec})
+    out = horovodrun_output(
+        2,
+        [PYTHON, "-m", "hvd_compress.run", SCRIPT, "--epochs", EPOCHS, "--batch-size", BATCH],
+        timeout=420,
+        env={"HVD_COMPRESS": spec},
+    )
     stats = wire_stats_lines(out)
     assert sorted(stats) == [0, 1], out[-3000:]
     steps = EPOCHS * math.ceil(math.ceil(TRAIN_SAMPLES / 2) / BATCH)
@@ -60,8 +65,12 @@ def test_unchanged_tf_script_runs_compressed_through_the_launcher():
     uncompressed run puts it."""
     hct = pytest.importorskip("hvd_compress.tensorflow")
     spec = "qsgd:bits=4"
-    out = horovodrun_output(2, [PYTHON, "-m", "hvd_compress.run", TF_SCRIPT, "--epochs", EPOCHS,
-                                "--batch-size", BATCH], timeout=420, env={"HVD_COMPRESS": spec})
+    out = horovodrun_output(
+        2,
+        [PYTHON, "-m", "hvd_compress.run", TF_SCRIPT, "--epochs", EPOCHS, "--batch-size", BATCH],
+        timeout=420,
+        env={"HVD_COMPRESS": spec},
+    )
     stats = wire_stats_lines(out, "tensorflow")
     assert sorted(stats) == [0, 1], out[-3000:]
     steps = EPOCHS * TF_STEPS_PER_EPOCH
@@ -90,8 +99,12 @@ def test_unchanged_keras_script_runs_compressed_through_the_launcher():
     hct = pytest.importorskip("hvd_compress.tensorflow")
     pytest.importorskip("tf_keras")
     spec = "qsgd:bits=4"
-    out = horovodrun_output(2, [PYTHON, "-m", "hvd_compress.run", KERAS_SCRIPT, "--epochs", EPOCHS,
-                                "--batch-size", BATCH], timeout=420, env={"HVD_COMPRESS": spec})
+    out = horovodrun_output(
+        2,
+        [PYTHON, "-m", "hvd_compress.run", KERAS_SCRIPT, "--epochs", EPOCHS, "--batch-size", BATCH],
+        timeout=420,
+        env={"HVD_COMPRESS": spec},
+    )
     assert "not applied" not in out, out[-3000:]  # the launcher's note when a script brings its own codec
     stats = wire_stats_lines(out, "tensorflow")
     assert sorted(stats) == [0, 1], out[-3000:]

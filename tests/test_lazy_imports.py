@@ -3,6 +3,7 @@
 Each case runs in a fresh interpreter (``sys.modules`` must start empty of what it checks), with a
 wall-clock limit, and the worktree first on ``PYTHONPATH``.
 """
+
 import os
 import subprocess
 import sys
@@ -15,10 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_fresh(code: str, timeout: float = 300) -> str:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=str(ROOT))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), TF_CPP_MIN_LOG_LEVEL="2"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=str(ROOT),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

@@ -3,6 +3,7 @@ i.e. Lightning's DDPStrategy(ddp_comm_state=, ddp_comm_hook=)) and through Huggi
 (accelerator.prepare, then register_comm_hook), 2 processes on CPU/Gloo: accuracy within 1 point
 of the same run uncompressed, replicas identical, and the codec carried every compressed value at
 its nominal bits (within 10%)."""
+
 import pytest
 
 import hvd_compress.torch as hc

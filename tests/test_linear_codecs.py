@@ -3,6 +3,7 @@
 Multi-worker cases run N simulated workers as threads (tests/local_comm.py) through the real
 ``Exchange``; the horovodrun runs are in test_linear_mp.py.
 """
+
 import io
 import os
 import sys
@@ -14,8 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from local_comm import run_workers
 
 import hvd_compress.torch as hc
-from hvd_compress.torch.codecs.gradiveq import (fit_basis, from_slices, project, reconstruct,
-                                                slice_geometry, to_slices)
+from hvd_compress.torch.codecs.gradiveq import fit_basis, from_slices, project, reconstruct, slice_geometry, to_slices
 from hvd_compress.torch.codecs.powersgd import matrix_shape
 from hvd_compress.torch.exchange import Exchange, WireStats, drive
 
@@ -33,6 +33,7 @@ def rel_err(a, b):
 def exchange_steps(codec_spec, grads_fn, steps, size, key="w", shape=CONV):
     """Run ``steps`` exchanges of one tensor on ``size`` simulated workers; returns per rank
     (outputs, codec, stats)."""
+
     def work(comm):
         codec = hc.from_spec(codec_spec)
         ex = Exchange(codec, comm, stats=WireStats())
@@ -41,6 +42,7 @@ def exchange_steps(codec_spec, grads_fn, steps, size, key="w", shape=CONV):
             g = grads_fn(comm.rank, step).reshape(shape)
             outs.append(drive({key: ex.average(key, g)})[key])
         return outs, codec, ex.stats.snapshot()
+
     return run_workers(size, work)
 
 
@@ -53,16 +55,19 @@ def test_layout_puts_the_same_position_of_all_filters_side_by_side():
     assert slices.shape == (s, k)
     # slice 0 starts with position (c=0, 0, 0) of filters 0..F-1, then position (0, 0, 1), ...
     assert torch.equal(slices[0, :f], w[:, 0, 0, 0])
-    assert torch.equal(slices[0, f:2 * f], w[:, 0, 0, 1])
+    assert torch.equal(slices[0, f : 2 * f], w[:, 0, 0, 1])
     assert torch.equal(slices[1, :f], w.reshape(f, p)[:, d])
     assert torch.equal(from_slices(slices, CONV), w.reshape(-1))
 
 
-@pytest.mark.parametrize("shape,target,expect", [
-    ((64, 64, 3, 3), 256, (64, 576, 4, 256, 144)),
-    ((16, 3, 5), 256, (16, 15, 15, 240, 1)),     # conv1d; D must divide P = 15
-    ((512, 8, 1, 1), 256, (512, 8, 1, 512, 8)),  # F > slice_size: K = F (one position per slice)
-])
+@pytest.mark.parametrize(
+    "shape,target,expect",
+    [
+        ((64, 64, 3, 3), 256, (64, 576, 4, 256, 144)),
+        ((16, 3, 5), 256, (16, 15, 15, 240, 1)),  # conv1d; D must divide P = 15
+        ((512, 8, 1, 1), 256, (512, 8, 1, 512, 8)),  # F > slice_size: K = F (one position per slice)
+    ],
+)
 def test_slice_geometry(shape, target, expect):
     assert slice_geometry(shape, target) == expect
 
@@ -95,12 +100,12 @@ def test_compression_is_exact_for_slices_in_the_subspace_and_linear():
     k, s, n = 64, 40, 3
     sub = torch.linalg.qr(torch.randn(k, 3))[0]
     mu_true = torch.randn(k)
-    samples = torch.randn(500, 3) @ sub.t() + mu_true           # aggregated (summed) slices
+    samples = torch.randn(500, 3) @ sub.t() + mu_true  # aggregated (summed) slices
     u, mu, d, _ = fit_basis(500, samples.double().sum(0), samples.double().t() @ samples.double(), 0.99)
     assert d <= 3
     workers = [torch.randn(s, 3) @ sub.t() + mu_true / n for _ in range(n)]
     total = sum(workers)
-    summed = sum(project(g, u, mu, n) for g in workers)          # what allreduce(Sum) carries
+    summed = sum(project(g, u, mu, n) for g in workers)  # what allreduce(Sum) carries
     # linearity: the sum of compressed slices is the compression of the sum
     assert torch.allclose(summed, project(total, u, mu, 1), rtol=FP32_LINEAR_RTOL, atol=1e-5)
     # exactness: decompressing the sum once gives the sum of the slices
@@ -108,8 +113,9 @@ def test_compression_is_exact_for_slices_in_the_subspace_and_linear():
     # without the mean the map is plainly linear: C(a) + C(b) == C(a + b)
     zero = torch.zeros(k)
     a, b = workers[0], workers[1]
-    assert torch.allclose(project(a, u, zero, 1) + project(b, u, zero, 1), project(a + b, u, zero, 1),
-                          rtol=FP32_LINEAR_RTOL, atol=1e-5)
+    assert torch.allclose(
+        project(a, u, zero, 1) + project(b, u, zero, 1), project(a + b, u, zero, 1), rtol=FP32_LINEAR_RTOL, atol=1e-5
+    )
 
 
 def _subspace_grads(shape=CONV, dim=3, seed=7):
@@ -120,6 +126,7 @@ def _subspace_grads(shape=CONV, dim=3, seed=7):
     def grads(rank, step):
         g = torch.Generator().manual_seed(1000 * rank + step)
         return from_slices(torch.randn(s, dim, generator=g) @ basis.t() + offset, shape)
+
     return grads
 
 
@@ -140,8 +147,17 @@ def test_gradiveq_schedule_reconstructs_subspace_gradients_exactly(size):
     assert rep["w"]["K"] == 256 and rep["w"]["d"] <= 4  # a 3-dim subspace plus an offset
     assert rep["w"]["ratio"] >= 64
     # the schedule: warm-up, sampling, compression, sampling again
-    assert [codec.phase_at(t)[0] for t in (0, 2, 3, 6, 7, 11, 12, 15, 16)] == \
-        ["warmup", "warmup", "sample", "sample", "compress", "compress", "sample", "sample", "compress"]
+    assert [codec.phase_at(t)[0] for t in (0, 2, 3, 6, 7, 11, 12, 15, 16)] == [
+        "warmup",
+        "warmup",
+        "sample",
+        "sample",
+        "compress",
+        "compress",
+        "sample",
+        "sample",
+        "compress",
+    ]
 
 
 def test_gradiveq_with_qsgd_sampling_approximates_and_compresses_on_the_wire():
@@ -159,9 +175,11 @@ def test_gradiveq_with_qsgd_sampling_approximates_and_compresses_on_the_wire():
 
 def _random_grads(seed_of_rank=lambda rank: 7 + rank):
     """Full-rank gradients, new every step: the energy rule keeps d near K on them."""
+
     def grads(rank, step):
         seed = 1000 * seed_of_rank(rank) + step
         return torch.randn(CONV, generator=torch.Generator().manual_seed(seed)).reshape(-1)
+
     return grads
 
 
@@ -214,11 +232,12 @@ def test_gradiveq_rejects_bad_ratio_and_error_feedback():
 def test_gradiveq_uses_the_fallback_for_non_conv_tensors():
     codec = hc.GradiVeQ(fallback="qsgd:bits=8")
     assert codec.should_compress(torch.zeros(64, 64))
-    assert not codec.should_compress(torch.zeros(64))            # 1-D: uncompressed, as the fallback says
-    assert not codec.should_compress(torch.zeros(4, 4, 3, 3))    # conv below min_numel
+    assert not codec.should_compress(torch.zeros(64))  # 1-D: uncompressed, as the fallback says
+    assert not codec.should_compress(torch.zeros(4, 4, 3, 3))  # conv below min_numel
 
     def grads(rank, step):
         return torch.randn(64, 64, generator=torch.Generator().manual_seed(rank * 10 + step))
+
     outs, codec, stats = exchange_steps("gradiveq:fallback=qsgd:bits=8", grads, 2, 2, shape=(64, 64))[0]
     assert "w" not in codec.state.get("phase", {})
     assert stats[codec.fallback.describe()]["values"] == 2 * 4096
@@ -248,6 +267,7 @@ def test_gradiveq_state_round_trips_and_resumes_identically():
             rb = drive({"w2": ex_b.average("w", g)})["w2"]
             same.append(torch.equal(ra, rb))
         return a, same
+
     (a, same), _ = run_workers(2, work)
     assert all(same)
     for key in ("step", "phase", "basis", "mean", "d", "K", "samples"):
@@ -257,8 +277,14 @@ def test_gradiveq_state_round_trips_and_resumes_identically():
 
 
 def test_gradiveq_rejects_bad_settings():
-    for bad in ("gradiveq:energy=0", "gradiveq:energy=1.5", "gradiveq:sample_steps=0",
-                "gradiveq:warmup_steps=-1", "gradiveq:slice_size=0", "gradiveq:fallback=nosuch"):
+    for bad in (
+        "gradiveq:energy=0",
+        "gradiveq:energy=1.5",
+        "gradiveq:sample_steps=0",
+        "gradiveq:warmup_steps=-1",
+        "gradiveq:slice_size=0",
+        "gradiveq:fallback=nosuch",
+    ):
         with pytest.raises(ValueError):
             hc.from_spec(bad)
     with pytest.raises(ValueError, match="GradiVeQ itself"):
@@ -285,6 +311,7 @@ def _low_rank_grads(shape, rank, seed=3):
     def grads(r, step):
         core = torch.randn(rank, rank, generator=torch.Generator().manual_seed(100 * r + step + 1))
         return (left @ (core + 2 * torch.eye(rank)) @ right.t()).reshape(shape)
+
     return grads
 
 
@@ -355,6 +382,7 @@ def test_powersgd_state_round_trips():
             rb = drive({"w2": ex_b.average("w", grads(comm.rank, t))})["w2"]
             same.append(torch.equal(ra, rb))
         return a, same
+
     (a, same), _ = run_workers(2, work)
     assert all(same)
     assert set(a.state) >= {"step", "q", "residual"}
@@ -371,12 +399,13 @@ def test_powersgd_matches_torch_powerSGD_hook(tmp_path):
     rank = 2
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
+
         class Bucket:
             def __init__(self, grads):
                 self.buf = torch.cat([g.reshape(-1) for g in grads])
                 self.views, pos = [], 0
                 for g in grads:
-                    self.views.append(self.buf[pos:pos + g.numel()].view(g.shape))
+                    self.views.append(self.buf[pos : pos + g.numel()].view(g.shape))
                     pos += g.numel()
 
             def buffer(self):
@@ -391,8 +420,13 @@ def test_powersgd_matches_torch_powerSGD_hook(tmp_path):
             def is_last(self):
                 return True
 
-        state = ph.PowerSGDState(process_group=None, matrix_approximation_rank=rank,
-                                 start_powerSGD_iter=2, min_compression_rate=1.5, random_seed=0)
+        state = ph.PowerSGDState(
+            process_group=None,
+            matrix_approximation_rank=rank,
+            start_powerSGD_iter=2,
+            min_compression_rate=1.5,
+            random_seed=0,
+        )
         state.iter = state.start_powerSGD_iter
         gen = torch.Generator().manual_seed(5)
         steps = [[torch.randn(s, generator=gen) for s in shapes.values()] for _ in range(5)]
@@ -402,8 +436,8 @@ def test_powersgd_matches_torch_powerSGD_hook(tmp_path):
         pos_q, pos_e = 0, 0
         for key, s in shapes.items():  # adopt torch's warm-start Q and residual
             n, m = matrix_shape(s)
-            codec.state["q"][key] = state.q_memory_dict[0][pos_q:pos_q + m * rank].view(m, rank).clone()
-            codec.state["residual"][key] = state.error_dict[0][pos_e:pos_e + n * m].clone()
+            codec.state["q"][key] = state.q_memory_dict[0][pos_q : pos_q + m * rank].view(m, rank).clone()
+            codec.state["residual"][key] = state.error_dict[0][pos_e : pos_e + n * m].clone()
             codec.state["step"][key] = 1
             pos_q += m * rank
             pos_e += n * m
@@ -417,6 +451,7 @@ def test_powersgd_matches_torch_powerSGD_hook(tmp_path):
                 want = torch.cat([ours[k].reshape(-1) for k in shapes])
                 errs.append(rel_err(want, theirs))
             return errs
+
         errs = run_workers(1, work)[0]
     finally:
         dist.destroy_process_group()
@@ -424,8 +459,7 @@ def test_powersgd_matches_torch_powerSGD_hook(tmp_path):
 
 
 def test_powersgd_rejects_bad_settings():
-    for bad in ("powersgd:rank=0", "powersgd:start_iter=-1", "powersgd:min_compression_rate=0",
-                "powersgd:rank=1.5"):
+    for bad in ("powersgd:rank=0", "powersgd:start_iter=-1", "powersgd:min_compression_rate=0", "powersgd:rank=1.5"):
         with pytest.raises(ValueError):
             hc.from_spec(bad)
 
@@ -443,6 +477,7 @@ def test_nonfinite_gradient_does_not_poison_state():
         with pytest.raises(FloatingPointError, match="'w'"):
             drive({"w": ex.average("w", bad if comm.rank == 1 else good)})
         return codec
+
     for codec in run_workers(2, work):
         assert torch.isfinite(codec.state["residual"]["w"]).all()
         assert torch.isfinite(codec.state["q"]["w"]).all()
@@ -457,8 +492,9 @@ def test_gradiveq_nonfinite_sample_does_not_poison_the_basis():
         if step == 0 and rank == 1:
             g[5] = float("inf")
         return g
+
     outs, codec, _ = exchange_steps(spec, bad, 4, 2)[0]
-    assert not torch.isfinite(outs[0]).all()          # propagated, as an fp32 allreduce would
+    assert not torch.isfinite(outs[0]).all()  # propagated, as an fp32 allreduce would
     assert codec.state["samples"]["w"]["count"] == 18  # only the finite sampling step counted
     assert torch.isfinite(codec.state["basis"]["w"]).all()
     want = (grads(0, 3) + grads(1, 3)).reshape(CONV) / 2
@@ -470,6 +506,7 @@ def test_aggregation_benchmark_gradients_sit_at_the_papers_ratio():
     average), and its table reads its rows; the timed run itself is `python -m
     hvd_compress.bench.aggregation` (horovodrun), not part of the test suite."""
     from hvd_compress.bench.aggregation import format_table, resnet32_conv_shapes, synthetic_gradients
+
     spec = "gradiveq:warmup_steps=0,sample_steps=3,compress_steps=100,sampler=none,min_numel=0"
     shapes = resnet32_conv_shapes()
     assert len(shapes) == 31 and sum(torch.Size(s).numel() for s in shapes) == 461232
@@ -483,12 +520,19 @@ def test_aggregation_benchmark_gradients_sit_at_the_papers_ratio():
         for step in range(3):
             drive({name: ex.average(name, g) for name, g in grads[comm.rank][step].items()})
         return codec
+
     codec = run_workers(2, work)[0]
     for key, row in codec.compression_report().items():
         if key != "_total":
             assert row["d"] == max(1, row["K"] // 8), (key, row)
-    rows = [{"codec": c, "ms_per_step": t, "sent_bytes_per_step": b} for c, t, b in
-            [("none (fp32)", 10.0, 1000.0), ("qsgd 4-bit", 5.0, 130.0), ("gradiveq compressed phase", 2.0, 120.0)]]
+    rows = [
+        {"codec": c, "ms_per_step": t, "sent_bytes_per_step": b}
+        for c, t, b in [
+            ("none (fp32)", 10.0, 1000.0),
+            ("qsgd 4-bit", 5.0, 130.0),
+            ("gradiveq compressed phase", 2.0, 120.0),
+        ]
+    ]
     rows[2]["ratio_k_over_d"] = 8.0
     table = format_table({"rows": rows, "layers": 31, "values": 461232, "world_size": 2}, [("1gbit", 1e9)])
     assert "5.00x" in table and "5.25x" in table

@@ -1,6 +1,7 @@
 """GradiVeQ and PowerSGD under real horovodrun jobs: a small CNN within 1 accuracy point of fp32,
 replicas identical, through the stock ``hvd.DistributedOptimizer`` (2 workers) and
 ``hvd_compress.torch.DistributedOptimizer`` (3 workers, uneven)."""
+
 import json
 import os
 import sys
@@ -19,9 +20,18 @@ STEPS = 400  # 20 warm-up + 5.5 GradiVeQ cycles of 70; 390 PowerSGD steps
 @pytest.mark.parametrize("np_,frontend", [(2, "stock"), (3, "ours")])
 def test_cnn_trains_within_a_point_of_fp32(np_, frontend, tmp_path):
     extra = f";{GRADIVEQ_R8}" if frontend == "stock" else ""
-    results = horovodrun(np_, "tests/mp/linear_cnn.py", "--codecs", f"fp32;{GRADIVEQ};{POWERSGD}{extra}",
-                         "--frontends", frontend, "--steps", str(STEPS), timeout=600,
-                         out_dir=str(tmp_path))
+    results = horovodrun(
+        np_,
+        "tests/mp/linear_cnn.py",
+        "--codecs",
+        f"fp32;{GRADIVEQ};{POWERSGD}{extra}",
+        "--frontends",
+        frontend,
+        "--steps",
+        str(STEPS),
+        timeout=600,
+        out_dir=str(tmp_path),
+    )
     rows = {r["codec"]: r for r in results[0]["rows"]}
     fp32 = rows["fp32"]["accuracy"]
     summary = []
@@ -30,14 +40,24 @@ def test_cnn_trains_within_a_point_of_fp32(np_, frontend, tmp_path):
         assert row["frontend"] == frontend
         assert row["replicas_identical"], spec
         for r in range(1, np_):  # every rank evaluated the same model
-            assert results[r]["rows"][[x["codec"] for x in results[r]["rows"]].index(spec)]["accuracy"] \
-                == row["accuracy"]
+            assert (
+                results[r]["rows"][[x["codec"] for x in results[r]["rows"]].index(spec)]["accuracy"] == row["accuracy"]
+            )
         assert abs(row["accuracy"] - fp32) <= 0.01, (spec, row["accuracy"], fp32)
         label = next(k for k in row["wire_stats"] if k.startswith(spec.split(":")[0]))
         stats = row["wire_stats"][label]
-        summary.append({"codec": spec, "frontend": frontend, "accuracy": row["accuracy"], "fp32": fp32,
-                        "bits_per_value": stats["bits_per_value"], "compression": row["compression"],
-                        "bytes_vs_fp32": row["bytes_vs_fp32"], "bytes_vs_fp32_at_150": row["bytes_vs_fp32_early"]})
+        summary.append(
+            {
+                "codec": spec,
+                "frontend": frontend,
+                "accuracy": row["accuracy"],
+                "fp32": fp32,
+                "bits_per_value": stats["bits_per_value"],
+                "compression": row["compression"],
+                "bytes_vs_fp32": row["bytes_vs_fp32"],
+                "bytes_vs_fp32_at_150": row["bytes_vs_fp32_early"],
+            }
+        )
     if extra:  # ratio 8 + error feedback: at most 0.35x fp32's bytes over the first 150 steps
         assert rows[GRADIVEQ_R8]["bytes_vs_fp32_early"] <= 0.35, rows[GRADIVEQ_R8]["bytes_vs_fp32_early"]
         assert rows[GRADIVEQ_R8]["compression"]["_total"]["ratio"] >= 7.5
@@ -61,7 +81,9 @@ def test_cnn_trains_within_a_point_of_fp32(np_, frontend, tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(summary, indent=1))
     for s in summary:
         ratio = s["compression"].get("_total", {}).get("ratio")
-        print(f"np={np_} {s['codec']} [{frontend}]: accuracy {100 * s['accuracy']:.2f}% "
-              f"(fp32 {100 * s['fp32']:.2f}%), {s['bits_per_value']:.2f} bits/value on the wire"
-              + (f", achieved K/d {ratio:.2f}" if ratio else "")
-              + f"; bytes vs fp32: {s['bytes_vs_fp32']:.3f} (first 150 steps {s['bytes_vs_fp32_at_150']:.3f})")
+        print(
+            f"np={np_} {s['codec']} [{frontend}]: accuracy {100 * s['accuracy']:.2f}% "
+            f"(fp32 {100 * s['fp32']:.2f}%), {s['bits_per_value']:.2f} bits/value on the wire"
+            + (f", achieved K/d {ratio:.2f}" if ratio else "")
+            + f"; bytes vs fp32: {s['bytes_vs_fp32']:.3f} (first 150 steps {s['bytes_vs_fp32_at_150']:.3f})"
+        )

@@ -9,6 +9,7 @@ The fuzz runs ``HVD_COMPRESS_FUZZ_EXAMPLES`` cases per codec and path (200 in CI
 
     HVD_COMPRESS_FUZZ_EXAMPLES=10000 python -m pytest tests/test_malformed.py -k fuzz -q
 """
+
 from __future__ import annotations
 
 import os
@@ -29,15 +30,19 @@ TORCH_SPECS = [s for s in TORCH_ALL if s not in LINEAR]
 PATHS = ["plain", "native"]
 NUMEL = 1000
 FUZZ_EXAMPLES = int(os.environ.get("HVD_COMPRESS_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 def malformed(valid: torch.Tensor) -> dict:
     """The ways a payload can be wrong, from one valid payload."""
-    return {"truncated": valid[:valid.numel() // 2], "one_byte_short": valid[:-1],
-            "oversized": torch.cat([valid, valid[:1]]), "empty": valid[:0],
-            "wrong_dtype": valid.view(torch.int8), "two_dimensional": valid.view(1, -1)}
+    return {
+        "truncated": valid[: valid.numel() // 2],
+        "one_byte_short": valid[:-1],
+        "oversized": torch.cat([valid, valid[:1]]),
+        "empty": valid[:0],
+        "wrong_dtype": valid.view(torch.int8),
+        "two_dimensional": valid.view(1, -1),
+    }
 
 
 def torch_payload(codec, n):
@@ -60,9 +65,11 @@ def test_torch_decoders_reject_malformed_payloads_naming_the_codec(spec, path):
     assert valid.numel() == codec.payload_nbytes(NUMEL)
     with native_path(path):
         for what, bad in malformed(valid).items():
-            decoders = {"decode": lambda p: codec.decode(p, NUMEL),
-                        "decode_into": lambda p: codec.decode_into(p, torch.empty(NUMEL)),
-                        "aggregate": lambda p: codec.aggregate([valid, p], NUMEL)}
+            decoders = {
+                "decode": lambda p: codec.decode(p, NUMEL),
+                "decode_into": lambda p: codec.decode_into(p, torch.empty(NUMEL)),
+                "aggregate": lambda p: codec.aggregate([valid, p], NUMEL),
+            }
             for name, run in decoders.items():
                 with pytest.raises(ValueError, match="malformed") as err:
                     run(bad)
@@ -119,6 +126,7 @@ def tf_specs():
 def tf_codec(spec):
     tf = pytest.importorskip("tensorflow")
     import hvd_compress.tensorflow as hct
+
     return tf, hct.from_spec(spec)
 
 
@@ -126,15 +134,24 @@ def tf_codec(spec):
 def test_tf_decoders_reject_malformed_payloads_naming_the_codec(spec):
     tf, codec = tf_codec(spec)
     from test_tf_codecs import encode
+
     valid = encode(codec, tf.random.stateless_normal([NUMEL], (1, 2)))
     assert int(valid.shape[0]) == codec.payload_nbytes(NUMEL)
     v = valid.numpy()
-    bad = {"truncated": v[:len(v) // 2], "one_byte_short": v[:-1], "oversized": v.tolist() + [0],
-           "empty": v[:0], "wrong_dtype": v.view("int8"), "two_dimensional": v.reshape(1, -1)}
+    bad = {
+        "truncated": v[: len(v) // 2],
+        "one_byte_short": v[:-1],
+        "oversized": v.tolist() + [0],
+        "empty": v[:0],
+        "wrong_dtype": v.view("int8"),
+        "two_dimensional": v.reshape(1, -1),
+    }
     for what, b in bad.items():
         p = tf.constant(b, tf.int8) if what == "wrong_dtype" else tf.constant(b, tf.uint8)
-        for name, run in {"decode": lambda: codec.decode(p, NUMEL),
-                          "aggregate": lambda: codec.aggregate([valid, p], NUMEL)}.items():
+        for name, run in {
+            "decode": lambda: codec.decode(p, NUMEL),
+            "aggregate": lambda: codec.aggregate([valid, p], NUMEL),
+        }.items():
             with pytest.raises(ValueError, match="malformed") as err:
                 run()
             assert codec.describe() in str(err.value), (what, name)
@@ -165,6 +182,7 @@ def test_fuzz_ps_messages_raise_malformed_message_or_decode_to_n_finite_values(e
     import numpy as np
 
     from hvd_compress.ps import wire
+
     outcomes = {"rejected": 0, "decoded": 0}
 
     @FUZZ
@@ -175,18 +193,28 @@ def test_fuzz_ps_messages_raise_malformed_message_or_decode_to_n_finite_values(e
         rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
         if 2 <= bits <= 16 and data.draw(st.booleans(), label="start from a valid payload"):
             v = rng.standard_normal(n).astype(np.float32)
-            enc = {"fp32": lambda: wire.fp32(v), "quant": lambda: wire.quant(v, bits, rng),
-                   "sparse": lambda: wire.sparse(v, bits, max(1.0, n / 10), rng)}[encoding]()
+            enc = {
+                "fp32": lambda: wire.fp32(v),
+                "quant": lambda: wire.quant(v, bits, rng),
+                "sparse": lambda: wire.sparse(v, bits, max(1.0, n / 10), rng),
+            }[encoding]()
             raw = bytearray(enc[2].tobytes())
             for _ in range(data.draw(st.integers(0, 4), label="flips")):  # corrupt a few bytes
                 if raw:
                     raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
             cut = data.draw(st.integers(-3, 3), label="length change")
-            raw = raw[:max(0, len(raw) + cut)] if cut < 0 else raw + bytes(cut)
+            raw = raw[: max(0, len(raw) + cut)] if cut < 0 else raw + bytes(cut)
         else:
             raw = data.draw(st.binary(max_size=4 * n + 16), label="bytes")
-        m = wire.Message(kind="gradient", sender=0, epoch=0, encoding=encoding, bits=bits, n=n,
-                         payload=np.frombuffer(bytes(raw), np.uint8).copy())
+        m = wire.Message(
+            kind="gradient",
+            sender=0,
+            epoch=0,
+            encoding=encoding,
+            bits=bits,
+            n=n,
+            payload=np.frombuffer(bytes(raw), np.uint8).copy(),
+        )
         try:
             wire.check_header(m, wire.PUSHES, n)
             out = wire.decode(m)

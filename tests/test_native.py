@@ -12,6 +12,7 @@
   by one draw from the codec's generator: uniform, unbiased, deterministic per seed.
 * ``HVD_COMPRESS_NATIVE=0`` and a missing compiler fall back to the plain path (warned once).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,18 +31,43 @@ from hvd_compress.common import chunk_bounds, packed_nbytes
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(_native.load() is None,
-                                reason=f"native kernels unavailable: {_native.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    _native.load() is None, reason=f"native kernels unavailable: {_native.unavailable_reason()}"
+)
 
-SPECS = ["qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8", "qsgd:bits=4,bucket_size=100",
-         "qsgd:bits=4,bucket_size=7", "qsgd:bits=2,bucket_size=9", "qsgd:bits=4,norm=l2",
-         "qsgd:bits=8,norm=l2,bucket_size=1000", "terngrad", "terngrad:packing=2bit",
-         "terngrad:clip=none", "onebit", "onebit:bucket_size=64", "onebit:bucket_size=8", "efsign"]
+SPECS = [
+    "qsgd:bits=2,bucket_size=128",
+    "qsgd:bits=4",
+    "qsgd:bits=8",
+    "qsgd:bits=4,bucket_size=100",
+    "qsgd:bits=4,bucket_size=7",
+    "qsgd:bits=2,bucket_size=9",
+    "qsgd:bits=4,norm=l2",
+    "qsgd:bits=8,norm=l2,bucket_size=1000",
+    "terngrad",
+    "terngrad:packing=2bit",
+    "terngrad:clip=none",
+    "onebit",
+    "onebit:bucket_size=64",
+    "onebit:bucket_size=8",
+    "efsign",
+]
 SIZES = [0, 1, 7, 100, 1001, 40_001, 1 << 20]
-TORCH_ULPS = {"efsign": 1, "onebit": 3, "onebit:bucket_size=64": 7, "qsgd:bits=4,norm=l2": 2,
-              "qsgd:bits=8,norm=l2,bucket_size=1000": 2}
-SUM_SCALED = {"qsgd:bits=4,norm=l2", "qsgd:bits=8,norm=l2,bucket_size=1000", "onebit",
-              "onebit:bucket_size=64", "onebit:bucket_size=8", "efsign"}
+TORCH_ULPS = {
+    "efsign": 1,
+    "onebit": 3,
+    "onebit:bucket_size=64": 7,
+    "qsgd:bits=4,norm=l2": 2,
+    "qsgd:bits=8,norm=l2,bucket_size=1000": 2,
+}
+SUM_SCALED = {
+    "qsgd:bits=4,norm=l2",
+    "qsgd:bits=8,norm=l2,bucket_size=1000",
+    "onebit",
+    "onebit:bucket_size=64",
+    "onebit:bucket_size=8",
+    "efsign",
+}
 
 
 def quantizer(spec):
@@ -155,13 +181,21 @@ def test_generic_inputs_codes_equal_sum_scales_correctly_rounded(spec):
         # decoding the same payload is bit-identical on both paths
         assert bits_equal(decode(q, a, n, True), decode(q, a, n, False))
 
+
 @pytest.mark.parametrize("spec", ["qsgd:bits=4", "qsgd:bits=4,norm=l2", "terngrad", "onebit", "efsign"])
 def test_other_dtypes_shapes_and_strides_are_converted_first(spec):
     """fp16/bf16/fp64, 2-D and non-contiguous inputs: both paths encode ``x.reshape(-1).float()``."""
     q = quantizer(spec)
     base = grid(8192, 3)
-    for x in (base.half(), base.bfloat16(), base.double(), base.view(64, 128), base.view(128, 64).t(),
-              base[::2], grid(3001, 4)[1:]):
+    for x in (
+        base.half(),
+        base.bfloat16(),
+        base.double(),
+        base.view(64, 128),
+        base.view(128, 64).t(),
+        base[::2],
+        grid(3001, 4)[1:],
+    ):
         flat = x.reshape(-1).float().contiguous()
         scale = q.local_scale(flat) if q.shared_scale else None
         a = encode(q, x, True, scale=scale)
@@ -195,7 +229,7 @@ def test_non_finite_inputs_behave_as_on_the_plain_path(spec, bad):
 def test_subnormal_and_zero_scales():
     for spec in ("qsgd:bits=4", "qsgd:bits=2,bucket_size=128", "terngrad", "onebit", "efsign"):
         q = quantizer(spec)
-        for x in (grid(3001, 2) * 2.0 ** -140, torch.zeros(3001), -torch.zeros(3001)):
+        for x in (grid(3001, 2) * 2.0**-140, torch.zeros(3001), -torch.zeros(3001)):
             scale = q.local_scale(x) if q.shared_scale else None
             a = encode(q, x, True, scale=scale)
             assert torch.equal(a, encode(q, x, False, scale=scale)), spec
@@ -330,8 +364,10 @@ def test_three_worker_reduce_scatter_exchange(spec):
         def work(comm):
             codec = hc.from_spec(spec)
             ex = Exchange(codec, comm, stats=WireStats())
-            return [drive({"w": ex.average("w", grid(6400, 10 * comm.rank + step).view(64, 100))})["w"]
-                    for step in range(2)]
+            return [
+                drive({"w": ex.average("w", grid(6400, 10 * comm.rank + step).view(64, 100))})["w"] for step in range(2)
+            ]
+
         with _native.forced(native):
             return run_workers(3, work)
 
@@ -350,11 +386,11 @@ def test_kernel_uniforms_are_uniform_on_the_24_bit_grid():
     n = 1 << 21
     u = ops.noise_for_test(12345, 0, n).double()
     assert float(u.min()) >= 0 and float(u.max()) < 1
-    assert torch.equal(u * 2 ** 24, torch.floor(u * 2 ** 24))  # k / 2**24, as torch.rand's float32
+    assert torch.equal(u * 2**24, torch.floor(u * 2**24))  # k / 2**24, as torch.rand's float32
     se = math.sqrt(1 / 12 / n)
     # 5 standard errors: a false alarm has probability below 1e-6 per statistic
     assert abs(float(u.mean()) - 0.5) < 5 * se
-    assert abs(float(u.var()) - 1 / 12) < 5 * math.sqrt(1 / 180 / n)   # var of (U - 1/2)^2 is 1/180
+    assert abs(float(u.var()) - 1 / 12) < 5 * math.sqrt(1 / 180 / n)  # var of (U - 1/2)^2 is 1/180
     for p in (1e-3, 0.3, 0.5, 0.999):
         frac = float((u < p).double().mean())
         assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / n)
@@ -398,7 +434,7 @@ def test_native_stochastic_rounding_is_unbiased(spec):
     with _native.forced(True):
         for t in range(trials):
             total += q.decode(q.encode(x, torch.Generator().manual_seed(t), scale), 2000).double()
-    step = x.abs().max() / getattr(q, "levels", 1)   # the largest level step of any bucket
+    step = x.abs().max() / getattr(q, "levels", 1)  # the largest level step of any bucket
     # one draw's deviation is at most a step (sd <= step/2); 6 SE bounds the max over 2000 values
     assert float(((total / trials).float() - x).abs().max()) <= 6 * float(step) / 2 / math.sqrt(trials)
 
@@ -432,7 +468,8 @@ def test_forked_children_run_the_kernels_single_threaded():
         "if pid == 0:\n"
         "    q = c.encode(x, torch.Generator().manual_seed(0))\n"
         "    os._exit(0 if bytes(q.numpy()) == bytes(p.numpy()) else 3)\n"
-        "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
+        "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+    )
     proc = _python(code, {})
     assert proc.returncode == 0 and proc.stdout.strip() == "0", proc.stderr[-2000:]
 
@@ -448,7 +485,7 @@ def _topk_inputs(n):
     yield "constant", torch.full((n,), -0.5)
     x = torch.randn(n, generator=g) * 1e-3
     stride = max(1, n // 16384)
-    x[stride // 2::stride] = 1e3  # 16384 huge values, fewer than k for ratio 0.3
+    x[stride // 2 :: stride] = 1e3  # 16384 huge values, fewer than k for ratio 0.3
     yield "sample-trap", x
     x = torch.randn(n, generator=g)
     x[n // 3], x[n // 2], x[-1] = float("nan"), float("inf"), -float("inf")
@@ -536,8 +573,9 @@ def test_bad_payloads_are_clear_errors():
 
 def _python(code: str, env: dict) -> subprocess.CompletedProcess:
     full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full,
-                          cwd=str(REPO), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full, cwd=str(REPO), timeout=300
+    )
 
 
 def test_no_compiler_warns_once_and_uses_the_plain_path(tmp_path):
@@ -556,7 +594,8 @@ def test_no_compiler_warns_once_and_uses_the_plain_path(tmp_path):
         "        c.decode(p, 5000)\n"
         "    msgs = [str(m.message) for m in w if 'native codec kernels' in str(m.message)]\n"
         "print(len(msgs), _native.enabled())\n"
-        "print(msgs[0] if msgs else '')\n")
+        "print(msgs[0] if msgs else '')\n"
+    )
     proc = _python(code, {"CC": str(tmp_path / "no-such-cc"), "HVD_COMPRESS_CACHE": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, message = proc.stdout.split("\n", 1)
@@ -566,11 +605,22 @@ def test_no_compiler_warns_once_and_uses_the_plain_path(tmp_path):
 
 def test_build_command_is_safe_to_run_concurrently(tmp_path):
     """Several ranks starting at once: one build under the lock, the others wait and reuse it."""
-    env = dict(os.environ, HVD_COMPRESS_CACHE=str(tmp_path),
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, "-m", "hvd_compress._native", "--build"], env=env,
-                              cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    env = dict(
+        os.environ,
+        HVD_COMPRESS_CACHE=str(tmp_path),
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hvd_compress._native", "--build"],
+            env=env,
+            cwd=str(REPO),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     paths = {o[0].strip() for o in outs}

@@ -14,6 +14,7 @@ To replay the full 10,000-case corpus by hand::
 
     HVD_COMPRESS_FUZZ_EXAMPLES=10000 python -m pytest tests/test_native_sanitizers.py -q
 """
+
 from __future__ import annotations
 
 import os
@@ -45,24 +46,26 @@ def sanitized_env(tmp_path_factory):
     """Environment of a child process that loads the sanitized kernels and cannot import TF."""
     hidden = tmp_path_factory.mktemp("no_tf")
     (hidden / "tensorflow.py").write_text(
-        'raise ImportError("tensorflow is hidden in the sanitizer run (its own code trips ASan)")\n')
+        'raise ImportError("tensorflow is hidden in the sanitizer run (its own code trips ASan)")\n'
+    )
     env = dict(os.environ)
-    env.update({
-        "LD_PRELOAD": ASAN,
-        "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:abort_on_error=0",  # Python "leaks" at exit
-        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
-        "HVD_COMPRESS_SANITIZE": "1",
-        "HVD_COMPRESS_NATIVE": "1",
-        "HVD_COMPRESS_CACHE": str(tmp_path_factory.mktemp("sanitized_cache")),
-        "PYTHONPATH": os.pathsep.join([str(hidden), str(ROOT), env.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "2",  # the parallel tiles run too
-    })
+    env.update(
+        {
+            "LD_PRELOAD": ASAN,
+            "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:abort_on_error=0",  # Python "leaks" at exit
+            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+            "HVD_COMPRESS_SANITIZE": "1",
+            "HVD_COMPRESS_NATIVE": "1",
+            "HVD_COMPRESS_CACHE": str(tmp_path_factory.mktemp("sanitized_cache")),
+            "PYTHONPATH": os.pathsep.join([str(hidden), str(ROOT), env.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "2",  # the parallel tiles run too
+        }
+    )
     return env
 
 
 def _run(env, args, timeout):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _report(out) -> str:
@@ -90,9 +93,21 @@ def test_the_sanitized_build_loads_and_catches_an_out_of_bounds_read(sanitized_e
 
 
 def test_kernels_and_fuzz_corpus_run_clean_under_asan_and_ubsan(sanitized_env):
-    out = _run(sanitized_env, ["-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "tests/test_native.py", "tests/test_malformed.py",
-                               "-k", "native and not concurrently and not forked"], timeout=1200)
+    out = _run(
+        sanitized_env,
+        [
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_native.py",
+            "tests/test_malformed.py",
+            "-k",
+            "native and not concurrently and not forked",
+        ],
+        timeout=1200,
+    )
     report = _report(out)
     assert "AddressSanitizer" not in out.stderr and "runtime error:" not in out.stderr, report
     assert out.returncode == 0, report

@@ -1,5 +1,6 @@
 """pyproject.toml builds a wheel a user can install: the kernels' C source ships, the version is the
 package's own, and Horovod is in no requirement (its PyPI sdist does not build on today's torch)."""
+
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,12 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "hvd_compress", source / "hvd_compress", ignore=shutil.ignore_patterns("__pycache__"))
     # No build isolation: uses this environment's setuptools, so the test needs no network.
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                           str(source), "-w", str(out)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode != 0 and "bdist_wheel" in done.stderr:
         pytest.skip("this setuptools cannot build wheels without the 'wheel' package")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -40,8 +45,14 @@ def metadata(wheel: zipfile.ZipFile) -> str:
 def test_wheel_ships_the_native_kernel_source_and_every_subpackage(wheel):
     names = set(wheel.namelist())
     assert "hvd_compress/_native/kernels.c" in names
-    for package in ("hvd_compress", "hvd_compress.torch", "hvd_compress.tensorflow.keras", "hvd_compress.ps",
-                    "hvd_compress.bench", "hvd_compress.torch.codecs"):
+    for package in (
+        "hvd_compress",
+        "hvd_compress.torch",
+        "hvd_compress.tensorflow.keras",
+        "hvd_compress.ps",
+        "hvd_compress.bench",
+        "hvd_compress.torch.codecs",
+    ):
         assert package.replace(".", "/") + "/__init__.py" in names
     assert not any(n.startswith("tests/") for n in names)
 

@@ -1,17 +1,17 @@
 """Spec: bit packing round-trips exactly and uses exactly the documented number of bytes."""
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvd_compress.torch.exchange import chunk_bounds
-from hvd_compress.torch.packing import (base3_nbytes, pack_base3, pack_bits, packed_nbytes,
-                                        unpack_base3, unpack_bits)
+from hvd_compress.torch.packing import base3_nbytes, pack_base3, pack_bits, packed_nbytes, unpack_base3, unpack_bits
 
 
 @settings(max_examples=60, deadline=None)
 @given(bits=st.sampled_from([1, 2, 4, 8]), data=st.data())
 def test_pack_bits_round_trip(bits, data):
-    codes = data.draw(st.lists(st.integers(0, 2 ** bits - 1), max_size=300))
+    codes = data.draw(st.lists(st.integers(0, 2**bits - 1), max_size=300))
     t = torch.tensor(codes, dtype=torch.uint8)
     packed = pack_bits(t, bits)
     assert packed.dtype == torch.uint8 and packed.numel() == packed_nbytes(len(codes), bits)

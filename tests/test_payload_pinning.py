@@ -43,6 +43,7 @@ and to rewrite the file (for a new case or a torch upgrade, never to paper over 
 Both compute the digests in child processes with one thread and ``ATEN_CPU_CAPABILITY=avx2``,
 exactly as the tests do.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,11 +61,28 @@ from hvd_compress.common import chunk_bounds
 from hvd_compress.torch import from_spec
 from hvd_compress.torch import packing
 
-SPECS = ["none", "fp16", "bf16", "qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8",
-         "qsgd:bits=4,norm=l2", "qsgd:bits=4,bucket_size=100", "terngrad", "terngrad:packing=2bit",
-         "terngrad:clip=none", "onebit", "onebit:bucket_size=64", "efsign", "signsgd",
-         "signsgd:scaled=false", "topk:ratio=0.01", "doublesqueeze:codec=onebit",
-         "doublesqueeze:codec=qsgd,bits=4", "doublesqueeze:codec=efsign"]
+SPECS = [
+    "none",
+    "fp16",
+    "bf16",
+    "qsgd:bits=2,bucket_size=128",
+    "qsgd:bits=4",
+    "qsgd:bits=8",
+    "qsgd:bits=4,norm=l2",
+    "qsgd:bits=4,bucket_size=100",
+    "terngrad",
+    "terngrad:packing=2bit",
+    "terngrad:clip=none",
+    "onebit",
+    "onebit:bucket_size=64",
+    "efsign",
+    "signsgd",
+    "signsgd:scaled=false",
+    "topk:ratio=0.01",
+    "doublesqueeze:codec=onebit",
+    "doublesqueeze:codec=qsgd,bits=4",
+    "doublesqueeze:codec=efsign",
+]
 # Sizes: ragged (not a whole number of bytes, buckets or base-3 groups) and large enough to span
 # several internal blocks of a cache-blocked implementation.
 SIZES = [3001, 150_011]
@@ -94,7 +112,7 @@ def _randn(n: int, seed: int) -> torch.Tensor:
 
 def _tiny(n: int, seed: int) -> torch.Tensor:
     """Subnormal values (the grid times 2**-140): scales whose inverse overflows fp32."""
-    return _grid(n, seed) * 2.0 ** -140
+    return _grid(n, seed) * 2.0**-140
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -128,8 +146,7 @@ def case_digests(spec: str, data: str, n: int) -> dict:
         out["encode_noise"] = _digest(quantizer.encode(x, None, scale, noise=noise))
     # aggregate of three workers' payloads
     others = [x, -0.5 * x, 0.25 * x.flip(0)]
-    payloads = [codec.encode(v, _gen(20 + i), scale)
-                for i, v in enumerate(others)]
+    payloads = [codec.encode(v, _gen(20 + i), scale) for i, v in enumerate(others)]
     out["aggregate"] = _digest(codec.aggregate(payloads, n))
     # two steps of the worker side over three chunks (error-feedback residuals carried)
     bounds = chunk_bounds(n, 3, codec.alignment())
@@ -142,7 +159,7 @@ def case_digests(spec: str, data: str, n: int) -> dict:
     # two steps of the owner side (server residual for DoubleSqueeze)
     a, b = bounds[1]
     for step in range(2):
-        pl = codec.server_encode(x[a:b] * (0.5 ** step), "layer.weight", _draw(codec), 1, scale)
+        pl = codec.server_encode(x[a:b] * (0.5**step), "layer.weight", _draw(codec), 1, scale)
         out[f"server{step}"] = _digest(pl)
     res = codec.state.get("server_residual", {}).get("layer.weight")
     if res is not None:
@@ -165,7 +182,7 @@ def packing_digests() -> dict:
     out = {}
     for n in (0, 1, 7, 8, 9, 4099, 300_001):
         for bits in (1, 2, 4, 8):
-            codes = torch.randint(0, 2 ** bits, (n,), generator=g, dtype=torch.uint8)
+            codes = torch.randint(0, 2**bits, (n,), generator=g, dtype=torch.uint8)
             packed = packing.pack_bits(codes, bits)
             out[f"bits{bits}_n{n}"] = _digest(packed)
             assert torch.equal(packing.unpack_bits(packed, bits, n), codes)
@@ -236,19 +253,32 @@ def native_may_differ(case: str, key: str) -> bool:
 
 
 def _child(native: bool) -> dict:
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               HVD_COMPRESS_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, __file__, "--json", "--native", str(int(native))],
-                          capture_output=True, text=True, env=env, cwd=str(REPO), timeout=600)
+    env = dict(
+        os.environ,
+        ATEN_CPU_CAPABILITY="avx2",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        HVD_COMPRESS_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, __file__, "--json", "--native", str(int(native))],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 
 
 def _skip_unless_avx2():
     if platform.machine() not in ("x86_64", "AMD64") or not _has_avx2():
-        pytest.skip("digests are pinned for x86-64 AVX2 kernels (ATEN_CPU_CAPABILITY=avx2); "
-                    f"this machine is {platform.machine()} without AVX2")
+        pytest.skip(
+            "digests are pinned for x86-64 AVX2 kernels (ATEN_CPU_CAPABILITY=avx2); "
+            f"this machine is {platform.machine()} without AVX2"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +295,7 @@ def native_digests():
     """The same digests with the native kernels (skipped where they cannot be built)."""
     _skip_unless_avx2()
     from hvd_compress import _native
+
     if _native.load() is None:
         pytest.skip(f"native kernels unavailable: {_native.unavailable_reason()}")
     return _child(native=True)
@@ -319,10 +350,8 @@ def regenerate() -> dict:
     that differ from them (each computed in a child process, as the tests do)."""
     plain = _child(native=False)
     native = _child(native=True)
-    diff = {case: {k: v for k, v in keys.items() if plain.get(case, {}).get(k) != v}
-            for case, keys in native.items()}
-    return {"_about": _DIGESTS.get("_about", ""), "plain": plain,
-            "native": {c: d for c, d in diff.items() if d}}
+    diff = {case: {k: v for k, v in keys.items() if plain.get(case, {}).get(k) != v} for case, keys in native.items()}
+    return {"_about": _DIGESTS.get("_about", ""), "plain": plain, "native": {c: d for c, d in diff.items() if d}}
 
 
 def main():
@@ -341,15 +370,19 @@ def main():
     changed = []
     for part in ("plain", "native"):
         for case in sorted(set(fresh[part]) | set(_DIGESTS[part])):
-            changed += [f"{part} {case} {m}" for m in _mismatches(fresh[part].get(case, {}),
-                                                                  _DIGESTS[part].get(case, {}))]
+            changed += [
+                f"{part} {case} {m}" for m in _mismatches(fresh[part].get(case, {}), _DIGESTS[part].get(case, {}))
+            ]
     if not changed:
         print(f"{DIGESTS_FILE}: up to date ({len(fresh['plain'])} cases)")
         return 0
     print("\n".join(changed))
     if "--update" not in sys.argv:
-        print(f"{len(changed)} digests differ from {DIGESTS_FILE}; not overwriting it. Rerun with "
-              "--update to rewrite it (only for a new case or a torch upgrade).", file=sys.stderr)
+        print(
+            f"{len(changed)} digests differ from {DIGESTS_FILE}; not overwriting it. Rerun with "
+            "--update to rewrite it (only for a new case or a torch upgrade).",
+            file=sys.stderr,
+        )
         return 1
     with open(DIGESTS_FILE, "w") as f:
         json.dump(fresh, f, indent=1)

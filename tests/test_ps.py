@@ -3,12 +3,21 @@
 The first half runs in-process (quantizer, wire format, a shard's message checks); the second
 half runs real Ray actors on a tiny logistic-regression problem (one local Ray for the module).
 """
+
 import numpy as np
 import pytest
 
 from hvd_compress import lowprec
-from hvd_compress.ps import (HEADER_BITS, AccAsyLPG, AsyFPG, AsyLPG, MalformedMessage, Message,
-                             SparseAsyLPG, synthetic_logistic)
+from hvd_compress.ps import (
+    HEADER_BITS,
+    AccAsyLPG,
+    AsyFPG,
+    AsyLPG,
+    MalformedMessage,
+    Message,
+    SparseAsyLPG,
+    synthetic_logistic,
+)
 from hvd_compress.ps import wire
 from hvd_compress.ps.runtime import ServerShard
 
@@ -19,8 +28,7 @@ def test_quantizer_unbiased_and_within_one_step(bits):
     rng = np.random.default_rng(bits)
     v = rng.normal(size=300).astype(np.float32)
     reps = 2000
-    draws = np.stack([lowprec.decode(lowprec.encode(v, bits, None, rng=rng), v.size, bits)
-                      for _ in range(reps)])
+    draws = np.stack([lowprec.decode(lowprec.encode(v, bits, None, rng=rng), v.size, bits) for _ in range(reps)])
     step = np.abs(v).max() / lowprec.levels(bits)
     assert np.all(np.abs(draws - v) <= step * (1 + 1e-5))
     # per-value std of one draw <= step/2, so the mean of 2000 draws is within 5 sigma of v
@@ -43,7 +51,7 @@ def test_fewest_bits_is_the_fewest_that_meets_the_budget():
 @pytest.mark.parametrize("bits", list(range(1, 33)))
 def test_pack_roundtrip_any_width(bits):
     rng = np.random.default_rng(bits)
-    codes = rng.integers(0, 2 ** bits, size=77, dtype=np.uint64)
+    codes = rng.integers(0, 2**bits, size=77, dtype=np.uint64)
     packed = lowprec.pack_codes(codes, bits)
     assert packed.size == lowprec.packed_nbytes(77, bits)  # real packed size: ceil(77 * bits / 8)
     assert np.array_equal(lowprec.unpack_codes(packed, bits, 77).astype(np.uint64), codes)
@@ -86,31 +94,49 @@ def _shard(alg=None, n=10):
 
 
 def _grad(n=10, **kw):
-    base = dict(kind="gradient", sender=0, epoch=0, version=0, encoding="fp32", bits=32, n=n,
-                payload=np.ones(n, "<f4").view(np.uint8))
+    base = dict(
+        kind="gradient",
+        sender=0,
+        epoch=0,
+        version=0,
+        encoding="fp32",
+        bits=32,
+        n=n,
+        payload=np.ones(n, "<f4").view(np.uint8),
+    )
     base.update(kw)
     return Message(**base)
 
 
-@pytest.mark.parametrize("bad,reason", [
-    ("not a message", "not an hvd_compress.ps.wire.Message"),
-    (_grad(kind="delete_everything"), "kind must be one of"),
-    (_grad(n=11, payload=np.ones(11, "<f4").view(np.uint8)), "this receiver holds 10 values"),
-    (_grad(payload=np.ones(9, "<f4").view(np.uint8)), "must have 40 bytes"),
-    (_grad(payload=np.full(10, np.nan, "<f4").view(np.uint8)), "NaN or Inf"),
-    (_grad(payload=np.ones(10, np.float64)), "1-D uint8"),
-    (_grad(encoding="quant", bits=40), "bits must be in"),
-    (_grad(encoding="quant", bits=4, payload=np.zeros(3, np.uint8)), "has 9 bytes, got 3"),
-    (_grad(encoding="quant", bits=2, payload=np.concatenate([np.full(3, 255, np.uint8),
-                                                             np.ones(1, "<f4").view(np.uint8)])),
-     "outside the 2-bit grid"),
-    (_grad(encoding="sparse", bits=8, payload=np.array([99, 0, 0, 0, 0], np.uint8)), "99 survivors"),
-    (_grad(version=5), "computed on version 5"),
-    (_grad(epoch="0"), "epoch must be an integer"),
-    (_grad(encoding="same", payload=np.zeros(0, np.uint8)), "must carry values"),
-    (Message(kind="pull_model", sender=0, epoch=0, encoding="fp32", n=10, payload=np.zeros(40, np.uint8)),
-     "carries no payload"),
-])
+@pytest.mark.parametrize(
+    "bad,reason",
+    [
+        ("not a message", "not an hvd_compress.ps.wire.Message"),
+        (_grad(kind="delete_everything"), "kind must be one of"),
+        (_grad(n=11, payload=np.ones(11, "<f4").view(np.uint8)), "this receiver holds 10 values"),
+        (_grad(payload=np.ones(9, "<f4").view(np.uint8)), "must have 40 bytes"),
+        (_grad(payload=np.full(10, np.nan, "<f4").view(np.uint8)), "NaN or Inf"),
+        (_grad(payload=np.ones(10, np.float64)), "1-D uint8"),
+        (_grad(encoding="quant", bits=40), "bits must be in"),
+        (_grad(encoding="quant", bits=4, payload=np.zeros(3, np.uint8)), "has 9 bytes, got 3"),
+        (
+            _grad(
+                encoding="quant",
+                bits=2,
+                payload=np.concatenate([np.full(3, 255, np.uint8), np.ones(1, "<f4").view(np.uint8)]),
+            ),
+            "outside the 2-bit grid",
+        ),
+        (_grad(encoding="sparse", bits=8, payload=np.array([99, 0, 0, 0, 0], np.uint8)), "99 survivors"),
+        (_grad(version=5), "computed on version 5"),
+        (_grad(epoch="0"), "epoch must be an integer"),
+        (_grad(encoding="same", payload=np.zeros(0, np.uint8)), "must carry values"),
+        (
+            Message(kind="pull_model", sender=0, epoch=0, encoding="fp32", n=10, payload=np.zeros(40, np.uint8)),
+            "carries no payload",
+        ),
+    ],
+)
 def test_malformed_messages_rejected_with_a_clear_error(bad, reason):
     shard = _shard()
     before = shard.state["x"].copy()
@@ -152,6 +178,7 @@ def test_model_precision_rule():
 @pytest.fixture(scope="module")
 def ray_session():
     from hvd_compress.ps.runtime import ensure_ray
+
     ray = ensure_ray()
     yield ray
     ray.shutdown()
@@ -160,22 +187,29 @@ def ray_session():
 @pytest.fixture(scope="module")
 def tiny():
     from hvd_compress.ps.experiment import optimum
+
     problem = synthetic_logistic(n_samples=256, dim=256, density=0.1, lam=1e-3, seed=1)
     # a loose target: 0.02 above the optimum (0.413; the initial loss is log 2 = 0.693);
     # full-precision SVRG needs about 4 epochs of 32 updates
     return problem, optimum(problem) + 0.02
 
 
-ALGS = [AsyFPG(step_size=4.0), AsyLPG(step_size=4.0, bits=8), SparseAsyLPG(step_size=4.0, bits=8, phi=0.3),
-        AccAsyLPG(step_size=8.0, bits=8, theta=0.5)]
+ALGS = [
+    AsyFPG(step_size=4.0),
+    AsyLPG(step_size=4.0, bits=8),
+    SparseAsyLPG(step_size=4.0, bits=8, phi=0.3),
+    AccAsyLPG(step_size=8.0, bits=8, theta=0.5),
+]
 
 
 @pytest.fixture(scope="module")
 def results(ray_session, tiny):
     from hvd_compress.ps import run
+
     problem, target = tiny
-    return {a.name: run(problem, a, num_workers=2, num_shards=2, epochs=15, batch_size=8,
-                        target_loss=target) for a in ALGS}
+    return {
+        a.name: run(problem, a, num_workers=2, num_shards=2, epochs=15, batch_size=8, target_loss=target) for a in ALGS
+    }
 
 
 @pytest.mark.parametrize("name", [a.name for a in ALGS])
@@ -200,19 +234,38 @@ def test_bits_are_counted_exactly(results):
 
 def test_a_dead_worker_does_not_stall_the_servers(ray_session, tiny):
     from hvd_compress.ps import run
+
     problem, target = tiny
     # worker 1's process exits after 10 updates, having pushed its 11th gradient to shard 0 only
-    r = run(problem, AsyLPG(step_size=4.0), num_workers=3, num_shards=2, epochs=15, batch_size=8,
-            target_loss=target, faults={1: {"after": 10, "where": "mid_push"}})
+    r = run(
+        problem,
+        AsyLPG(step_size=4.0),
+        num_workers=3,
+        num_shards=2,
+        epochs=15,
+        batch_size=8,
+        target_loss=target,
+        faults={1: {"after": 10, "where": "mid_push"}},
+    )
     assert r.dead_workers == [1]
     assert r.bits_to_target is not None and r.final_loss <= target
 
 
 def test_a_hung_worker_is_killed_and_the_run_goes_on(ray_session, tiny):
     from hvd_compress.ps import run
+
     problem, target = tiny
-    r = run(problem, AsyFPG(step_size=4.0), num_workers=2, num_shards=2, epochs=15, batch_size=8,
-            target_loss=target, faults={0: {"after": 3, "where": "hang"}}, epoch_timeout_s=5)
+    r = run(
+        problem,
+        AsyFPG(step_size=4.0),
+        num_workers=2,
+        num_shards=2,
+        epochs=15,
+        batch_size=8,
+        target_loss=target,
+        faults={0: {"after": 3, "where": "hang"}},
+        epoch_timeout_s=5,
+    )
     assert r.dead_workers == [0]
     assert r.bits_to_target is not None
 

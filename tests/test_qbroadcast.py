@@ -3,6 +3,7 @@
 One real ``horovodrun -np 2 --gloo`` job runs every scenario (tests/mp/qbroadcast_torch.py);
 the tests below read its per-rank results.
 """
+
 import pytest
 
 from launch import horovodrun
@@ -38,8 +39,13 @@ def test_integers_and_booleans_exact(ranks):
     for r in ranks.values():
         assert r["full"]["nbt"] == r["full"]["root_nbt"]  # BatchNorm num_batches_tracked
         assert r["mixed"]["int_exact"] and r["mixed"]["bool_exact"]
-        assert r["mixed"]["dtypes"] == {"h": "torch.float16", "d": "torch.float64", "i": "torch.int64",
-                                        "b": "torch.bool", "s": "torch.float32"}
+        assert r["mixed"]["dtypes"] == {
+            "h": "torch.float16",
+            "d": "torch.float64",
+            "i": "torch.int64",
+            "b": "torch.bool",
+            "s": "torch.float32",
+        }
         assert r["mixed"]["scalar"] == r["mixed"]["root_scalar"]  # a bucket's max is on the grid
     assert ranks[0]["mixed"]["digest"] == ranks[1]["mixed"]["digest"]
 
@@ -78,7 +84,7 @@ def test_tf_broadcast_variables(tf_ranks):
     r0, r1 = tf_ranks[0], tf_ranks[1]
     for case in ("full", "delta"):
         assert r0[case]["digest"] == r1[case]["digest"]  # identical replicas, root included
-        assert r0[case]["excess"] <= 0.0                  # within one grid step of the root's value
+        assert r0[case]["excess"] <= 0.0  # within one grid step of the root's value
     assert r0["full"]["int_exact"] and r0["full"]["bool_exact"] and r1["full"]["int_exact"]
     assert r0["full"]["dtypes"] == ["int64", "bool", "float16"]
     for case, bits in (("full", 8), ("delta", 4)):
@@ -96,6 +102,7 @@ def test_torch_and_numpy_payloads_byte_identical():
     import torch
     from hvd_compress import lowprec
     from hvd_compress.torch import QSGD
+
     rng = np.random.default_rng(0)
     for bits in (2, 4, 8):
         for n in (1, 513, 3000):

@@ -5,6 +5,7 @@ Runs ``examples/ray_train_torch.py`` as a subprocess in its own process group: t
 Ray down in a ``finally``; if it hangs or dies, the test kills the whole group it started, so no
 Ray process outlives the test.
 """
+
 import json
 import os
 import signal
@@ -21,12 +22,22 @@ pytest.importorskip("ray.train.torch", reason="Ray Train is not installed (pip i
 
 def _run_example(script, args, tmp_path, timeout):
     out = tmp_path / "rows.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2", RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.Popen([sys.executable, str(ROOT / script), *args, "--json", str(out),
-                             "--storage", str(tmp_path / "ray_results")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=str(tmp_path), start_new_session=True)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / script), *args, "--json", str(out), "--storage", str(tmp_path / "ray_results")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -43,8 +54,9 @@ def _run_example(script, args, tmp_path, timeout):
 
 
 def test_ray_torch_trainer_2_cpu_workers_onebit_within_1_point_of_uncompressed(tmp_path):
-    result, output = _run_example("examples/ray_train_torch.py", ["--codecs", "ddp,onebit", "--workers", "2"],
-                                  tmp_path, timeout=600)
+    result, output = _run_example(
+        "examples/ray_train_torch.py", ["--codecs", "ddp,onebit", "--workers", "2"], tmp_path, timeout=600
+    )
     rows = {r["codec"]: r for r in result["rows"]}
     base, onebit = rows["ddp"], rows["onebit"]
     assert base["accuracy"] > 0.95, output[-3000:]  # plain DDP reaches ~97% on digits

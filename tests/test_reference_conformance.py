@@ -14,6 +14,7 @@ sum-based scales on generic inputs (OneBit's means, the sign codecs' mean |x|, Q
 reference sums in float64 and rounds once; the kernels' fp32 sums may differ in the last bit, so
 there the codes must be identical and the scales within 1e-6 relative.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,10 +30,26 @@ torch = pytest.importorskip("torch")
 import hvd_compress.torch as hc  # noqa: E402
 from hvd_compress.common import packed_nbytes  # noqa: E402
 
-SPECS = ["none", "fp16", "bf16", "qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8",
-         "qsgd:bits=4,norm=l2", "qsgd:bits=4,bucket_size=100", "terngrad", "terngrad:packing=2bit",
-         "terngrad:clip=none", "onebit", "onebit:bucket_size=64", "efsign", "signsgd",
-         "signsgd:scaled=false", "topk:ratio=0.01", "topk:ratio=0.3"]
+SPECS = [
+    "none",
+    "fp16",
+    "bf16",
+    "qsgd:bits=2,bucket_size=128",
+    "qsgd:bits=4",
+    "qsgd:bits=8",
+    "qsgd:bits=4,norm=l2",
+    "qsgd:bits=4,bucket_size=100",
+    "terngrad",
+    "terngrad:packing=2bit",
+    "terngrad:clip=none",
+    "onebit",
+    "onebit:bucket_size=64",
+    "efsign",
+    "signsgd",
+    "signsgd:scaled=false",
+    "topk:ratio=0.01",
+    "topk:ratio=0.3",
+]
 SUM_BASED = {"qsgd:bits=4,norm=l2", "onebit", "onebit:bucket_size=64", "efsign", "signsgd"}
 # Odd sizes (not whole bytes, buckets or base-3 groups) and several buckets. Empty tensors never
 # reach a framework codec (the exchange sends them uncompressed); the reference handles 0 too
@@ -73,14 +90,18 @@ class Impl:
         if impl == "tf":
             tf = pytest.importorskip("tensorflow")
             import hvd_compress.tensorflow as hct
+
             self.tf, self.codec = tf, quantizer(hct.from_spec(spec))
             return
         from hvd_compress import _native
         from hvd_compress.torch.kernels import backend
+
         if impl == "triton":
             if backend.triton_unavailable() is not None or not backend.interpreting():
-                pytest.skip("Triton kernels on CPU tensors need Triton and TRITON_INTERPRET=1 "
-                            "(the gpu-marked tests in tests/test_triton_kernels.py cover CUDA)")
+                pytest.skip(
+                    "Triton kernels on CPU tensors need Triton and TRITON_INTERPRET=1 "
+                    "(the gpu-marked tests in tests/test_triton_kernels.py cover CUDA)"
+                )
             monkeypatch.setenv("HVD_COMPRESS_BACKEND", "triton")
         monkeypatch.setenv("HVD_COMPRESS_NATIVE", "1" if impl == "torch_native" else "0")
         if impl == "torch_native" and _native.load() is None:
@@ -135,6 +156,7 @@ def test_reference_settings_match_both_frameworks(spec):
     codecs = [hc.from_spec(spec)]
     if importlib.util.find_spec("tensorflow") is not None:  # torch is checked without TF too
         import hvd_compress.tensorflow as hct
+
         codecs.append(hct.from_spec(spec))
     for codec in codecs:
         assert codec.describe() == ref.describe()
@@ -267,4 +289,5 @@ def test_reference_rejects_malformed_payloads():
 def test_references_pass_the_public_conformance_checks(spec):
     """The checks a user's codec gets (hvd_compress.testing), empty tensors included."""
     from hvd_compress.testing import check_codec
+
     check_codec(spec, frameworks=())

@@ -7,6 +7,7 @@
   exact tensors, the pair average within the lattice bound for coded ones, a counted full-precision
   fallback for a tensor too far apart to decode, and clear errors (never hangs) for bad input.
 """
+
 import sys
 from pathlib import Path
 
@@ -15,8 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch import horovodrun
 
-METHODS = ["sync-fp32", "swarm:lattice:bits=8:H=2", "swarm:lattice:bits=8:H=2:nonblocking",
-           "swarm:qsgd:bits=8:H=2"]
+METHODS = ["sync-fp32", "swarm:lattice:bits=8:H=2", "swarm:lattice:bits=8:H=2:nonblocking", "swarm:qsgd:bits=8:H=2"]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,9 @@ def test_swarm_within_one_point_of_allreduce_sgd_on_demo_task(training, record_p
         assert all(r["replicas_identical_after_average"] for r in res["rows"]), rank
     base = rows["sync-fp32"]
     assert base["accuracy"] > 0.9, f"allreduce baseline did not train: {base['accuracy']}"
-    print("\nmethod, accuracy, bytes/worker/step (fp32 ring allreduce: "
-          f"{base['fp32_allreduce_bytes_per_step']:,.0f})")
+    print(
+        "\nmethod, accuracy, bytes/worker/step (fp32 ring allreduce: " f"{base['fp32_allreduce_bytes_per_step']:,.0f})"
+    )
     for name, row in rows.items():
         print(f"  {name:<40} {100 * row['accuracy']:6.2f}%  {row['bytes_per_step']:>10,.0f}")
         record_property(f"{name} bytes_per_worker_per_step", row["bytes_per_step"])
@@ -92,8 +93,15 @@ def test_lattice_round_pair_average_and_counted_fallback(rounds):
         # 'far' differs by ~1 across ranks, beyond the radius 127 * eps: detected, sent in fp32
         assert stats["fallback_tensors"] == 1 and stats["fallback_rounds"] == 1
         assert stats["fallback_bytes_sent"] == 2048 * 4
-        for name in ("far.weight", "near.bias", "far.bias", "bn.weight", "bn.bias", "bn.running_mean",
-                     "bn.running_var"):
+        for name in (
+            "far.weight",
+            "near.bias",
+            "far.bias",
+            "bn.weight",
+            "bn.bias",
+            "bn.running_mean",
+            "bn.running_var",
+        ):
             assert errs[name]["bit_exact"], name  # exact tensors and BN buffers: the exact pair average
         # 2 coded tensors (2048 values: 2048 bytes + 16) + 1,408 bytes of exact tensors and buffers
         assert stats["bytes_sent"] == 2 * (2048 + 16) + 4 * (32 + 64 + 64 + 64 + 64 + 64)
@@ -140,6 +148,7 @@ def test_bad_arguments_are_clear_before_any_collective():
     import torch
 
     import hvd_compress.torch as hc
+
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     no_comm = object()  # these errors come before any communication

@@ -1,5 +1,6 @@
 """Spec: hc.tensorboard writes the wire stats and the compression error as SummaryWriter scalars
 that TensorBoard reads back, with the values wire_stats() and a local encode/decode give."""
+
 import pytest
 import torch
 

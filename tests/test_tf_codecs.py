@@ -3,6 +3,7 @@
 Single process. The exchange tests use Horovod TensorFlow initialized in this process (world size
 1: real Horovod ops, a one-rank job); the multi-process behaviour is in ``test_tf_horovod.py``.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,10 +19,24 @@ tf = pytest.importorskip("tensorflow")
 import hvd_compress.tensorflow as hct  # noqa: E402
 from hvd_compress.tensorflow import packing  # noqa: E402
 
-SPECS = ["none", "fp16", "bf16", "qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8",
-         "qsgd:bits=4,norm=l2", "terngrad", "terngrad:packing=2bit", "onebit", "efsign", "signsgd",
-         "signsgd:scaled=false", "topk:ratio=0.01", "doublesqueeze:codec=onebit",
-         "doublesqueeze:codec=qsgd,bits=4"]
+SPECS = [
+    "none",
+    "fp16",
+    "bf16",
+    "qsgd:bits=2,bucket_size=128",
+    "qsgd:bits=4",
+    "qsgd:bits=8",
+    "qsgd:bits=4,norm=l2",
+    "terngrad",
+    "terngrad:packing=2bit",
+    "onebit",
+    "efsign",
+    "signsgd",
+    "signsgd:scaled=false",
+    "topk:ratio=0.01",
+    "doublesqueeze:codec=onebit",
+    "doublesqueeze:codec=qsgd,bits=4",
+]
 
 
 def quantizer(codec):
@@ -65,8 +80,9 @@ def test_lossless_round_trips_are_bit_exact(spec):
     np.testing.assert_array_equal(q.decode(q.encode(tf.constant(x)), x.size).numpy(), x)
 
 
-@pytest.mark.parametrize("spec,bucket", [("qsgd:bits=4,bucket_size=64", 64), ("qsgd:bits=2,bucket_size=64", 64),
-                                         ("terngrad:clip=none", 64)])
+@pytest.mark.parametrize(
+    "spec,bucket", [("qsgd:bits=4,bucket_size=64", 64), ("qsgd:bits=2,bucket_size=64", 64), ("terngrad:clip=none", 64)]
+)
 def test_stochastic_codecs_are_unbiased(spec, bucket):
     """2000 copies of one 64-value pattern, one per bucket (same scale everywhere), each rounded
     with independent draws: the mean over copies estimates E[decode] at each position."""
@@ -103,7 +119,7 @@ def test_error_feedback_identity(spec):
 @settings(max_examples=25, deadline=None)
 @given(bits=st.sampled_from([1, 2, 4, 8]), n=st.integers(0, 300), seed=st.integers(0, 2**16))
 def test_pack_unpack_round_trip(bits, n, seed):
-    codes = np.random.default_rng(seed).integers(0, 2 ** bits, n).astype(np.int32)
+    codes = np.random.default_rng(seed).integers(0, 2**bits, n).astype(np.int32)
     packed = packing.pack_bits(tf.constant(codes), bits)
     assert packed.shape == (packing.packed_nbytes(n, bits),)
     np.testing.assert_array_equal(packing.unpack_bits(packed, bits, n).numpy(), codes)
@@ -141,7 +157,9 @@ def test_nonfinite_input_never_decodes_to_finite_garbage(spec):
 
 
 def test_bad_specs_list_what_exists():
-    with pytest.raises(ValueError, match="available: bf16, doublesqueeze, efsign, fp16, gradiveq, none, onebit, powersgd"):
+    with pytest.raises(
+        ValueError, match="available: bf16, doublesqueeze, efsign, fp16, gradiveq, none, onebit, powersgd"
+    ):
         hct.from_spec("qsdg:bits=4")
     with pytest.raises(ValueError, match="does not take \\['bitz'\\]"):
         hct.from_spec("qsgd:bitz=4")
@@ -155,6 +173,7 @@ def test_bad_specs_list_what_exists():
 @pytest.fixture(scope="module")
 def hvd():
     import horovod.tensorflow as hvd
+
     hvd.init()
     return hvd
 
@@ -221,12 +240,14 @@ def test_state_built_up_front_restores_from_checkpoint(hvd, tmp_path):
     second.build([w])
     assert second.codec.residual_of("enc/kernel").name == "hvd_compress/residual/enc/kernel:0"
     tf.train.Checkpoint(compression=second.codec).restore(path).assert_consumed()
-    np.testing.assert_array_equal(second.codec.residual_of("enc/kernel").numpy(),
-                                  first.codec.residual_of("enc/kernel").numpy())
+    np.testing.assert_array_equal(
+        second.codec.residual_of("enc/kernel").numpy(), first.codec.residual_of("enc/kernel").numpy()
+    )
     # restored before the state exists: TF's deferred restoration fills it when the first step
     # creates it (a zero gradient sends C(e) and keeps e - C(e): their sum is the restored e)
     lazy = hct.GradientReducer("onebit")
     tf.train.Checkpoint(compression=lazy.codec).restore(path)
     sent = lazy([tf.zeros([64, 64])], [w])[0].numpy().reshape(-1)
-    np.testing.assert_allclose(sent + lazy.codec.residual_of("enc/kernel").numpy(),
-                               first.codec.residual_of("enc/kernel").numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        sent + lazy.codec.residual_of("enc/kernel").numpy(), first.codec.residual_of("enc/kernel").numpy(), atol=1e-6
+    )

@@ -11,6 +11,7 @@
 Horovod runs with one process (hvd.init() without a launcher); the elastic runs across hosts with
 a SIGKILLed worker are tests/test_elastic_cluster.py (``tf`` cases).
 """
+
 import os
 
 import numpy as np
@@ -25,8 +26,13 @@ from hvd_compress.common import chunk_bounds  # noqa: E402
 from hvd_compress.tensorflow import elastic  # noqa: E402
 from hvd_compress.tensorflow.collectives import HorovodCollectives  # noqa: E402
 
-SPECS = ["onebit", "doublesqueeze:codec=onebit", "qsgd:bits=4", "powersgd:rank=2,start_iter=2",
-         "gradiveq:warmup_steps=1,sample_steps=2,compress_steps=4,sampler=none"]
+SPECS = [
+    "onebit",
+    "doublesqueeze:codec=onebit",
+    "qsgd:bits=4",
+    "powersgd:rank=2,start_iter=2",
+    "gradiveq:warmup_steps=1,sample_steps=2,compress_steps=4,sampler=none",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,8 +42,10 @@ def _horovod():
 
 def _variables():
     g = np.random.default_rng(0)
-    return [tf.Variable(g.normal(size=shape).astype(np.float32) * 0.1, name=name)
-            for name, shape in (("conv", (3, 3, 4, 8)), ("w1", (72, 64)), ("b1", (64,)), ("w2", (64, 8)))]
+    return [
+        tf.Variable(g.normal(size=shape).astype(np.float32) * 0.1, name=name)
+        for name, shape in (("conv", (3, 3, 4, 8)), ("w1", (72, 64)), ("b1", (64,)), ("w2", (64, 8)))
+    ]
 
 
 def _train(variables, reducer, steps, seed):
@@ -48,8 +56,9 @@ def _train(variables, reducer, steps, seed):
         with tf.GradientTape() as tape:
             h = tf.nn.relu(tf.nn.conv2d(x, variables[0], 2, "SAME"))
             h = tf.nn.relu(tf.reshape(h, [16, -1]) @ variables[1] + variables[2])
-            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, h @ variables[3],
-                                                                                  from_logits=True))
+            loss = tf.reduce_mean(
+                tf.keras.losses.sparse_categorical_crossentropy(y, h @ variables[3], from_logits=True)
+            )
         grads = reducer(tape.gradient(loss, variables), variables)
         for v, gr in zip(variables, grads):
             v.assign_sub(0.05 * gr)
@@ -119,8 +128,9 @@ def test_sync_rechecks_agreement_and_drops_horovods_traces_when_the_world_change
     state.sync()  # the job's start
     assert codec._stock.exchange._checked and state.codec_state._world == (1, 0)
     # what Horovod's Keras DistributedOptimizer (built eagerly) holds: a cached tf.function
-    allreduce_grads = hvd._make_allreduce_grads_fn("DistributedSGD", "", "", codec, False, hvd.Average, 1.0, None,
-                                                   process_set=hvd.global_process_set)
+    allreduce_grads = hvd._make_allreduce_grads_fn(
+        "DistributedSGD", "", "", codec, False, hvd.Average, 1.0, None, process_set=hvd.global_process_set
+    )
     allreduce_grads([tf.ones([72, 64])], [variables[1]])
     horovod_fns = elastic._horovod_cached_functions(codec)
     assert horovod_fns and all(len(fn._function_cache) >= 1 for fn in horovod_fns)
@@ -157,9 +167,10 @@ def test_server_residual_is_recut_to_the_new_world_and_the_variable_replaced():
     np.testing.assert_array_equal(new.numpy(), expected)
     # and the pure re-cut: old rank 1 of 3 lost, ranks 0 and 2 survive as 0 and 1 of 2
     full = np.arange(n, dtype=np.float32)
-    pieces = [(3, 0, {key: full[bounds[0][0]:bounds[0][1]]}), (3, 2, {key: full[bounds[2][0]:bounds[2][1]]})]
-    got = np.concatenate([elastic.recut_server_residual(pieces, {key: n}, codec.alignment(), 2, r)[key]
-                          for r in range(2)])
+    pieces = [(3, 0, {key: full[bounds[0][0] : bounds[0][1]]}), (3, 2, {key: full[bounds[2][0] : bounds[2][1]]})]
+    got = np.concatenate(
+        [elastic.recut_server_residual(pieces, {key: n}, codec.alignment(), 2, r)[key] for r in range(2)]
+    )
     full[lo:hi] = 0
     np.testing.assert_array_equal(got, full)
 

@@ -17,6 +17,7 @@ Each run must reach the fp32 baseline's test accuracy within 1 point (TernGrad a
 3), end with bit-identical replicas, and put the codec's nominal bits per value on the wire
 (within 10%).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,19 @@ pytest.importorskip("horovod.tensorflow")
 
 from hvd_compress.tensorflow.demo import CODECS  # noqa: E402  (every codec; imports no TF)
 
-TFKERAS_RUNS = (["hvd:fp32", "hvd:hvd-fp16"] + [f"hvd:{c}" for c in CODECS]
-                + ["ours:qsgd:bits=4", "ours:onebit", "ours:doublesqueeze:codec=onebit",
-                   "tape:qsgd:bits=4", "tape:onebit", "tape:topk:ratio=0.01", "reducer:efsign"])
+TFKERAS_RUNS = (
+    ["hvd:fp32", "hvd:hvd-fp16"]
+    + [f"hvd:{c}" for c in CODECS]
+    + [
+        "ours:qsgd:bits=4",
+        "ours:onebit",
+        "ours:doublesqueeze:codec=onebit",
+        "tape:qsgd:bits=4",
+        "tape:onebit",
+        "tape:topk:ratio=0.01",
+        "reducer:efsign",
+    ]
+)
 KERAS3_RUNS = ["ours:none"] + [f"ours:{c}" for c in CODECS] + ["reducer:onebit", "reducer:qsgd:bits=4"]
 BASELINE = {"tfkeras": ("hvd", "fp32"), "keras3": ("ours", "none")}
 EPOCHS = "10"
@@ -42,10 +53,32 @@ EPOCHS = "10"
 @pytest.fixture(scope="module")
 def results():
     """Both launches, run once for the whole module; {mode: {rank: result}}."""
-    return {"tfkeras": horovodrun(2, "tests/mp/tf_train.py", "--mode", "tfkeras", "--epochs", EPOCHS,
-                                  "--runs", ";".join(TFKERAS_RUNS), "--checks", timeout=900),
-            "keras3": horovodrun(2, "tests/mp/tf_train.py", "--mode", "keras3", "--epochs", EPOCHS,
-                                 "--runs", ";".join(KERAS3_RUNS), "--checks", timeout=900)}
+    return {
+        "tfkeras": horovodrun(
+            2,
+            "tests/mp/tf_train.py",
+            "--mode",
+            "tfkeras",
+            "--epochs",
+            EPOCHS,
+            "--runs",
+            ";".join(TFKERAS_RUNS),
+            "--checks",
+            timeout=900,
+        ),
+        "keras3": horovodrun(
+            2,
+            "tests/mp/tf_train.py",
+            "--mode",
+            "keras3",
+            "--epochs",
+            EPOCHS,
+            "--runs",
+            ";".join(KERAS3_RUNS),
+            "--checks",
+            timeout=900,
+        ),
+    }
 
 
 def _row(results, mode, run, rank=0):
@@ -69,8 +102,9 @@ def test_accuracy_matches_fp32(results, mode, run):
     base = _row(results, mode, ":".join(BASELINE[mode]))
     tolerance = accuracy_points(row["codec"]) / 100  # the issue's bar: 1 point, 3 for biased codecs
     assert base["accuracy"] > 0.95, f"fp32 baseline did not train: {base['accuracy']}"
-    assert row["accuracy"] >= base["accuracy"] - tolerance, \
-        f"{mode} {run}: {row['accuracy']:.4f} vs fp32 {base['accuracy']:.4f}"
+    assert (
+        row["accuracy"] >= base["accuracy"] - tolerance
+    ), f"{mode} {run}: {row['accuracy']:.4f} vs fp32 {base['accuracy']:.4f}"
 
 
 @pytest.mark.parametrize("mode,run", ALL)
@@ -92,14 +126,15 @@ def test_wire_bits_match_nominal(results, mode, run):
     assert codec_row["values"] == row["steps"] * (64 * 256 + 256 * 256 + 256 * 10)
 
 
-@pytest.mark.parametrize("mode,run", [("tfkeras", "hvd:onebit"), ("keras3", "ours:onebit"),
-                                      ("keras3", "ours:qsgd:bits=4")])
+@pytest.mark.parametrize(
+    "mode,run", [("tfkeras", "hvd:onebit"), ("keras3", "ours:onebit"), ("keras3", "ours:qsgd:bits=4")]
+)
 def test_bytes_per_step_against_fp32(results, mode, run):
     """Whole-model bytes per step (biases go uncompressed in fp32) against the fp32 baseline."""
     row, base = _row(results, mode, run), _row(results, mode, ":".join(BASELINE[mode]))
     compressed = 64 * 256 + 256 * 256 + 256 * 10
     total = compressed + 256 + 256 + 10
-    expected = (compressed * row["nominal_bits"] / 8 + (total - compressed) * 4)
+    expected = compressed * row["nominal_bits"] / 8 + (total - compressed) * 4
     assert row["bytes_per_step"] == pytest.approx(expected, rel=0.10)
     assert base["bytes_per_step"] == pytest.approx(total * 4, rel=0.01)
 
@@ -133,8 +168,11 @@ def test_bad_input_behaves_like_torch(results, mode):
         for dt in ("float16", "bfloat16", "float64"):
             assert c[f"dtype_{dt}"]["dtype"] == dt
             assert c[f"dtype_{dt}"]["mean"] == pytest.approx(1.0, rel=0.01)  # mean of 0.5 and 1.5
-        assert c["mismatch"]["raised"] and "rank 0: qsgd(bits=4" in c["mismatch"]["message"] \
+        assert (
+            c["mismatch"]["raised"]
+            and "rank 0: qsgd(bits=4" in c["mismatch"]["message"]
             and "rank 1: qsgd(bits=8" in c["mismatch"]["message"]
+        )
 
 
 @pytest.mark.parametrize("mode,prefix", [("tfkeras", ""), ("keras3", "mlp/")])

@@ -5,6 +5,7 @@ Multi-worker cases run N simulated workers as threads (eager TF over tests/local
 in-process collectives) through the real TF ``Exchange``; the graph-mode cases run a one-rank
 Horovod job in this process; the horovodrun runs (2 and 3 workers) are in test_tf_linear_mp.py.
 """
+
 import os
 import sys
 
@@ -36,7 +37,7 @@ from hvd_compress.torch.exchange import drive  # noqa: E402
 FP32_LINEAR_RTOL = 1e-5
 
 TORCH_CONV = (32, 16, 3, 3)  # OIHW: F=32 filters of 144 positions: K = 32*8 = 256, S = 18 slices
-TF_CONV = (3, 3, 16, 32)     # the same layer's kernel in Keras (HWIO)
+TF_CONV = (3, 3, 16, 32)  # the same layer's kernel in Keras (HWIO)
 
 
 def hwio(t: torch.Tensor) -> np.ndarray:
@@ -59,15 +60,16 @@ def rel_err(a, b):
 def exchange_steps(spec, grads_fn, steps, size, key="w", shape=TF_CONV, setup=None):
     """``steps`` eager exchanges of one TF tensor on ``size`` simulated workers; per rank
     (outputs as numpy, codec, wire stats)."""
+
     def work(comm):
         codec = hct.from_spec(spec)
         ex = Exchange(codec, comm, stats=WireStats())
         if setup is not None:
             ex.build_state(key, shape, tf.float32)
             setup(codec, comm.rank)
-        outs = [ex.average(key, tf.constant(grads_fn(comm.rank, t).reshape(shape))).numpy()
-                for t in range(steps)]
+        outs = [ex.average(key, tf.constant(grads_fn(comm.rank, t).reshape(shape))).numpy() for t in range(steps)]
         return outs, codec, ex.stats.snapshot()
+
     return run_workers_tf(size, work)
 
 
@@ -81,6 +83,7 @@ def subspace_grads(dim=3, seed=7):
         g = torch.Generator().manual_seed(1000 * rank + step)
         slices = torch.randn(s, dim, generator=g) @ basis.t() + offset
         return hwio(pgvq.from_slices(slices, TORCH_CONV).reshape(TORCH_CONV))
+
     return grads
 
 
@@ -127,7 +130,7 @@ def test_energy_rule_picks_the_smallest_d_and_agrees_with_torch():
     share = np.cumsum(vals) / vals.sum()
     assert share[d - 1] >= 0.99 and share[d - 2] < 0.99 and d == 4  # the smallest such d
     u_d = u.numpy()[:, :d]
-    np.testing.assert_allclose(u_d.T @ u_d, np.eye(d), atol=1e-6)   # orthonormal columns
+    np.testing.assert_allclose(u_d.T @ u_d, np.eye(d), atol=1e-6)  # orthonormal columns
     np.testing.assert_allclose(mu.numpy(), x.mean(0), atol=1e-6)
     assert int(tgvq.fit_basis(count, tf.constant(total), tf.constant(outer), 0.5)[2]) < d
     # torch on the same moments: the same d, and (deterministic signs, well separated eigenvalues)
@@ -158,8 +161,12 @@ def test_compression_is_linear_and_exact_in_the_subspace():
     # without the mean the map is plainly linear: C(a) + C(b) == C(a + b)
     zero = tf.zeros([k])
     a, b = workers[0], workers[1]
-    np.testing.assert_allclose((tgvq.project(a, u, zero, 1) + tgvq.project(b, u, zero, 1)).numpy(),
-                               tgvq.project(a + b, u, zero, 1).numpy(), rtol=FP32_LINEAR_RTOL, atol=1e-5)
+    np.testing.assert_allclose(
+        (tgvq.project(a, u, zero, 1) + tgvq.project(b, u, zero, 1)).numpy(),
+        tgvq.project(a + b, u, zero, 1).numpy(),
+        rtol=FP32_LINEAR_RTOL,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("size", [2, 3])
@@ -200,6 +207,7 @@ def test_gradiveq_with_qsgd_sampling_approximates_and_uses_the_fallback_elsewher
 
     def g2(rank, step):
         return np.random.default_rng(rank * 10 + step).standard_normal((64, 64)).astype(np.float32)
+
     outs, codec, stats = exchange_steps("gradiveq:fallback=qsgd:bits=8", g2, 2, 2, shape=(64, 64))[0]
     assert "w" not in codec.state["phase"] and stats[codec.fallback.describe()]["values"] == 2 * 4096
     assert rel_err(outs[1], (g2(0, 1) + g2(1, 1)) / 2) < 0.05  # 8-bit QSGD
@@ -208,12 +216,13 @@ def test_gradiveq_with_qsgd_sampling_approximates_and_uses_the_fallback_elsewher
 def test_gradiveq_ratio_and_error_feedback_as_in_torch():
     """``ratio=8`` fixes d = K/8; with ``error_feedback`` the outputs of a whole cycle (5 compressed
     steps, then 2 exact sampling steps) sum to the inputs, as in torch, and match torch step for step."""
+
     def grads(rank, step):
         return np.random.default_rng(1000 * rank + step).standard_normal(TORCH_CONV).astype(np.float32)
+
     spec = "gradiveq:warmup_steps=0,sample_steps=2,compress_steps=5,sampler=none,samples_per_dim=0,ratio=8"
     for ef in (False, True):
-        results = exchange_steps(spec + f",error_feedback={ef}", lambda r, t: hwio(torch.from_numpy(grads(r, t))),
-                                 9, 2)
+        results = exchange_steps(spec + f",error_feedback={ef}", lambda r, t: hwio(torch.from_numpy(grads(r, t))), 9, 2)
         outs, codec = results[0][0], results[0][1]
         assert int(codec.state["d"]["w"].numpy()) == 32
         assert all(np.array_equal(a, b) for a, b in zip(outs, results[1][0]))
@@ -224,8 +233,8 @@ def test_gradiveq_ratio_and_error_feedback_as_in_torch():
         def torch_work(comm, ef=ef):
             codec = hc.from_spec(spec + f",error_feedback={ef}")
             ex = TorchExchange(codec, comm, stats=TorchWireStats())
-            return [drive({"w": ex.average("w", torch.from_numpy(grads(comm.rank, t)))})["w"].numpy()
-                    for t in range(9)]
+            return [drive({"w": ex.average("w", torch.from_numpy(grads(comm.rank, t)))})["w"].numpy() for t in range(9)]
+
         theirs = run_workers(2, torch_work)[0]
         for t in range(9):
             assert rel_err(oihw(outs[t]), theirs[t]) < 1e-4, (ef, t)
@@ -244,8 +253,14 @@ def test_gradiveq_tf_and_torch_reconstruct_the_same_given_the_same_gradients_and
 
     def torch_work(comm):
         codec = hc.from_spec(spec)
-        for group, value in (("basis", torch.from_numpy(basis)), ("mean", torch.from_numpy(mean)), ("d", d),
-                             ("K", k), ("slices", s), ("step", 1)):
+        for group, value in (
+            ("basis", torch.from_numpy(basis)),
+            ("mean", torch.from_numpy(mean)),
+            ("d", d),
+            ("K", k),
+            ("slices", s),
+            ("step", 1),
+        ):
             codec.state.setdefault(group, {})["w"] = value
         ex = TorchExchange(codec, comm, stats=TorchWireStats())
         return [drive({"w": ex.average("w", torch.from_numpy(grads[comm.rank, t]))})["w"].numpy() for t in range(3)]
@@ -291,10 +306,21 @@ def test_gradiveq_state_round_trips_through_a_checkpoint(tmp_path):
             same.append(np.array_equal(ra, rb) and np.array_equal(ra, rl))
         names = sorted(n for n, _ in tf.train.list_variables(path))
         return a, same, names
+
     (a, same, names), _ = run_workers_tf(2, work)
     assert all(same)
-    assert {g for g, t in a.state.items() if "w" in t} >= {"step", "phase", "basis", "mean", "d", "K", "slices",
-                                                            "sample_count", "sample_sum", "sample_outer"}
+    assert {g for g, t in a.state.items() if "w" in t} >= {
+        "step",
+        "phase",
+        "basis",
+        "mean",
+        "d",
+        "K",
+        "slices",
+        "sample_count",
+        "sample_sum",
+        "sample_outer",
+    }
     assert a.state["basis"]["w"].name == "hvd_compress/basis/w:0"
     assert any(n.startswith("compression/sampler/state/step/w") for n in names)  # the sampler's RNG step
 
@@ -310,6 +336,7 @@ def low_rank_grads(shape, rank, seed=3):
         core = np.random.default_rng(100 * r + step + 1).standard_normal((rank, rank)) + 2 * np.eye(rank)
         mat = (left @ core @ right.T).astype(np.float32)
         return tpsgd.from_matrix(tf.constant(mat), shape).numpy().reshape(shape)
+
     return grads
 
 
@@ -334,8 +361,10 @@ def test_powersgd_reconstructs_low_rank_gradients_exactly(rank, shape):
 def test_powersgd_aggregation_is_linear_and_keeps_zeros_zero():
     """N workers holding a, b, c get what one worker holding their mean gets."""
     shape = (60, 40)
-    seq = [[np.random.default_rng(10 * s + t).standard_normal(shape).astype(np.float32) for t in range(3)]
-           for s in range(3)]
+    seq = [
+        [np.random.default_rng(10 * s + t).standard_normal(shape).astype(np.float32) for t in range(3)]
+        for s in range(3)
+    ]
     spec = "powersgd:rank=2,start_iter=0,error_feedback=false"
     many = exchange_steps(spec, lambda r, t: seq[r][t], 3, 3, shape=shape)[0][0]
     one = exchange_steps(spec, lambda r, t: sum(seq[w][t] for w in range(3)) / 3, 3, 1, shape=shape)[0][0]
@@ -358,8 +387,11 @@ def test_powersgd_tf_matches_torch_step_for_step():
     rank, steps = 2, 4
     torch_shape = (24, 8, 3, 3)
     n, m = ppsgd.matrix_shape(torch_shape)
-    grads = {(r, t): np.random.default_rng(50 + 10 * r + t).standard_normal(torch_shape).astype(np.float32)
-             for r in range(2) for t in range(steps)}
+    grads = {
+        (r, t): np.random.default_rng(50 + 10 * r + t).standard_normal(torch_shape).astype(np.float32)
+        for r in range(2)
+        for t in range(steps)
+    }
     spec = f"powersgd:rank={rank},start_iter=1,min_numel=0"
     q0 = tpsgd.initial_q(0, "w", m, rank).numpy()
 
@@ -369,9 +401,11 @@ def test_powersgd_tf_matches_torch_step_for_step():
         ex = TorchExchange(codec, comm, stats=TorchWireStats())
         outs = [drive({"w": ex.average("w", torch.from_numpy(grads[comm.rank, t]))})["w"].numpy() for t in range(steps)]
         return outs, codec.state["q"]["w"].numpy(), codec.state["residual"]["w"].numpy()
+
     theirs = run_workers(2, torch_work)
-    results = exchange_steps(spec, lambda r, t: hwio(torch.from_numpy(grads[r, t])), steps, 2,
-                             shape=hwio(torch.zeros(torch_shape)).shape)
+    results = exchange_steps(
+        spec, lambda r, t: hwio(torch.from_numpy(grads[r, t])), steps, 2, shape=hwio(torch.zeros(torch_shape)).shape
+    )
     for t in range(steps):
         assert rel_err(oihw(results[0][0][t]), theirs[0][0][t]) < FP32_LINEAR_RTOL, t
     codec = results[0][1]
@@ -396,14 +430,20 @@ def test_powersgd_state_round_trips_and_survives_a_nonfinite_step(tmp_path):
         b = hct.from_spec("powersgd:rank=2,start_iter=1,nonfinite=propagate")
         tf.train.Checkpoint(compression=b).restore(path)  # deferred: filled when the state is created
         ex_b = Exchange(b, comm, stats=WireStats())
-        same = [np.array_equal(ex_a.average("w", tf.constant(grads(comm.rank, t))).numpy(),
-                               ex_b.average("w", tf.constant(grads(comm.rank, t))).numpy()) for t in range(3, 6)]
+        same = [
+            np.array_equal(
+                ex_a.average("w", tf.constant(grads(comm.rank, t))).numpy(),
+                ex_b.average("w", tf.constant(grads(comm.rank, t))).numpy(),
+            )
+            for t in range(3, 6)
+        ]
         q_before = a.state["q"]["w"].numpy()
         bad = grads(comm.rank, 6)
         if comm.rank == 1:
             bad[3, 4] = np.nan
         out = ex_a.average("w", tf.constant(bad)).numpy()
         return same, q_before, a, out
+
     for same, q_before, codec, out in run_workers_tf(2, work):
         assert all(same)
         assert np.isnan(out).any()  # propagated, as an fp32 allreduce would
@@ -414,18 +454,31 @@ def test_powersgd_state_round_trips_and_survives_a_nonfinite_step(tmp_path):
 
 # ------------------------------------------------------------------------------------ config shared with torch
 def test_same_knobs_defaults_specs_and_errors_as_torch():
-    for spec in ("gradiveq", "gradiveq:warmup_steps=20,sample_steps=10,compress_steps=60",
-                 "gradiveq:energy=0.9,fallback=none,sampler=qsgd:bits=8", "powersgd",
-                 "powersgd:rank=2,start_iter=10"):
+    for spec in (
+        "gradiveq",
+        "gradiveq:warmup_steps=20,sample_steps=10,compress_steps=60",
+        "gradiveq:energy=0.9,fallback=none,sampler=qsgd:bits=8",
+        "powersgd",
+        "powersgd:rank=2,start_iter=10",
+    ):
         assert hct.from_spec(spec).fingerprint() == hc.from_spec(spec).fingerprint()
     g = hct.GradiVeQ()
     assert (g.energy, g.warmup_steps, g.sample_steps, g.compress_steps) == (0.99, 2500, 100, 400)
     assert isinstance(g.fallback, hct.QSGD) and isinstance(g.sampler, hct.QSGD)
     p = hct.PowerSGD()
     assert (p.rank, p.start_iter) == (1, 1000)
-    for bad in ("gradiveq:energy=0", "gradiveq:energy=1.5", "gradiveq:sample_steps=0", "gradiveq:warmup_steps=-1",
-                "gradiveq:slice_size=0", "gradiveq:fallback=nosuch", "powersgd:rank=0", "powersgd:start_iter=-1",
-                "powersgd:min_compression_rate=0", "powersgd:rank=1.5"):
+    for bad in (
+        "gradiveq:energy=0",
+        "gradiveq:energy=1.5",
+        "gradiveq:sample_steps=0",
+        "gradiveq:warmup_steps=-1",
+        "gradiveq:slice_size=0",
+        "gradiveq:fallback=nosuch",
+        "powersgd:rank=0",
+        "powersgd:start_iter=-1",
+        "powersgd:min_compression_rate=0",
+        "powersgd:rank=1.5",
+    ):
         for build in (hct.from_spec, hc.from_spec):
             with pytest.raises(ValueError):
                 build(bad)
@@ -437,19 +490,24 @@ def test_same_knobs_defaults_specs_and_errors_as_torch():
 @pytest.fixture(scope="module")
 def hvd():
     import horovod.tensorflow as hvd
+
     hvd.init()
     return hvd
 
 
-@pytest.mark.parametrize("spec", ["gradiveq:warmup_steps=2,sample_steps=2,compress_steps=3,samples_per_dim=0",
-                                  "powersgd:rank=2,start_iter=2"])
+@pytest.mark.parametrize(
+    "spec",
+    ["gradiveq:warmup_steps=2,sample_steps=2,compress_steps=3,samples_per_dim=0", "powersgd:rank=2,start_iter=2"],
+)
 def test_reducer_traced_in_tf_function_equals_eager_and_counts_every_step(hvd, spec):
     """The phase is a tf.switch_case / tf.cond on the step counter: one trace runs every phase,
     with the same numbers as eager execution, and the counters advance per execution."""
     tag = spec.split(":")[0]
-    variables = [tf.Variable(tf.zeros(TF_CONV), name=f"{tag}_conv/kernel"),
-                 tf.Variable(tf.zeros([128, 64]), name=f"{tag}_fc/kernel"),
-                 tf.Variable(tf.zeros([32]), name=f"{tag}_conv/bias")]
+    variables = [
+        tf.Variable(tf.zeros(TF_CONV), name=f"{tag}_conv/kernel"),
+        tf.Variable(tf.zeros([128, 64]), name=f"{tag}_fc/kernel"),
+        tf.Variable(tf.zeros([32]), name=f"{tag}_conv/bias"),
+    ]
     traced, eager = hct.GradientReducer(spec), hct.GradientReducer(spec)
     step = tf.function(lambda *gs: traced(list(gs), variables))
     rng = np.random.default_rng(0)
@@ -476,13 +534,23 @@ def test_keras3_model_fit_with_our_optimizer(hvd):
     if not keras.__version__.startswith("3"):
         pytest.skip("Keras 3 only")
     import hvd_compress.tensorflow.keras as hck
+
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(32, 3, name="c1"),
-                              keras.layers.Conv2D(32, 3, name="c2"), keras.layers.Flatten(),
-                              keras.layers.Dense(10, name="out")], name="k3")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(32, 3, name="c1"),
+            keras.layers.Conv2D(32, 3, name="c2"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, name="out"),
+        ],
+        name="k3",
+    )
     codec = hct.from_spec("gradiveq:warmup_steps=2,sample_steps=2,compress_steps=6,samples_per_dim=0")
-    model.compile(optimizer=hck.DistributedOptimizer(keras.optimizers.SGD(0.01), compression=codec),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=hck.DistributedOptimizer(keras.optimizers.SGD(0.01), compression=codec),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x = np.random.default_rng(0).standard_normal((80, 8, 8, 1)).astype(np.float32)
     y = np.arange(80) % 10
     hist = model.fit(x, y, batch_size=8, epochs=1, verbose=0)

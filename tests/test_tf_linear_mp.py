@@ -12,6 +12,7 @@ to zero, batch 32 per worker): 20 fp32 warm-up steps and 5.7 GradiVeQ cycles of 
 compressed steps; 410 PowerSGD steps. Each codec is compared with the fp32 run of the same
 training loop (Horovod's ``Compression.none``).
 """
+
 import json
 
 import pytest
@@ -26,7 +27,7 @@ POWERSGD = "powersgd:rank=2,start_iter=10"
 LAUNCHES = {2: ("tape", "20"), 3: ("ours", "30")}  # workers: (frontend, epochs): 420 steps each
 STEPS = 420
 CONV = {"c2/kernel": 3 * 3 * 16 * 32, "c3/kernel": 3 * 3 * 32 * 32}  # GradiVeQ's two conv kernels
-FC = {"fc/kernel": 128 * 64}                                          # the fallback's (QSGD-4) Dense kernel
+FC = {"fc/kernel": 128 * 64}  # the fallback's (QSGD-4) Dense kernel
 MATRICES = {"c2/kernel": (32, 144), "c3/kernel": (32, 288), "fc/kernel": (64, 128)}  # PowerSGD's n x m
 
 
@@ -37,8 +38,20 @@ def launch(request, tmp_path_factory):
     baseline = "hvd:fp32" if frontend == "ours" else f"{frontend}:fp32"
     runs = [baseline, f"{frontend}:{GRADIVEQ}", f"{frontend}:{POWERSGD}"]
     out = tmp_path_factory.mktemp(f"tf_linear_np{np_}")
-    results = horovodrun(np_, "tests/mp/tf_linear_cnn.py", "--mode", "tfkeras", "--epochs", epochs,
-                         "--lr", "0.03", "--runs", ";".join(runs), timeout=600, out_dir=str(out))
+    results = horovodrun(
+        np_,
+        "tests/mp/tf_linear_cnn.py",
+        "--mode",
+        "tfkeras",
+        "--epochs",
+        epochs,
+        "--lr",
+        "0.03",
+        "--runs",
+        ";".join(runs),
+        timeout=600,
+        out_dir=str(out),
+    )
     return np_, frontend, results
 
 
@@ -59,15 +72,30 @@ def test_accuracy_within_a_point_of_fp32_and_replicas_identical(launch):
             assert _rows(results, r)[spec]["replicas_identical"], (spec, r)
             assert _rows(results, r)[spec]["accuracy"] == row["accuracy"]  # every rank holds the same model
         assert row["accuracy"] >= fp32 - 0.01, (spec, row["accuracy"], fp32)  # the issue's bar: 1 point
-        summary.append({"np": np_, "frontend": frontend, "codec": spec, "accuracy": row["accuracy"], "fp32": fp32,
-                        "compression": row["compression"]})
+        summary.append(
+            {
+                "np": np_,
+                "frontend": frontend,
+                "codec": spec,
+                "accuracy": row["accuracy"],
+                "fp32": fp32,
+                "compression": row["compression"],
+            }
+        )
     for s in summary:
         comp = s["compression"]
-        ratios = (", ".join(f"{k} K/d {v['K']}/{v['d']} = {v['ratio']:.2f}" for k, v in comp.items() if k != "_total")
-                  + f", total {comp['_total']['ratio']:.2f}") if "_total" in comp else \
-            ", ".join(f"{k} n*m/((n+m)r) {v['ratio']:.2f}" for k, v in comp.items())
-        print(f"\nnp={s['np']} [{s['frontend']}] {s['codec']}: accuracy {100 * s['accuracy']:.2f}% "
-              f"(fp32 {100 * s['fp32']:.2f}%); {ratios}")
+        ratios = (
+            (
+                ", ".join(f"{k} K/d {v['K']}/{v['d']} = {v['ratio']:.2f}" for k, v in comp.items() if k != "_total")
+                + f", total {comp['_total']['ratio']:.2f}"
+            )
+            if "_total" in comp
+            else ", ".join(f"{k} n*m/((n+m)r) {v['ratio']:.2f}" for k, v in comp.items())
+        )
+        print(
+            f"\nnp={s['np']} [{s['frontend']}] {s['codec']}: accuracy {100 * s['accuracy']:.2f}% "
+            f"(fp32 {100 * s['fp32']:.2f}%); {ratios}"
+        )
     print(json.dumps(summary))
 
 
@@ -81,8 +109,9 @@ def test_gradiveq_compressed_both_conv_kernels_and_left_the_rest_to_others(launc
     assert report["_total"]["ratio"] > 1.0
     # step 419 of a tensor: (419 - 20) mod 70 = 49 >= 10 sampling steps: compressed phase
     assert row["phases"] == {key: "compress" for key in CONV}
-    assert {"basis", "mean", "d", "K", "slices", "phase", "sample_count", "sample_sum",
-            "sample_outer"} <= set(row["state"])
+    assert {"basis", "mean", "d", "K", "slices", "phase", "sample_count", "sample_sum", "sample_outer"} <= set(
+        row["state"]
+    )
     stats = row["wire_stats"]
     label = next(k for k in stats if k.startswith("gradiveq("))
     assert stats[label]["values"] == STEPS * sum(CONV.values())

@@ -4,6 +4,7 @@ Same input, same seed: the kernels' Philox draws are ``tf.random.stateless_unifo
 so stochastic codes are identical; on inputs whose sums are exact in fp32 (multiples of 1/16) the
 whole payload is identical, eagerly and inside ``tf.function``; decoding matches the plain ops.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,16 @@ from hvd_compress.tensorflow import native  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _native.enabled(), reason="native kernels unavailable")
 
-SPECS = ["qsgd:bits=4", "qsgd:bits=2,bucket_size=128", "qsgd:bits=8,norm=l2", "terngrad",
-         "terngrad:packing=2bit", "onebit", "onebit:bucket_size=64", "efsign"]
+SPECS = [
+    "qsgd:bits=4",
+    "qsgd:bits=2,bucket_size=128",
+    "qsgd:bits=8,norm=l2",
+    "terngrad",
+    "terngrad:packing=2bit",
+    "onebit",
+    "onebit:bucket_size=64",
+    "efsign",
+]
 
 
 def quantizer(spec):

@@ -14,6 +14,7 @@ inputs the sum-based scales (OneBit's means, EFSign's and SignSGD's mean |x|, QS
 differ in the last bit between frameworks: fp32 sums are not associative (tested below as
 "codes identical, scales within 1e-6 relative").
 """
+
 from __future__ import annotations
 
 import os
@@ -29,14 +30,45 @@ import hvd_compress.tensorflow as hct  # noqa: E402
 import hvd_compress.torch as hc  # noqa: E402
 from hvd_compress.common import chunk_bounds, packed_nbytes  # noqa: E402
 
-SPECS = ["none", "fp16", "bf16", "qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8",
-         "qsgd:bits=4,norm=l2", "qsgd:bits=4,bucket_size=100", "terngrad", "terngrad:packing=2bit",
-         "terngrad:clip=none", "onebit", "onebit:bucket_size=64", "efsign", "signsgd",
-         "signsgd:scaled=false", "topk:ratio=0.01", "topk:ratio=0.3", "doublesqueeze:codec=onebit",
-         "doublesqueeze:codec=qsgd,bits=4", "doublesqueeze:codec=efsign"]
-ORDER_FREE = {"none", "fp16", "bf16", "qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8",
-              "qsgd:bits=4,bucket_size=100", "terngrad", "terngrad:packing=2bit", "terngrad:clip=none",
-              "signsgd:scaled=false", "topk:ratio=0.01", "topk:ratio=0.3", "doublesqueeze:codec=qsgd,bits=4"}
+SPECS = [
+    "none",
+    "fp16",
+    "bf16",
+    "qsgd:bits=2,bucket_size=128",
+    "qsgd:bits=4",
+    "qsgd:bits=8",
+    "qsgd:bits=4,norm=l2",
+    "qsgd:bits=4,bucket_size=100",
+    "terngrad",
+    "terngrad:packing=2bit",
+    "terngrad:clip=none",
+    "onebit",
+    "onebit:bucket_size=64",
+    "efsign",
+    "signsgd",
+    "signsgd:scaled=false",
+    "topk:ratio=0.01",
+    "topk:ratio=0.3",
+    "doublesqueeze:codec=onebit",
+    "doublesqueeze:codec=qsgd,bits=4",
+    "doublesqueeze:codec=efsign",
+]
+ORDER_FREE = {
+    "none",
+    "fp16",
+    "bf16",
+    "qsgd:bits=2,bucket_size=128",
+    "qsgd:bits=4",
+    "qsgd:bits=8",
+    "qsgd:bits=4,bucket_size=100",
+    "terngrad",
+    "terngrad:packing=2bit",
+    "terngrad:clip=none",
+    "signsgd:scaled=false",
+    "topk:ratio=0.01",
+    "topk:ratio=0.3",
+    "doublesqueeze:codec=qsgd,bits=4",
+}
 SIZES = [1, 7, 3001, 40_000]
 
 
@@ -80,8 +112,13 @@ def test_same_settings_same_fingerprint_same_sizes(spec):
     assert f.describe() == t.describe() and f.fingerprint() == t.fingerprint()
     for n in SIZES + [0, 65536]:
         assert f.payload_nbytes(n) == t.payload_nbytes(n)
-    assert (f.summable, f.stochastic, f.sparse, f.shared_scale, f.alignment()) == \
-        (t.summable, t.stochastic, t.sparse, t.shared_scale, t.alignment())
+    assert (f.summable, f.stochastic, f.sparse, f.shared_scale, f.alignment()) == (
+        t.summable,
+        t.stochastic,
+        t.sparse,
+        t.shared_scale,
+        t.alignment(),
+    )
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -113,8 +150,10 @@ def test_generic_inputs_codes_identical_scales_close(spec):
     np.testing.assert_allclose(fq.decode(tf.constant(pt), n).numpy(), dt, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("spec", ["onebit", "efsign", "topk:ratio=0.01", "signsgd",
-                                  "doublesqueeze:codec=onebit", "doublesqueeze:codec=efsign"])
+@pytest.mark.parametrize(
+    "spec",
+    ["onebit", "efsign", "topk:ratio=0.01", "signsgd", "doublesqueeze:codec=onebit", "doublesqueeze:codec=efsign"],
+)
 def test_error_feedback_over_steps(spec):
     """Three steps of the worker encoder (3 chunks, as under a 3-worker reduce-scatter) and, for
     DoubleSqueeze, of the owner's re-encode. From a zero residual the payloads and the new
@@ -133,8 +172,9 @@ def test_error_feedback_over_steps(spec):
             if step == 0 or exact_always:
                 assert np.array_equal(ct.numpy(), cf.numpy()), f"step {step}"
             else:
-                np.testing.assert_allclose(f.decode(cf, b - a).numpy(), t.decode(ct, b - a).numpy(),
-                                           rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(
+                    f.decode(cf, b - a).numpy(), t.decode(ct, b - a).numpy(), rtol=1e-5, atol=1e-6
+                )
         if spec.startswith("doublesqueeze"):
             lo, hi = bounds[1]
             mean = grid(hi - lo, 200 + step)

@@ -17,6 +17,7 @@
 In CI (no GPU) the kernels run under Triton's interpreter on CPU tensors (slow: about 1 s per 131k
 values, hence the small sizes). Tests marked ``gpu`` repeat the checks on CUDA tensors.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,20 +40,44 @@ from hvd_compress.torch.kernels import backend
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [
-    pytest.mark.skipif(backend.triton_unavailable() is not None,
-                       reason=f"triton is not installed: {backend.triton_unavailable()}"),
+    pytest.mark.skipif(
+        backend.triton_unavailable() is not None, reason=f"triton is not installed: {backend.triton_unavailable()}"
+    ),
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # numpy's 1/0 inside masked interpreter lanes
 ]
-interpreted = pytest.mark.skipif(not backend.interpreting(),
-                                 reason="TRITON_INTERPRET is not 1 (a GPU machine: see the gpu tests)")
+interpreted = pytest.mark.skipif(
+    not backend.interpreting(), reason="TRITON_INTERPRET is not 1 (a GPU machine: see the gpu tests)"
+)
 
-SPECS = ["qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8", "qsgd:bits=4,bucket_size=7",
-         "qsgd:bits=2,bucket_size=9", "qsgd:bits=4,norm=l2", "qsgd:bits=8,norm=l2,bucket_size=100",
-         "terngrad", "terngrad:packing=2bit", "terngrad:clip=none", "onebit", "onebit:bucket_size=8",
-         "onebit:bucket_size=64", "efsign", "signsgd", "signsgd:scaled=false", "topk:ratio=0.01",
-         "topk:ratio=0.3"]
-SUM_SCALED = {"qsgd:bits=4,norm=l2", "qsgd:bits=8,norm=l2,bucket_size=100", "onebit", "onebit:bucket_size=8",
-              "onebit:bucket_size=64", "efsign", "signsgd"}
+SPECS = [
+    "qsgd:bits=2,bucket_size=128",
+    "qsgd:bits=4",
+    "qsgd:bits=8",
+    "qsgd:bits=4,bucket_size=7",
+    "qsgd:bits=2,bucket_size=9",
+    "qsgd:bits=4,norm=l2",
+    "qsgd:bits=8,norm=l2,bucket_size=100",
+    "terngrad",
+    "terngrad:packing=2bit",
+    "terngrad:clip=none",
+    "onebit",
+    "onebit:bucket_size=8",
+    "onebit:bucket_size=64",
+    "efsign",
+    "signsgd",
+    "signsgd:scaled=false",
+    "topk:ratio=0.01",
+    "topk:ratio=0.3",
+]
+SUM_SCALED = {
+    "qsgd:bits=4,norm=l2",
+    "qsgd:bits=8,norm=l2,bucket_size=100",
+    "onebit",
+    "onebit:bucket_size=8",
+    "onebit:bucket_size=64",
+    "efsign",
+    "signsgd",
+}
 NATIVE = {"qsgd", "terngrad", "onebit", "efsign"}  # codec families the C kernels implement
 SIZES = [0, 1, 7, 513, 4099]
 
@@ -99,8 +124,10 @@ def run_case(spec, x, backend_name):
         if hasattr(codec, "inner") and not q.stochastic:  # error feedback: two steps, three chunks
             bounds = chunk_bounds(n, 3, codec.alignment())
             for step, v in enumerate((x, 0.5 * x.flip(0))):
-                out[f"worker{step}"] = torch.cat(codec.worker_encode(v, "w", bounds, lambda c, p: None)
-                                                 or [torch.empty(0, dtype=torch.uint8, device=x.device)])
+                out[f"worker{step}"] = torch.cat(
+                    codec.worker_encode(v, "w", bounds, lambda c, p: None)
+                    or [torch.empty(0, dtype=torch.uint8, device=x.device)]
+                )
                 out[f"residual{step}"] = codec.state["residual"]["w"].clone()
     return {k: v.cpu() for k, v in out.items()}
 
@@ -109,7 +136,9 @@ def assert_same(got, want, what):
     assert got.keys() == want.keys(), what
     for key in got:
         a, b = got[key], want[key]
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{what} {key}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        assert (
+            a.dtype == b.dtype and a.shape == b.shape
+        ), f"{what} {key}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)) if a.numel() else True, f"{what} {key} differs"
 
 
@@ -149,8 +178,9 @@ def test_sum_scales_on_generic_floats_equal_the_c_kernels(spec):
 
 
 @interpreted
-@pytest.mark.parametrize("spec", ["qsgd:bits=4", "qsgd:bits=4,norm=l2", "terngrad", "onebit", "efsign",
-                                  "signsgd", "topk:ratio=0.05"])
+@pytest.mark.parametrize(
+    "spec", ["qsgd:bits=4", "qsgd:bits=4,norm=l2", "terngrad", "onebit", "efsign", "signsgd", "topk:ratio=0.05"]
+)
 def test_non_finite_inputs_behave_as_on_the_cpu(spec):
     x = grid(513)
     x[17], x[300] = float("nan"), float("inf")
@@ -161,10 +191,22 @@ def test_non_finite_inputs_behave_as_on_the_cpu(spec):
 
 
 # --------------------------------------------------------------------------- pinned digests
-PINNED_SPECS = ["qsgd:bits=2,bucket_size=128", "qsgd:bits=4", "qsgd:bits=8", "qsgd:bits=4,norm=l2",
-                "qsgd:bits=4,bucket_size=100", "terngrad", "terngrad:packing=2bit", "terngrad:clip=none",
-                "onebit", "onebit:bucket_size=64", "efsign", "signsgd", "signsgd:scaled=false",
-                "topk:ratio=0.01"]
+PINNED_SPECS = [
+    "qsgd:bits=2,bucket_size=128",
+    "qsgd:bits=4",
+    "qsgd:bits=8",
+    "qsgd:bits=4,norm=l2",
+    "qsgd:bits=4,bucket_size=100",
+    "terngrad",
+    "terngrad:packing=2bit",
+    "terngrad:clip=none",
+    "onebit",
+    "onebit:bucket_size=64",
+    "efsign",
+    "signsgd",
+    "signsgd:scaled=false",
+    "topk:ratio=0.01",
+]
 
 
 @interpreted
@@ -200,8 +242,7 @@ def test_kernel_stream_is_deterministic_per_seed_and_unbiased(spec):
         first = q.encode(x, torch.Generator().manual_seed(5), scale)
         again = q.encode(x, torch.Generator().manual_seed(5), scale)
         other = q.encode(x, torch.Generator().manual_seed(6), scale)
-        mean = sum(q.decode(q.encode(x, torch.Generator().manual_seed(s), scale), x.numel())
-                   for s in range(8)) / 8
+        mean = sum(q.decode(q.encode(x, torch.Generator().manual_seed(s), scale), x.numel()) for s in range(8)) / 8
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
     err = (mean - x).abs().mean() / x.abs().mean()
@@ -256,14 +297,16 @@ def test_backend_env_forces_one_and_misuse_is_a_clear_error(monkeypatch):
 
 def test_plain_backend_keeps_the_c_kernels_out(monkeypatch):
     from hvd_compress._native import ops
+
     monkeypatch.setenv("HVD_COMPRESS_BACKEND", "plain")
     assert ops.lib_for(torch.ones(1)) is None
 
 
 # ------------------------------------------------------------------- no host round trips
 HOT_PATHS = sorted((REPO / "hvd_compress/torch/kernels").glob("*.py")) + [
-    REPO / "hvd_compress/torch" / name for name in ("ddp.py", "exchange.py", "dist.py", "fusion.py",
-                                                    "hierarchical.py", "optimizer.py", "stock.py")]
+    REPO / "hvd_compress/torch" / name
+    for name in ("ddp.py", "exchange.py", "dist.py", "fusion.py", "hierarchical.py", "optimizer.py", "stock.py")
+]
 ROUND_TRIP = re.compile(r"\.(item|tolist|cpu|numpy)\(|\bbool\(\s*\w+\.(any|all)\(|\.to\(\s*['\"]cpu['\"]")
 ALLOW = "host sync (allow-listed)"
 
@@ -278,8 +321,10 @@ def test_no_host_round_trip_in_the_cuda_hot_path():
             code = line.split("#", 1)[0]
             if ROUND_TRIP.search(code) and ALLOW not in line:
                 offenders.append(f"{path.relative_to(REPO)}:{no}: {line.strip()}")
-    assert not offenders, "host round trips in the CUDA hot path (add '# host sync (allow-listed): why' " \
-                          "if one is unavoidable):\n" + "\n".join(offenders)
+    assert not offenders, (
+        "host round trips in the CUDA hot path (add '# host sync (allow-listed): why' "
+        "if one is unavoidable):\n" + "\n".join(offenders)
+    )
 
 
 # ------------------------------------------------------------------------------ on a GPU

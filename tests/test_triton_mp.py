@@ -6,6 +6,7 @@ matrices carried by the codec. OneBit and EFSign are deterministic and byte-iden
 backends, so they must reach exactly the native accuracy; QSGD draws its uniforms from a different
 (in-kernel) stream, so it must be within 2 points. Replicas bit-identical on every backend.
 """
+
 import pytest
 
 from launch import horovodrun
@@ -31,8 +32,9 @@ def test_triton_backend_trains_like_native_under_horovodrun(monkeypatch):
     for name in ("onebit", "efsign", "qsgd:bits=4"):
         assert triton[name]["replicas_identical"] and native[name]["replicas_identical"], name
         slack = 0.0 if name in ("onebit", "efsign") else 0.02
-        assert abs(triton[name]["accuracy"] - native[name]["accuracy"]) <= slack + 1e-9, \
-            f"{name}: triton {triton[name]['accuracy']:.4f} vs native {native[name]['accuracy']:.4f}"
+        assert (
+            abs(triton[name]["accuracy"] - native[name]["accuracy"]) <= slack + 1e-9
+        ), f"{name}: triton {triton[name]['accuracy']:.4f} vs native {native[name]['accuracy']:.4f}"
         st_t = triton[name]["wire_stats"][triton[name]["describe"]]
         st_n = native[name]["wire_stats"][native[name]["describe"]]
         assert st_t["bits_per_value"] == st_n["bits_per_value"], name

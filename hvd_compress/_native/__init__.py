@@ -31,6 +31,7 @@ the plain torch path. CUDA tensors always take the torch path.
 This module imports no torch (the ``--build`` entry point must be cheap); the tensor glue is
 :mod:`hvd_compress._native.ops`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,16 +53,30 @@ ABI_VERSION = 2
 # No -march=native: the cached library must run on any x86-64 host (the AVX2 clones inside are
 # dispatched at run time). -ffp-contract=off: no FMA contraction, so the float math is the plain
 # path's, operation for operation. Never -ffast-math.
-CFLAGS = ["-O3", "-std=gnu99", "-fopenmp", "-shared", "-fPIC", "-ffp-contract=off",
-          "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]
+CFLAGS = [
+    "-O3",
+    "-std=gnu99",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+    "-ffp-contract=off",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fvisibility=hidden",
+]
 # HVD_COMPRESS_SANITIZE=1: any out-of-bounds access or undefined behaviour aborts the process with
 # a report (-fno-sanitize-recover), so a test replaying bad payloads cannot pass over one.
-SANITIZE_FLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-                  "-fno-sanitize-recover=undefined"]
+SANITIZE_FLAGS = [
+    "-O1",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=undefined",
+]
 
 _lock = threading.Lock()
-_lib = None          # the loaded library, False after a failed build
-_reason = ""         # why it is not available
+_lib = None  # the loaded library, False after a failed build
+_reason = ""  # why it is not available
 _override: Optional[bool] = None
 
 
@@ -92,8 +107,13 @@ def _compiler_version(cc: list) -> str:
 
 def build_key(cc: list, version: str) -> str:
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(cc).encode(), " ".join(cflags()).encode(),
-                 version.encode(), sys.platform.encode()):
+    for part in (
+        SOURCE.read_bytes(),
+        " ".join(cc).encode(),
+        " ".join(cflags()).encode(),
+        version.encode(),
+        sys.platform.encode(),
+    ):
         h.update(part)
         h.update(b"\0")
     return h.hexdigest()[:16]
@@ -101,6 +121,7 @@ def build_key(cc: list, version: str) -> str:
 
 def _flock(path: Path):
     import fcntl
+
     f = open(path, "a+")
     fcntl.flock(f, fcntl.LOCK_EX)
     return f
@@ -197,7 +218,10 @@ def load():
                 "EFSign use the plain torch path (several times slower on CPU). Reason: "
                 f"{_reason}\nInstall a C compiler with OpenMP (e.g. gcc) or build ahead of time "
                 "with `python -m hvd_compress._native --build`; set HVD_COMPRESS_NATIVE=0 to "
-                "choose the plain path explicitly.", RuntimeWarning, stacklevel=3)
+                "choose the plain path explicitly.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return _lib or None
 
 

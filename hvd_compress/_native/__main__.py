@@ -1,5 +1,6 @@
 """``python -m hvd_compress._native --build``: compile the native codec kernels into the cache and
 print the library's path (exit status 1, with the compiler's message, if that fails)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,7 @@ def main(argv=None) -> int:
     try:
         path = _native.build(force=args.force)
         import ctypes
+
         ctypes.CDLL(str(path)).hvdc_abi_version()  # it loads
     except Exception as exc:
         print(f"hvd_compress native build failed: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ the global generator when ``None``), so the exchange's per-call seeding keeps ru
 and checkpoint/restore exact; with ``noise`` they use those uniforms and give exactly the plain
 path's bytes.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,6 +36,7 @@ def lib_for(*tensors) -> Optional[object]:
     if not _native.enabled():
         return None
     from hvd_compress.torch.kernels.backend import native_allowed  # HVD_COMPRESS_BACKEND decides
+
     if not native_allowed():
         return None
     return _native.load()
@@ -102,8 +104,9 @@ def _payload(payload: torch.Tensor, need: int, what: str) -> torch.Tensor:
         raise TypeError(f"hvd_compress: {what} payloads are uint8 tensors, got {payload.dtype}")
     payload = payload.reshape(-1)
     if payload.numel() < need:
-        raise ValueError(f"hvd_compress: {what} payload has {payload.numel()} bytes, "
-                         f"{need} needed for this many values")
+        raise ValueError(
+            f"hvd_compress: {what} payload has {payload.numel()} bytes, " f"{need} needed for this many values"
+        )
     return payload.contiguous()
 
 
@@ -121,16 +124,30 @@ def qsgd_encode(x, bits, bucket, norm, generator=None, noise=None):
     if n == 0:
         return out
     seed = 0 if u is not None else draw_seed(generator)
-    _check(lib.hvdc_qsgd_encode(x.data_ptr(), n, bits, bucket, int(norm == "l2"), seed,
-                                None if u is None else u.data_ptr(), out.data_ptr(), threads()), "qsgd")
+    _check(
+        lib.hvdc_qsgd_encode(
+            x.data_ptr(),
+            n,
+            bits,
+            bucket,
+            int(norm == "l2"),
+            seed,
+            None if u is None else u.data_ptr(),
+            out.data_ptr(),
+            threads(),
+        ),
+        "qsgd",
+    )
     return out
 
 
 def qsgd_decode_into(lib, payload, numel, bits, bucket, out, mode=0, div=1.0):
     need = packed_nbytes(numel, bits) + 4 * (-(-numel // bucket))
     payload = _payload(payload, need, "qsgd")
-    _check(lib.hvdc_qsgd_decode(payload.data_ptr(), numel, bits, bucket, out.data_ptr(), mode,
-                                float(div), threads()), "qsgd")
+    _check(
+        lib.hvdc_qsgd_decode(payload.data_ptr(), numel, bits, bucket, out.data_ptr(), mode, float(div), threads()),
+        "qsgd",
+    )
 
 
 # --------------------------------------------------------------------------------- TernGrad
@@ -157,17 +174,22 @@ def terngrad_encode(x, scale, base3, generator=None, noise=None):
     out = torch.empty(ncode + 4, dtype=torch.uint8)
     bits = int(scale.reshape(1).to(torch.float32).view(torch.int32).item()) & 0xFFFFFFFF
     seed = 0 if (u is not None or n == 0) else draw_seed(generator)
-    _check(lib.hvdc_terngrad_encode(x.data_ptr(), n, bits, int(base3), seed,
-                                    None if u is None else u.data_ptr(), out.data_ptr(), threads()),
-           "terngrad")
+    _check(
+        lib.hvdc_terngrad_encode(
+            x.data_ptr(), n, bits, int(base3), seed, None if u is None else u.data_ptr(), out.data_ptr(), threads()
+        ),
+        "terngrad",
+    )
     return out
 
 
 def terngrad_decode_into(lib, payload, numel, base3, out, mode=0, div=1.0):
     need = (base3_nbytes(numel) if base3 else packed_nbytes(numel, 2)) + 4
     payload = _payload(payload, need, "terngrad")
-    _check(lib.hvdc_terngrad_decode(payload.data_ptr(), numel, int(base3), out.data_ptr(), mode,
-                                    float(div), threads()), "terngrad")
+    _check(
+        lib.hvdc_terngrad_decode(payload.data_ptr(), numel, int(base3), out.data_ptr(), mode, float(div), threads()),
+        "terngrad",
+    )
 
 
 # ----------------------------------------------------------------------------------- OneBit
@@ -181,18 +203,27 @@ def onebit_encode(x, bucket, residual=None, new_residual=None):
     x = flat_f32(x)
     n = x.numel()
     out = torch.empty(packed_nbytes(n, 1) + 8 * (-(-n // bucket)), dtype=torch.uint8)
-    rc = _check(lib.hvdc_onebit_encode(
-        x.data_ptr(), None if residual is None else residual.data_ptr(),
-        None if new_residual is None else new_residual.data_ptr(), n, bucket, out.data_ptr(),
-        threads()), "onebit")
+    rc = _check(
+        lib.hvdc_onebit_encode(
+            x.data_ptr(),
+            None if residual is None else residual.data_ptr(),
+            None if new_residual is None else new_residual.data_ptr(),
+            n,
+            bucket,
+            out.data_ptr(),
+            threads(),
+        ),
+        "onebit",
+    )
     return out, bool(rc)
 
 
 def onebit_decode_into(lib, payload, numel, bucket, out, mode=0, div=1.0):
     need = packed_nbytes(numel, 1) + 8 * (-(-numel // bucket))
     payload = _payload(payload, need, "onebit")
-    _check(lib.hvdc_onebit_decode(payload.data_ptr(), numel, bucket, out.data_ptr(), mode,
-                                  float(div), threads()), "onebit")
+    _check(
+        lib.hvdc_onebit_decode(payload.data_ptr(), numel, bucket, out.data_ptr(), mode, float(div), threads()), "onebit"
+    )
 
 
 # ------------------------------------------------------------------------------- ScaledSign
@@ -204,17 +235,23 @@ def sign_encode(x, residual=None, new_residual=None):
     x = flat_f32(x)
     n = x.numel()
     out = torch.empty(packed_nbytes(n, 1) + 4, dtype=torch.uint8)
-    rc = _check(lib.hvdc_sign_encode(
-        x.data_ptr(), None if residual is None else residual.data_ptr(),
-        None if new_residual is None else new_residual.data_ptr(), n, out.data_ptr(), threads()),
-        "scaled_sign")
+    rc = _check(
+        lib.hvdc_sign_encode(
+            x.data_ptr(),
+            None if residual is None else residual.data_ptr(),
+            None if new_residual is None else new_residual.data_ptr(),
+            n,
+            out.data_ptr(),
+            threads(),
+        ),
+        "scaled_sign",
+    )
     return out, bool(rc)
 
 
 def sign_decode_into(lib, payload, numel, out, mode=0, div=1.0):
     payload = _payload(payload, packed_nbytes(numel, 1) + 4, "scaled_sign")
-    _check(lib.hvdc_sign_decode(payload.data_ptr(), numel, out.data_ptr(), mode, float(div),
-                                threads()), "scaled_sign")
+    _check(lib.hvdc_sign_decode(payload.data_ptr(), numel, out.data_ptr(), mode, float(div), threads()), "scaled_sign")
 
 
 # ------------------------------------------------------------------------------------- TopK
@@ -244,14 +281,16 @@ def signsgd_vote(payloads: Sequence[torch.Tensor], numel: int):
     payloads = [_payload(p, nb + 4, "signsgd") for p in payloads]
     scale = torch.zeros(1)
     for p in payloads:
-        scale += p[nb:nb + 4].clone().view(torch.float32)
+        scale += p[nb : nb + 4].clone().view(torch.float32)
     mean = scale / len(payloads)  # the plain path's fp32 division
     out = torch.empty(numel, dtype=torch.float32)
     if numel:
         import ctypes
+
         ptrs = (ctypes.c_void_p * len(payloads))(*[p.data_ptr() for p in payloads])
-        _check(lib.hvdc_signsgd_vote(ptrs, len(payloads), numel, float(mean), out.data_ptr(),
-                                     threads()), "signsgd vote")
+        _check(
+            lib.hvdc_signsgd_vote(ptrs, len(payloads), numel, float(mean), out.data_ptr(), threads()), "signsgd vote"
+        )
     return out
 
 
@@ -311,7 +350,6 @@ def noise_for_test(seed: int, start: int, length: int) -> torch.Tensor:
     out = torch.empty(length, dtype=torch.float32)
     lib.hvdc_noise(seed, start, length, out.data_ptr())
     return out
-
 
 
 def fused_feedback(encode, x: torch.Tensor, residual: Optional[torch.Tensor], bounds, *args):

@@ -1,4 +1,5 @@
 """``python -m hvd_compress.bench <command> [options]``: dispatch to ``hvd_compress.bench.<command>``."""
+
 from __future__ import annotations
 
 import importlib

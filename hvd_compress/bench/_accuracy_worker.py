@@ -5,6 +5,7 @@ once per codec through the stock ``hvd.DistributedOptimizer(compression=...)``, 
 loss on the whole training set every few steps, with the bytes this worker has sent so far.
 Rank 0 writes one JSON row per codec to ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,7 @@ def main(argv=None):
         else:
             compression = hc.from_spec(spec)
             label = compression.describe()
-        opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(),
-                                       compression=compression)
+        opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(), compression=compression)
         values = sum(p.numel() for p in model.parameters())
         ring_bytes = 2.0 * (size - 1) / size * values * (4 if spec == "fp32" else 2)
         hc.reset_wire_stats()
@@ -77,7 +77,7 @@ def main(argv=None):
             shard = perm[rank::size]
             nb = len(perm[0::size]) // args.batch_size
             for b in range(nb):
-                idx = shard[b * args.batch_size:(b + 1) * args.batch_size]
+                idx = shard[b * args.batch_size : (b + 1) * args.batch_size]
                 opt.zero_grad()
                 torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
                 opt.step()
@@ -101,15 +101,31 @@ def main(argv=None):
             bits = 8.0 * row["payload_bytes"] / max(row["values"], 1) if row else None
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            (out / f"row.{index:02d}.json").write_text(json.dumps({
-                "codec": spec, "label": label, "accuracy": acc, "final_train_loss": curve[-1][2],
-                "bits_per_value": bits, "steps": steps, "world_size": size,
-                "bytes_per_step": curve[-1][1] / max(steps, 1), "time_s": elapsed,
-                "compression": (compression.compression_report()
-                                if hasattr(compression, "compression_report") else None),
-                "replicas_identical": identical, "curve": curve}))
-            print(f"[bench accuracy] {label:<40} acc {100 * acc:6.2f}%  loss {curve[-1][2]:.4f}",
-                  file=sys.stderr, flush=True)
+            (out / f"row.{index:02d}.json").write_text(
+                json.dumps(
+                    {
+                        "codec": spec,
+                        "label": label,
+                        "accuracy": acc,
+                        "final_train_loss": curve[-1][2],
+                        "bits_per_value": bits,
+                        "steps": steps,
+                        "world_size": size,
+                        "bytes_per_step": curve[-1][1] / max(steps, 1),
+                        "time_s": elapsed,
+                        "compression": (
+                            compression.compression_report() if hasattr(compression, "compression_report") else None
+                        ),
+                        "replicas_identical": identical,
+                        "curve": curve,
+                    }
+                )
+            )
+            print(
+                f"[bench accuracy] {label:<40} acc {100 * acc:6.2f}%  loss {curve[-1][2]:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
     hvd.shutdown()
 
 

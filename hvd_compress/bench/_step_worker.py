@@ -5,6 +5,7 @@ Every rank trains the same model on synthetic data, once per codec, through the 
 Rank 0 reads the interface's byte counter (``/sys/class/net/<iface>/statistics/tx_bytes``) before
 and after the timed steps and writes one JSON row per codec to ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,20 +27,38 @@ def make_model(name: str, seed: int = 0, width: int = 0):
     communication-bound case). ``cnn``: a small conv net on 3x32x32 inputs (about 2.2M parameters,
     most in its first dense layer). Returns (model, input shape without batch, classes)."""
     import torch
+
     torch.manual_seed(seed)
     nn = torch.nn
     if name == "mlp":
         w = width or 4096
-        model = nn.Sequential(nn.Linear(1024, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(),
-                              nn.Linear(w, 1024), nn.ReLU(), nn.Linear(1024, 10))
+        model = nn.Sequential(
+            nn.Linear(1024, w),
+            nn.ReLU(),
+            nn.Linear(w, w),
+            nn.ReLU(),
+            nn.Linear(w, 1024),
+            nn.ReLU(),
+            nn.Linear(1024, 10),
+        )
         return model, (1024,), 10
     if name == "cnn":
         c = width or 64
         model = nn.Sequential(
-            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * c, 4 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(4 * c * 16, 512), nn.ReLU(), nn.Linear(512, 10))
+            nn.Conv2d(3, c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * c, 4 * c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(4 * c * 16, 512),
+            nn.ReLU(),
+            nn.Linear(512, 10),
+        )
         return model, (3, 32, 32), 10
     if name == "resnet":
         return resnet50(width or 64), (3, 32, 32), 10
@@ -52,6 +71,7 @@ def resnet50(width: int = 64):
     ``width=64``, for 3x32x32 inputs (a stride-2 3x3 stem instead of ImageNet's 7x7 and max-pool,
     so the compute stays within what a CPU core does in a benchmark step)."""
     import torch
+
     nn = torch.nn
 
     class Bottleneck(nn.Module):
@@ -59,9 +79,15 @@ def resnet50(width: int = 64):
             super().__init__()
             cout = 4 * mid
             self.body = nn.Sequential(
-                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(mid),
-                nn.ReLU(inplace=True), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+                nn.Conv2d(cin, mid, 1, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(mid, cout, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
             self.down = None
             if stride != 1 or cin != cout:
                 self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
@@ -73,7 +99,7 @@ def resnet50(width: int = 64):
     layers = [nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
     cin = width
     for i, blocks in enumerate([3, 4, 6, 3]):
-        mid = width * 2 ** i
+        mid = width * 2**i
         for b in range(blocks):
             layers.append(Bottleneck(cin, mid, 2 if (b == 0 and i > 0) else 1))
             cin = 4 * mid
@@ -88,9 +114,9 @@ def split_spec(spec: str):
     fused, frontend = True, "stock"
     while True:
         if spec.endswith(UNFUSED):
-            spec, fused = spec[:-len(UNFUSED)], False
+            spec, fused = spec[: -len(UNFUSED)], False
         elif spec.endswith(HC):
-            spec, frontend = spec[:-len(HC)], "hc"
+            spec, frontend = spec[: -len(HC)], "hc"
         else:
             return spec, fused, frontend
 
@@ -104,8 +130,16 @@ class CodecTimer:
     """Wall time spent inside a codec's entry points (encode, decode, aggregate, ...), counted
     once per outermost call, so a codec calling its own ``encode`` is not counted twice."""
 
-    METHODS = ("local_scale", "worker_encode", "server_encode", "aggregate", "decode", "encode",
-               "to_summable", "from_summable")
+    METHODS = (
+        "local_scale",
+        "worker_encode",
+        "server_encode",
+        "aggregate",
+        "decode",
+        "encode",
+        "to_summable",
+        "from_summable",
+    )
 
     def __init__(self, codec):
         self.total = 0.0
@@ -125,6 +159,7 @@ class CodecTimer:
                 self.depth -= 1
                 if self.depth == 0:
                     self.total += time.perf_counter() - t0
+
         return timed
 
 
@@ -143,6 +178,7 @@ def nominal_inter_host(compression, model, size: int, local_size: int, stats: di
     """What the exchange patterns predict (``bench.cluster.inter_host_factor``); ``None`` for codecs
     with their own exchange or mixed patterns."""
     from hvd_compress.bench.cluster import inter_host_factor
+
     hosts = size // local_size
     params = [p for p in model.parameters()]
     if not hasattr(compression, "pattern"):  # Horovod's none/fp16: one ring allreduce
@@ -150,22 +186,30 @@ def nominal_inter_host(compression, model, size: int, local_size: int, stats: di
         return inter_host_factor("allreduce", hosts, local_size) * width * sum(p.numel() for p in params)
     patterns = {compression.pattern(size, p.numel()) for p in params if p.dim() >= 2}
     from hvd_compress.torch.codecs.base import Codec
+
     if len(patterns) != 1 or type(compression).custom_exchange is not Codec.custom_exchange:
         return None
     if getattr(compression, "hierarchical", False) is True:
         # each local position's shard crosses among the hosts' ranks at that position (one per
         # host); the intra-host legs stay inside; uncompressed tensors take the flat fp32 ring
         from hvd_compress.torch.hierarchical import INTRA_HOST
+
         shard_patterns = {compression.pattern(hosts, p.numel() // local_size) for p in params if p.dim() >= 2}
         if len(shard_patterns) != 1:
             return None
         (pattern,) = shard_patterns
         factors = {"uncompressed": inter_host_factor("allreduce", hosts, local_size), INTRA_HOST: 0.0}
-        return sum(factors.get(d, local_size * inter_host_factor(pattern, hosts, 1)) * r["payload_bytes"] / steps
-                   for d, r in stats.items())
+        return sum(
+            factors.get(d, local_size * inter_host_factor(pattern, hosts, 1)) * r["payload_bytes"] / steps
+            for d, r in stats.items()
+        )
     (pattern,) = patterns
-    return sum(inter_host_factor("allreduce" if d == "uncompressed" else pattern, hosts, local_size)
-               * r["payload_bytes"] / steps for d, r in stats.items())
+    return sum(
+        inter_host_factor("allreduce" if d == "uncompressed" else pattern, hosts, local_size)
+        * r["payload_bytes"]
+        / steps
+        for d, r in stats.items()
+    )
 
 
 def main(argv=None):
@@ -180,15 +224,22 @@ def main(argv=None):
     ap.add_argument("--iface", default="lo")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--per-host-counter", action="store_true",
-                    help="emulated cluster: sum the first rank of each host's --iface counter (inter-host bytes)")
+    ap.add_argument(
+        "--per-host-counter",
+        action="store_true",
+        help="emulated cluster: sum the first rank of each host's --iface counter (inter-host bytes)",
+    )
     args = ap.parse_args(argv)
 
     import torch
     import horovod.torch as hvd
     import hvd_compress.torch as hc
-    from hvd_compress.torch.fusion import (DEFAULT_BUCKET_BYTES, ENV_BUCKET_BYTES, collective_stats,
-                                           reset_collective_stats)
+    from hvd_compress.torch.fusion import (
+        DEFAULT_BUCKET_BYTES,
+        ENV_BUCKET_BYTES,
+        collective_stats,
+        reset_collective_stats,
+    )
 
     hvd.init()
     torch.set_num_threads(args.threads)
@@ -243,15 +294,18 @@ def main(argv=None):
             # codecs with their own exchange (PowerSGD, GradiVeQ) interleave math with collectives
             # inside a generator: no entry point to time, so their codec share shows as "-"
             from hvd_compress.torch.codecs.base import Codec
+
             if type(compression).custom_exchange is Codec.custom_exchange:
                 timer = CodecTimer(compression)
         if frontend == "hc":  # buckets of DEFAULT_BUCKET_BYTES started from gradient hooks
-            dopt = hc.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
-                                           compression=compression,
-                                           bucket_bytes=DEFAULT_BUCKET_BYTES if fused else 0)
+            dopt = hc.DistributedOptimizer(
+                opt,
+                named_parameters=model.named_parameters(),
+                compression=compression,
+                bucket_bytes=DEFAULT_BUCKET_BYTES if fused else 0,
+            )
         else:
-            dopt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
-                                            compression=compression)
+            dopt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), compression=compression)
         for _ in range(args.warmup):
             one_step(model, dopt)
         barrier()
@@ -279,38 +333,56 @@ def main(argv=None):
             values = sum(r["values"] for r in stats.values())
             bits = 8.0 * sum(r["payload_bytes"] for r in stats.values()) / values if values else None
         # every rank's median, so a straggler shows
-        meds = hvd.allgather(torch.tensor([statistics.median(times)], dtype=torch.float64),
-                             name=f"bench.times.{spec}")
+        meds = hvd.allgather(torch.tensor([statistics.median(times)], dtype=torch.float64), name=f"bench.times.{spec}")
         if rank == 0:
             step_s = float(meds.max())
             measured_total = (tx1 - tx0) / args.steps
             result = {
-                "codec": spec, "label": label, "step_time_s": step_s,
-                "step_times_s": times, "rank_median_step_s": meds.tolist(),
+                "codec": spec,
+                "label": label,
+                "step_time_s": step_s,
+                "step_times_s": times,
+                "rank_median_step_s": meds.tolist(),
                 "bytes_per_step": measured_total / size,
                 "bytes_per_step_all_workers": measured_total,
                 "nominal_bytes_per_step": nominal,
                 "bytes_vs_nominal": (measured_total / size) / nominal if nominal else None,
                 "bits_per_value": bits,
                 "codec_time_s": codec_s,
-                "forward_backward_s": statistics.median(fb), "optimizer_step_s": statistics.median(st),
+                "forward_backward_s": statistics.median(fb),
+                "optimizer_step_s": statistics.median(st),
                 "codec_share": (codec_s / step_s) if codec_s is not None else None,
-                "compute_time_s": compute, "params": params, "world_size": size,
-                "tensors": len(list(model.parameters())), "fused": fused, "frontend": frontend,
+                "compute_time_s": compute,
+                "params": params,
+                "world_size": size,
+                "tensors": len(list(model.parameters())),
+                "fused": fused,
+                "frontend": frontend,
                 # hvd_compress's own collectives (Horovod's per-parameter allreduces, which it fuses
                 # itself, are not counted: placeholders and uncompressed tensors, one per parameter)
                 "collectives_per_step": (colls["collectives"] / args.steps) if spec not in BASELINES else None,
                 "requested_per_step": (colls["requested"] / args.steps) if spec not in BASELINES else None,
-                "model": args.model, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+                "model": args.model,
+                "batch": args.batch,
+                "steps": args.steps,
+                "warmup": args.warmup,
             }
             if inter_host is not None:
-                result.update(inter_host_bytes_per_step=inter_host, local_size=hvd.local_size(),
-                              nominal_inter_host_bytes_per_step=nominal_inter_host(compression, model, size,
-                                                                                   hvd.local_size(), stats, args.steps))
+                result.update(
+                    inter_host_bytes_per_step=inter_host,
+                    local_size=hvd.local_size(),
+                    nominal_inter_host_bytes_per_step=nominal_inter_host(
+                        compression, model, size, hvd.local_size(), stats, args.steps
+                    ),
+                )
             out.mkdir(parents=True, exist_ok=True)
             (out / f"row.{len(list(out.glob('row.*.json'))):02d}.json").write_text(json.dumps(result))
-            print(f"[bench step] {label:<40} {step_s * 1000:9.1f} ms/step  "
-                  f"{measured_total / size / 1e6:9.2f} MB/step/worker", file=sys.stderr, flush=True)
+            print(
+                f"[bench step] {label:<40} {step_s * 1000:9.1f} ms/step  "
+                f"{measured_total / size / 1e6:9.2f} MB/step/worker",
+                file=sys.stderr,
+                flush=True,
+            )
         del dopt, opt, model
         barrier()
     hvd.shutdown()

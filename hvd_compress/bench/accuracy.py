@@ -21,6 +21,7 @@ JSON: ``{"rows": [{"codec": "fp32", "accuracy": .., "delta_points": .., "bits_to
 "final_train_loss": .., "bits_per_value": .., "published": "..", "curve": [[step, bytes, loss], ...]}, ...],
 "target_loss": .., "np": 2}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,20 +39,32 @@ from hvd_compress.bench.step import horovodrun_path
 
 REPO = Path(__file__).resolve().parents[2]
 
-DEFAULT_CODECS = ["fp32", "hvd-fp16", "fp16", "bf16", "qsgd:bits=8", "qsgd:bits=4", "terngrad", "onebit",
-                  "efsign", "signsgd", "topk:ratio=0.01", "doublesqueeze:codec=onebit"]
+DEFAULT_CODECS = [
+    "fp32",
+    "hvd-fp16",
+    "fp16",
+    "bf16",
+    "qsgd:bits=8",
+    "qsgd:bits=4",
+    "terngrad",
+    "onebit",
+    "efsign",
+    "signsgd",
+    "topk:ratio=0.01",
+    "doublesqueeze:codec=onebit",
+]
 
 # What /work/shared/ALGORITHMS.md reports for each algorithm (other tasks; for orientation).
 PUBLISHED = {
     "qsgd": "QSGD 4-bit: AlexNet/ImageNet 59.50 -> 60.05, ResNet-50 74.68 -> 74.76, ResNet-110/CIFAR-10 "
-            "93.86 -> 94.19 top-1; 8-bit/512 always recovered full accuracy (Alistarh et al. 2017)",
+    "93.86 -> 94.19 top-1; 8-bit/512 always recovered full accuracy (Alistarh et al. 2017)",
     "terngrad": "AlexNet 2 workers 57.33 -> 57.61 top-1 with clipping (54.63 without); 8 workers 56.62 -> 57.54; "
-                "GoogLeNet top-5 -1.5 to -2.5 (Wen et al. 2017)",
+    "GoogLeNet top-5 -1.5 to -2.5 (Wen et al. 2017)",
     "onebit": "46M-parameter speech DNN: WER 16.3 vs 16.5 baseline (Seide et al. 2014)",
     "efsign": "VGG-19/CIFAR-10 93.38 with SGD-momentum: EF-SignSGD -0.68 points; ResNet-18/CIFAR-100 "
-              "75.35: -0.92 (Karimireddy et al. 2019)",
+    "75.35: -0.92 (Karimireddy et al. 2019)",
     "signsgd": "VGG-19/CIFAR-10: Signum -0.94 points vs SGD-momentum 93.38 (Bernstein et al.; via "
-               "Karimireddy et al. 2019)",
+    "Karimireddy et al. 2019)",
     "topk": "no figure in ALGORITHMS.md",
     "doublesqueeze": "no accuracy figure in ALGORITHMS.md (setup: PreAct-ResNet18, CIFAR-10, 8 workers)",
     "fp16": "cast; Horovod's Compression.fp16 equivalent",
@@ -76,15 +89,37 @@ def bits_to_target(curve, target: float) -> Optional[float]:
 
 
 def run_job(args, codecs: List[str], out_dir: Path) -> List[dict]:
-    cmd = [horovodrun_path(), "-np", str(args.np), "--gloo", sys.executable, "-m",
-           "hvd_compress.bench._accuracy_worker", "--out", str(out_dir), "--codecs", ";".join(codecs),
-           "--epochs", str(args.epochs), "--eval-every", str(args.eval_every), "--seed", str(args.seed),
-           "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--model", args.model]
+    cmd = [
+        horovodrun_path(),
+        "-np",
+        str(args.np),
+        "--gloo",
+        sys.executable,
+        "-m",
+        "hvd_compress.bench._accuracy_worker",
+        "--out",
+        str(out_dir),
+        "--codecs",
+        ";".join(codecs),
+        "--epochs",
+        str(args.epochs),
+        "--eval-every",
+        str(args.eval_every),
+        "--seed",
+        str(args.seed),
+        "--lr",
+        str(args.lr),
+        "--batch-size",
+        str(args.batch_size),
+        "--model",
+        args.model,
+    ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update({"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
-    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     lines = []
     try:
         for line in proc.stdout:
@@ -109,7 +144,7 @@ def summarize(rows: List[dict], target: float) -> None:
         r["bits_to_target"] = bits_to_target(r["curve"], target)
         r["fewer_bits_than_fp32"] = (base_bits / r["bits_to_target"]) if base_bits and r["bits_to_target"] else None
         bar = BAR_POINTS.get(r["codec"].split(":")[0], 1.0)
-        r["within_bar"] = (r["delta_points"] is None or r["delta_points"] >= -bar)
+        r["within_bar"] = r["delta_points"] is None or r["delta_points"] >= -bar
         r["bar_points"] = bar
         r["published"] = published_for(r["codec"])
         r["bytes_vs_fp32"] = (r["bytes_per_step"] / fp32["bytes_per_step"]) if fp32 and fp32["bytes_per_step"] else None
@@ -125,30 +160,45 @@ def row_name(row: dict) -> str:
 def format_table(result: dict) -> str:
     rows = result["rows"]
     NAME_WIDTH = max([34] + [len(row_name(r)) for r in rows])
-    head = (f"{'codec':<{NAME_WIDTH}} {'bits/v':>6} {'acc %':>7} {'vs fp32':>8} {'loss':>7} "
-            f"{'MB to target':>12} {'x fewer':>8} {'bytes':>6}  published (other tasks)")
-    model = ("small CNN (conv 16-32-32, 8x8 inputs)" if result.get("model") == "cnn"
-             else f"MLP 64-{result['hidden']}-{result['hidden']}-10")
-    lines = [f"digits {model}, {result['np']} workers, "
-             f"{result['epochs']} epochs; target training loss {result['target_loss']}", head, "-" * (NAME_WIDTH + 76)]
+    head = (
+        f"{'codec':<{NAME_WIDTH}} {'bits/v':>6} {'acc %':>7} {'vs fp32':>8} {'loss':>7} "
+        f"{'MB to target':>12} {'x fewer':>8} {'bytes':>6}  published (other tasks)"
+    )
+    model = (
+        "small CNN (conv 16-32-32, 8x8 inputs)"
+        if result.get("model") == "cnn"
+        else f"MLP 64-{result['hidden']}-{result['hidden']}-10"
+    )
+    lines = [
+        f"digits {model}, {result['np']} workers, "
+        f"{result['epochs']} epochs; target training loss {result['target_loss']}",
+        head,
+        "-" * (NAME_WIDTH + 76),
+    ]
     for r in rows:
         mb = f"{r['bits_to_target'] / 8e6:12.3f}" if r["bits_to_target"] else f"{'never':>12}"
         few = f"{r['fewer_bits_than_fp32']:7.1f}x" if r["fewer_bits_than_fp32"] else f"{'-':>8}"
         delta = f"{r['delta_points']:+7.2f}" if r["delta_points"] is not None else f"{'-':>7}"
         flag = "" if r["within_bar"] else " (!)"
-        lines.append(f"{row_name(r):<{NAME_WIDTH}} {(r['bits_per_value'] or 0):6.2f} {100 * r['accuracy']:7.2f} "
-                     f"{delta:>8}{flag} {r['final_train_loss']:7.4f} {mb} {few} "
-                     f"{(r.get('bytes_vs_fp32') or 0):5.2f}x  {r['published'][:70]}")
-    lines.append("vs fp32: accuracy difference in points ((!): outside the project's bar of 1 point, 3 for "
-                 "TernGrad and SignSGD); bytes: bytes per step against fp32's over the whole run; MB to target: megabytes one worker sent until the training loss first "
-                 f"fell below {result['target_loss']}.")
+        lines.append(
+            f"{row_name(r):<{NAME_WIDTH}} {(r['bits_per_value'] or 0):6.2f} {100 * r['accuracy']:7.2f} "
+            f"{delta:>8}{flag} {r['final_train_loss']:7.4f} {mb} {few} "
+            f"{(r.get('bytes_vs_fp32') or 0):5.2f}x  {r['published'][:70]}"
+        )
+    lines.append(
+        "vs fp32: accuracy difference in points ((!): outside the project's bar of 1 point, 3 for "
+        "TernGrad and SignSGD); bytes: bytes per step against fp32's over the whole run; MB to target: megabytes one worker sent until the training loss first "
+        f"fell below {result['target_loss']}."
+    )
     return "\n".join(lines)
 
 
 def plot(result: dict, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for r in result["rows"]:
         pts = [(b, loss) for _, b, loss in r["curve"] if b > 0]
@@ -169,14 +219,22 @@ def plot(result: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hvd_compress.bench accuracy", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m hvd_compress.bench accuracy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--np", type=int, default=2)
-    ap.add_argument("--codecs", default=";".join(DEFAULT_CODECS),
-                    help="';'-separated: fp32, hvd-fp16 and hvd_compress specs")
+    ap.add_argument(
+        "--codecs", default=";".join(DEFAULT_CODECS), help="';'-separated: fp32, hvd-fp16 and hvd_compress specs"
+    )
     ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
-                    help="mlp: the demo's MLP; cnn: the small CNN the linear codecs (GradiVeQ, PowerSGD) compress")
+    ap.add_argument(
+        "--model",
+        default="mlp",
+        choices=["mlp", "cnn"],
+        help="mlp: the demo's MLP; cnn: the small CNN the linear codecs (GradiVeQ, PowerSGD) compress",
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
@@ -189,16 +247,25 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     codecs = [c.strip() for c in args.codecs.split(";") if c.strip()]
     from hvd_compress.torch import from_spec
+
     for c in codecs:
         if c not in ("fp32", "hvd-fp16"):
             from_spec(c)
     with tempfile.TemporaryDirectory(prefix="hvdc-acc-") as tmp:
         rows = run_job(args, codecs, Path(tmp))
     summarize(rows, args.target)
-    result = {"np": args.np, "epochs": args.epochs, "hidden": 256, "model": args.model, "target_loss": args.target,
-              "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size,
-              "command": "python -m hvd_compress.bench accuracy " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "rows": rows}
+    result = {
+        "np": args.np,
+        "epochs": args.epochs,
+        "hidden": 256,
+        "model": args.model,
+        "target_loss": args.target,
+        "seed": args.seed,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "command": "python -m hvd_compress.bench accuracy " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "rows": rows,
+    }
     print(format_table(result))
     write_json(args.json, result)
     if args.plot:

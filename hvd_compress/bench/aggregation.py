@@ -28,6 +28,7 @@ transfer not overlapped with compute, latency ignored); ``--link RATE`` instead 
 inside a network namespace whose loopback is shaped to RATE with ``tc`` (root; uses
 ``hvd_compress.bench.netns`` from the step benchmark).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,13 @@ import torch
 
 from hvd_compress.bench.common import write_json
 
-PAPER = {"gradiveq_vs_uncompressed": 5.25, "gradiveq_vs_qsgd4": 2.0,
-         "source": "Yu et al. 2018, ResNet-32/CIFAR-100, 6 CPU nodes: aggregation 850 s -> 162 s per "
-                   "500 iterations (5.25x); about 2x less than 4-bit QSGD (time to converge 90k s QSGD "
-                   "vs 76k s GradiVeQ end to end)"}
+PAPER = {
+    "gradiveq_vs_uncompressed": 5.25,
+    "gradiveq_vs_qsgd4": 2.0,
+    "source": "Yu et al. 2018, ResNet-32/CIFAR-100, 6 CPU nodes: aggregation 850 s -> 162 s per "
+    "500 iterations (5.25x); about 2x less than 4-bit QSGD (time to converge 90k s QSGD "
+    "vs 76k s GradiVeQ end to end)",
+}
 
 
 def resnet32_conv_shapes():
@@ -65,6 +69,7 @@ def resnet32_conv_shapes():
 def synthetic_gradients(codec, shapes, rank, steps, ratio=8, noise_share=0.003, seed=0):
     """Per step, a dict name -> gradient whose slices live near a ``K/ratio``-dim subspace."""
     from hvd_compress.torch.codecs.gradiveq import from_slices
+
     layers = []
     for i, shape in enumerate(shapes):
         f, p, d, k, s = codec.geometry(shape)
@@ -79,7 +84,11 @@ def synthetic_gradients(codec, shapes, rank, steps, ratio=8, noise_share=0.003, 
         g = torch.Generator().manual_seed(10_000 * (rank + 1) + step)
         grads = {}
         for name, shape, basis, mean, sigma, s, dim in layers:
-            slices = mean + torch.randn(s, dim, generator=g) @ basis.t() + sigma * torch.randn(s, basis.shape[0], generator=g)
+            slices = (
+                mean
+                + torch.randn(s, dim, generator=g) @ basis.t()
+                + sigma * torch.randn(s, basis.shape[0], generator=g)
+            )
             grads[name] = from_slices(slices, shape).view(shape)
         out.append(grads)
     return out
@@ -87,6 +96,7 @@ def synthetic_gradients(codec, shapes, rank, steps, ratio=8, noise_share=0.003, 
 
 def _timed_steps(exchange, grads, steps, offset=0):
     from hvd_compress.torch.exchange import Driver
+
     times = []
     for t in range(steps):
         batch = grads[(offset + t) % len(grads)]
@@ -104,12 +114,14 @@ def worker(args):
     import hvd_compress.torch as hc
     from hvd_compress.torch.collectives import HorovodCollectives
     from hvd_compress.torch.exchange import Exchange, WireStats
+
     hvd.init()
     torch.set_num_threads(args.threads)
     comm = HorovodCollectives()
     shapes = resnet32_conv_shapes()
-    gvq_spec = f"gradiveq:warmup_steps=0,sample_steps={args.sample_steps},compress_steps=1000000," \
-               f"sampler=none,min_numel=0"
+    gvq_spec = (
+        f"gradiveq:warmup_steps=0,sample_steps={args.sample_steps},compress_steps=1000000," f"sampler=none,min_numel=0"
+    )
     layout = hc.from_spec(gvq_spec)
     grads = synthetic_gradients(layout, shapes, hvd.rank(), args.distinct)
     values = sum(g.numel() for g in grads[0].values())
@@ -123,18 +135,24 @@ def worker(args):
         stats.reset()
         times = _timed_steps(ex, grads, args.steps, offset=warm)
         snap = stats.snapshot().get(label, {})
-        row = {"codec": label, "spec": spec, "note": note, "ms_per_step": 1000 * statistics.median(times),
-               "ms_per_step_mean": 1000 * statistics.mean(times),
-               "sent_bytes_per_step": snap.get("sent_bytes", 0.0) / args.steps,
-               "payload_bytes_per_step": snap.get("payload_bytes", 0) / args.steps,
-               "bits_per_value": snap.get("bits_per_value"), "values": values}
+        row = {
+            "codec": label,
+            "spec": spec,
+            "note": note,
+            "ms_per_step": 1000 * statistics.median(times),
+            "ms_per_step_mean": 1000 * statistics.mean(times),
+            "sent_bytes_per_step": snap.get("sent_bytes", 0.0) / args.steps,
+            "payload_bytes_per_step": snap.get("payload_bytes", 0) / args.steps,
+            "bits_per_value": snap.get("bits_per_value"),
+            "values": values,
+        }
         rows.append(row)
         return codec, row, warm_times
 
     bench("none (fp32)", "none:min_numel=0", args.warmup)
     _, qsgd_row, _ = bench("qsgd 4-bit", "qsgd:bits=4,bucket_size=512,min_numel=0", args.warmup)
     codec, gvq_row, warm_times = bench("gradiveq compressed phase", gvq_spec, args.sample_steps + args.warmup)
-    sampling = warm_times[:args.sample_steps]
+    sampling = warm_times[: args.sample_steps]
     fit_ms = 1000 * (sampling[-1] - statistics.median(sampling[:-1]))  # the step that ran the PCA
     rep = codec.compression_report()
     gvq_row["ratio_k_over_d"] = rep["_total"]["ratio"]
@@ -142,24 +160,39 @@ def worker(args):
     gvq_row["note"] = f"K/d = {rep['_total']['ratio']:.2f} (values / compressed values)"
     cycle_ms = (100 * qsgd_row["ms_per_step"] + max(fit_ms, 0.0) + 400 * gvq_row["ms_per_step"]) / 500
     cycle_bytes = (100 * qsgd_row["sent_bytes_per_step"] + 400 * gvq_row["sent_bytes_per_step"]) / 500
-    rows.append({"codec": "gradiveq cycle 100+400", "spec": gvq_spec, "ms_per_step": cycle_ms,
-                 "sent_bytes_per_step": cycle_bytes, "fit_ms": fit_ms, "values": values,
-                 "note": "100 QSGD-4 sampling steps + PCA + 400 compressed steps, amortized"})
-    bench(f"powersgd rank {args.rank}", f"powersgd:rank={args.rank},start_iter=0,min_numel=0", args.warmup,
-          note="rank-r factors P, Q per kernel (out x in*kh*kw)")
+    rows.append(
+        {
+            "codec": "gradiveq cycle 100+400",
+            "spec": gvq_spec,
+            "ms_per_step": cycle_ms,
+            "sent_bytes_per_step": cycle_bytes,
+            "fit_ms": fit_ms,
+            "values": values,
+            "note": "100 QSGD-4 sampling steps + PCA + 400 compressed steps, amortized",
+        }
+    )
+    bench(
+        f"powersgd rank {args.rank}",
+        f"powersgd:rank={args.rank},start_iter=0,min_numel=0",
+        args.warmup,
+        note="rank-r factors P, Q per kernel (out x in*kh*kw)",
+    )
     # every rank took part; rank 0 reports (times differ a little per rank; rank 0's are reported)
     if hvd.rank() == 0:
-        Path(args.out).write_text(json.dumps({"world_size": hvd.size(), "rows": rows,
-                                              "layers": len(shapes), "values": values}, indent=1))
+        Path(args.out).write_text(
+            json.dumps({"world_size": hvd.size(), "rows": rows, "layers": len(shapes), "values": values}, indent=1)
+        )
     hvd.shutdown()
 
 
 def _rate(text):
     try:
         from hvd_compress.bench.netns import parse_rate
+
         return parse_rate(text)
     except ImportError:
         import re
+
         m = re.fullmatch(r"\s*([0-9.]+)\s*([kmg]?)bit\s*", text.lower())
         if not m:
             raise SystemExit(f"bad link rate {text!r}: use e.g. 1gbit, 100mbit")
@@ -170,28 +203,38 @@ def format_table(result, model_links):
     rows = result["rows"]
     base = next(r for r in rows if r["codec"].startswith("none"))
     qsgd = next(r for r in rows if r["codec"].startswith("qsgd"))
-    head = (f"{'codec':<28} {'bytes sent/step':>15} {'ms/step':>8} {'vs fp32':>8} {'vs QSGD-4':>9}")
+    head = f"{'codec':<28} {'bytes sent/step':>15} {'ms/step':>8} {'vs fp32':>8} {'vs QSGD-4':>9}"
     for name, _ in model_links:
         head += f" | {'ms @' + name:>11} {'vs fp32':>8} {'vs QSGD-4':>9}"
     where = f"loopback shaped to {result['link']} (tc)" if result.get("link") else "unshaped loopback"
-    lines = [f"Aggregation per step: {result['layers']} ResNet-32 conv kernels ({result['values']:,} values), "
-             f"{result['world_size']} workers, {where}, median of timed steps", head, "-" * len(head)]
+    lines = [
+        f"Aggregation per step: {result['layers']} ResNet-32 conv kernels ({result['values']:,} values), "
+        f"{result['world_size']} workers, {where}, median of timed steps",
+        head,
+        "-" * len(head),
+    ]
 
     def modeled(r, rate):
         return r["ms_per_step"] + 1000 * 8 * r["sent_bytes_per_step"] / rate
 
     for r in rows:
-        line = (f"{r['codec']:<28} {r['sent_bytes_per_step']:>15,.0f} {r['ms_per_step']:>8.2f} "
-                f"{base['ms_per_step'] / r['ms_per_step']:>7.2f}x {qsgd['ms_per_step'] / r['ms_per_step']:>8.2f}x")
+        line = (
+            f"{r['codec']:<28} {r['sent_bytes_per_step']:>15,.0f} {r['ms_per_step']:>8.2f} "
+            f"{base['ms_per_step'] / r['ms_per_step']:>7.2f}x {qsgd['ms_per_step'] / r['ms_per_step']:>8.2f}x"
+        )
         for _, rate in model_links:
             t = modeled(r, rate)
-            line += (f" | {t:>11.2f} {modeled(base, rate) / t:>7.2f}x {modeled(qsgd, rate) / t:>8.2f}x")
+            line += f" | {t:>11.2f} {modeled(base, rate) / t:>7.2f}x {modeled(qsgd, rate) / t:>8.2f}x"
         lines.append(line)
-    lines.append(f"paper (GradiVeQ): {PAPER['gradiveq_vs_uncompressed']}x less aggregation time than "
-                 f"uncompressed, about {PAPER['gradiveq_vs_qsgd4']:g}x less than QSGD-4 ({PAPER['source']})")
+    lines.append(
+        f"paper (GradiVeQ): {PAPER['gradiveq_vs_uncompressed']}x less aggregation time than "
+        f"uncompressed, about {PAPER['gradiveq_vs_qsgd4']:g}x less than QSGD-4 ({PAPER['source']})"
+    )
     gvq = next(r for r in rows if r["codec"].startswith("gradiveq compressed"))
-    lines.append(f"GradiVeQ reached K/d = {gvq['ratio_k_over_d']:.2f} on these gradients (paper's average: 8). "
-                 f"'vs' columns: how many times less time than fp32 / QSGD-4.")
+    lines.append(
+        f"GradiVeQ reached K/d = {gvq['ratio_k_over_d']:.2f} on these gradients (paper's average: 8). "
+        f"'vs' columns: how many times less time than fp32 / QSGD-4."
+    )
     if model_links:
         lines.append("ms @RATE: measured + bytes sent / RATE (modeled transfer, not overlapped, no latency)")
     return "\n".join(lines)
@@ -207,8 +250,9 @@ def main(argv=None):
     ap.add_argument("--rank", type=int, default=2, help="PowerSGD rank")
     ap.add_argument("--distinct", type=int, default=6, help="distinct gradient sets cycled through")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    ap.add_argument("--model-link", default="1gbit,100mbit",
-                    help="comma-separated rates for the modeled columns ('' for none)")
+    ap.add_argument(
+        "--model-link", default="1gbit,100mbit", help="comma-separated rates for the modeled columns ('' for none)"
+    )
     ap.add_argument("--link", help="run inside a network namespace with loopback shaped to this rate (root)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -219,10 +263,30 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     model_links = [(t.strip(), _rate(t)) for t in args.model_link.split(",") if t.strip()]
     out = Path(tempfile.mkdtemp(prefix="hvdc-agg-")) / "result.json"
-    cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(args.np), "--gloo",
-           sys.executable, "-m", "hvd_compress.bench.aggregation", "--worker", "--out", str(out),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--sample-steps", str(args.sample_steps),
-           "--rank", str(args.rank), "--distinct", str(args.distinct), "--threads", str(args.threads)]
+    cmd = [
+        str(Path(sys.executable).parent / "horovodrun"),
+        "-np",
+        str(args.np),
+        "--gloo",
+        sys.executable,
+        "-m",
+        "hvd_compress.bench.aggregation",
+        "--worker",
+        "--out",
+        str(out),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--sample-steps",
+        str(args.sample_steps),
+        "--rank",
+        str(args.rank),
+        "--distinct",
+        str(args.distinct),
+        "--threads",
+        str(args.threads),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -231,8 +295,10 @@ def main(argv=None):
         try:
             from hvd_compress.bench.netns import NamespaceUnavailable, ShapedNamespace
         except ImportError:
-            raise SystemExit("--link needs hvd_compress.bench.netns (the shaped-link helper of the step "
-                             "benchmark), which this installation lacks; use --model-link instead")
+            raise SystemExit(
+                "--link needs hvd_compress.bench.netns (the shaped-link helper of the step "
+                "benchmark), which this installation lacks; use --model-link instead"
+            )
         try:
             link = ShapedNamespace(_rate(args.link))
         except NamespaceUnavailable as exc:
@@ -246,8 +312,16 @@ def main(argv=None):
         sys.stderr.write((proc.stdout + proc.stderr)[-6000:])
         raise SystemExit(f"aggregation benchmark failed (exit {proc.returncode})")
     result = json.loads(out.read_text())
-    result.update({"command": " ".join(["python -m hvd_compress.bench.aggregation"] + (argv if argv is not None else sys.argv[1:])),
-                   "link": args.link, "model_links": [n for n, _ in model_links], "paper": PAPER})
+    result.update(
+        {
+            "command": " ".join(
+                ["python -m hvd_compress.bench.aggregation"] + (argv if argv is not None else sys.argv[1:])
+            ),
+            "link": args.link,
+            "model_links": [n for n, _ in model_links],
+            "paper": PAPER,
+        }
+    )
     print(format_table(result, model_links))
     write_json(args.json, result)
     return 0

@@ -46,6 +46,7 @@ SIGINT / SIGHUP and at interpreter exit. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMI
 and ``sshd``/``ssh``/``ssh-keygen`` (Debian: ``apt-get install openssh-server openssh-client``);
 otherwise :class:`NamespaceUnavailable` says which is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,10 +70,14 @@ def check_available() -> None:
     netns.check_available()
     missing = [t for t in ("sshd", "ssh", "ssh-keygen", "unshare") if tool(t) is None]
     if missing:
-        raise NamespaceUnavailable(f"the emulated cluster needs {', '.join(missing)} (Debian: apt-get "
-                                   "install openssh-server openssh-client)")
-    if not Path("/sys/module/bridge").exists() and subprocess.run(
-            [tool("modprobe") or "modprobe", "bridge"], capture_output=True).returncode != 0:
+        raise NamespaceUnavailable(
+            f"the emulated cluster needs {', '.join(missing)} (Debian: apt-get "
+            "install openssh-server openssh-client)"
+        )
+    if (
+        not Path("/sys/module/bridge").exists()
+        and subprocess.run([tool("modprobe") or "modprobe", "bridge"], capture_output=True).returncode != 0
+    ):
         raise NamespaceUnavailable("the emulated cluster needs the Linux bridge module (modprobe bridge)")
 
 
@@ -111,8 +116,9 @@ class EmulatedCluster:
     addresses (default derived from the pid, so concurrent clusters do not clash).
     """
 
-    def __init__(self, hosts: int = 2, link: Optional[str] = "1gbit", subnet: Optional[str] = None,
-                 latency_ms: float = 200.0):
+    def __init__(
+        self, hosts: int = 2, link: Optional[str] = "1gbit", subnet: Optional[str] = None, latency_ms: float = 200.0
+    ):
         if hosts < 1:
             raise ValueError(f"hosts must be >= 1, got {hosts}")
         check_available()
@@ -134,8 +140,18 @@ class EmulatedCluster:
     def command(self, host: str, argv: List[str]) -> List[str]:
         """``argv`` to run inside ``host``'s namespace (its network, ``/etc/hosts`` and ssh config),
         in its own UTS namespace named ``host``: Gloo resolves ``gethostname()`` when it binds."""
-        return ([self.ip, "netns", "exec", self.ns[self._host(host)], tool("unshare"), "--uts", "sh", "-c",
-                 'hostname "$0" && exec "$@"', host] + [str(a) for a in argv])
+        return [
+            self.ip,
+            "netns",
+            "exec",
+            self.ns[self._host(host)],
+            tool("unshare"),
+            "--uts",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            host,
+        ] + [str(a) for a in argv]
 
     def run(self, host: str, argv: List[str], **kwargs) -> subprocess.CompletedProcess:
         """``subprocess.run`` inside ``host``; keyword arguments pass through (``timeout`` etc.)."""
@@ -208,8 +224,10 @@ class EmulatedCluster:
             try:
                 self._ip("netns", "add", name)
             except NamespaceUnavailable as exc:
-                raise NamespaceUnavailable(f"cannot create a network namespace ({exc}); the emulated "
-                                           "cluster needs CAP_SYS_ADMIN and CAP_NET_ADMIN")
+                raise NamespaceUnavailable(
+                    f"cannot create a network namespace ({exc}); the emulated "
+                    "cluster needs CAP_SYS_ADMIN and CAP_NET_ADMIN"
+                )
             netns.LIVE.append(name)
             self._ip("-n", name, "link", "set", "lo", "up")
         self._ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
@@ -222,8 +240,17 @@ class EmulatedCluster:
             self._ip("-n", ns, "link", "set", IFACE, "up")
             if self.rate_bits:
                 for where, dev in ((ns, IFACE), (self.switch, port)):  # host -> switch and switch -> host
-                    self._sh(self.tc, "-n", where, "qdisc", "add", "dev", dev, "root",
-                             *tbf_args(self.rate_bits, self.latency_ms))
+                    self._sh(
+                        self.tc,
+                        "-n",
+                        where,
+                        "qdisc",
+                        "add",
+                        "dev",
+                        dev,
+                        "root",
+                        *tbf_args(self.rate_bits, self.latency_ms),
+                    )
         self._write_etc()
         self._start_sshd()
 
@@ -239,7 +266,8 @@ class EmulatedCluster:
             (etc / "hosts").write_text(hosts)
             (etc / "ssh" / "ssh_config").write_text(
                 f"Host *\n  IdentityFile {key}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
-                "  LogLevel ERROR\n  BatchMode yes\n  ConnectTimeout 10\n")
+                "  LogLevel ERROR\n  BatchMode yes\n  ConnectTimeout 10\n"
+            )
             if Path("/etc/ssh/moduli").exists():
                 shutil.copy("/etc/ssh/moduli", etc / "ssh" / "moduli")
             self._sh(keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / f"host_key.{h}"))
@@ -248,14 +276,19 @@ class EmulatedCluster:
                 f"PidFile {self.dir}/sshd.{h}.pid\nAuthorizedKeysFile {self.dir}/authorized_keys\n"
                 "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nUseDNS no\n"
-                "MaxStartups 100:30:200\nMaxSessions 100\nLogLevel ERROR\n")
+                "MaxStartups 100:30:200\nMaxSessions 100\nLogLevel ERROR\n"
+            )
 
     def _start_sshd(self) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
         sshd = tool("sshd")
         for h in self.hosts:
-            self._sshd[h] = self.popen(h, [sshd, "-D", "-e", "-f", str(self.dir / f"sshd_config.{h}")],
-                                       stdout=subprocess.DEVNULL, stderr=open(self.dir / f"sshd.{h}.log", "w"))
+            self._sshd[h] = self.popen(
+                h,
+                [sshd, "-D", "-e", "-f", str(self.dir / f"sshd_config.{h}")],
+                stdout=subprocess.DEVNULL,
+                stderr=open(self.dir / f"sshd.{h}.log", "w"),
+            )
         deadline = time.monotonic() + 20
         for h in self.hosts:
             while True:

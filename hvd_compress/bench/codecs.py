@@ -60,6 +60,7 @@ spec (native kernels), all interleaved in the same run. Stochastic codecs get a 
     OMP_NUM_THREADS=1 python -m hvd_compress.bench codecs --framework tf --threads 1 --sizes 4m \
         --json bench/results/tf_codecs.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,6 +99,7 @@ def default_specs() -> List[str]:
     decodes against the receiver's own model)."""
     from hvd_compress.torch.codecs.base import Codec
     from hvd_compress.torch.spec import registry
+
     out = []
     for name, cls in registry().items():
         if cls.custom_exchange is not Codec.custom_exchange or getattr(cls, "needs_reference", False):
@@ -165,8 +167,7 @@ class _Timed:
         a vote sees the ties and splits of real workers, not unanimous copies."""
         if self.aggregate is not None:
             g = torch.Generator().manual_seed(7) if self.stochastic else None
-            self.others = [self.encode(t, g) for t in (x.flip(0), x.roll(1), -x.roll(2))
-                           [:AGGREGATE_WORKERS - 1]]
+            self.others = [self.encode(t, g) for t in (x.flip(0), x.roll(1), -x.roll(2))[: AGGREGATE_WORKERS - 1]]
 
     def run(self, x: torch.Tensor, rep: int):
         g = torch.Generator().manual_seed(1000 + rep) if self.stochastic else None
@@ -192,9 +193,11 @@ class _Timed:
 
     def gbps(self, numel: int) -> Dict[str, float]:
         gb = 4.0 * numel / 1e9
-        out = {"encode_decode_gbps": gb / statistics.median(self.total),
-               "encode_gbps": gb / statistics.median(self.enc),
-               "decode_gbps": gb / statistics.median(self.dec)}
+        out = {
+            "encode_decode_gbps": gb / statistics.median(self.total),
+            "encode_gbps": gb / statistics.median(self.enc),
+            "decode_gbps": gb / statistics.median(self.dec),
+        }
         if self.agg:  # GB/s of the fp32 values the workers' payloads stand for
             out["aggregate_gbps"] = AGGREGATE_WORKERS * gb / statistics.median(self.agg)
         return out
@@ -205,8 +208,7 @@ def _codec_timed(label, codec) -> Optional[_Timed]:
         codec.payload_nbytes(1024)
     except NotImplementedError:
         return None
-    return _Timed(label, lambda x, g: codec.encode(x, g), codec.decode, bool(codec.stochastic),
-                  codec.aggregate)
+    return _Timed(label, lambda x, g: codec.encode(x, g), codec.decode, bool(codec.stochastic), codec.aggregate)
 
 
 def _plain_timed(codec) -> _Timed:
@@ -229,12 +231,19 @@ def _plain_timed(codec) -> _Timed:
     return _Timed("plain", encode, decode, bool(codec.stochastic), aggregate)
 
 
-def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: float = 0.0,
-            baseline: Optional[Callable] = None, reference: bool = True,
-            progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+def measure(
+    specs: List[str],
+    sizes: List[int],
+    repeats: int = 5,
+    min_time: float = 0.0,
+    baseline: Optional[Callable] = None,
+    reference: bool = True,
+    progress: Optional[Callable[[str], None]] = None,
+) -> List[dict]:
     """Rows of throughput per (codec, size). Current code, reference and baseline are timed in
     round-robin within each repeat so they see the same machine load."""
     from hvd_compress.torch import from_spec
+
     rows = []
     for size in sizes:
         x = (torch.randn(size, generator=torch.Generator().manual_seed(size)) * 1e-2).to(_device)
@@ -288,13 +297,19 @@ def measure(specs: List[str], sizes: List[int], repeats: int = 5, min_time: floa
                 continue
             rep, t_start = 0, time.perf_counter()
             while rep < repeats or (time.perf_counter() - t_start < min_time and rep < 50):
-                for c in (contenders if rep % 2 == 0 else contenders[::-1]):
+                for c in contenders if rep % 2 == 0 else contenders[::-1]:
                     c.run(x, rep)
                 rep += 1
-            row = {"codec": spec, "describe": codec.describe(), "size": size,
-                   "path": _path_name(codec, native_path), "device": str(_device),
-                   "bits_per_value": codec.nominal_bits(size), "copy_gbps": copy_gbps,
-                   "repeats": rep}
+            row = {
+                "codec": spec,
+                "describe": codec.describe(),
+                "size": size,
+                "path": _path_name(codec, native_path),
+                "device": str(_device),
+                "bits_per_value": codec.nominal_bits(size),
+                "copy_gbps": copy_gbps,
+                "repeats": rep,
+            }
             row.update(mine.gbps(size))
             row["plain_gbps"] = row["plain_encode_gbps"] = row["plain_decode_gbps"] = None
             if plain is not None:
@@ -320,6 +335,7 @@ def _tf_timed(label, codec, native_on: bool) -> _Timed:
     """A TF codec, with the native path forced on or off; inputs converted once, outside timing."""
     import tensorflow as tf
     from hvd_compress import _native
+
     cache = {}
 
     def tf_input(x):
@@ -344,14 +360,20 @@ def _tf_timed(label, codec, native_on: bool) -> _Timed:
     return _Timed(label, encode, decode, True)
 
 
-def measure_tf(specs: List[str], sizes: List[int], repeats: int = 5, min_time: float = 0.0,
-               progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+def measure_tf(
+    specs: List[str],
+    sizes: List[int],
+    repeats: int = 5,
+    min_time: float = 0.0,
+    progress: Optional[Callable[[str], None]] = None,
+) -> List[dict]:
     """``--framework tf`` rows: the TF codec (native path), the same codec's plain TF ops and the
     torch codec, interleaved per repeat."""
     import hvd_compress.tensorflow as hct
     from hvd_compress import _native
     from hvd_compress.tensorflow import native as tf_native
     from hvd_compress.torch import from_spec
+
     rows = []
     for size in sizes:
         x = torch.randn(size, generator=torch.Generator().manual_seed(size)) * 1e-2
@@ -366,21 +388,32 @@ def measure_tf(specs: List[str], sizes: List[int], repeats: int = 5, min_time: f
                 c.clear()
             rep, t_start = 0, time.perf_counter()
             while rep < repeats or (time.perf_counter() - t_start < min_time and rep < 50):
-                for c in (contenders if rep % 2 == 0 else contenders[::-1]):
+                for c in contenders if rep % 2 == 0 else contenders[::-1]:
                     c.run(x, rep)
                 rep += 1
             q = fcodec
             while hasattr(q, "inner"):
                 q = q.inner
             native_path = _native.enabled() and q.name in ("qsgd", "terngrad", "onebit_quantizer", "scaled_sign")
-            row = {"codec": spec, "describe": fcodec.describe(), "size": size, "framework": "tf",
-                   "path": "native" if native_path else "plain", "device": "cpu",
-                   "bits_per_value": fcodec.nominal_bits(size), "copy_gbps": copy_gbps, "repeats": rep,
-                   "tf_threads": tf_native.threads()}
+            row = {
+                "codec": spec,
+                "describe": fcodec.describe(),
+                "size": size,
+                "framework": "tf",
+                "path": "native" if native_path else "plain",
+                "device": "cpu",
+                "bits_per_value": fcodec.nominal_bits(size),
+                "copy_gbps": copy_gbps,
+                "repeats": rep,
+                "tf_threads": tf_native.threads(),
+            }
             row.update(fast.gbps(size))
             p = plain.gbps(size)
             row["tf_plain_gbps"], row["tf_plain_encode_gbps"], row["tf_plain_decode_gbps"] = (
-                p["encode_decode_gbps"], p["encode_gbps"], p["decode_gbps"])
+                p["encode_decode_gbps"],
+                p["encode_gbps"],
+                p["decode_gbps"],
+            )
             row["speedup_vs_tf_plain"] = row["encode_decode_gbps"] / row["tf_plain_gbps"]
             row["torch_gbps"] = torch_t.gbps(size)["encode_decode_gbps"] if torch_t is not None else None
             rows.append(row)
@@ -390,25 +423,32 @@ def measure_tf(specs: List[str], sizes: List[int], repeats: int = 5, min_time: f
 
 
 def _format_tf_row(r: dict) -> str:
-    return (f"{r['codec'][:30]:<30} {r['size']:>10,} {r['path']:>6} {r['encode_decode_gbps']:8.2f} "
-            f"{r['encode_gbps']:8.2f} {r['decode_gbps']:8.2f} {_fmt(r['tf_plain_gbps'])} "
-            f"{r['speedup_vs_tf_plain']:7.1f}x {_fmt(r['torch_gbps'])} {r['bits_per_value']:7.3f}")
+    return (
+        f"{r['codec'][:30]:<30} {r['size']:>10,} {r['path']:>6} {r['encode_decode_gbps']:8.2f} "
+        f"{r['encode_gbps']:8.2f} {r['decode_gbps']:8.2f} {_fmt(r['tf_plain_gbps'])} "
+        f"{r['speedup_vs_tf_plain']:7.1f}x {_fmt(r['torch_gbps'])} {r['bits_per_value']:7.3f}"
+    )
 
 
 def format_tf_table(result: dict) -> str:
-    head = (f"{'codec':<30} {'size':>10} {'path':>6} {'tf':>8} {'encode':>8} {'decode':>8} "
-            f"{'tf plain':>8} {'speedup':>8} {'torch':>8} {'bits/v':>7}")
+    head = (
+        f"{'codec':<30} {'size':>10} {'path':>6} {'tf':>8} {'encode':>8} {'decode':>8} "
+        f"{'tf plain':>8} {'speedup':>8} {'torch':>8} {'bits/v':>7}"
+    )
     lines = [head, "-" * len(head)] + [_format_tf_row(r) for r in result["rows"]]
-    lines.append(f"GB/s of fp32 input, encode+decode (median of repeats, clock: {result.get('clock', 'wall')}); "
-                 "tf: the TF codec as it runs (native kernels); tf plain: the same codec's plain TF ops "
-                 "(HVD_COMPRESS_NATIVE=0, the path before the kernels); torch: the torch codec (native). "
-                 f"Memory-copy roofline: {result['copy_gbps']:.2f} GB/s.")
+    lines.append(
+        f"GB/s of fp32 input, encode+decode (median of repeats, clock: {result.get('clock', 'wall')}); "
+        "tf: the TF codec as it runs (native kernels); tf plain: the same codec's plain TF ops "
+        "(HVD_COMPRESS_NATIVE=0, the path before the kernels); torch: the torch codec (native). "
+        f"Memory-copy roofline: {result['copy_gbps']:.2f} GB/s."
+    )
     return "\n".join(lines)
 
 
 def _path_name(codec, native_path: bool) -> str:
     if _device.type == "cuda":
         from hvd_compress.torch.kernels import runs_on_device
+
         return "triton" if runs_on_device(codec, _device) else "plain"
     return "native" if native_path else "plain"
 
@@ -417,6 +457,7 @@ def has_native_path(codec) -> bool:
     """Whether ``codec`` (or the quantizer inside its wrappers) runs the native kernels here."""
     from hvd_compress import _native
     from hvd_compress._native.ops import NATIVE_CODECS
+
     q = codec
     while hasattr(q, "inner"):
         q = q.inner
@@ -439,14 +480,18 @@ def load_baseline(ref: str) -> Callable:
         root = Path(tempfile.mkdtemp(prefix="hvdc-baseline-"))
         atexit.register(shutil.rmtree, root, ignore_errors=True)
         try:
-            blob = subprocess.run(["git", "-C", str(REPO), "archive", ref, "hvd_compress"],
-                                  check=True, capture_output=True).stdout
+            blob = subprocess.run(
+                ["git", "-C", str(REPO), "archive", ref, "hvd_compress"], check=True, capture_output=True
+            ).stdout
         except (OSError, subprocess.CalledProcessError) as exc:
             err = getattr(exc, "stderr", b"") or b""
-            raise SystemExit(f"--baseline {ref!r}: neither a directory with hvd_compress/ nor a git "
-                             f"revision of {REPO}: {err.decode(errors='replace').strip() or exc}")
+            raise SystemExit(
+                f"--baseline {ref!r}: neither a directory with hvd_compress/ nor a git "
+                f"revision of {REPO}: {err.decode(errors='replace').strip() or exc}"
+            )
         with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
             tar.extractall(root)
+
     def ours():
         return {k: m for k, m in sys.modules.items() if k == "hvd_compress" or k.startswith("hvd_compress.")}
 
@@ -457,6 +502,7 @@ def load_baseline(ref: str) -> Callable:
     try:
         import hvd_compress.torch  # noqa: F401 - the old tree's package
         import hvd_compress.torch.spec as old_spec
+
         old_modules = ours()
     finally:
         sys.path.remove(str(root))
@@ -493,37 +539,48 @@ def _format_row(r: dict) -> str:
     plain = r.get("plain_gbps")
     vs_ref = f"{r['encode_decode_gbps'] / ref:6.1f}x" if ref else f"{'-':>7}"
     vs_plain = f"{r['encode_decode_gbps'] / plain:7.1f}x" if plain else f"{'-':>8}"
-    return (f"{r['codec'][:30]:<30} {r['size']:>10,} {r.get('path', '-'):>6} {r['encode_decode_gbps']:8.2f} "
-            f"{r['encode_gbps']:8.2f} {r['decode_gbps']:8.2f} {_fmt(plain)} {vs_plain} {_fmt(ref)} "
-            f"{vs_ref}{base} {_fmt(r.get('aggregate_gbps'))} {_fmt(r.get('plain_aggregate_gbps'))} "
-            f"{r['bits_per_value']:7.3f} "
-            f"{100 * r['encode_decode_gbps'] / r['copy_gbps']:6.1f}%")
+    return (
+        f"{r['codec'][:30]:<30} {r['size']:>10,} {r.get('path', '-'):>6} {r['encode_decode_gbps']:8.2f} "
+        f"{r['encode_gbps']:8.2f} {r['decode_gbps']:8.2f} {_fmt(plain)} {vs_plain} {_fmt(ref)} "
+        f"{vs_ref}{base} {_fmt(r.get('aggregate_gbps'))} {_fmt(r.get('plain_aggregate_gbps'))} "
+        f"{r['bits_per_value']:7.3f} "
+        f"{100 * r['encode_decode_gbps'] / r['copy_gbps']:6.1f}%"
+    )
 
 
 def format_table(result: dict) -> str:
     has_base = any("baseline_gbps" in r for r in result["rows"])
-    head = (f"{'codec':<30} {'size':>10} {'path':>6} {'enc+dec':>8} {'encode':>8} {'decode':>8} "
-            f"{'plain':>8} {'vs plain':>8} {'ref':>8} {'vs ref':>7}")
+    head = (
+        f"{'codec':<30} {'size':>10} {'path':>6} {'enc+dec':>8} {'encode':>8} {'decode':>8} "
+        f"{'plain':>8} {'vs plain':>8} {'ref':>8} {'vs ref':>7}"
+    )
     if has_base:
         head += f" {'before':>8} {'speedup':>8}"
     head += f" {'agg x' + str(AGGREGATE_WORKERS):>8} {'plain ag':>8} {'bits/v':>7} {'of copy':>7}"
     lines = [head, "-" * len(head)]
     lines += [_format_row(r) for r in result["rows"]]
     cuda = str(result.get("device", "cpu")).startswith("cuda")
-    path_note = ("path: triton kernels or plain torch ops on the GPU" if cuda
-                 else "path: native kernels or plain torch")
-    plain_note = ("the same codec on the plain torch-ops path (HVD_COMPRESS_BACKEND=plain), same GPU" if cuda
-                  else "the same codec with the native kernels off (HVD_COMPRESS_NATIVE=0)")
-    roof = (f"Device-to-device copy roofline ({result.get('gpu') or result.get('device')}): "
-            f"{result['copy_gbps']:.2f} GB/s." if cuda else
-            f"Memory-copy roofline: {result['copy_gbps']:.2f} GB/s ({result['threads']} threads).")
-    lines.append(f"GB/s of fp32 input (median of repeats, clock: {result.get('clock', 'wall')}); "
-                 f"enc+dec/encode/decode: the codec as it runs ({path_note}); "
-                 f"plain: {plain_note}; "
-                 f"ref: plain torch with an unpacked int8 payload; agg x{AGGREGATE_WORKERS} / plain ag: "
-                 f"the exchange's combination of {AGGREGATE_WORKERS} workers' payloads (GB/s of the fp32 "
-                 f"values they stand for), as it runs / plain; of copy: enc+dec / copy bandwidth at "
-                 f"that size. {roof}")
+    path_note = "path: triton kernels or plain torch ops on the GPU" if cuda else "path: native kernels or plain torch"
+    plain_note = (
+        "the same codec on the plain torch-ops path (HVD_COMPRESS_BACKEND=plain), same GPU"
+        if cuda
+        else "the same codec with the native kernels off (HVD_COMPRESS_NATIVE=0)"
+    )
+    roof = (
+        f"Device-to-device copy roofline ({result.get('gpu') or result.get('device')}): "
+        f"{result['copy_gbps']:.2f} GB/s."
+        if cuda
+        else f"Memory-copy roofline: {result['copy_gbps']:.2f} GB/s ({result['threads']} threads)."
+    )
+    lines.append(
+        f"GB/s of fp32 input (median of repeats, clock: {result.get('clock', 'wall')}); "
+        f"enc+dec/encode/decode: the codec as it runs ({path_note}); "
+        f"plain: {plain_note}; "
+        f"ref: plain torch with an unpacked int8 payload; agg x{AGGREGATE_WORKERS} / plain ag: "
+        f"the exchange's combination of {AGGREGATE_WORKERS} workers' payloads (GB/s of the fp32 "
+        f"values they stand for), as it runs / plain; of copy: enc+dec / copy bandwidth at "
+        f"that size. {roof}"
+    )
     return "\n".join(lines)
 
 
@@ -536,10 +593,12 @@ def targets_summary(result: dict) -> str:
             ok = r["encode_decode_gbps"] >= 1.0
             goal = r["encode_decode_gbps"] >= 0.4 * result["copy_gbps"]
             plain = f" (plain {r['plain_gbps']:.2f})" if r.get("plain_gbps") else ""
-            lines.append(f"{name:<9} size {r['size']:>10,}: {r['encode_decode_gbps']:6.2f} GB/s{plain} "
-                         f"[{'>= 1 GB/s' if ok else 'BELOW 1 GB/s'}; "
-                         f"{100 * r['encode_decode_gbps'] / result['copy_gbps']:.0f}% of the "
-                         f"{result['copy_gbps']:.1f} GB/s copy roofline{' (goal met)' if goal else ''}]")
+            lines.append(
+                f"{name:<9} size {r['size']:>10,}: {r['encode_decode_gbps']:6.2f} GB/s{plain} "
+                f"[{'>= 1 GB/s' if ok else 'BELOW 1 GB/s'}; "
+                f"{100 * r['encode_decode_gbps'] / result['copy_gbps']:.0f}% of the "
+                f"{result['copy_gbps']:.1f} GB/s copy roofline{' (goal met)' if goal else ''}]"
+            )
     return "\n".join(lines)
 
 
@@ -553,16 +612,19 @@ def gpu_targets_summary(result: dict) -> str:
             gbps, plain = r["encode_decode_gbps"], r.get("plain_gbps")
             vs = gbps / plain if plain else None
             ok = gbps >= GPU_MIN_GBPS and vs is not None and vs >= GPU_MIN_VS_PLAIN
-            lines.append(f"{name:<7} size {r['size']:>11,} [{r['path']}]: {gbps:8.1f} GB/s, "
-                         f"{100 * gbps / copy:4.0f}% of the {copy:.0f} GB/s device copy, "
-                         f"{'-' if vs is None else f'{vs:.1f}x'} the plain path "
-                         f"[{'meets' if ok else 'BELOW'} >= {GPU_MIN_GBPS:.0f} GB/s and >= {GPU_MIN_VS_PLAIN:.0f}x plain"
-                         f"{'; goal 40% of copy met' if gbps >= 0.4 * copy else ''}]")
+            lines.append(
+                f"{name:<7} size {r['size']:>11,} [{r['path']}]: {gbps:8.1f} GB/s, "
+                f"{100 * gbps / copy:4.0f}% of the {copy:.0f} GB/s device copy, "
+                f"{'-' if vs is None else f'{vs:.1f}x'} the plain path "
+                f"[{'meets' if ok else 'BELOW'} >= {GPU_MIN_GBPS:.0f} GB/s and >= {GPU_MIN_VS_PLAIN:.0f}x plain"
+                f"{'; goal 40% of copy met' if gbps >= 0.4 * copy else ''}]"
+            )
     return "\n".join(lines)
 
 
 def _native_threads() -> int:
     from hvd_compress._native.ops import threads
+
     return threads()
 
 
@@ -594,27 +656,50 @@ def parse_sizes(text: str) -> List[int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hvd_compress.bench codecs", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=parse_sizes, default=DEFAULT_SIZES,
-                    help="tensor sizes in values, e.g. 65536,1m,16m (default: 64k,1m,16m)")
-    ap.add_argument("--codecs", default=None,
-                    help="codec specs separated by ';' (default: every registered codec and a few variants)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(),
-                    help="torch.set_num_threads (default: all cores, %(default)s)")
+    ap = argparse.ArgumentParser(
+        prog="python -m hvd_compress.bench codecs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        default=DEFAULT_SIZES,
+        help="tensor sizes in values, e.g. 65536,1m,16m (default: 64k,1m,16m)",
+    )
+    ap.add_argument(
+        "--codecs",
+        default=None,
+        help="codec specs separated by ';' (default: every registered codec and a few variants)",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores, %(default)s)"
+    )
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per codec and size (median)")
-    ap.add_argument("--min-time", type=float, default=0.0,
-                    help="keep repeating (up to 50) until this many seconds were spent per codec and size")
-    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                    help="wall: elapsed time (default); cpu: CPU time of the whole process (all its "
-                         "threads), steadier on a loaded machine")
+    ap.add_argument(
+        "--min-time",
+        type=float,
+        default=0.0,
+        help="keep repeating (up to 50) until this many seconds were spent per codec and size",
+    )
+    ap.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time (default); cpu: CPU time of the whole process (all its "
+        "threads), steadier on a loaded machine",
+    )
     ap.add_argument("--baseline", help="also time another version: a git revision or a directory with hvd_compress/")
     ap.add_argument("--no-reference", action="store_true", help="skip the plain reference implementations")
     ap.add_argument("--json", help="write the result as JSON here")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: time the codecs on that device")
-    ap.add_argument("--framework", choices=("torch", "tf"), default="torch",
-                    help="torch (default) or tf: time the TensorFlow codecs (native path, plain TF ops, "
-                         "torch beside them); default codecs then: " + ", ".join(TARGETS))
+    ap.add_argument(
+        "--framework",
+        choices=("torch", "tf"),
+        default="torch",
+        help="torch (default) or tf: time the TensorFlow codecs (native path, plain TF ops, "
+        "torch beside them); default codecs then: " + ", ".join(TARGETS),
+    )
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     global _device
@@ -630,38 +715,52 @@ def main(argv=None) -> int:
     _clock = CLOCKS[args.clock]
     if args.framework == "tf" and (_device.type != "cpu" or args.baseline):
         ap.error("--framework tf times the CPU codecs of this tree: no --device cuda or --baseline")
-    specs = [s.strip() for s in args.codecs.split(";") if s.strip()] if args.codecs else (
-        list(TARGETS) if args.framework == "tf" else default_specs())
+    specs = (
+        [s.strip() for s in args.codecs.split(";") if s.strip()]
+        if args.codecs
+        else (list(TARGETS) if args.framework == "tf" else default_specs())
+    )
     from hvd_compress.torch import from_spec
+
     for s in specs:
         from_spec(s)  # a bad spec fails before any timing, listing what exists
     baseline = load_baseline(args.baseline) if args.baseline else None
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     roof_numel = max(max(args.sizes), 1 << 24 if _device.type == "cpu" else 1 << 28)  # beyond the caches
     from hvd_compress import _native
-    result = {"copy_gbps": copy_bandwidth(roof_numel), "copy_numel": roof_numel,
-              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-              "native": _native.enabled(),
-              "native_threads": _native_threads(),
-              "load_average": _loadavg(),
-              "machine": platform.processor() or platform.machine(),
-              "device": str(_device),
-              "gpu": torch.cuda.get_device_name(_device) if _device.type == "cuda" else None,
-              "torch": torch.__version__, "baseline": args.baseline, "clock": args.clock,
-              "command": "python -m hvd_compress.bench codecs " + " ".join(argv if argv is not None else sys.argv[1:])}
+
+    result = {
+        "copy_gbps": copy_bandwidth(roof_numel),
+        "copy_numel": roof_numel,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "native": _native.enabled(),
+        "native_threads": _native_threads(),
+        "load_average": _loadavg(),
+        "machine": platform.processor() or platform.machine(),
+        "device": str(_device),
+        "gpu": torch.cuda.get_device_name(_device) if _device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "baseline": args.baseline,
+        "clock": args.clock,
+        "command": "python -m hvd_compress.bench codecs " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     result["framework"] = args.framework
     if args.framework == "tf":
         result["rows"] = measure_tf(specs, args.sizes, args.repeats, args.min_time, progress=say)
         print(format_tf_table(result))
         print()
         for r in result["rows"]:
-            print(f"{r['codec']:<12} size {r['size']:>10,}: TF {r['encode_decode_gbps']:.2f} GB/s "
-                  f"(plain TF {r['tf_plain_gbps']:.2f}, torch {_fmt(r['torch_gbps'], '{:.2f}')}) "
-                  f"[{'>= 1 GB/s' if r['encode_decode_gbps'] >= 1.0 else 'BELOW 1 GB/s'}]")
+            print(
+                f"{r['codec']:<12} size {r['size']:>10,}: TF {r['encode_decode_gbps']:.2f} GB/s "
+                f"(plain TF {r['tf_plain_gbps']:.2f}, torch {_fmt(r['torch_gbps'], '{:.2f}')}) "
+                f"[{'>= 1 GB/s' if r['encode_decode_gbps'] >= 1.0 else 'BELOW 1 GB/s'}]"
+            )
         write_json(args.json, result)
         return 0
-    result["rows"] = measure(specs, args.sizes, args.repeats, args.min_time, baseline,
-                             reference=not args.no_reference, progress=say)
+    result["rows"] = measure(
+        specs, args.sizes, args.repeats, args.min_time, baseline, reference=not args.no_reference, progress=say
+    )
     print(format_table(result))
     print()
     print(gpu_targets_summary(result) if _device.type == "cuda" else targets_summary(result))

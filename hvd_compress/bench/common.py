@@ -1,4 +1,5 @@
 """Pieces every benchmark command shares."""
+
 from __future__ import annotations
 
 import json

@@ -31,6 +31,7 @@ JSON: ``{"config": {...}, "layers": [{"layer", "shape", "layout", "K", "slices",
 "d90", "d95", "d99", "ratio99", "holdout_energy_agg", "holdout_energy_worker"}, ...],
 "summary": {...}}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,7 @@ def cifar_like(n: int, seed: int = 0):
     colour, shifted by up to 4 pixels, over a random smooth texture plus pixel noise. Returns
     ``(x, y)`` as float32 NCHW / int64 numpy arrays (standardized)."""
     from sklearn.datasets import load_digits
+
     rng = np.random.default_rng(seed)
     digits, labels = load_digits(return_X_y=True)
     idx = rng.integers(0, len(digits), n)
@@ -70,6 +72,7 @@ def resnet(depth: int = 20, classes: int = 10):
     basic blocks at 16, 32 and 64 channels (stride 2 between stages), global pooling, a linear
     layer. ``depth`` 20 or 32 (the paper's)."""
     import torch.nn as nn
+
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
     blocks = (depth - 2) // 6
@@ -81,8 +84,11 @@ def resnet(depth: int = 20, classes: int = 10):
             self.b1 = nn.BatchNorm2d(cout)
             self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
             self.b2 = nn.BatchNorm2d(cout)
-            self.short = (nn.Sequential() if stride == 1 and cin == cout else
-                          nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+            self.short = (
+                nn.Sequential()
+                if stride == 1 and cin == cout
+                else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            )
 
         def forward(self, x):
             y = self.b2(self.c2(self.b1(self.c1(x)).relu()))
@@ -99,11 +105,11 @@ def resnet(depth: int = 20, classes: int = 10):
 
 
 # ------------------------------------------------------------------------------------ collection
-def collect(model_depth: int, workers: int, batch: int, warmup: int, iters: int, holdout: int,
-            seed: int, lr: float):
+def collect(model_depth: int, workers: int, batch: int, warmup: int, iters: int, holdout: int, seed: int, lr: float):
     """Train and record ``{layer: {"shape", "agg": [steps x numel], "worker": [...]}}`` for the
     ``iters`` recorded steps and the ``holdout`` steps after them (float32 numpy)."""
     import torch
+
     torch.manual_seed(seed)
     model = resnet(model_depth)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -120,7 +126,7 @@ def collect(model_depth: int, workers: int, batch: int, warmup: int, iters: int,
         grads = []
         for w in range(workers):  # each worker's gradient on its shard, then the average
             opt.zero_grad(set_to_none=True)
-            sel = pick[w * shard:(w + 1) * shard]
+            sel = pick[w * shard : (w + 1) * shard]
             loss = loss_fn(model(x[sel]), y[sel])
             loss.backward()
             grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
@@ -155,17 +161,20 @@ def energy_dims(eigenvalues: np.ndarray) -> Dict[float, int]:
 def kept_energy(slices: np.ndarray, basis: np.ndarray, mean: np.ndarray) -> float:
     """Share of ``slices``' energy the codec's reconstruction ``U U^T (g - mu) + mu`` keeps."""
     recon = (slices - mean) @ basis @ basis.T + mean
-    return float(1.0 - ((slices - recon) ** 2).sum() / max((slices ** 2).sum(), 1e-30))
+    return float(1.0 - ((slices - recon) ** 2).sum() / max((slices**2).sum(), 1e-30))
 
 
 def analyse(rec, iters: int, slice_size: int, samples_per_dim: float):
     from hvd_compress.common import filters_and_positions, slice_geometry_fp
+
     rows = []
     for name, r in rec.items():
         shape = r["shape"]
         f, p = filters_and_positions(shape, 0)
-        layouts = {"paper": slice_geometry_fp(f, p, slice_size),
-                   "ours": slice_geometry_fp(f, p, slice_size, iters, samples_per_dim)}
+        layouts = {
+            "paper": slice_geometry_fp(f, p, slice_size),
+            "ours": slice_geometry_fp(f, p, slice_size, iters, samples_per_dim),
+        }
         for layout, (_, _, _, k, s) in layouts.items():
             sample = slices_of(r["agg"][:iters], shape, k).astype(np.float64)
             mean = sample.mean(0)
@@ -173,20 +182,30 @@ def analyse(rec, iters: int, slice_size: int, samples_per_dim: float):
             vals, vecs = np.linalg.eigh(cov)
             vals, vecs = np.clip(vals[::-1], 0, None), vecs[:, ::-1]
             dims = energy_dims(vals)
-            basis = vecs[:, :dims[0.99]]
+            basis = vecs[:, : dims[0.99]]
             d8 = max(1, k // 8)  # the paper's ratio: how much of the energy do K/8 dimensions hold?
             second = sample.T @ sample / len(sample)  # uncentred second moment (mean not removed)
             raw = np.clip(np.linalg.eigvalsh(second)[::-1], 0, None)
-            row = {"layer": name, "shape": list(shape), "layout": layout, "K": k, "slices": s,
-                   "samples": len(sample), **{f"d{int(e * 100)}": d for e, d in dims.items()},
-                   "ratio99": k / dims[0.99], "ratio95": k / dims[0.95], "ratio90": k / dims[0.90],
-                   "energy_at_ratio8": float(vals[:d8].sum() / max(vals.sum(), 1e-300)),
-                   "uncentred_d99": energy_dims(raw)[0.99]}
+            row = {
+                "layer": name,
+                "shape": list(shape),
+                "layout": layout,
+                "K": k,
+                "slices": s,
+                "samples": len(sample),
+                **{f"d{int(e * 100)}": d for e, d in dims.items()},
+                "ratio99": k / dims[0.99],
+                "ratio95": k / dims[0.95],
+                "ratio90": k / dims[0.90],
+                "energy_at_ratio8": float(vals[:d8].sum() / max(vals.sum(), 1e-300)),
+                "uncentred_d99": energy_dims(raw)[0.99],
+            }
             if len(r["agg"]) > iters:
                 row["holdout_energy_agg"] = kept_energy(slices_of(r["agg"][iters:], shape, k), basis, mean)
                 row["holdout_energy_worker"] = kept_energy(slices_of(r["worker"][iters:], shape, k), basis, mean)
-                row["holdout_energy_worker_ratio8"] = kept_energy(slices_of(r["worker"][iters:], shape, k),
-                                                                  vecs[:, :d8], mean)
+                row["holdout_energy_worker_ratio8"] = kept_energy(
+                    slices_of(r["worker"][iters:], shape, k), vecs[:, :d8], mean
+                )
             rows.append(row)
     return rows
 
@@ -196,8 +215,10 @@ def summarize(rows) -> Dict[str, Dict[str, float]]:
     for layout in ("paper", "ours"):
         sel = [r for r in rows if r["layout"] == layout]
         values = sum(r["K"] * r["slices"] for r in sel)
-        out[layout] = {f"value_weighted_ratio{e}": values / sum(r["K"] * r["slices"] / r[f"ratio{e}"] for r in sel)
-                       for e in (90, 95, 99)}
+        out[layout] = {
+            f"value_weighted_ratio{e}": values / sum(r["K"] * r["slices"] / r[f"ratio{e}"] for r in sel)
+            for e in (90, 95, 99)
+        }
         if sel and "holdout_energy_agg" in sel[0]:
             w = np.array([r["K"] * r["slices"] for r in sel], dtype=np.float64)
             for key in ("holdout_energy_agg", "holdout_energy_worker", "holdout_energy_worker_ratio8"):
@@ -206,34 +227,46 @@ def summarize(rows) -> Dict[str, Dict[str, float]]:
             w = np.array([r["K"] * r["slices"] for r in sel], dtype=np.float64)
             out[layout]["energy_at_ratio8"] = float((w * [r["energy_at_ratio8"] for r in sel]).sum() / w.sum())
             out[layout]["uncentred_value_weighted_ratio99"] = values / sum(
-                r["K"] * r["slices"] / (r["K"] / r["uncentred_d99"]) for r in sel)
+                r["K"] * r["slices"] / (r["K"] / r["uncentred_d99"]) for r in sel
+            )
     return out
 
 
 def table(rows) -> str:
-    head = f"{'layer':<14} {'shape':<16} {'layout':<6} {'K':>4} {'S':>5} {'samples':>7} " \
-           f"{'d90':>4} {'d95':>4} {'d99':>4} {'K/d99':>6} {'kept agg':>8} {'kept w0':>8} {'E@K/8':>6} {'w0@K/8':>6}"
+    head = (
+        f"{'layer':<14} {'shape':<16} {'layout':<6} {'K':>4} {'S':>5} {'samples':>7} "
+        f"{'d90':>4} {'d95':>4} {'d99':>4} {'K/d99':>6} {'kept agg':>8} {'kept w0':>8} {'E@K/8':>6} {'w0@K/8':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['layer'][-14:]:<14} {'x'.join(map(str, r['shape'])):<16} {r['layout']:<6} "
-                     f"{r['K']:>4} {r['slices']:>5} {r['samples']:>7} {r['d90']:>4} {r['d95']:>4} "
-                     f"{r['d99']:>4} {r['ratio99']:>6.2f} {r.get('holdout_energy_agg', math.nan):>8.3f} "
-                     f"{r.get('holdout_energy_worker', math.nan):>8.3f} {r['energy_at_ratio8']:>6.3f} "
-                     f"{r.get('holdout_energy_worker_ratio8', math.nan):>6.3f}")
+        lines.append(
+            f"{r['layer'][-14:]:<14} {'x'.join(map(str, r['shape'])):<16} {r['layout']:<6} "
+            f"{r['K']:>4} {r['slices']:>5} {r['samples']:>7} {r['d90']:>4} {r['d95']:>4} "
+            f"{r['d99']:>4} {r['ratio99']:>6.2f} {r.get('holdout_energy_agg', math.nan):>8.3f} "
+            f"{r.get('holdout_energy_worker', math.nan):>8.3f} {r['energy_at_ratio8']:>6.3f} "
+            f"{r.get('holdout_energy_worker_ratio8', math.nan):>6.3f}"
+        )
     return "\n".join(lines)
 
 
 def plot(rows, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(9, 4))
     for layout, marker in (("paper", "o"), ("ours", "s")):
         sel = [r for r in rows if r["layout"] == layout]
         ax.plot(range(len(sel)), [r["ratio99"] for r in sel], marker=marker, label=f"{layout}: K/d at 99% energy")
         if sel and "holdout_energy_worker" in sel[0]:
-            ax.plot(range(len(sel)), [8 * r["holdout_energy_worker"] for r in sel], marker=marker,
-                    linestyle=":", label=f"{layout}: held-out energy kept (x8, one worker)")
+            ax.plot(
+                range(len(sel)),
+                [8 * r["holdout_energy_worker"] for r in sel],
+                marker=marker,
+                linestyle=":",
+                label=f"{layout}: held-out energy kept (x8, one worker)",
+            )
     ax.axhline(PAPER_RATIO, color="k", linestyle="--", label="paper: K/d = 8 (ResNet-32)")
     ax.set_xlabel("conv layer (input to output)")
     ax.set_ylabel("K / d")
@@ -259,26 +292,38 @@ def main(argv=None) -> int:
     ap.add_argument("--plot")
     args = ap.parse_args(argv)
     t0 = time.time()
-    rec, losses = collect(int(args.model[6:]), args.workers, args.batch, args.warmup, args.iters,
-                          args.holdout, args.seed, args.lr)
+    rec, losses = collect(
+        int(args.model[6:]), args.workers, args.batch, args.warmup, args.iters, args.holdout, args.seed, args.lr
+    )
     rows = analyse(rec, args.iters, args.slice_size, args.samples_per_dim)
     summary = summarize(rows)
     print(table(rows))
     print()
     for layout, s in summary.items():
-        print(f"{layout:<6} value-weighted K/d: 90% {s['value_weighted_ratio90']:.2f}, "
-              f"95% {s['value_weighted_ratio95']:.2f}, 99% {s['value_weighted_ratio99']:.2f}; "
-              f"held-out energy kept at 99%: aggregated {s.get('holdout_energy_agg', math.nan):.3f}, "
-              f"one worker {s.get('holdout_energy_worker', math.nan):.3f}; at K/d = 8: sample energy "
-              f"{s['energy_at_ratio8']:.3f}, held-out one worker {s.get('holdout_energy_worker_ratio8', math.nan):.3f}; "
-              f"uncentred 99% K/d {s['uncentred_value_weighted_ratio99']:.2f}   (paper: K/d = {PAPER_RATIO:g})")
+        print(
+            f"{layout:<6} value-weighted K/d: 90% {s['value_weighted_ratio90']:.2f}, "
+            f"95% {s['value_weighted_ratio95']:.2f}, 99% {s['value_weighted_ratio99']:.2f}; "
+            f"held-out energy kept at 99%: aggregated {s.get('holdout_energy_agg', math.nan):.3f}, "
+            f"one worker {s.get('holdout_energy_worker', math.nan):.3f}; at K/d = 8: sample energy "
+            f"{s['energy_at_ratio8']:.3f}, held-out one worker {s.get('holdout_energy_worker_ratio8', math.nan):.3f}; "
+            f"uncentred 99% K/d {s['uncentred_value_weighted_ratio99']:.2f}   (paper: K/d = {PAPER_RATIO:g})"
+        )
     print(f"loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}; {time.time() - t0:.0f} s")
     config = {k: v for k, v in vars(args).items() if k not in ("json", "plot")}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"config": config, "layers": rows, "summary": summary,
-                                               "loss_first": losses[0], "loss_last10": float(np.mean(losses[-10:]))},
-                                              indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "config": config,
+                    "layers": rows,
+                    "summary": summary,
+                    "loss_first": losses[0],
+                    "loss_last10": float(np.mean(losses[-10:])),
+                },
+                indent=1,
+            )
+        )
     if args.plot:
         plot(rows, args.plot)
     return 0

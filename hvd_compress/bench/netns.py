@@ -8,6 +8,7 @@ the ``with`` block, on SIGTERM/SIGINT, and at interpreter exit, also when a step
 This kernel may lack ``netem`` (no delay emulation); ``tbf`` and ``htb`` are in every kernel that
 has traffic control. Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -63,11 +64,13 @@ def check_available() -> None:
         raise NamespaceUnavailable(
             "the step benchmark needs root: it creates a network namespace (ip netns) and shapes "
             "its loopback with tc. Run it as root (e.g. sudo -E env PATH=$PATH python -m "
-            "hvd_compress.bench step ...).")
+            "hvd_compress.bench step ...)."
+        )
     missing = [t for t in ("ip", "tc") if tool(t) is None]
     if missing:
-        raise NamespaceUnavailable(f"the step benchmark needs {' and '.join(missing)} (Debian: "
-                                   "apt-get install iproute2)")
+        raise NamespaceUnavailable(
+            f"the step benchmark needs {' and '.join(missing)} (Debian: " "apt-get install iproute2)"
+        )
 
 
 _LIVE: List[str] = []
@@ -120,6 +123,7 @@ def _install_cleanup():
                 previous(signum, frame)
             else:
                 raise SystemExit(128 + signum)
+
         try:
             signal.signal(sig, handler)
         except ValueError:  # not the main thread
@@ -149,8 +153,10 @@ class ShapedNamespace:
         try:
             self._run(self.ip, "netns", "add", self.name)
         except NamespaceUnavailable as exc:
-            raise NamespaceUnavailable(f"cannot create a network namespace here ({exc}); the "
-                                       "step benchmark needs CAP_SYS_ADMIN and CAP_NET_ADMIN")
+            raise NamespaceUnavailable(
+                f"cannot create a network namespace here ({exc}); the "
+                "step benchmark needs CAP_SYS_ADMIN and CAP_NET_ADMIN"
+            )
         _LIVE.append(self.name)
         try:
             self._run(self.ip, "-n", self.name, "link", "set", "lo", "up")

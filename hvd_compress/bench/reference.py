@@ -15,6 +15,7 @@ PyTorch costs on the same device, which a numpy alias would not.
 ``reference_for(codec)`` returns ``(encode, decode)`` closures for a codec object:
 ``encode(x, generator) -> payload`` (a tuple of tensors) and ``decode(payload, numel) -> tensor``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
@@ -43,7 +44,7 @@ def qsgd_encode(x: torch.Tensor, levels: int, bucket: int, norm: str, generator=
     low = y.floor()
     level = low + (_rand(y.shape, generator, y.device) < (y - low)).float()
     level = level.clamp(0, levels)
-    codes = (torch.sign(b) * level).to(torch.int8).view(-1)[:x.numel()]
+    codes = (torch.sign(b) * level).to(torch.int8).view(-1)[: x.numel()]
     return codes, scales
 
 
@@ -139,13 +140,14 @@ def reference_for(codec) -> Optional[Tuple[Encode, Decode]]:
         q = q.inner
     name = getattr(q, "name", "")
     if name == "qsgd":
-        return (lambda x, g=None: qsgd_encode(x, q.levels, q.bucket_size, q.norm, g),
-                lambda p, n: qsgd_decode(p, n, q.levels, q.bucket_size))
+        return (
+            lambda x, g=None: qsgd_encode(x, q.levels, q.bucket_size, q.norm, g),
+            lambda p, n: qsgd_decode(p, n, q.levels, q.bucket_size),
+        )
     if name == "terngrad":
         return (lambda x, g=None: terngrad_encode(x, q.clip, g), terngrad_decode)
     if name == "onebit_quantizer":
-        return (lambda x, g=None: onebit_encode(x, q.bucket_size),
-                lambda p, n: onebit_decode(p, n, q.bucket_size))
+        return (lambda x, g=None: onebit_encode(x, q.bucket_size), lambda p, n: onebit_decode(p, n, q.bucket_size))
     if name in ("scaled_sign", "signsgd"):
         return (lambda x, g=None: sign_encode(x), sign_decode)
     if name == "topk_sparsifier":

@@ -7,6 +7,7 @@ with each table's producing command under it, and the plots under ``--plots`` (d
 ``docs/bench``): step time against link rate, loss against bytes sent, codec throughput.
 Nothing is measured here, so the report can be regenerated at any time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,25 @@ def _cpu_name() -> str:
 def codecs_section(res: dict, plots: Path, rel) -> List[str]:
     rows = res["rows"]
     has_base = any("baseline_gbps" in r for r in rows)
-    out = ["## Codec throughput", "",
-           f"Encode + decode of one fp32 tensor, GB/s of fp32 input (median of repeats), "
-           f"{res['threads']} thread(s), clock: {res.get('clock', 'wall')}. "
-           f"*path*: native kernels (`hvd_compress/_native`) or plain torch; *plain*: the same codec "
-           f"with the native kernels off (`HVD_COMPRESS_NATIVE=0`), timed in the same run; "
-           f"*reference*: the same math in plain torch ops with an unpacked int8 payload "
-           f"(`hvd_compress/bench/reference.py`)."
-           + (f" *before*: the codecs at `{res['baseline']}` (before the fast paths), timed in the same run, "
-              "interleaved." if has_base else ""),
-           f"Memory-copy roofline (`dst.copy_(src)`, {res['copy_numel'] * 4 / 2**20:.0f} MiB): "
-           f"**{res['copy_gbps']:.2f} GB/s**.", ""]
+    out = [
+        "## Codec throughput",
+        "",
+        f"Encode + decode of one fp32 tensor, GB/s of fp32 input (median of repeats), "
+        f"{res['threads']} thread(s), clock: {res.get('clock', 'wall')}. "
+        f"*path*: native kernels (`hvd_compress/_native`) or plain torch; *plain*: the same codec "
+        f"with the native kernels off (`HVD_COMPRESS_NATIVE=0`), timed in the same run; "
+        f"*reference*: the same math in plain torch ops with an unpacked int8 payload "
+        f"(`hvd_compress/bench/reference.py`)."
+        + (
+            f" *before*: the codecs at `{res['baseline']}` (before the fast paths), timed in the same run, "
+            "interleaved."
+            if has_base
+            else ""
+        ),
+        f"Memory-copy roofline (`dst.copy_(src)`, {res['copy_numel'] * 4 / 2**20:.0f} MiB): "
+        f"**{res['copy_gbps']:.2f} GB/s**.",
+        "",
+    ]
     head = "| codec | values | path | enc+dec | encode | decode | plain | vs plain | reference | vs ref |"
     sep = "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
     if has_base:
@@ -62,8 +71,10 @@ def codecs_section(res: dict, plots: Path, rel) -> List[str]:
     out += [head, sep]
     for r in rows:
         ref, plain = r.get("reference_gbps"), r.get("plain_gbps")
-        line = (f"| {r['codec']} | {r['size']:,} | {r.get('path', '-')} | **{r['encode_decode_gbps']:.2f}** | "
-                f"{r['encode_gbps']:.2f} | {r['decode_gbps']:.2f} | ")
+        line = (
+            f"| {r['codec']} | {r['size']:,} | {r.get('path', '-')} | **{r['encode_decode_gbps']:.2f}** | "
+            f"{r['encode_gbps']:.2f} | {r['decode_gbps']:.2f} | "
+        )
         line += f"{plain:.2f} | {r['encode_decode_gbps'] / plain:.1f}x | " if plain else "- | - | "
         line += f"{ref:.2f} | {r['encode_decode_gbps'] / ref:.1f}x |" if ref else "- | - |"
         if has_base:
@@ -85,18 +96,25 @@ def codecs_section(res: dict, plots: Path, rel) -> List[str]:
 
 def plot_codecs(res: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     rows = [r for r in res["rows"] if r["size"] == max(x["size"] for x in res["rows"])]
     names = [r["codec"] for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     y = range(len(rows))
     h = 0.2
     ax.barh([i + 1.5 * h for i in y], [r["encode_decode_gbps"] for r in rows], height=h, label="hvd_compress")
-    ax.barh([i + 0.5 * h for i in y], [r.get("plain_gbps") or 0 for r in rows], height=h,
-            label="plain torch path (native off)")
-    ax.barh([i - 0.5 * h for i in y], [r.get("reference_gbps") or 0 for r in rows], height=h,
-            label="plain reference (int8)")
+    ax.barh(
+        [i + 0.5 * h for i in y],
+        [r.get("plain_gbps") or 0 for r in rows],
+        height=h,
+        label="plain torch path (native off)",
+    )
+    ax.barh(
+        [i - 0.5 * h for i in y], [r.get("reference_gbps") or 0 for r in rows], height=h, label="plain reference (int8)"
+    )
     if any("baseline_gbps" in r for r in rows):
         ax.barh([i - 1.5 * h for i in y], [r.get("baseline_gbps", 0) for r in rows], height=h, label="before")
     ax.axvline(res["copy_gbps"], color="grey", linestyle=":", label="copy bandwidth")
@@ -121,21 +139,33 @@ def targets_lines(res: dict) -> List[str]:
             continue
         cells = ", ".join(f"{r['encode_decode_gbps']:.2f} GB/s at {r['size']:,}" for r in rs)
         best = max(r["encode_decode_gbps"] for r in rs)
-        out.append(f"- **{name}**: {cells} (best {100 * best / res['copy_gbps']:.0f}% of copy bandwidth; "
-                   f"{'meets' if min(r['encode_decode_gbps'] for r in rs) >= 1 else 'below'} 1 GB/s "
-                   f"{'at every size' if min(r['encode_decode_gbps'] for r in rs) >= 1 else 'at some sizes'})")
+        out.append(
+            f"- **{name}**: {cells} (best {100 * best / res['copy_gbps']:.0f}% of copy bandwidth; "
+            f"{'meets' if min(r['encode_decode_gbps'] for r in rs) >= 1 else 'below'} 1 GB/s "
+            f"{'at every size' if min(r['encode_decode_gbps'] for r in rs) >= 1 else 'at some sizes'})"
+        )
     return out
 
 
 def aggregation_section(res: dict) -> List[str]:
     from hvd_compress.bench.aggregation import _rate, format_table
+
     links = [(name, _rate(name)) for name in res.get("model_links", [])]
-    return ["## Aggregation time of the linear codecs (GradiVeQ, PowerSGD)", "", "```",
-            format_table(res, links), "```", "", f"Produced by: `{res['command']}`", ""]
+    return [
+        "## Aggregation time of the linear codecs (GradiVeQ, PowerSGD)",
+        "",
+        "```",
+        format_table(res, links),
+        "```",
+        "",
+        f"Produced by: `{res['command']}`",
+        "",
+    ]
 
 
 def step_section(results: List[dict], plots: Path, rel) -> List[str]:
     from hvd_compress.bench.step import BASELINES, format_table, plot
+
     out = ["## Training step over a shaped link", ""]
     for res in results:
         out += ["```", format_table(res), "```", "", f"Produced by: `{res['command']}`", ""]
@@ -150,21 +180,32 @@ def step_section(results: List[dict], plots: Path, rel) -> List[str]:
             fp16 = next((r for r in rows if r["codec"] == "hvd-fp16"), None)
             best = min((r for r in rows if r["codec"] not in BASELINES), key=lambda r: r["step_time_s"], default=None)
             if best and fp32 and fp16:
-                out.append(f"- {res['model']}, {res['np']} workers, {link} ({res['link_model']}): best codec "
-                           f"**{best['label']}** {1000 * best['step_time_s']:.0f} ms/step: "
-                           f"**{fp32['step_time_s'] / best['step_time_s']:.2f}x** faster than fp32 "
-                           f"({1000 * fp32['step_time_s']:.0f} ms), **{fp16['step_time_s'] / best['step_time_s']:.2f}x** "
-                           f"faster than Horovod fp16 ({1000 * fp16['step_time_s']:.0f} ms); bytes/step "
-                           f"{best['bytes_per_step'] / 1e6:.2f} MB measured vs {best['nominal_bytes_per_step'] / 1e6:.2f} MB "
-                           f"nominal ({best['bits_per_value']:.2f} bits/value).")
+                out.append(
+                    f"- {res['model']}, {res['np']} workers, {link} ({res['link_model']}): best codec "
+                    f"**{best['label']}** {1000 * best['step_time_s']:.0f} ms/step: "
+                    f"**{fp32['step_time_s'] / best['step_time_s']:.2f}x** faster than fp32 "
+                    f"({1000 * fp32['step_time_s']:.0f} ms), **{fp16['step_time_s'] / best['step_time_s']:.2f}x** "
+                    f"faster than Horovod fp16 ({1000 * fp16['step_time_s']:.0f} ms); bytes/step "
+                    f"{best['bytes_per_step'] / 1e6:.2f} MB measured vs {best['nominal_bytes_per_step'] / 1e6:.2f} MB "
+                    f"nominal ({best['bits_per_value']:.2f} bits/value)."
+                )
         out.append("")
     return out
 
 
 def accuracy_section(res: dict, plots: Path, rel) -> List[str]:
     from hvd_compress.bench.accuracy import format_table, plot
-    out = ["## Accuracy and bits to a target loss", "", "```", format_table(res), "```", "",
-           "Published figures (from `/work/shared/ALGORITHMS.md`, other models and data sets):", ""]
+
+    out = [
+        "## Accuracy and bits to a target loss",
+        "",
+        "```",
+        format_table(res),
+        "```",
+        "",
+        "Published figures (from `/work/shared/ALGORITHMS.md`, other models and data sets):",
+        "",
+    ]
     seen = set()
     for r in res["rows"]:
         key = r["codec"].split(":")[0]
@@ -184,17 +225,28 @@ def build(results_dir: Path, out_path: Path, plots: Path, notes: Optional[str]) 
     def rel(p: Path) -> str:
         return os.path.relpath(Path(p).resolve(), out_dir)
 
-    lines = ["# Benchmarks: where compression pays", "",
-             f"Generated by `python -m hvd_compress.bench report` on {time.strftime('%Y-%m-%d')} from the JSON in "
-             f"`{rel(results_dir)}`. Machine: {_cpu_name()}, {os.cpu_count()} cores, shared with other jobs "
-             "while these ran (timings are noisy; ratios within one run are the meaningful numbers).", ""]
+    lines = [
+        "# Benchmarks: where compression pays",
+        "",
+        f"Generated by `python -m hvd_compress.bench report` on {time.strftime('%Y-%m-%d')} from the JSON in "
+        f"`{rel(results_dir)}`. Machine: {_cpu_name()}, {os.cpu_count()} cores, shared with other jobs "
+        "while these ran (timings are noisy; ratios within one run are the meaningful numbers).",
+        "",
+    ]
     if notes:
         lines += [Path(notes).read_text().rstrip(), ""]
     codecs = _load(results_dir / "codecs.json")
     if codecs:
         lines += codecs_section(codecs, plots, rel)
-        lines += ["Issue #8's bar: QSGD, OneBit, EFSign and TernGrad encode+decode at >= 1 GB/s of fp32 input "
-                  "(goal: 40% of copy bandwidth):", ""] + targets_lines(codecs) + [""]
+        lines += (
+            [
+                "Issue #8's bar: QSGD, OneBit, EFSign and TernGrad encode+decode at >= 1 GB/s of fp32 input "
+                "(goal: 40% of copy bandwidth):",
+                "",
+            ]
+            + targets_lines(codecs)
+            + [""]
+        )
     steps = [r for r in (_load(p) for p in sorted(results_dir.glob("step*.json"))) if r]
     if steps:
         lines += step_section(steps, plots, rel)
@@ -209,8 +261,11 @@ def build(results_dir: Path, out_path: Path, plots: Path, notes: Optional[str]) 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hvd_compress.bench report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m hvd_compress.bench report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--results", default=str(REPO / "bench" / "results"))
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--plots", default=str(REPO / "docs" / "bench"))

@@ -23,6 +23,7 @@ Example::
     python -m hvd_compress.bench step --hosts 2 --per-host 2 --link 1gbit \\
         --codecs "onebit;qsgd:bits=4;topk:ratio=0.01" --json bench/results/step-hosts-1gbit.json
 """
+
 from __future__ import annotations
 
 import sys
@@ -59,29 +60,38 @@ def format_hosts_table(result: dict) -> str:
         rows = [r for r in result["rows"] if r["link"] == link]
         if not rows:
             continue
-        lines.append(f"{result['hosts']} hosts x {result['per_host']} workers, each host's link {link}, model "
-                     f"{result['model']} ({rows[0]['params'] / 1e6:.1f}M params, batch {rows[0]['batch']}/worker), "
-                     f"compute alone {1000 * rows[0]['compute_time_s']:.0f} ms/step")
-        head = (f"{'codec':<34} {'hierarchical':>12} {'ms/step':>9} {'vs fp32':>8} {'inter-host MB/step':>18} "
-                f"{'nominal':>9} {'meas/nom':>8}")
+        lines.append(
+            f"{result['hosts']} hosts x {result['per_host']} workers, each host's link {link}, model "
+            f"{result['model']} ({rows[0]['params'] / 1e6:.1f}M params, batch {rows[0]['batch']}/worker), "
+            f"compute alone {1000 * rows[0]['compute_time_s']:.0f} ms/step"
+        )
+        head = (
+            f"{'codec':<34} {'hierarchical':>12} {'ms/step':>9} {'vs fp32':>8} {'inter-host MB/step':>18} "
+            f"{'nominal':>9} {'meas/nom':>8}"
+        )
         lines += [head, "-" * len(head)]
         fp32 = next((r for r in rows if r["codec"] == "none" and not r["hierarchical"]), None)
         for r in rows:
             nom = r.get("nominal_inter_host_bytes_per_step")
             ratio = r["inter_host_bytes_per_step"] / nom if nom else None
             vs = fp32["step_time_s"] / r["step_time_s"] if fp32 else None
-            lines.append(f"{r['label'][:34]:<34} {str(r['hierarchical']).lower():>12} {1000 * r['step_time_s']:9.1f} "
-                         f"{(f'{vs:7.2f}x' if vs else '-'):>8} {r['inter_host_bytes_per_step'] / 1e6:18.2f} "
-                         f"{(f'{nom / 1e6:9.2f}' if nom else '-'):>9} "
-                         f"{(f'{ratio:8.3f}' if ratio else '-'):>8}")
+            lines.append(
+                f"{r['label'][:34]:<34} {str(r['hierarchical']).lower():>12} {1000 * r['step_time_s']:9.1f} "
+                f"{(f'{vs:7.2f}x' if vs else '-'):>8} {r['inter_host_bytes_per_step'] / 1e6:18.2f} "
+                f"{(f'{nom / 1e6:9.2f}' if nom else '-'):>9} "
+                f"{(f'{ratio:8.3f}' if ratio else '-'):>8}"
+            )
         lines.append("")
-    lines.append("inter-host MB/step: bytes that crossed hosts per step, all hosts' eth0 tx counters summed "
-                 "(includes Horovod's control plane); nominal: payload x exchange pattern.")
+    lines.append(
+        "inter-host MB/step: bytes that crossed hosts per step, all hosts' eth0 tx counters summed "
+        "(includes Horovod's control plane); nominal: payload x exchange pattern."
+    )
     return "\n".join(lines)
 
 
 def main_hosts(args, rates, codecs: List[str], argv) -> int:
     from hvd_compress.bench.cluster import EmulatedCluster, check_available
+
     try:
         check_available()
     except NamespaceUnavailable as exc:
@@ -90,19 +100,31 @@ def main_hosts(args, rates, codecs: List[str], argv) -> int:
     if args.codecs is None:
         codecs = BASELINES + HOST_DEFAULT_CODECS
     codecs = [c for c in BASELINES if c not in codecs] + [v for c in codecs for v in flat_and_hierarchical(c)]
-    result = {"hosts": args.hosts, "per_host": args.per_host, "np": args.np, "model": args.model,
-              "links": [r[0] for r in rates], "steps": args.steps, "warmup": args.warmup,
-              "command": "python -m hvd_compress.bench step " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "rows": []}
-    jobs = [(codecs, {"HOROVOD_DYNAMIC_PROCESS_SETS": "1"}, False),
-            (["none"], {"HOROVOD_HIERARCHICAL_ALLREDUCE": "1"}, "horovod")]
+    result = {
+        "hosts": args.hosts,
+        "per_host": args.per_host,
+        "np": args.np,
+        "model": args.model,
+        "links": [r[0] for r in rates],
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "command": "python -m hvd_compress.bench step " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "rows": [],
+    }
+    jobs = [
+        (codecs, {"HOROVOD_DYNAMIC_PROCESS_SETS": "1"}, False),
+        (["none"], {"HOROVOD_HIERARCHICAL_ALLREDUCE": "1"}, "horovod"),
+    ]
     try:
         for text, _bits in rates:
             with EmulatedCluster(hosts=args.hosts, link=text) as cluster:
                 for job_codecs, env, hierarchical in jobs:
                     if not args.quiet:
-                        print(f"== {args.hosts} hosts, link {text}, hierarchical={hierarchical}",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"== {args.hosts} hosts, link {text}, hierarchical={hierarchical}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     with tempfile.TemporaryDirectory(prefix="hvdc-step-") as tmp:
                         rows = run_job(None, args, job_codecs, Path(tmp), cluster=cluster, extra_env=env)
                     for r in rows:

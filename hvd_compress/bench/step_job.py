@@ -3,6 +3,7 @@ list of codecs: in a shaped network namespace (``bench step``) or across an emul
 hosts (``bench step --hosts``, :mod:`hvd_compress.bench.step_hosts`). Both commands import it from
 here.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,13 +32,29 @@ def horovodrun_path() -> str:
     return found
 
 
-def run_job(ns: ShapedNamespace, args, codecs: List[str], out_dir: Path, cluster=None,
-            extra_env=None) -> List[dict]:
+def run_job(ns: ShapedNamespace, args, codecs: List[str], out_dir: Path, cluster=None, extra_env=None) -> List[dict]:
     """One ``horovodrun`` over every codec: in ``ns`` (shaped lo), or across ``cluster``'s hosts."""
-    worker = [sys.executable, "-m", "hvd_compress.bench._step_worker", "--out", str(out_dir),
-              "--model", args.model, "--codecs", ";".join(codecs), "--warmup", str(args.warmup),
-              "--steps", str(args.steps), "--batch", str(args.batch), "--iface", "lo",
-              "--threads", str(args.threads)]
+    worker = [
+        sys.executable,
+        "-m",
+        "hvd_compress.bench._step_worker",
+        "--out",
+        str(out_dir),
+        "--model",
+        args.model,
+        "--codecs",
+        ";".join(codecs),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--iface",
+        "lo",
+        "--threads",
+        str(args.threads),
+    ]
     if args.width:
         worker += ["--width", str(args.width)]
     if cluster is None:
@@ -47,15 +64,22 @@ def run_job(ns: ShapedNamespace, args, codecs: List[str], out_dir: Path, cluster
         cmd = cluster.command("host1", [horovodrun_path(), *cluster.horovodrun_args(args.per_host)] + worker)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.update({"HOROVOD_GLOO_IFACE": "lo", "OMP_NUM_THREADS": str(args.threads),
-                "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "HOROVOD_GLOO_IFACE": "lo",
+            "OMP_NUM_THREADS": str(args.threads),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if args.thp:
         env["THP_MEM_ALLOC_ENABLE"] = "1"
     if cluster is not None:
         env = cluster.env(env)
     env.update(extra_env or {})
-    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     tail: List[str] = []
     deadline = time.monotonic() + args.timeout
     try:

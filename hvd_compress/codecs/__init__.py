@@ -20,6 +20,7 @@ The frameworks build their own classes for these names; the references are what 
 checked against, and what a host-side tool (a parameter server, a log inspector) can decode
 payloads with, numpy only. Importing this package imports no framework.
 """
+
 from hvd_compress.codecs.casts import BF16, FP16, NoCompression
 from hvd_compress.codecs.onebit import OneBit
 from hvd_compress.codecs.qsgd import QSGD

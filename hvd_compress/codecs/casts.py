@@ -4,6 +4,7 @@ Accelerations: ``hvd_compress/torch/codecs/casts.py``, ``hvd_compress/tensorflow
 ``none`` and ``fp16`` are summable (the frameworks sum them inside a plain allreduce); ``bf16``
 travels as bytes and is summed in fp32 after decoding.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

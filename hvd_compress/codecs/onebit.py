@@ -6,14 +6,14 @@ change the bytes. Accelerations: ``hvd_compress/torch/codecs/onebit.py``, ``hvd_
 (``hvdc_onebit_*``), ``hvd_compress/torch/kernels/onebit.py`` (Triton),
 ``hvd_compress/tensorflow/codecs/onebit.py``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from hvd_compress.codecs.packing import (buckets_of, bytes_f32, f32_bytes, nan_where_nonfinite, pack_bits,
-                                         unpack_bits)
+from hvd_compress.codecs.packing import buckets_of, bytes_f32, f32_bytes, nan_where_nonfinite, pack_bits, unpack_bits
 from hvd_compress.common import packed_nbytes
 from hvd_compress.core.registry import register_codec
 from hvd_compress.core.spec import CodecSpec
@@ -24,17 +24,17 @@ from hvd_compress.core.spec import CodecSpec
 class OneBit(CodecSpec):
     """1-bit quantizer: the sign at threshold 0 and, per bucket, two reconstruction values.
 
-    Wire format for ``n`` values: ``ceil(n / 8)`` bytes of bits (1: ``x >= 0``, first value in
-    the lowest bit), then per bucket the fp32 pair (mean of the bucket's non-negative values, mean
-    of its negative values, 0 for an empty side). A NaN input counts as negative (its bucket's negative
-mean is NaN); an Inf makes both means NaN. The means are summed in
-    float64 and rounded once: exact, hence identical in every kernel, whenever the fp32 sums are
-    exact; elsewhere torch's fp32 sums differ in the last bit (native kernels sum in double).
-    Decode: each value gets its bucket's positive or negative mean.
+        Wire format for ``n`` values: ``ceil(n / 8)`` bytes of bits (1: ``x >= 0``, first value in
+        the lowest bit), then per bucket the fp32 pair (mean of the bucket's non-negative values, mean
+        of its negative values, 0 for an empty side). A NaN input counts as negative (its bucket's negative
+    mean is NaN); an Inf makes both means NaN. The means are summed in
+        float64 and rounded once: exact, hence identical in every kernel, whenever the fp32 sums are
+        exact; elsewhere torch's fp32 sums differ in the last bit (native kernels sum in double).
+        Decode: each value gets its bucket's positive or negative mean.
 
-    Args:
-        bucket_size: values per pair of means, a positive multiple of 8 (1 + 64 / bucket_size
-            bits per value).
+        Args:
+            bucket_size: values per pair of means, a positive multiple of 8 (1 + 64 / bucket_size
+                bits per value).
     """
 
     bucket_size: int = 1024
@@ -43,8 +43,12 @@ mean is NaN); an Inf makes both means NaN. The means are summed in
     stochastic = False
 
     def __post_init__(self):
-        if isinstance(self.bucket_size, bool) or not isinstance(self.bucket_size, int) \
-                or self.bucket_size < 8 or self.bucket_size % 8:
+        if (
+            isinstance(self.bucket_size, bool)
+            or not isinstance(self.bucket_size, int)
+            or self.bucket_size < 8
+            or self.bucket_size % 8
+        ):
             raise ValueError(f"bucket_size must be a positive multiple of 8, got {self.bucket_size!r}")
 
     def alignment(self):

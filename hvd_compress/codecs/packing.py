@@ -5,6 +5,7 @@ bits, for ``b`` in {1, 2, 4, 8} (:func:`hvd_compress.lowprec.pack_codes`, which 
 other width as one little-endian bit stream). Base-3 packing stores five ternary codes (0, 1, 2)
 per byte as ``t0 + 3*t1 + 9*t2 + 27*t3 + 81*t4``; bytes above 242 are not valid.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ Accelerations: ``hvd_compress/torch/codecs/qsgd.py`` (torch plain), ``hvd_compre
 ``hvd_compress/tensorflow/codecs/qsgd.py``. The max-norm quantizer is :mod:`hvd_compress.lowprec`'s
 (``bits`` 2..24 there; 2, 4 or 8 here, the fixed-width packings).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ wrapper and does not change the bytes. Accelerations: ``hvd_compress/torch/codec
 ``signsgd.py``, ``hvd_compress/_native`` (``hvdc_sign_*``), ``hvd_compress/torch/kernels/sign.py``
 (Triton), ``hvd_compress/tensorflow/codecs/efsign.py`` and ``signsgd.py``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ def sign_payload(x: np.ndarray, scale) -> np.ndarray:
 def signs_and_scale(payload: np.ndarray, numel: int):
     nb = packed_nbytes(numel, 1)
     signs = unpack_bits(payload[:nb], 1, numel).astype(np.float32) * np.float32(2) - np.float32(1)
-    return signs, bytes_f32(payload[nb:nb + 4])[0]
+    return signs, bytes_f32(payload[nb : nb + 4])[0]
 
 
 @register_codec("efsign", builtin=True)

@@ -4,6 +4,7 @@ Accelerations: ``hvd_compress/torch/codecs/terngrad.py``, ``hvd_compress/_native
 (``hvdc_terngrad_*``), ``hvd_compress/torch/kernels/terngrad.py`` (Triton),
 ``hvd_compress/tensorflow/codecs/terngrad.py``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,15 @@ from typing import Optional
 
 import numpy as np
 
-from hvd_compress.codecs.packing import (bytes_f32, f32_bytes, nan_where_nonfinite, pack_base3, pack_bits,
-                                         unpack_base3, unpack_bits)
+from hvd_compress.codecs.packing import (
+    bytes_f32,
+    f32_bytes,
+    nan_where_nonfinite,
+    pack_base3,
+    pack_bits,
+    unpack_base3,
+    unpack_bits,
+)
 from hvd_compress.common import base3_nbytes, packed_nbytes
 from hvd_compress.core.registry import register_codec
 from hvd_compress.core.spec import CodecSpec
@@ -93,12 +101,14 @@ class TernGrad(CodecSpec):
 
     def decode(self, payload, numel):
         nc = self._code_nbytes(numel)
-        s = bytes_f32(payload[nc:nc + 4])[0]
+        s = bytes_f32(payload[nc : nc + 4])[0]
         if self.packing == "base3":
             try:
                 codes = unpack_base3(payload[:nc], numel)
             except ValueError as exc:
-                raise ValueError(f"hvd_compress: malformed {self.describe()} payload for {numel} values: {exc}") from None
+                raise ValueError(
+                    f"hvd_compress: malformed {self.describe()} payload for {numel} values: {exc}"
+                ) from None
         else:
             codes = unpack_bits(payload[:nc], 2, numel)
         return ((codes.astype(np.float32) - np.float32(1)) * s).astype(np.float32)

@@ -4,6 +4,7 @@ The registered ``topk`` is the sparsifier's format; the error feedback is a wrap
 change the bytes. Accelerations: ``hvd_compress/torch/codecs/topk.py``,
 ``hvd_compress/torch/kernels/topk.py`` (Triton), ``hvd_compress/tensorflow/codecs/topk.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,11 +71,13 @@ class TopK(CodecSpec):
     def unpack(self, payload: np.ndarray, numel: int):
         """``(indices, values)`` of a payload, the indices checked to lie in ``[0, numel)``."""
         k = self.k(numel)
-        idx = payload[:4 * k].view("<i4").astype(np.int64)
-        values = payload[4 * k:8 * k].view("<f4").astype(np.float32)
+        idx = payload[: 4 * k].view("<i4").astype(np.int64)
+        values = payload[4 * k : 8 * k].view("<f4").astype(np.float32)
         if k and not (idx.min() >= 0 and idx.max() < numel):
-            raise ValueError(f"hvd_compress: malformed {self.describe()} payload for {numel} values: "
-                             f"indices span [{idx.min()}, {idx.max()}], outside [0, {numel})")
+            raise ValueError(
+                f"hvd_compress: malformed {self.describe()} payload for {numel} values: "
+                f"indices span [{idx.min()}, {idx.max()}], outside [0, {numel})"
+            )
         return idx, values
 
     def decode(self, payload, numel):

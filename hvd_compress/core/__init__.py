@@ -1,5 +1,6 @@
 """The framework-neutral codec core (numpy only): :class:`CodecSpec`, the registry, the checked
 numpy calls every backend uses. Imports flow one way: ``core`` imports nothing from the frameworks."""
+
 from hvd_compress.core.registry import BUILTIN_NAMES, reference, register_codec, registry, unregister_codec
 from hvd_compress.core.spec import CodecSpec
 

@@ -5,6 +5,7 @@ values; left alone that would reach another rank's decoder, or a collective size
 ``payload_nbytes``, and fail far away (or hang). These checks depend only on ``numel`` and the
 knobs, so every rank raises the same ``ValueError`` on the same (first) call.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -20,8 +21,10 @@ def expected_nbytes(spec: CodecSpec, numel: int) -> int:
     """``spec.payload_nbytes(numel)``, checked to be a non-negative integer."""
     nbytes = spec.payload_nbytes(int(numel))
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
-        raise ValueError(f"hvd_compress: codec {spec.describe()}: payload_nbytes({numel}) returned "
-                         f"{nbytes!r}; it must be a non-negative int")
+        raise ValueError(
+            f"hvd_compress: codec {spec.describe()}: payload_nbytes({numel}) returned "
+            f"{nbytes!r}; it must be a non-negative int"
+        )
     return int(nbytes)
 
 
@@ -31,8 +34,7 @@ def takes_noise(spec: CodecSpec) -> bool:
     return "noise" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def encode(spec: CodecSpec, x: np.ndarray, rng: np.random.Generator,
-           noise: Optional[np.ndarray] = None) -> np.ndarray:
+def encode(spec: CodecSpec, x: np.ndarray, rng: np.random.Generator, noise: Optional[np.ndarray] = None) -> np.ndarray:
     """``spec.encode(x, rng, noise=noise)`` on a contiguous 1-D float32 copy-free view of ``x``,
     its result checked: a 1-D uint8 array of exactly ``payload_nbytes(x.size)`` bytes."""
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1))
@@ -40,8 +42,10 @@ def encode(spec: CodecSpec, x: np.ndarray, rng: np.random.Generator,
     if noise is not None:
         noise = np.ascontiguousarray(np.asarray(noise, dtype=np.float32).reshape(-1))
         if noise.size != numel:
-            raise ValueError(f"hvd_compress: codec {spec.describe()}: noise has {noise.size} values "
-                             f"for {numel} inputs; give one uniform per value")
+            raise ValueError(
+                f"hvd_compress: codec {spec.describe()}: noise has {noise.size} values "
+                f"for {numel} inputs; give one uniform per value"
+            )
         payload = spec.encode(x, rng, noise=noise)
     else:
         payload = spec.encode(x, rng)
@@ -56,8 +60,10 @@ def encode(spec: CodecSpec, x: np.ndarray, rng: np.random.Generator,
         problem = f"returned {payload.size} bytes"
     else:
         return np.ascontiguousarray(payload)
-    raise ValueError(f"hvd_compress: codec {spec.describe()}: encode of {numel} values {problem}; "
-                     f"expected a 1-D uint8 array of payload_nbytes({numel}) = {expected} bytes")
+    raise ValueError(
+        f"hvd_compress: codec {spec.describe()}: encode of {numel} values {problem}; "
+        f"expected a 1-D uint8 array of payload_nbytes({numel}) = {expected} bytes"
+    )
 
 
 def decode(spec: CodecSpec, payload: np.ndarray, numel: int) -> np.ndarray:
@@ -76,5 +82,7 @@ def decode(spec: CodecSpec, payload: np.ndarray, numel: int) -> np.ndarray:
         problem = f"returned shape {out.shape}"
     else:
         return out
-    raise ValueError(f"hvd_compress: codec {spec.describe()}: decode of {payload.size} bytes {problem}; "
-                     f"expected a float32 array of shape ({numel},)")
+    raise ValueError(
+        f"hvd_compress: codec {spec.describe()}: decode of {payload.size} bytes {problem}; "
+        f"expected a float32 array of shape ({numel},)"
+    )

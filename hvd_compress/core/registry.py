@@ -4,6 +4,7 @@
 (:mod:`hvd_compress.testing`) look names up here. A name that is not one of the built-in codecs
 runs through the reference backend (the spec's numpy encode/decode on the host).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,23 @@ from hvd_compress.core.specstring import parse
 # Names the frameworks build from their own classes (hvd_compress/torch/spec.py and
 # hvd_compress/tensorflow/spec.py). A user codec may not take one; their specs register with
 # ``builtin=True``.
-BUILTIN_NAMES = frozenset({"none", "fp16", "bf16", "qsgd", "terngrad", "onebit", "efsign", "signsgd",
-                           "topk", "doublesqueeze", "gradiveq", "powersgd", "lattice"})
+BUILTIN_NAMES = frozenset(
+    {
+        "none",
+        "fp16",
+        "bf16",
+        "qsgd",
+        "terngrad",
+        "onebit",
+        "efsign",
+        "signsgd",
+        "topk",
+        "doublesqueeze",
+        "gradiveq",
+        "powersgd",
+        "lattice",
+    }
+)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SPECS: Dict[str, Type[CodecSpec]] = {}
 _BUILTINS_LOADED = False
@@ -46,8 +62,10 @@ def register_codec(name: str, *, builtin: bool = False) -> Callable[[S], S]:
         if not (isinstance(cls, type) and issubclass(cls, CodecSpec)):
             raise TypeError(f"register_codec({name!r}) decorates a CodecSpec subclass, got {cls!r}")
         if "__dataclass_fields__" not in cls.__dict__ or not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
-            raise TypeError(f"register_codec({name!r}): {cls.__qualname__} must be a frozen dataclass; "
-                            "put @dataclasses.dataclass(frozen=True) under @register_codec")
+            raise TypeError(
+                f"register_codec({name!r}): {cls.__qualname__} must be a frozen dataclass; "
+                "put @dataclasses.dataclass(frozen=True) under @register_codec"
+            )
         if cls.pattern not in PATTERNS:
             raise ValueError(f"{cls.__qualname__}.pattern must be one of {PATTERNS}, got {cls.pattern!r}")
         old = _SPECS.get(name)
@@ -90,17 +108,19 @@ def knob_names(cls: Type[CodecSpec]) -> Tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.init)
 
 
-def split_options(cls: Type[CodecSpec], kwargs: Dict[str, Any], spec: str,
-                  options: Tuple[str, ...] = COMMON_OPTIONS) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def split_options(
+    cls: Type[CodecSpec], kwargs: Dict[str, Any], spec: str, options: Tuple[str, ...] = COMMON_OPTIONS
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """``(knobs, common options)`` of a spec string's ``kwargs`` for ``cls``; ``ValueError``
     listing what the codec takes for any other key."""
     knobs = knob_names(cls)
     unknown = sorted(set(kwargs) - set(knobs) - set(options))
     if unknown:
-        raise ValueError(f"codec spec {spec!r}: {cls.name} does not take {unknown}; its knobs are "
-                         f"{list(knobs) or 'none'} (and the common options {list(options)})")
-    return ({k: v for k, v in kwargs.items() if k in knobs},
-            {k: v for k, v in kwargs.items() if k not in knobs})
+        raise ValueError(
+            f"codec spec {spec!r}: {cls.name} does not take {unknown}; its knobs are "
+            f"{list(knobs) or 'none'} (and the common options {list(options)})"
+        )
+    return ({k: v for k, v in kwargs.items() if k in knobs}, {k: v for k, v in kwargs.items() if k not in knobs})
 
 
 def instantiate(cls: Type[CodecSpec], knobs: Dict[str, Any], spec: str) -> CodecSpec:
@@ -123,7 +143,9 @@ def reference(spec: Union[str, CodecSpec]) -> CodecSpec:
     name, kwargs = parse(spec)
     cls = lookup(name)
     if cls is None:
-        raise ValueError(f"no codec spec registered as {name!r} (spec {spec!r}); registered: "
-                         f"{', '.join(registry()) or 'none'}. Register one with @hvd_compress.register_codec")
+        raise ValueError(
+            f"no codec spec registered as {name!r} (spec {spec!r}); registered: "
+            f"{', '.join(registry()) or 'none'}. Register one with @hvd_compress.register_codec"
+        )
     knobs, _ = split_options(cls, kwargs, spec)
     return instantiate(cls, knobs, spec)

@@ -29,6 +29,7 @@ Writing one (the whole contract; see ``docs/extending.md`` and ``examples/custom
             signs = np.unpackbits(payload[:-4], count=numel, bitorder="little").astype(np.float32)
             return (signs * 2 - 1) * payload[-4:].view(np.float32)[0]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,8 +82,7 @@ class CodecSpec:
     def payload_nbytes(self, numel: int) -> int:
         raise NotImplementedError(f"{type(self).__name__} must define payload_nbytes(numel)")
 
-    def encode(self, x: np.ndarray, rng: np.random.Generator, *,
-               noise: Optional[np.ndarray] = None) -> np.ndarray:
+    def encode(self, x: np.ndarray, rng: np.random.Generator, *, noise: Optional[np.ndarray] = None) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must define encode(x, rng, *, noise=None)")
 
     def decode(self, payload: np.ndarray, numel: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 Plain Python, shared by the registry (:func:`hvd_compress.reference`) and both frameworks'
 ``from_spec`` (through :mod:`hvd_compress.spec`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple

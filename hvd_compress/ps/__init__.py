@@ -24,6 +24,7 @@ Example::
 ``python -m hvd_compress.ps.experiment --quick`` runs the paper-style comparison. Nothing here
 imports Ray, torch or Horovod at package import.
 """
+
 from hvd_compress._lazy import lazy_attributes as _lazy_attributes
 from hvd_compress.ps.acc_asylpg import AccAsyLPG
 from hvd_compress.ps.asyfpg import AsyFPG
@@ -33,12 +34,27 @@ from hvd_compress.ps.sparse_asylpg import SparseAsyLPG
 from hvd_compress.ps.svrg import AsyncSVRG
 from hvd_compress.ps.wire import HEADER_BITS, MalformedMessage, Message
 
-__all__ = ["AsyncSVRG", "AsyFPG", "AsyLPG", "SparseAsyLPG", "AccAsyLPG", "run", "RunResult",
-           "ServerShard", "Worker", "ensure_ray", "MalformedMessage", "Message", "HEADER_BITS",
-           "LogisticRegression", "MLP", "synthetic_logistic", "digits_mlp"]
+__all__ = [
+    "AsyncSVRG",
+    "AsyFPG",
+    "AsyLPG",
+    "SparseAsyLPG",
+    "AccAsyLPG",
+    "run",
+    "RunResult",
+    "ServerShard",
+    "Worker",
+    "ensure_ray",
+    "MalformedMessage",
+    "Message",
+    "HEADER_BITS",
+    "LogisticRegression",
+    "MLP",
+    "synthetic_logistic",
+    "digits_mlp",
+]
 
 # Ray is imported on first use of the runtime, and every submodule (ps.wire, ps.experiment, ...)
 # on attribute access.
 _RUNTIME = ("run", "RunResult", "ServerShard", "Worker", "ensure_ray")
-__getattr__, __dir__ = _lazy_attributes(__name__, __path__, dict.fromkeys(_RUNTIME, "hvd_compress.ps.runtime"),
-                                        __all__)
+__getattr__, __dir__ = _lazy_attributes(__name__, __path__, dict.fromkeys(_RUNTIME, "hvd_compress.ps.runtime"), __all__)

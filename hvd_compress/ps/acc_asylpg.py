@@ -22,6 +22,7 @@ Example::
     from hvd_compress.ps import AccAsyLPG, run, synthetic_logistic
     result = run(synthetic_logistic(), AccAsyLPG(step_size=2.0, theta=0.5), target_loss=0.35)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,9 @@ class AccAsyLPG(AsyLPG):
 
     name = "Acc-AsyLPG"
 
-    def __init__(self, step_size: float = 1.0, bits: int = 8, mu: float = 0.5, theta: float = 0.5,
-                 max_model_bits: int = 24):
+    def __init__(
+        self, step_size: float = 1.0, bits: int = 8, mu: float = 0.5, theta: float = 0.5, max_model_bits: int = 24
+    ):
         super().__init__(step_size, bits, mu, max_model_bits)
         if not 0 < theta <= 1:
             raise ValueError(f"theta must be in (0, 1], got {theta}")

@@ -10,6 +10,7 @@ Example::
     result = run(synthetic_logistic(), AsyFPG(step_size=1.0), num_workers=4, target_loss=0.35)
     print(result.bits_to_target)
 """
+
 from hvd_compress.ps.svrg import AsyncSVRG
 
 

@@ -26,6 +26,7 @@ Example::
     result = run(synthetic_logistic(), AsyLPG(step_size=1.0, bits=8, mu=0.5), target_loss=0.35)
     print(result.bits_to_target, result.model_bits_mean)
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -10,6 +10,7 @@ plus the L2 term). Pure numpy, so Ray actors need no torch.
 * :class:`MLP`: a one-hidden-layer tanh network with softmax cross-entropy (the paper's MNIST MLP,
   scaled to scikit-learn's 8x8 digits by :func:`digits_mlp`).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -44,15 +45,16 @@ class LogisticRegression:
     def grad(self, w: np.ndarray, idx: Optional[np.ndarray] = None) -> np.ndarray:
         x, y = self._rows(idx)
         margin = y * (x @ w.astype(np.float32)).astype(np.float64)
-        coef = -y / (1.0 + np.exp(margin))          # d/dm log(1+exp(-m)) * y
+        coef = -y / (1.0 + np.exp(margin))  # d/dm log(1+exp(-m)) * y
         return (coef.astype(np.float32) @ x).astype(np.float64) / len(y) + self.lam * w
 
     def smoothness(self) -> float:
         return float(np.max(np.sum(self.x.astype(np.float64) ** 2, axis=1)) / 4 + self.lam)
 
 
-def synthetic_logistic(n_samples: int = 4000, dim: int = 2000, density: float = 0.02,
-                       flip: float = 0.03, lam: float = 1e-4, seed: int = 0) -> LogisticRegression:
+def synthetic_logistic(
+    n_samples: int = 4000, dim: int = 2000, density: float = 0.02, flip: float = 0.03, lam: float = 1e-4, seed: int = 0
+) -> LogisticRegression:
     """A sparse, high-dimensional binary classification set (real-sim-like: unit-norm rows with
     ``density * dim`` non-zeros each, labels from a dense linear model, ``flip`` label noise)."""
     rng = np.random.default_rng(seed)
@@ -96,9 +98,9 @@ class MLP:
     def _unpack(self, w):
         out, pos = [], 0
         for a, b in self.shapes:
-            wm = w[pos:pos + a * b].reshape(a, b)
+            wm = w[pos : pos + a * b].reshape(a, b)
             pos += a * b
-            out.append((wm, w[pos:pos + b]))
+            out.append((wm, w[pos : pos + b]))
             pos += b
         return out
 
@@ -142,5 +144,6 @@ def digits_mlp(hidden: int = 32, lam: float = 1e-4) -> MLP:
     Reuses the demo's loader (:func:`hvd_compress.demo.load_digits_split`), training split only.
     """
     from hvd_compress.demo import load_digits_split
+
     xtr, ytr, _, _ = load_digits_split(seed=0)
     return MLP(xtr.numpy(), ytr.numpy(), (64, hidden, 10), lam=lam)

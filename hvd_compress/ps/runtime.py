@@ -20,6 +20,7 @@ for it; the driver notices its failed call, re-assigns its full-gradient chunk t
 and runs the next epochs with the rest. Gradients from a closed epoch are dropped and counted.
 A worker that hangs past ``epoch_timeout_s`` is killed and treated the same way.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,15 +34,16 @@ import numpy as np
 from hvd_compress.ps import wire
 from hvd_compress.ps.wire import MalformedMessage, Message
 
-DEFAULT_RAY_INIT = dict(num_cpus=2, object_store_memory=200 * 1024 ** 2, include_dashboard=False)
+DEFAULT_RAY_INIT = dict(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False)
 
 
 # ==================================================================================== server
 class ServerShard:
     """One parameter-server shard: values ``[lo, hi)`` of the model and the algorithm's state."""
 
-    def __init__(self, shard_id: int, x0: np.ndarray, algorithm, inner_steps: int,
-                 checkpoint_every: int, seed: int = 0):
+    def __init__(
+        self, shard_id: int, x0: np.ndarray, algorithm, inner_steps: int, checkpoint_every: int, seed: int = 0
+    ):
         self.id = int(shard_id)
         self.alg = algorithm
         self.n = int(np.asarray(x0).size)
@@ -82,11 +84,20 @@ class ServerShard:
         return int(sum(self.bits.values()))
 
     def report(self) -> Dict[str, Any]:
-        return {"id": self.id, "output": np.asarray(self.alg.output(self.state), np.float64).copy(),
-                "version": self.version, "epoch": self.epoch, "bits": dict(self.bits),
-                "messages": dict(self.messages), "n": self.n,
-                "total_bits": self.total_bits(), "staleness": list(self.staleness),
-                "model_bits": dict(self.model_bits), "dropped": self.dropped, "rejected": self.rejected}
+        return {
+            "id": self.id,
+            "output": np.asarray(self.alg.output(self.state), np.float64).copy(),
+            "version": self.version,
+            "epoch": self.epoch,
+            "bits": dict(self.bits),
+            "messages": dict(self.messages),
+            "n": self.n,
+            "total_bits": self.total_bits(),
+            "staleness": list(self.staleness),
+            "model_bits": dict(self.model_bits),
+            "dropped": self.dropped,
+            "rejected": self.rejected,
+        }
 
     def get_checkpoints(self):
         return list(self.checkpoints)
@@ -108,15 +119,23 @@ class ServerShard:
 
     def _reply(self, kind, enc=None, version=None) -> Message:
         enc = enc or ("none", 0, np.zeros(0, np.uint8))
-        return wire.encode(kind, self.id, max(self.epoch, 0), enc, self.n if enc[0] != "none" else 0,
-                           version=self.version if version is None else version)
+        return wire.encode(
+            kind,
+            self.id,
+            max(self.epoch, 0),
+            enc,
+            self.n if enc[0] != "none" else 0,
+            version=self.version if version is None else version,
+        )
 
     def _dispatch(self, msg: Message) -> Message:
         kind = msg.kind
         if kind in wire.REQUESTS:
             if msg.encoding != "none" or msg.payload.size:
-                raise MalformedMessage(f"malformed message rejected: a {kind} request carries no payload "
-                                       f"(got encoding={msg.encoding!r}, {msg.payload.size} bytes)")
+                raise MalformedMessage(
+                    f"malformed message rejected: a {kind} request carries no payload "
+                    f"(got encoding={msg.encoding!r}, {msg.payload.size} bytes)"
+                )
             if msg.epoch != self.epoch:
                 return self._reply("closed")
             if kind == "pull_snapshot":
@@ -128,14 +147,19 @@ class ServerShard:
             return self._model_reply()
         # pushes
         if msg.encoding in ("none", "same"):
-            raise MalformedMessage(f"malformed message rejected: a {kind} push must carry values "
-                                   f"(got encoding={msg.encoding!r})")
+            raise MalformedMessage(
+                f"malformed message rejected: a {kind} push must carry values " f"(got encoding={msg.encoding!r})"
+            )
         if kind == "partial" and (msg.encoding != "fp32" or msg.chunk < 0):
-            raise MalformedMessage("malformed message rejected: a partial full gradient is fp32 with a "
-                                   f"chunk id >= 0 (got encoding={msg.encoding!r}, chunk={msg.chunk})")
+            raise MalformedMessage(
+                "malformed message rejected: a partial full gradient is fp32 with a "
+                f"chunk id >= 0 (got encoding={msg.encoding!r}, chunk={msg.chunk})"
+            )
         if kind == "gradient" and msg.version > self.version:
-            raise MalformedMessage(f"malformed message rejected: gradient computed on version "
-                                   f"{msg.version}, but this shard is at version {self.version}")
+            raise MalformedMessage(
+                f"malformed message rejected: gradient computed on version "
+                f"{msg.version}, but this shard is at version {self.version}"
+            )
         values = wire.decode(msg)
         if msg.epoch != self.epoch:
             self.dropped += 1
@@ -170,8 +194,17 @@ class Worker:
     or stop responding there (``"hang"``).
     """
 
-    def __init__(self, worker_id: int, problem, shards: Sequence, bounds: Sequence[Tuple[int, int]],
-                 algorithm, batch_size: int, seed: int = 0, fault: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        worker_id: int,
+        problem,
+        shards: Sequence,
+        bounds: Sequence[Tuple[int, int]],
+        algorithm,
+        batch_size: int,
+        seed: int = 0,
+        fault: Optional[Dict[str, Any]] = None,
+    ):
         self.id = int(worker_id)
         self.problem = problem
         self.shards = list(shards)
@@ -186,6 +219,7 @@ class Worker:
 
     def _ask(self, kind: str, epoch: int) -> Optional[List[Message]]:
         import ray
+
         req = [Message(kind=kind, sender=self.id, epoch=int(epoch)) for _ in self.shards]
         replies = ray.get([s.handle.remote(m) for s, m in zip(self.shards, req)])
         for r, (lo, hi) in zip(replies, self.bounds):
@@ -197,12 +231,20 @@ class Worker:
     def _push(self, kind: str, epoch: int, vec: np.ndarray, encode, versions=None, chunk=-1, only=None):
         """Send each shard its slice of ``vec``; returns the replies (checked)."""
         import ray
+
         futures, sizes = [], []
         for i, (s, (lo, hi)) in enumerate(zip(self.shards, self.bounds)):
             if only is not None and i not in only:
                 continue
-            msg = wire.encode(kind, self.id, epoch, encode(vec[lo:hi]), hi - lo,
-                              version=0 if versions is None else versions[i], chunk=chunk)
+            msg = wire.encode(
+                kind,
+                self.id,
+                epoch,
+                encode(vec[lo:hi]),
+                hi - lo,
+                version=0 if versions is None else versions[i],
+                chunk=chunk,
+            )
             futures.append(s.handle.remote(msg))
             sizes.append(hi - lo)
         replies = ray.get(futures)
@@ -382,6 +424,7 @@ def ensure_ray(address: Optional[str] = None, **init_kwargs):
     otherwise a local instance with :data:`DEFAULT_RAY_INIT` (2 CPUs, 200 MiB object store,
     no dashboard). Reuses a connection that already exists."""
     import ray
+
     if ray.is_initialized():
         return ray
     env = {"env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
@@ -406,15 +449,29 @@ def shard_bounds(dim: int, num_shards: int) -> List[Tuple[int, int]]:
 
 def _is_dead(exc: BaseException) -> bool:
     import ray
-    return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError,
-                            ray.exceptions.WorkerCrashedError))
+
+    return isinstance(
+        exc, (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError, ray.exceptions.WorkerCrashedError)
+    )
 
 
-def run(problem, algorithm, *, num_workers: int = 4, num_shards: int = 2, epochs: int = 20,
-        inner_steps: Optional[int] = None, batch_size: int = 16, target_loss: Optional[float] = None,
-        checkpoints_per_epoch: int = 8, seed: int = 0, address: Optional[str] = None,
-        faults: Optional[Dict[int, Dict[str, Any]]] = None, epoch_timeout_s: float = 600.0,
-        progress=None) -> RunResult:
+def run(
+    problem,
+    algorithm,
+    *,
+    num_workers: int = 4,
+    num_shards: int = 2,
+    epochs: int = 20,
+    inner_steps: Optional[int] = None,
+    batch_size: int = 16,
+    target_loss: Optional[float] = None,
+    checkpoints_per_epoch: int = 8,
+    seed: int = 0,
+    address: Optional[str] = None,
+    faults: Optional[Dict[int, Dict[str, Any]]] = None,
+    epoch_timeout_s: float = 600.0,
+    progress=None,
+) -> RunResult:
     """Train ``problem`` with ``algorithm`` on ``num_shards`` server actors and ``num_workers``
     worker actors; returns a :class:`RunResult` with every message's bits counted.
 
@@ -444,10 +501,14 @@ def run(problem, algorithm, *, num_workers: int = 4, num_shards: int = 2, epochs
     hosts = _acquire(ray, num_shards + num_workers)
     shards, worker_hosts = hosts[:num_shards], hosts[num_shards:]
     faults = faults or {}
-    setup = [h.become.remote(ServerShard, i, x0[lo:hi], algorithm, inner_steps, every, seed)
-             for i, (h, (lo, hi)) in enumerate(zip(shards, bounds))]
-    setup += [h.become.remote(Worker, w, problem_ref, shards, bounds, algorithm, batch_size, seed,
-                              faults.get(w)) for w, h in enumerate(worker_hosts)]
+    setup = [
+        h.become.remote(ServerShard, i, x0[lo:hi], algorithm, inner_steps, every, seed)
+        for i, (h, (lo, hi)) in enumerate(zip(shards, bounds))
+    ]
+    setup += [
+        h.become.remote(Worker, w, problem_ref, shards, bounds, algorithm, batch_size, seed, faults.get(w))
+        for w, h in enumerate(worker_hosts)
+    ]
     ray.get(setup)
     workers = dict(enumerate(worker_hosts))
     try:
@@ -531,16 +592,29 @@ def run(problem, algorithm, *, num_workers: int = 4, num_shards: int = 2, epochs
         cps = ray.get([s.call.remote("get_checkpoints") for s in shards])
         for k in range(min(len(c) for c in cps)):
             w = np.concatenate([c[k][3] for c in cps]).astype(np.float64)
-            history.append({"updates": int(np.mean([c[k][0] for c in cps])),
-                            "bits": int(sum(c[k][2] for c in cps)), "loss": float(problem.loss(w)),
-                            "epoch": int(cps[0][k][1]), "kind": "checkpoint"})
+            history.append(
+                {
+                    "updates": int(np.mean([c[k][0] for c in cps])),
+                    "bits": int(sum(c[k][2] for c in cps)),
+                    "loss": float(problem.loss(w)),
+                    "epoch": int(cps[0][k][1]),
+                    "kind": "checkpoint",
+                }
+            )
         start = {"updates": 0, "bits": 0, "loss": float(problem.loss(x0)), "epoch": -1, "kind": "start"}
         history = sorted([start] + history + epoch_points, key=lambda r: (r["bits"], r["updates"]))
 
-        result = RunResult(algorithm=algorithm.name, settings=algorithm.settings(),
-                           problem=getattr(problem, "name", type(problem).__name__), dim=dim,
-                           num_workers=num_workers, num_shards=num_shards, target_loss=target_loss,
-                           history=history, epochs=epoch + 1)
+        result = RunResult(
+            algorithm=algorithm.name,
+            settings=algorithm.settings(),
+            problem=getattr(problem, "name", type(problem).__name__),
+            dim=dim,
+            num_workers=num_workers,
+            num_shards=num_shards,
+            target_loss=target_loss,
+            history=history,
+            epochs=epoch + 1,
+        )
         if target_loss is not None:
             hit = next((r for r in history if r["loss"] <= target_loss), None)
             if hit is not None:
@@ -556,16 +630,29 @@ def run(problem, algorithm, *, num_workers: int = 4, num_shards: int = 2, epochs
             for k, v in r["messages"].items():
                 msgs[k] += v
         result.messages_by_kind = dict(msgs)
-        result.shards = [{"id": r["id"], "n": r["n"], "version": r["version"], "bits": r["bits"],
-                          "messages": r["messages"], "dropped": r["dropped"], "rejected": r["rejected"]}
-                         for r in reports]
+        result.shards = [
+            {
+                "id": r["id"],
+                "n": r["n"],
+                "version": r["version"],
+                "bits": r["bits"],
+                "messages": r["messages"],
+                "dropped": r["dropped"],
+                "rejected": r["rejected"],
+            }
+            for r in reports
+        ]
         result.total_bits = int(sum(by_kind.values()))
         result.updates = int(sum(r["version"] for r in reports) / len(reports))
         stal = np.concatenate([np.asarray(r["staleness"], np.int64) for r in reports]) if reports else np.zeros(0)
         if stal.size:
-            result.staleness = {"mean": float(stal.mean()), "p50": float(np.percentile(stal, 50)),
-                                "p90": float(np.percentile(stal, 90)), "max": int(stal.max()),
-                                "count": int(stal.size)}
+            result.staleness = {
+                "mean": float(stal.mean()),
+                "p50": float(np.percentile(stal, 50)),
+                "p90": float(np.percentile(stal, 90)),
+                "max": int(stal.max()),
+                "count": int(stal.size),
+            }
         mb: Counter = Counter()
         for r in reports:
             mb.update({int(k): v for k, v in r["model_bits"].items()})

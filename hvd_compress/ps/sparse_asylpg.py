@@ -16,6 +16,7 @@ Example::
     from hvd_compress.ps import SparseAsyLPG, run, synthetic_logistic
     result = run(synthetic_logistic(), SparseAsyLPG(step_size=1.0, bits=8, phi=0.25), target_loss=0.35)
 """
+
 from __future__ import annotations
 
 from hvd_compress.ps import wire
@@ -27,8 +28,9 @@ class SparseAsyLPG(AsyLPG):
 
     name = "Sparse-AsyLPG"
 
-    def __init__(self, step_size: float = 0.5, bits: int = 8, mu: float = 0.5, phi: float = 0.25,
-                 max_model_bits: int = 24):
+    def __init__(
+        self, step_size: float = 0.5, bits: int = 8, mu: float = 0.5, phi: float = 0.25, max_model_bits: int = 24
+    ):
         super().__init__(step_size, bits, mu, max_model_bits)
         if not 0 < phi <= 1:
             raise ValueError(f"phi (the fraction of coordinates kept) must be in (0, 1], got {phi}")

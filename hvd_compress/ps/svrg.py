@@ -19,6 +19,7 @@ without barriers: each worker repeatedly pulls the model from every shard, compu
 mini-batch and pushes it; each shard applies whatever arrives, in arrival order, until it has
 applied ``inner_steps`` updates in the epoch.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple

@@ -20,6 +20,7 @@ Payload encodings (``Message.encoding``):
 :class:`MalformedMessage` (a ``ValueError``) with the reason; nothing is applied from a malformed
 message.
 """
+
 from __future__ import annotations
 
 import math
@@ -94,11 +95,21 @@ def sparse(v: np.ndarray, bits: int, budget: float, rng: np.random.Generator) ->
     return "sparse", int(bits), np.concatenate([head, np.array([fmt], np.uint8), index, body])
 
 
-def encode(kind: str, sender: int, epoch: int, enc: Tuple[str, int, np.ndarray], n: int,
-           version: int = 0, chunk: int = -1) -> Message:
+def encode(
+    kind: str, sender: int, epoch: int, enc: Tuple[str, int, np.ndarray], n: int, version: int = 0, chunk: int = -1
+) -> Message:
     encoding, bits, payload = enc
-    return Message(kind=kind, sender=int(sender), epoch=int(epoch), version=int(version),
-                   encoding=encoding, bits=int(bits), n=int(n), payload=payload, chunk=int(chunk))
+    return Message(
+        kind=kind,
+        sender=int(sender),
+        epoch=int(epoch),
+        version=int(version),
+        encoding=encoding,
+        bits=int(bits),
+        n=int(n),
+        payload=payload,
+        chunk=int(chunk),
+    )
 
 
 # ------------------------------------------------------------------------------------- decoding
@@ -110,8 +121,10 @@ def _describe(m) -> str:
     if not isinstance(m, Message):
         return f"got a {type(m).__name__}"
     size = getattr(m.payload, "size", "?")
-    return (f"kind={m.kind!r} from worker {m.sender!r}, epoch={m.epoch!r}, encoding={m.encoding!r}, "
-            f"bits={m.bits!r}, n={m.n!r}, {size} payload bytes")
+    return (
+        f"kind={m.kind!r} from worker {m.sender!r}, epoch={m.epoch!r}, encoding={m.encoding!r}, "
+        f"bits={m.bits!r}, n={m.n!r}, {size} payload bytes"
+    )
 
 
 def check_header(m, kinds, n: Optional[int] = None) -> None:
@@ -170,7 +183,7 @@ def decode(m: Message) -> Optional[np.ndarray]:
             return out
         if fmt == 0:
             nidx = -(-n // 8)
-            idx = np.flatnonzero(np.unpackbits(p[5:5 + nidx], count=n, bitorder="little"))
+            idx = np.flatnonzero(np.unpackbits(p[5 : 5 + nidx], count=n, bitorder="little"))
             if idx.size != nnz:
                 _fail(d, f"bitmap marks {idx.size} values, head says {nnz}")
         elif fmt == 1:
@@ -178,12 +191,12 @@ def decode(m: Message) -> Optional[np.ndarray]:
             nidx = lowprec.packed_nbytes(nnz, w)
             if p.size < 5 + nidx:
                 _fail(d, "sparse payload shorter than its index section")
-            idx = lowprec.unpack_codes(p[5:5 + nidx], w, nnz).astype(np.int64)
+            idx = lowprec.unpack_codes(p[5 : 5 + nidx], w, nnz).astype(np.int64)
             if np.any(idx >= n) or np.any(np.diff(idx) <= 0):
                 _fail(d, "sparse indices must be strictly increasing and below n")
         else:
             _fail(d, f"unknown sparse index format {fmt}")
-        body = p[5 + nidx:]
+        body = p[5 + nidx :]
         try:
             out[idx] = lowprec.decode(body, nnz, m.bits, None)
         except ValueError as exc:

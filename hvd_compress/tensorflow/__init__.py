@@ -13,10 +13,28 @@ Pass a codec where you would pass Horovod's ``hvd.Compression.fp16``::
 :func:`wire_stats` returns the bytes each codec put on the wire (the same keys as torch's).
 Guide: ``docs/tensorflow.md``.
 """
+
 from hvd_compress._lazy import lazy_attributes as _lazy_attributes
-from hvd_compress.tensorflow.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
-                                            GradiVeQ, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
-                                            ScaledSign, SignSGD, TernGrad, TopK, TopKSparsifier, Wrapper)
+from hvd_compress.tensorflow.codecs import (
+    BF16,
+    FP16,
+    QSGD,
+    Codec,
+    DoubleSqueeze,
+    EFSign,
+    ErrorFeedback,
+    GradiVeQ,
+    NoCompression,
+    OneBit,
+    OneBitQuantizer,
+    PowerSGD,
+    ScaledSign,
+    SignSGD,
+    TernGrad,
+    TopK,
+    TopKSparsifier,
+    Wrapper,
+)
 from hvd_compress.tensorflow.codecs.base import install_stock_engine as _install_stock_engine
 from hvd_compress.tensorflow.spec import from_spec
 from hvd_compress.tensorflow.stats import compression_error, reset_wire_stats, wire_stats
@@ -27,16 +45,40 @@ def _stock_engine(codec):
     (``hvd.DistributedGradientTape(compression=codec)``, ...) call them. A frontend: installed here,
     not imported by the codec layer, and imported on first use (it imports Horovod)."""
     from hvd_compress.tensorflow.stock import StockEngine
+
     return StockEngine(codec)
 
 
 _install_stock_engine(_stock_engine)
 
-__all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
-           "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "from_spec", "wire_stats", "reset_wire_stats",
-           "compression_error", "Exchange", "GradientReducer", "allreduce_gradients",
-           "broadcast_variables"]
+__all__ = [
+    "Codec",
+    "Wrapper",
+    "NoCompression",
+    "FP16",
+    "BF16",
+    "QSGD",
+    "TernGrad",
+    "OneBit",
+    "OneBitQuantizer",
+    "EFSign",
+    "ScaledSign",
+    "SignSGD",
+    "TopK",
+    "TopKSparsifier",
+    "ErrorFeedback",
+    "DoubleSqueeze",
+    "GradiVeQ",
+    "PowerSGD",
+    "from_spec",
+    "wire_stats",
+    "reset_wire_stats",
+    "compression_error",
+    "Exchange",
+    "GradientReducer",
+    "allreduce_gradients",
+    "broadcast_variables",
+]
 
 # Imported on first use: Horovod only when asked for, and every submodule (hct.keras, hct.exchange,
 # ...) on attribute access.

@@ -28,6 +28,7 @@ Example::
 How to tune: as for the torch version, 8 bits for initial weights, 4 bits for ``delta``
 re-synchronization; ``bucket_size=128`` for layers with a few large values.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,6 +61,7 @@ class BroadcastState:
 
 def _is_float(dtype) -> bool:
     import tensorflow as tf
+
     return tf.as_dtype(dtype).is_floating
 
 
@@ -67,9 +69,17 @@ def _var_name(v, i: int) -> str:
     return str(getattr(v, "path", None) or getattr(v, "name", None) or f"variable_{i}")
 
 
-def broadcast_variables(variables: Sequence, root_rank: int = 0, bits: int = 8, delta: bool = False,
-                        state: Optional[BroadcastState] = None, bucket_size: int = 512, seed: int = 0,
-                        process_set=None, name: str = "hvdc.qbroadcast_tf") -> Dict[str, float]:
+def broadcast_variables(
+    variables: Sequence,
+    root_rank: int = 0,
+    bits: int = 8,
+    delta: bool = False,
+    state: Optional[BroadcastState] = None,
+    bucket_size: int = 512,
+    seed: int = 0,
+    process_set=None,
+    name: str = "hvdc.qbroadcast_tf",
+) -> Dict[str, float]:
     """Broadcast ``variables`` (``tf.Variable`` or Keras variables) from ``root_rank`` at ``bits``
     bits per value; every rank assigns the decoded values. Returns the same wire statistics as
     :func:`hvd_compress.torch.broadcast_parameters` (``bytes``, ``fp32_bytes``, ...).
@@ -85,8 +95,10 @@ def broadcast_variables(variables: Sequence, root_rank: int = 0, bits: int = 8, 
     if int(bucket_size) < 1:
         raise ValueError(f"bucket_size must be positive, got {bucket_size}")
     if delta and state is None:
-        raise ValueError("broadcast_variables(delta=True) needs state=BroadcastState(), kept across "
-                         "calls on every rank (it holds the last synchronized copy)")
+        raise ValueError(
+            "broadcast_variables(delta=True) needs state=BroadcastState(), kept across "
+            "calls on every rank (it holds the last synchronized copy)"
+        )
     variables = list(variables)
     kw = {} if process_set is None else {"process_set": process_set}
     rank = hvd.rank() if process_set is None else process_set.rank()
@@ -96,8 +108,10 @@ def broadcast_variables(variables: Sequence, root_rank: int = 0, bits: int = 8, 
     is_root = rank == root_rank
 
     plan: List[tuple] = []  # (index, var, value, mode, nbytes)
-    lines = [f"bits={bits} bucket={bucket_size} delta={delta} root={root_rank} "
-             f"calls={state.calls if state is not None else -1}"]
+    lines = [
+        f"bits={bits} bucket={bucket_size} delta={delta} root={root_rank} "
+        f"calls={state.calls if state is not None else -1}"
+    ]
     for i, v in enumerate(variables):
         if not hasattr(v, "assign"):
             raise ValueError(f"broadcast_variables: item {i} is a {type(v).__name__}, not a variable")
@@ -105,16 +119,17 @@ def broadcast_variables(variables: Sequence, root_rank: int = 0, bits: int = 8, 
         if _is_float(v.dtype):
             mode = "d" if delta and i in state.synced else "q"
             if mode == "d" and state.synced[i].shape != value.shape:
-                raise ValueError(f"broadcast_variables: BroadcastState holds variable {i} "
-                                 f"({_var_name(v, i)}) with shape {state.synced[i].shape}, "
-                                 f"the variable has {value.shape}")
+                raise ValueError(
+                    f"broadcast_variables: BroadcastState holds variable {i} "
+                    f"({_var_name(v, i)}) with shape {state.synced[i].shape}, "
+                    f"the variable has {value.shape}"
+                )
             nbytes = lowprec.payload_nbytes(value.size, bits, bucket_size)
         else:
             mode, nbytes = "x", value.nbytes
         plan.append((i, v, value, mode, nbytes))
         lines.append(f"{i}:{value.shape}:{tf.as_dtype(v.dtype).name}:{mode}")
-    fp = int.from_bytes(hashlib.blake2b("\n".join(lines).encode(), digest_size=8).digest(), "little",
-                        signed=True)
+    fp = int.from_bytes(hashlib.blake2b("\n".join(lines).encode(), digest_size=8).digest(), "little", signed=True)
     total = int(sum(p[4] for p in plan))
 
     status = 0
@@ -123,8 +138,9 @@ def broadcast_variables(variables: Sequence, root_rank: int = 0, bits: int = 8, 
             if mode != "x" and value.size and not np.isfinite(value.astype(np.float64)).all():
                 status = k + 1
                 break
-    header = hvd.broadcast(tf.constant([fp, status, total], dtype=tf.int64), root_rank,
-                           name=f"{name}.header", **kw).numpy()
+    header = hvd.broadcast(
+        tf.constant([fp, status, total], dtype=tf.int64), root_rank, name=f"{name}.header", **kw
+    ).numpy()
     bad = np.array([int(int(header[0]) != fp or int(header[2]) != total)], np.int32)
     bad = int(hvd.allreduce(tf.constant(bad), op=hvd.Sum, name=f"{name}.check", **kw).numpy()[0])
     if bad:
@@ -132,11 +148,14 @@ def broadcast_variables(variables: Sequence, root_rank: int = 0, bits: int = 8, 
             f"hvd_compress.broadcast_variables: {bad} rank(s) passed different variables (count, "
             f"shapes, dtypes), settings (bits, bucket_size, delta, root_rank) or delta state than "
             f"root rank {root_rank}; pass the same model and arguments on every rank. This rank "
-            f"(rank {rank}) has: " + "; ".join(lines[:6]) + (" ..." if len(lines) > 6 else ""))
+            f"(rank {rank}) has: " + "; ".join(lines[:6]) + (" ..." if len(lines) > 6 else "")
+        )
     if int(header[1]):
         i, v = plan[int(header[1]) - 1][:2]
-        raise FloatingPointError(f"hvd_compress.broadcast_variables: variable {i} ({_var_name(v, i)}) "
-                                 f"holds NaN or Inf on root rank {root_rank}; nothing was changed")
+        raise FloatingPointError(
+            f"hvd_compress.broadcast_variables: variable {i} ({_var_name(v, i)}) "
+            f"holds NaN or Inf on root rank {root_rank}; nothing was changed"
+        )
 
     calls = state.calls if state is not None else 0
     if is_root:
@@ -159,7 +178,7 @@ def broadcast_variables(variables: Sequence, root_rank: int = 0, bits: int = 8, 
 
     pos, nq, nx, fp32_bytes, qbytes = 0, 0, 0, 0, 0
     for i, v, value, mode, nbytes in plan:
-        chunk = buf[pos:pos + nbytes]
+        chunk = buf[pos : pos + nbytes]
         pos += nbytes
         fp32_bytes += value.nbytes
         if mode == "x":
@@ -178,8 +197,18 @@ def broadcast_variables(variables: Sequence, root_rank: int = 0, bits: int = 8, 
     if state is not None:
         state.calls += 1
     from hvd_compress.tensorflow.stats import WIRE_STATS
+
     # as the torch twin: the root sends the buffer to every other rank (star count); others send none
-    WIRE_STATS.add(f"broadcast(qsgd(bits={bits},bucket_size={bucket_size},norm=max))", nq + nx, total,
-                   total * (size - 1) if is_root else 0)
-    return {"bytes": float(total), "fp32_bytes": float(fp32_bytes), "quantized_values": float(nq),
-            "exact_values": float(nx), "bits_per_value": 8.0 * qbytes / max(nq, 1)}
+    WIRE_STATS.add(
+        f"broadcast(qsgd(bits={bits},bucket_size={bucket_size},norm=max))",
+        nq + nx,
+        total,
+        total * (size - 1) if is_root else 0,
+    )
+    return {
+        "bytes": float(total),
+        "fp32_bytes": float(fp32_bytes),
+        "quantized_values": float(nq),
+        "exact_values": float(nx),
+        "bits_per_value": 8.0 * qbytes / max(nq, 1),
+    }

@@ -4,6 +4,7 @@ Each call adds one Horovod op to the graph being traced (or runs it, eagerly). H
 are asynchronous kernels, so independent collectives in one ``tf.function`` run concurrently and
 Horovod matches them across ranks by name, whatever order the executor starts them in.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,6 +26,7 @@ class HorovodCollectives:
 
     def __init__(self, process_set=None):
         import horovod.tensorflow as hvd
+
         self._hvd = hvd
         if not hvd.is_initialized():
             raise RuntimeError("hvd_compress: call hvd.init() before the first compressed step")
@@ -57,11 +59,13 @@ class HorovodCollectives:
             live = tf.reshape(hvd.size_op(process_set_id=self._process_set.process_set_id), [1])
             traced = [self.size]
         return tf.debugging.assert_equal(
-            live, tf.constant(traced, live.dtype),
+            live,
+            tf.constant(traced, live.dtype),
             message=f"hvd_compress: this graph was traced for a world of (size, rank) {tuple(traced)}; Horovod "
-                    "now runs a different one (an elastic reset). Trace the training step again after a "
-                    "reset: hvd_compress.tensorflow.elastic's states do it for Keras and Horovod's "
-                    "frontends; build your own tf.function inside the @hvd.elastic.run function")
+            "now runs a different one (an elastic reset). Trace the training step again after a "
+            "reset: hvd_compress.tensorflow.elastic's states do it for Keras and Horovod's "
+            "frontends; build your own tf.function inside the @hvd.elastic.run function",
+        )
 
     def _op(self, op: str):
         return {"sum": self._hvd.Sum, "average": self._hvd.Average, "max": self._hvd.Max}[op]
@@ -73,8 +77,9 @@ class HorovodCollectives:
         return self._hvd.allgather(tensor, name=name, ignore_name_scope=True, **self._kw)
 
     def alltoall(self, tensor: tf.Tensor, splits: Sequence[int], name: str) -> tf.Tensor:
-        out = self._hvd.alltoall(tensor, splits=tf.constant(list(splits), tf.int32), name=name,
-                                 ignore_name_scope=True, **self._kw)
+        out = self._hvd.alltoall(
+            tensor, splits=tf.constant(list(splits), tf.int32), name=name, ignore_name_scope=True, **self._kw
+        )
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def broadcast(self, tensor: tf.Tensor, root_rank: int, name: str) -> tf.Tensor:

@@ -50,6 +50,7 @@ extra keyword arguments are plain Python values, pickled and broadcast from rank
     stale graph fails with a clear ``InvalidArgumentError`` (the exchange's world guard) rather
     than exchange the wrong chunks.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -77,8 +78,12 @@ def _children(codec: Codec) -> Iterable[Tuple[str, Codec]]:
 def codec_snapshot(codec: Codec) -> Dict[str, Any]:
     """The codec's state variables as numpy copies, nested like torch's ``state_dict()``:
     ``{"state": {group: {key: array}}, "inner": {...}, "fallback": {...}, "sampler": {...}}``."""
-    out: Dict[str, Any] = {"state": {group: {key: np.array(var.numpy(), copy=True) for key, var in table.items()}
-                                     for group, table in codec.state.items()}}
+    out: Dict[str, Any] = {
+        "state": {
+            group: {key: np.array(var.numpy(), copy=True) for key, var in table.items()}
+            for group, table in codec.state.items()
+        }
+    }
     for name, child in _children(codec):
         out[name] = codec_snapshot(child)
     return out
@@ -115,6 +120,7 @@ def load_snapshot(codec: Codec, sd: Dict[str, Any], reset_missing: bool) -> None
 
 def _server_residual_codec(codec: Codec) -> Optional[Codec]:
     from hvd_compress.tensorflow.codecs.doublesqueeze import DoubleSqueeze
+
     return codec if isinstance(codec, DoubleSqueeze) else None
 
 
@@ -166,6 +172,7 @@ def forget_traces(function) -> bool:
 
 def _world() -> World:
     import horovod.tensorflow as hvd
+
     return hvd.size(), hvd.rank()
 
 
@@ -197,6 +204,7 @@ class CodecState:
 
     def _all_exchanges(self) -> List[Exchange]:
         from hvd_compress.tensorflow.stock import StockEngine
+
         codec = self.codec
         if codec._stock is None:  # a worker that joined: the stock frontend has not run here yet
             codec._stock = StockEngine(codec)
@@ -204,6 +212,7 @@ class CodecState:
 
     def sync(self) -> None:
         from horovod.tensorflow.functions import allgather_object, broadcast_object
+
         codec = self.codec
         old_world, world = self._world, _world()
         size, rank = world
@@ -213,8 +222,7 @@ class CodecState:
         server = _server_residual_codec(codec)
         if server is not None:
             chunks = {k: v.numpy() for k, v in server.state["server_residual"].items()}
-            piece = ((old_world[0], old_world[1], chunks) if old_world else (None, None, {}),
-                     _server_numels(server))
+            piece = ((old_world[0], old_world[1], chunks) if old_world else (None, None, {}), _server_numels(server))
             pieces = allgather_object(piece, name="hvdc.elastic.server_residual")
             # at the job's start nobody has a committed world: each keeps what it holds (zeros, or a
             # checkpoint's); after a reset the survivors' chunks are re-cut for everyone
@@ -240,10 +248,12 @@ class CodecState:
             # (a plain Python function where Horovod was called inside a tf.function: traced
             # as part of that function, which is the caller's to trace again)
             if isinstance(fn, tf.types.experimental.PolymorphicFunction) and not forget_traces(fn):
-                warnings.warn("hvd_compress: cannot make Horovod's gradient function trace again after an "
-                              "elastic reset on this TensorFlow version; its next step will fail the world "
-                              "guard. Create the DistributedGradientTape / optimizer inside the "
-                              "@hvd.elastic.run function.")
+                warnings.warn(
+                    "hvd_compress: cannot make Horovod's gradient function trace again after an "
+                    "elastic reset on this TensorFlow version; its next step will fail the world "
+                    "guard. Create the DistributedGradientTape / optimizer inside the "
+                    "@hvd.elastic.run function."
+                )
         for model in self.models:
             for attr in ("train_function", "test_function", "predict_function"):
                 if getattr(model, attr, None) is not None:
@@ -259,6 +269,7 @@ def _codec_of(optimizer, codec) -> Tuple[Optional[Codec], List]:
         return reducer.codec, [lambda: reducer.exchange]
     if codec is not None:
         from hvd_compress.tensorflow.spec import from_spec
+
         if not isinstance(codec, Codec):
             codec = from_spec(codec)
     return codec, []
@@ -291,6 +302,7 @@ def _state_mixin(base):
 
 def _horovod_states():
     from horovod.tensorflow.elastic import TensorFlowKerasState, TensorFlowState
+
     return TensorFlowKerasState, TensorFlowState
 
 
@@ -324,6 +336,7 @@ class CompressedTensorFlowState(_state_mixin(_TFBase)):  # type: ignore[misc]
             codec, exchanges = reducer.codec, [lambda: reducer.exchange]
         elif codec is not None and not isinstance(codec, Codec):
             from hvd_compress.tensorflow.spec import from_spec
+
             codec = from_spec(codec)
         super().__init__(variables=variables, **kwargs)
         self._hvdc_init(codec, exchanges, [])
@@ -354,8 +367,16 @@ def run(func):
             if is_horovod_failure(e):
                 raise HorovodInternalError(e) from e
             raise
+
     return run_fn(wrapper, _reset)
 
 
-__all__ = ["run", "CodecState", "CompressedKerasState", "CompressedTensorFlowState", "codec_snapshot", "load_snapshot",
-           "forget_traces"]
+__all__ = [
+    "run",
+    "CodecState",
+    "CompressedKerasState",
+    "CompressedTensorFlowState",
+    "codec_snapshot",
+    "load_snapshot",
+    "forget_traces",
+]

@@ -19,6 +19,7 @@ Sizes, chunk bounds and the rank are static Python values baked into the traced 
 
 Every byte handed to a collective is counted in :data:`hvd_compress.tensorflow.stats.WIRE_STATS`.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -36,9 +37,11 @@ PLAIN_DTYPES = (tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
 
 
 def nonfinite_message(key: str, label: str) -> str:
-    return (f"hvd_compress: gradient '{key}' holds NaN or Inf on at least one rank (codec {label}). "
-            "Fix the loss or learning rate, or pass nonfinite='propagate' to the codec to let "
-            "non-finite values through (e.g. for a loss-scale optimizer)")
+    return (
+        f"hvd_compress: gradient '{key}' holds NaN or Inf on at least one rank (codec {label}). "
+        "Fix the loss or learning rate, or pass nonfinite='propagate' to the codec to let "
+        "non-finite values through (e.g. for a loss-scale optimizer)"
+    )
 
 
 class Exchange:
@@ -63,12 +66,15 @@ class Exchange:
             lengths, gathered = lengths.numpy().tolist(), gathered.numpy().tobytes()
         texts, pos = [], 0
         for n in lengths:
-            texts.append(gathered[pos:pos + n].decode())
+            texts.append(gathered[pos : pos + n].decode())
             pos += n
         if len(set(texts)) > 1:
             listing = "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts))
-            raise ValueError("hvd_compress: ranks use different compression settings (" + listing +
-                             "). Construct the same codec with the same arguments on every rank.")
+            raise ValueError(
+                "hvd_compress: ranks use different compression settings ("
+                + listing
+                + "). Construct the same codec with the same arguments on every rank."
+            )
         self._checked = True
 
     def sub_exchange(self, codec: Codec, label: str) -> "Exchange":
@@ -127,8 +133,7 @@ class Exchange:
 
     # ---------------------------------------------------------------- one tensor
     @tf.autograph.experimental.do_not_convert
-    def average(self, key: str, tensor: tf.Tensor, compress: Optional[bool] = None,
-                check: bool = True) -> tf.Tensor:
+    def average(self, key: str, tensor: tf.Tensor, compress: Optional[bool] = None, check: bool = True) -> tf.Tensor:
         """The average of ``tensor`` over ranks (same shape and dtype). ``compress=None`` lets the
         codec decide (:meth:`Codec.should_compress`); ``False`` forces the plain allreduce.
         ``check=False`` leaves the non-finite check to the caller (see :meth:`check_finite`)."""
@@ -137,8 +142,10 @@ class Exchange:
         shape, dtype = tensor.shape, tensor.dtype
         n = shape.num_elements()
         if n is None:
-            raise ValueError(f"hvd_compress: gradient '{key}' has no static shape ({shape}); every rank "
-                             "must know the sizes it exchanges")
+            raise ValueError(
+                f"hvd_compress: gradient '{key}' has no static shape ({shape}); every rank "
+                "must know the sizes it exchanges"
+            )
         if n == 0:
             return tf.identity(tensor)
         if compress is None:
@@ -227,7 +234,7 @@ class Exchange:
         gathered = comm.allgather(reencoded, op_name(key, "ag"))
         parts, pos = [], 0
         for (a, b), nbytes in zip(bounds, splits):
-            parts.append(codec.decode(gathered[pos:pos + nbytes], b - a))
+            parts.append(codec.decode(gathered[pos : pos + nbytes], b - a))
             pos += nbytes
         # alltoall: the chunks for the other ranks; ring allgather: the N-1 chunks it does not own
         sent = 2 * (sum(splits) - splits[rank])

@@ -22,6 +22,7 @@ them ``"auto"`` runs flat (with a warning) and ``True`` raises. Not covered, as 
 with their own collective schedule (PowerSGD, GradiVeQ), a ``process_set=`` or custom ``comm=``,
 hosts with different numbers of ranks (``"auto"`` runs flat there; ``True`` raises saying why).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,14 +42,17 @@ _warned_no_sets = False
 
 def _basics():
     from horovod.tensorflow.mpi_ops import _basics as basics
+
     return basics
 
 
 def unsupported_reason(codec: Codec, comm) -> Optional[str]:
     """Why the hierarchical exchange cannot run for ``codec`` over ``comm`` (None: it can)."""
     if type(codec).custom_exchange is not Codec.custom_exchange:
-        return (f"codec {codec.describe()} runs its own collective schedule on the tensor's matrix shape, "
-                "which a per-rank shard does not have")
+        return (
+            f"codec {codec.describe()} runs its own collective schedule on the tensor's matrix shape, "
+            "which a per-rank shard does not have"
+        )
     if type(comm) is not HorovodCollectives or comm._kw:
         return "it runs over Horovod's global set of ranks (no process_set= or custom comm=)"
     if not comm._hvd.is_homogeneous():
@@ -76,8 +80,10 @@ def resolve(codec: Codec, comm) -> bool:
     reason = unsupported_reason(codec, comm)
     if mode is True:
         if reason is not None:
-            raise ValueError(f"hvd_compress: hierarchical=True cannot run: {reason}. "
-                             "Use hierarchical='auto' (flat where it cannot run) or False.")
+            raise ValueError(
+                f"hvd_compress: hierarchical=True cannot run: {reason}. "
+                "Use hierarchical='auto' (flat where it cannot run) or False."
+            )
         return True
     if reason is not None:
         return False
@@ -86,9 +92,11 @@ def resolve(codec: Codec, comm) -> bool:
         return False
     if not _sets_available(hvd):
         if not _warned_no_sets:
-            warnings.warn("hvd_compress: hierarchical='auto' runs the flat exchange: Horovod process sets are "
-                          "off. Run with HOROVOD_DYNAMIC_PROCESS_SETS=1 to average inside each host uncompressed "
-                          "and compress only the cross-host leg (or pass hierarchical=False to silence this).")
+            warnings.warn(
+                "hvd_compress: hierarchical='auto' runs the flat exchange: Horovod process sets are "
+                "off. Run with HOROVOD_DYNAMIC_PROCESS_SETS=1 to average inside each host uncompressed "
+                "and compress only the cross-host leg (or pass hierarchical=False to silence this)."
+            )
             _warned_no_sets = True
         return False
     return True
@@ -97,6 +105,7 @@ def resolve(codec: Codec, comm) -> bool:
 def _process_set(hvd, ranks: List[int]):
     """The registered Horovod process set with exactly ``ranks``, added if dynamic sets are on."""
     from horovod.common import process_sets as ps_mod
+
     existing = {tuple(r): i for i, r in _basics()._get_process_set_ids_and_ranks().items()}
     if tuple(ranks) in existing:
         ps = ps_mod.ProcessSet(ranks)
@@ -108,7 +117,8 @@ def _process_set(hvd, ranks: List[int]):
         raise ValueError(
             f"hvd_compress: the hierarchical exchange needs a Horovod process set for ranks {ranks}: run with "
             "HOROVOD_DYNAMIC_PROCESS_SETS=1, or pass the sets to hvd.init(process_sets=...), or use "
-            f"hierarchical=False. Horovod said: {exc}") from exc
+            f"hierarchical=False. Horovod said: {exc}"
+        ) from exc
 
 
 def host_process_sets(hvd) -> Tuple[List[List[int]], List[List[int]]]:
@@ -151,8 +161,9 @@ class HierarchicalExchange(Exchange):
         self.position = per_host[host].index(me)
         self.local_size = len(per_host[0])
         self.local = HorovodCollectives(local_sets[host])
-        self.cross = Exchange(self.codec, HorovodCollectives(cross_sets[self.position]),
-                              label=self.label, stats=self.stats)
+        self.cross = Exchange(
+            self.codec, HorovodCollectives(cross_sets[self.position]), label=self.label, stats=self.stats
+        )
         self.cross._checked = True  # agreed above, over all ranks
 
     def reset_world(self) -> None:
@@ -179,8 +190,7 @@ class HierarchicalExchange(Exchange):
             self.cross.build_compressed_state(self.shard_key(key), hi - lo)
 
     @tf.autograph.experimental.do_not_convert
-    def average(self, key: str, tensor: tf.Tensor, compress: Optional[bool] = None,
-                check: bool = True) -> tf.Tensor:
+    def average(self, key: str, tensor: tf.Tensor, compress: Optional[bool] = None, check: bool = True) -> tf.Tensor:
         tensor = tf.convert_to_tensor(tensor)
         if compress is None:
             compress = self.codec.should_compress(tensor)
@@ -197,8 +207,9 @@ class HierarchicalExchange(Exchange):
             shard = self.cross.average(self.shard_key(key), shard, compress=True, check=False)
         whole = self.local.allgather(shard, op_name(key, "host_ag"))
         local_n = self.local_size
-        self.stats.add(INTRA_HOST, 0, 4 * n,
-                       ring_allreduce_bytes(4 * n, local_n) + 4 * n * (local_n - 1) / local_n, tensors=0)
+        self.stats.add(
+            INTRA_HOST, 0, 4 * n, ring_allreduce_bytes(4 * n, local_n) + 4 * n * (local_n - 1) / local_n, tensors=0
+        )
         out = tf.cast(tf.reshape(whole, shape), dtype)
         return self.check_finite(key, out) if check else out
 

@@ -18,6 +18,7 @@ Off with ``HVD_COMPRESS_NATIVE=0`` (read when a codec call is traced or run eage
 :func:`hvd_compress._native.forced`. Threads: ``HVD_COMPRESS_THREADS``, else ``OMP_NUM_THREADS``,
 else 1 (TF's own inter-op threads already run tensors in parallel).
 """
+
 from __future__ import annotations
 
 import os
@@ -92,7 +93,7 @@ def empty(n: int, dtype) -> np.ndarray:
     itemsize = np.dtype(dtype).itemsize
     raw = np.empty(n * itemsize + ALIGN, np.uint8)
     start = -raw.ctypes.data % ALIGN
-    return raw[start:start + n * itemsize].view(dtype)
+    return raw[start : start + n * itemsize].view(dtype)
 
 
 def to_tensor(a: np.ndarray) -> tf.Tensor:

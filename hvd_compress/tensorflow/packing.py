@@ -7,6 +7,7 @@ x86 and ARM are little-endian, like the torch side, which does not swap either).
 
 Every function takes static sizes (Python ints) and traces inside ``tf.function``.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf

@@ -11,6 +11,7 @@ Example (a ``GradientTape`` loop, eager or inside ``tf.function``)::
     grads = reducer(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -56,8 +57,10 @@ class GradientReducer:
         keys = [variable_key(v) for v in variables]
         if len(set(keys)) != len(keys):
             dups = sorted({k for k in keys if keys.count(k) > 1})
-            raise ValueError(f"hvd_compress: variable names must be unique (state is keyed by them); "
-                             f"duplicates: {dups}. Give the layers distinct names.")
+            raise ValueError(
+                f"hvd_compress: variable names must be unique (state is keyed by them); "
+                f"duplicates: {dups}. Give the layers distinct names."
+            )
         return keys
 
     def build(self, variables: Sequence) -> None:
@@ -96,7 +99,7 @@ class GradientReducer:
             pos = 0
             for i in members:
                 n = int(grads[i].shape.num_elements())
-                out[i] = tf.reshape(avg[pos:pos + n], grads[i].shape)
+                out[i] = tf.reshape(avg[pos : pos + n], grads[i].shape)
                 pos += n
         done = [t for t in out if t is not None]
         with tf.control_dependencies(done):  # every exchange finished before any check can fail

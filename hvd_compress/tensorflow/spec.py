@@ -1,4 +1,5 @@
 """Build TensorFlow codecs from the same spec strings as torch (:mod:`hvd_compress.spec`)."""
+
 from __future__ import annotations
 
 from typing import Dict

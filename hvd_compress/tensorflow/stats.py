@@ -5,6 +5,7 @@ Each codec label owns one float64 ``tf.Variable`` of counters that the exchange 
 ``tf.function``, ``model.fit`` and eager execution alike. :func:`wire_stats` returns the same keys
 as ``hvd_compress.torch.wire_stats()``.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,15 +45,13 @@ class WireStats:
         tensors where they are known only at run time (GradiVeQ's fitted ``d``)."""
         parts = (values, payload_bytes, sent_bytes, tensors, 0.0, 0.0)
         if any(tf.is_tensor(p) for p in parts):
-            delta = tf.stack([tf.cast(p, tf.float64) if tf.is_tensor(p) else tf.constant(p, tf.float64)
-                              for p in parts])
+            delta = tf.stack([tf.cast(p, tf.float64) if tf.is_tensor(p) else tf.constant(p, tf.float64) for p in parts])
         else:
             delta = tf.constant(parts, tf.float64)
         return self._var(label).assign_add(delta)
 
     def add_error(self, label: str, error_sq: tf.Tensor, reference_sq: tf.Tensor):
-        delta = tf.concat([tf.zeros([4], tf.float64),
-                           tf.cast(tf.stack([error_sq, reference_sq]), tf.float64)], 0)
+        delta = tf.concat([tf.zeros([4], tf.float64), tf.cast(tf.stack([error_sq, reference_sq]), tf.float64)], 0)
         return self._var(label).assign_add(delta)
 
     def reset(self) -> None:
@@ -60,8 +59,7 @@ class WireStats:
             var.assign(tf.zeros_like(var))
 
     def raw(self) -> Dict[str, Dict[str, float]]:
-        return {label: dict(zip(FIELDS, (float(v) for v in var.numpy())))
-                for label, var in self._vars.items()}
+        return {label: dict(zip(FIELDS, (float(v) for v in var.numpy()))) for label, var in self._vars.items()}
 
     def snapshot(self) -> Dict[str, Dict[str, float]]:
         out = {}
@@ -69,10 +67,14 @@ class WireStats:
             if not any(row.values()):  # reset and unused since
                 continue
             v = max(row["values"], 1.0)
-            out[label] = {"values": int(row["values"]), "payload_bytes": int(row["payload_bytes"]),
-                          "sent_bytes": row["sent_bytes"], "tensors": int(row["tensors"]),
-                          "bits_per_value": 8.0 * row["payload_bytes"] / v,
-                          "sent_bits_per_value": 8.0 * row["sent_bytes"] / v}
+            out[label] = {
+                "values": int(row["values"]),
+                "payload_bytes": int(row["payload_bytes"]),
+                "sent_bytes": row["sent_bytes"],
+                "tensors": int(row["tensors"]),
+                "bits_per_value": 8.0 * row["payload_bytes"] / v,
+                "sent_bits_per_value": 8.0 * row["sent_bytes"] / v,
+            }
         return out
 
 
@@ -101,6 +103,9 @@ def compression_error() -> Dict[str, Dict[str, float]]:
     for label, row in WIRE_STATS.raw().items():
         if row["reference_sq"] > 0 or row["error_sq"] > 0:
             ratio = row["error_sq"] / row["reference_sq"] if row["reference_sq"] > 0 else float("inf")
-            out[label] = {"error_sq": row["error_sq"], "reference_sq": row["reference_sq"],
-                          "relative_error": ratio ** 0.5}
+            out[label] = {
+                "error_sq": row["error_sq"],
+                "reference_sq": row["reference_sq"],
+                "relative_error": ratio**0.5,
+            }
     return out

@@ -25,6 +25,7 @@ Keras 3, else ``var.name`` without ``:0``), so error-feedback residuals and RNG 
 Horovod's ``op=hvd.Sum`` is honoured (the average times the world size); ``hvd.Adasum`` cannot take
 compressed gradients and raises.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -59,19 +60,26 @@ class StockEngine:
 
     def compress(self, tensor):
         import horovod.tensorflow as hvd
+
         variable, op = tf_gradient_variable(tensor)
         name = None if variable is None else variable_key(variable)
         if op is not None and op not in (hvd.Average, hvd.Sum):
-            raise ValueError("hvd_compress codecs support op=hvd.Average and hvd.Sum (Adasum combines "
-                             "raw gradients and cannot take them compressed)")
+            raise ValueError(
+                "hvd_compress codecs support op=hvd.Average and hvd.Sum (Adasum combines "
+                "raw gradients and cannot take them compressed)"
+            )
         if isinstance(tensor, tf.IndexedSlices):
-            raise ValueError("hvd_compress: sparse gradients (tf.IndexedSlices) are not compressed; pass "
-                             "sparse_as_dense=True to Horovod's DistributedGradientTape/DistributedOptimizer")
+            raise ValueError(
+                "hvd_compress: sparse gradients (tf.IndexedSlices) are not compressed; pass "
+                "sparse_as_dense=True to Horovod's DistributedGradientTape/DistributedOptimizer"
+            )
         if name is None:
             if getattr(self.codec, "worker_feedback", False) and not self._warned_anonymous:
-                warnings.warn("hvd_compress: could not find the variable of a gradient; error-feedback "
-                              "state is keyed by call order. Use hvd.DistributedGradientTape or "
-                              "hvd_compress.tensorflow.keras.DistributedOptimizer.")
+                warnings.warn(
+                    "hvd_compress: could not find the variable of a gradient; error-feedback "
+                    "state is keyed by call order. Use hvd.DistributedGradientTape or "
+                    "hvd_compress.tensorflow.keras.DistributedOptimizer."
+                )
                 self._warned_anonymous = True
             if hasattr(tensor, "graph"):  # symbolic: the graph's tensor name is stable across retraces
                 name = "anonymous." + tensor.name.replace(":0", "")

@@ -20,10 +20,29 @@ The same codecs serve torch.distributed's ``DistributedDataParallel`` (and Ray T
     state, hook = hc.ddp_comm_hook(hc.QSGD(bits=4), named_parameters=ddp_model.named_parameters())
     ddp_model.register_comm_hook(state, hook)
 """
+
 from hvd_compress._lazy import lazy_attributes as _lazy_attributes
-from hvd_compress.torch.codecs import (BF16, FP16, QSGD, Codec, DoubleSqueeze, EFSign, ErrorFeedback,
-                                       GradiVeQ, Lattice, NoCompression, OneBit, OneBitQuantizer, PowerSGD,
-                                       ScaledSign, SignSGD, TernGrad, TopK, TopKSparsifier, Wrapper)
+from hvd_compress.torch.codecs import (
+    BF16,
+    FP16,
+    QSGD,
+    Codec,
+    DoubleSqueeze,
+    EFSign,
+    ErrorFeedback,
+    GradiVeQ,
+    Lattice,
+    NoCompression,
+    OneBit,
+    OneBitQuantizer,
+    PowerSGD,
+    ScaledSign,
+    SignSGD,
+    TernGrad,
+    TopK,
+    TopKSparsifier,
+    Wrapper,
+)
 from hvd_compress.torch.codecs.base import install_stock_engine as _install_stock_engine
 from hvd_compress.torch.exchange import reset_wire_stats, wire_stats
 from hvd_compress.torch.spec import from_spec
@@ -34,6 +53,7 @@ def _stock_engine(codec):
     ``hvd.DistributedOptimizer(compression=codec)`` calls them. A frontend: installed here, not
     imported by the codec layer, and imported on first use (like the frontends in ``_LAZY``)."""
     from hvd_compress.torch.stock import StockEngine
+
     return StockEngine(codec)
 
 
@@ -54,10 +74,31 @@ _LAZY = {
     "reset_collective_stats": "hvd_compress.torch.fusion",
 }
 
-__all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
-           "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "Lattice", "from_spec", "wire_stats",
-           "reset_wire_stats", *_LAZY]
+__all__ = [
+    "Codec",
+    "Wrapper",
+    "NoCompression",
+    "FP16",
+    "BF16",
+    "QSGD",
+    "TernGrad",
+    "OneBit",
+    "OneBitQuantizer",
+    "EFSign",
+    "ScaledSign",
+    "SignSGD",
+    "TopK",
+    "TopKSparsifier",
+    "ErrorFeedback",
+    "DoubleSqueeze",
+    "GradiVeQ",
+    "PowerSGD",
+    "Lattice",
+    "from_spec",
+    "wire_stats",
+    "reset_wire_stats",
+    *_LAZY,
+]
 
 
 # Also every submodule (hc.ddp, hc.codecs, hc.swarm, ...) on attribute access.

@@ -38,6 +38,7 @@ max-abs, zero-mean); lower ``bucket_size`` (128) protects layers with a few larg
 is enough for ``delta`` re-synchronization, whose differences are small. Keep the
 :class:`BroadcastState` with the model checkpoint (``state_dict()``) if you resume delta syncs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,11 +78,14 @@ def _named(params: Params) -> List[Tuple[str, torch.Tensor]]:
         items = list(params)
         for item in items:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
-                raise ValueError("broadcast_parameters takes a state_dict() or (name, tensor) pairs "
-                                 f"such as model.named_parameters(); got an item {type(item).__name__}")
+                raise ValueError(
+                    "broadcast_parameters takes a state_dict() or (name, tensor) pairs "
+                    f"such as model.named_parameters(); got an item {type(item).__name__}"
+                )
     else:
-        raise ValueError(f"broadcast_parameters takes a state_dict() or (name, tensor) pairs, "
-                         f"got {type(params).__name__}")
+        raise ValueError(
+            f"broadcast_parameters takes a state_dict() or (name, tensor) pairs, " f"got {type(params).__name__}"
+        )
     names = [n for n, _ in items]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -106,9 +110,17 @@ def _exact_bytes(t: torch.Tensor) -> torch.Tensor:
     return flat.view(torch.uint8) if flat.numel() else torch.zeros(0, dtype=torch.uint8)
 
 
-def broadcast_parameters(params: Params, root_rank: int = 0, bits: int = 8, delta: bool = False,
-                         state: Optional[BroadcastState] = None, bucket_size: int = 512, seed: int = 0,
-                         process_set=None, name: str = "hvdc.qbroadcast") -> Dict[str, float]:
+def broadcast_parameters(
+    params: Params,
+    root_rank: int = 0,
+    bits: int = 8,
+    delta: bool = False,
+    state: Optional[BroadcastState] = None,
+    bucket_size: int = 512,
+    seed: int = 0,
+    process_set=None,
+    name: str = "hvdc.qbroadcast",
+) -> Dict[str, float]:
     """Broadcast ``params`` from ``root_rank`` at ``bits`` bits per value; all ranks apply the result.
 
     Args:
@@ -133,8 +145,10 @@ def broadcast_parameters(params: Params, root_rank: int = 0, bits: int = 8, delt
     import horovod.torch as hvd
 
     if delta and state is None:
-        raise ValueError("broadcast_parameters(delta=True) needs state=BroadcastState(), kept across "
-                         "calls on every rank (it holds the last synchronized copy)")
+        raise ValueError(
+            "broadcast_parameters(delta=True) needs state=BroadcastState(), kept across "
+            "calls on every rank (it holds the last synchronized copy)"
+        )
     codec = QSGD(bits=bits, bucket_size=bucket_size, norm="max")
     named = _named(params)
     kw = {} if process_set is None else {"process_set": process_set}
@@ -145,15 +159,19 @@ def broadcast_parameters(params: Params, root_rank: int = 0, bits: int = 8, delt
     is_root = rank == root_rank
 
     plan = []  # (name, tensor, mode, nbytes); mode: "q" (full), "d" (delta) or "x" (exact)
-    lines = [f"bits={bits} bucket={bucket_size} delta={delta} root={root_rank} "
-             f"calls={state.calls if state is not None else -1}"]
+    lines = [
+        f"bits={bits} bucket={bucket_size} delta={delta} root={root_rank} "
+        f"calls={state.calls if state is not None else -1}"
+    ]
     for pname, t in named:
         if t.dtype.is_floating_point:
             mode = "d" if delta and pname in state.synced else "q"
             if mode == "d" and (state.synced[pname].shape != t.shape or state.synced[pname].dtype != t.dtype):
-                raise ValueError(f"broadcast_parameters: BroadcastState holds '{pname}' as "
-                                 f"{tuple(state.synced[pname].shape)} {state.synced[pname].dtype}, "
-                                 f"the tensor is {tuple(t.shape)} {t.dtype}")
+                raise ValueError(
+                    f"broadcast_parameters: BroadcastState holds '{pname}' as "
+                    f"{tuple(state.synced[pname].shape)} {state.synced[pname].dtype}, "
+                    f"the tensor is {tuple(t.shape)} {t.dtype}"
+                )
             nbytes = codec.payload_nbytes(t.numel())
         elif t.is_complex():
             raise ValueError(f"broadcast_parameters: complex tensor '{pname}' is not supported")
@@ -179,11 +197,14 @@ def broadcast_parameters(params: Params, root_rank: int = 0, bits: int = 8, delt
             f"hvd_compress.broadcast_parameters: {int(mismatch[0])} rank(s) passed different tensors "
             f"(names, shapes, dtypes), settings (bits, bucket_size, delta, root_rank) or delta state "
             f"than root rank {root_rank}; pass the same model and arguments on every rank. "
-            f"This rank (rank {rank}) has: " + "; ".join(lines[:6]) + (" ..." if len(lines) > 6 else ""))
+            f"This rank (rank {rank}) has: " + "; ".join(lines[:6]) + (" ..." if len(lines) > 6 else "")
+        )
     root_status = int(header[1])
     if root_status:
-        raise FloatingPointError(f"hvd_compress.broadcast_parameters: tensor '{plan[root_status - 1][0]}' "
-                                 f"holds NaN or Inf on root rank {root_rank}; nothing was changed")
+        raise FloatingPointError(
+            f"hvd_compress.broadcast_parameters: tensor '{plan[root_status - 1][0]}' "
+            f"holds NaN or Inf on root rank {root_rank}; nothing was changed"
+        )
 
     calls = state.calls if state is not None else 0
     if is_root:
@@ -208,7 +229,7 @@ def broadcast_parameters(params: Params, root_rank: int = 0, bits: int = 8, delt
     nq = nx = fp32_bytes = 0
     with torch.no_grad():
         for pname, t, mode, nbytes in plan:
-            chunk = buf[pos:pos + nbytes]
+            chunk = buf[pos : pos + nbytes]
             pos += nbytes
             fp32_bytes += t.numel() * t.element_size()
             if mode == "x":
@@ -229,5 +250,10 @@ def broadcast_parameters(params: Params, root_rank: int = 0, bits: int = 8, delt
     label = f"broadcast({codec.describe()})"
     # sent_bytes: the root sends the buffer to every other rank (star count); the others send none
     WIRE_STATS.add(label, nq + nx, total, total * (size - 1) if is_root else 0)
-    return {"bytes": float(total), "fp32_bytes": float(fp32_bytes), "quantized_values": float(nq),
-            "exact_values": float(nx), "bits_per_value": 8.0 * qbytes / max(nq, 1)}
+    return {
+        "bytes": float(total),
+        "fp32_bytes": float(fp32_bytes),
+        "quantized_values": float(nq),
+        "exact_values": float(nx),
+        "bits_per_value": 8.0 * qbytes / max(nq, 1),
+    }

@@ -3,6 +3,7 @@
 Every operation is asynchronous and returns an object with ``wait() -> torch.Tensor``. Names must
 agree across ranks (Horovod matches operations by name, so ranks may issue them in any order).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -37,6 +38,7 @@ class HorovodCollectives:
 
     def __init__(self, process_set=None):
         import horovod.torch as hvd
+
         self._hvd = hvd
         if not hvd.is_initialized():
             raise RuntimeError("hvd_compress: call hvd.init() before the first compressed step")
@@ -70,8 +72,9 @@ class HorovodCollectives:
         return Pending(lambda: self._hvd.synchronize(h))
 
     def alltoall_async(self, tensor: torch.Tensor, splits: Sequence[int], name: str) -> Pending:
-        h = self._hvd.alltoall_async(tensor, splits=torch.tensor(list(splits), dtype=torch.int32),
-                                     name=name, **self._kw)
+        h = self._hvd.alltoall_async(
+            tensor, splits=torch.tensor(list(splits), dtype=torch.int32), name=name, **self._kw
+        )
         return Pending(lambda: self._hvd.synchronize(h)[0])
 
     def allgather_async(self, tensor: torch.Tensor, name: str) -> Pending:

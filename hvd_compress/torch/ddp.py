@@ -81,6 +81,7 @@ codec's ``nonfinite="propagate"`` lets it through for AMP instead); ranks built 
 codec settings get a ``ValueError`` listing each rank's codec at the first step, not a hang; sparse
 gradients are rejected. Unused parameters (``find_unused_parameters=True``) take part as zeros.
 """
+
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import torch
@@ -106,10 +107,15 @@ class DDPHookState:
         process_group: the group the hook communicates over (``None``: the default group).
     """
 
-    def __init__(self, codec: Union[Codec, str],
-                 named_parameters: Optional[Union[Iterable[Tuple[str, torch.nn.Parameter]], torch.nn.Module]] = None,
-                 process_group=None, comm=None, overlap: bool = True,
-                 bucket_bytes: Optional[int] = None):
+    def __init__(
+        self,
+        codec: Union[Codec, str],
+        named_parameters: Optional[Union[Iterable[Tuple[str, torch.nn.Parameter]], torch.nn.Module]] = None,
+        process_group=None,
+        comm=None,
+        overlap: bool = True,
+        bucket_bytes: Optional[int] = None,
+    ):
         self.codec = from_spec(codec)
         self.process_group = process_group
         self.iteration = 0
@@ -128,8 +134,9 @@ class DDPHookState:
             self._names = {}
         self.overlap = bool(overlap)
         if bucket_bytes is not None and (isinstance(bucket_bytes, bool) or int(bucket_bytes) < 0):
-            raise ValueError(f"hvd_compress: bucket_bytes must be >= 0 (0: one collective per tensor), "
-                             f"got {bucket_bytes!r}")
+            raise ValueError(
+                f"hvd_compress: bucket_bytes must be >= 0 (0: one collective per tensor), " f"got {bucket_bytes!r}"
+            )
         self.bucket_bytes = bucket_bytes  # None: HVD_COMPRESS_BUCKET_BYTES, default 64 MiB
         self._comm = comm
         self._exchange: Optional[Exchange] = None
@@ -141,6 +148,7 @@ class DDPHookState:
     def comm(self):
         if self._comm is None:
             from hvd_compress.torch.dist import TorchDistCollectives
+
             # each round's collectives of a DDP bucket's tensors travel as one per kind
             self._comm = fused(TorchDistCollectives(self.process_group), self.bucket_bytes)
         return self._comm
@@ -162,7 +170,8 @@ class DDPHookState:
                 raise ValueError(
                     f"hvd_compress: DDP bucket holds a parameter of shape {tuple(param.shape)} that "
                     "named_parameters does not name; pass the named_parameters() of the module "
-                    "wrapped by DistributedDataParallel")
+                    "wrapped by DistributedDataParallel"
+                )
             name = f"param.{len(self._names)}"
             self._names[id(param)] = name
         return name
@@ -176,8 +185,9 @@ class DDPHookState:
         """Restore what :meth:`state_dict` saved. The codec must be built with the same settings
         (otherwise a ``ValueError`` names both)."""
         if not isinstance(state_dict, dict) or "codec" not in state_dict:
-            raise ValueError("hvd_compress: not a DDP hook state (expected the dict returned by "
-                             "DDPHookState.state_dict())")
+            raise ValueError(
+                "hvd_compress: not a DDP hook state (expected the dict returned by " "DDPHookState.state_dict())"
+            )
         self.codec.load_state_dict(state_dict["codec"])
         self.iteration = int(state_dict.get("iteration", 0))
 
@@ -201,8 +211,10 @@ def hvd_compress_hook(state: DDPHookState, bucket: dist.GradBucket) -> torch.fut
     """
     buffer = bucket.buffer()
     if buffer.is_sparse:
-        raise ValueError("hvd_compress: sparse gradients are not supported by the DDP hook; "
-                         "use dense gradients (e.g. nn.Embedding(sparse=False))")
+        raise ValueError(
+            "hvd_compress: sparse gradients are not supported by the DDP hook; "
+            "use dense gradients (e.g. nn.Embedding(sparse=False))"
+        )
     exchange = state.exchange
     codec = exchange.codec
     exchange.ensure_checked()
@@ -252,7 +264,7 @@ def _finish(state: DDPHookState) -> None:
                     out, pos = results[fused_key], 0
                     for _, grad, _ in plain:
                         n = grad.numel()
-                        grad.copy_(out[pos:pos + n].view_as(grad))
+                        grad.copy_(out[pos : pos + n].view_as(grad))
                         pos += n
     except BaseException as exc:
         for fut, _, _, _, _ in buckets:
@@ -263,9 +275,14 @@ def _finish(state: DDPHookState) -> None:
         fut.set_result(buffer)
 
 
-def ddp_comm_hook(codec: Union[Codec, str],
-                  named_parameters: Optional[Union[Iterable[Tuple[str, torch.nn.Parameter]], torch.nn.Module]] = None,
-                  process_group=None, *, overlap: bool = True, bucket_bytes: Optional[int] = None):
+def ddp_comm_hook(
+    codec: Union[Codec, str],
+    named_parameters: Optional[Union[Iterable[Tuple[str, torch.nn.Parameter]], torch.nn.Module]] = None,
+    process_group=None,
+    *,
+    overlap: bool = True,
+    bucket_bytes: Optional[int] = None,
+):
     """``(state, hook)`` for ``ddp_model.register_comm_hook(state, hook)``.
 
     Args:
@@ -295,6 +312,7 @@ def ddp_comm_hook(codec: Union[Codec, str],
         state, hook = hvd_compress.torch.ddp_comm_hook("onebit", ddp.named_parameters())
         ddp.register_comm_hook(state, hook)
     """
-    return (DDPHookState(codec, named_parameters, process_group, overlap=overlap, bucket_bytes=bucket_bytes),
-            hvd_compress_hook)
-
+    return (
+        DDPHookState(codec, named_parameters, process_group, overlap=overlap, bucket_bytes=bucket_bytes),
+        hvd_compress_hook,
+    )

@@ -49,6 +49,7 @@ Differences from Horovod that this backend hides:
 * **Device.** Gloo runs on CPU copies; NCCL on CUDA copies (``device`` defaults to the current CUDA
   device for NCCL). Results come back on the device of the input tensor.
 """
+
 from __future__ import annotations
 
 import math
@@ -101,8 +102,10 @@ class TorchDistCollectives:
 
     def __init__(self, group=None, alltoall: str = "auto", device=None):
         if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("hvd_compress: torch.distributed is not initialized; call "
-                               "torch.distributed.init_process_group(...) before the first compressed step")
+            raise RuntimeError(
+                "hvd_compress: torch.distributed is not initialized; call "
+                "torch.distributed.init_process_group(...) before the first compressed step"
+            )
         if alltoall not in ALLTOALL_MODES:
             raise ValueError(f"alltoall must be one of {ALLTOALL_MODES}, got {alltoall!r}")
         self.group = group
@@ -122,11 +125,13 @@ class TorchDistCollectives:
         self._staged: List[_Staged] = []  # collectives whose second stage is not issued yet
         self._p2p_tag = 0
         self._sizes: Dict[str, object] = {}  # name -> sizes seen last time (agreed between peers)
-        self._unresolved: Set[str] = set()   # names whose sizes are not known yet
+        self._unresolved: Set[str] = set()  # names whose sizes are not known yet
 
     def __repr__(self):
-        return (f"TorchDistCollectives(backend={self.backend}, rank={self.rank}, size={self.size}, "
-                f"alltoall={'native' if self._native_alltoall else 'sendrecv'})")
+        return (
+            f"TorchDistCollectives(backend={self.backend}, rank={self.rank}, size={self.size}, "
+            f"alltoall={'native' if self._native_alltoall else 'sendrecv'})"
+        )
 
     # ------------------------------------------------------------------ helpers
     def _global(self, group_rank: int) -> int:
@@ -156,8 +161,10 @@ class TorchDistCollectives:
             return None
         key = kind + ":" + name
         if key in self._unresolved:
-            raise ValueError(f"hvd_compress: a {kind} named {name!r} is already in flight; wait for it "
-                             "before reusing the name (names must be unique among in-flight collectives)")
+            raise ValueError(
+                f"hvd_compress: a {kind} named {name!r} is already in flight; wait for it "
+                "before reusing the name (names must be unique among in-flight collectives)"
+            )
         self._unresolved.add(key)
         return self._sizes.get(key)
 
@@ -180,8 +187,10 @@ class TorchDistCollectives:
     @staticmethod
     def _check_rows(tensor: torch.Tensor, what: str):
         if tensor.dim() == 0:
-            raise ValueError(f"hvd_compress: {what} needs a tensor with at least one dimension "
-                             "(a scalar has no first dimension to concatenate along)")
+            raise ValueError(
+                f"hvd_compress: {what} needs a tensor with at least one dimension "
+                "(a scalar has no first dimension to concatenate along)"
+            )
 
     # ------------------------------------------------------------------ allreduce
     def allreduce_async(self, tensor: torch.Tensor, name: str = "", op: str = "average") -> Pending:
@@ -189,8 +198,9 @@ class TorchDistCollectives:
         if op not in OPS:
             raise ValueError(f"op must be one of {OPS}, got {op!r}")
         if op == "average" and not (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
-            raise TypeError(f"allreduce op='average' needs a floating-point tensor, got {tensor.dtype}; "
-                            "use op='sum' and divide")
+            raise TypeError(
+                f"allreduce op='average' needs a floating-point tensor, got {tensor.dtype}; " "use op='sum' and divide"
+            )
         src_device = tensor.device
         buf = tensor.detach().to(self.device, copy=True).contiguous()
         reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
@@ -224,7 +234,7 @@ class TorchDistCollectives:
             if header:
                 send[:HEADER] = _int64_bytes(rows, self.device)
             mine = min(rows, longest_rows) * row_bytes
-            send[hb:hb + mine] = data[:mine]
+            send[hb : hb + mine] = data[:mine]
             out = torch.empty(size * send.numel(), dtype=torch.uint8, device=self.device)
             work = _all_gather_single(out, send, group=self.group, async_op=True) if out.numel() else None
             return out, work, hb
@@ -232,7 +242,7 @@ class TorchDistCollectives:
         def assemble(all_rows, out, hb):
             stride = out.numel() // size
             total = sum(all_rows)
-            parts = [out[r * stride + hb:r * stride + hb + n * row_bytes] for r, n in enumerate(all_rows)]
+            parts = [out[r * stride + hb : r * stride + hb + n * row_bytes] for r, n in enumerate(all_rows)]
             flat = torch.cat(parts) if parts else out[:0]
             return _from_bytes(flat, dtype, (total,) + rest).to(src_device)
 
@@ -254,7 +264,7 @@ class TorchDistCollectives:
                 if work is not None:
                     work.wait()
                 stride = out.numel() // size
-                all_rows = [_read_int64(out[r * stride:r * stride + HEADER]) for r in range(size)]
+                all_rows = [_read_int64(out[r * stride : r * stride + HEADER]) for r in range(size)]
                 self._resolve("allgather", name, max(all_rows))
                 if max(all_rows) <= guess:
                     return all_rows, first
@@ -276,8 +286,10 @@ class TorchDistCollectives:
         self._check_rows(tensor, "alltoall")
         splits = [int(s) for s in splits]
         if len(splits) != self.size or any(s < 0 for s in splits) or sum(splits) != tensor.shape[0]:
-            raise ValueError(f"hvd_compress: alltoall splits {splits} must be {self.size} non-negative "
-                             f"row counts summing to the first dimension {tensor.shape[0]}")
+            raise ValueError(
+                f"hvd_compress: alltoall splits {splits} must be {self.size} non-negative "
+                f"row counts summing to the first dimension {tensor.shape[0]}"
+            )
         src_device, dtype, rest = tensor.device, tensor.dtype, tuple(tensor.shape[1:])
         row_bytes = math.prod(rest) * tensor.element_size()
         data = self._dev(_as_bytes(tensor))
@@ -285,7 +297,7 @@ class TorchDistCollectives:
         offsets = [0]
         for s in splits:
             offsets.append(offsets[-1] + s * row_bytes)
-        chunks = [data[offsets[d]:offsets[d + 1]] for d in range(size)]
+        chunks = [data[offsets[d] : offsets[d + 1]] for d in range(size)]
         cached = self._claim("alltoall", name)
 
         def assemble(received, pieces):
@@ -295,16 +307,18 @@ class TorchDistCollectives:
         if cached is None:  # counts first (one int64 per peer), then data
             send_counts = torch.tensor(splits, dtype=torch.int64, device=self.device)
             recv_counts = torch.empty(size, dtype=torch.int64, device=self.device)
-            count_work = self._alltoall_bytes_async(send_counts.view(torch.uint8), [8] * size,
-                                                    recv_counts.view(torch.uint8), [8] * size)
+            count_work = self._alltoall_bytes_async(
+                send_counts.view(torch.uint8), [8] * size, recv_counts.view(torch.uint8), [8] * size
+            )
 
             def issue():
                 count_work.wait()
                 received = recv_counts.cpu().tolist()  # host sync (allow-listed): first call under a name only
                 self._resolve("alltoall", name, (splits, received))
                 out = torch.empty(sum(received) * row_bytes, dtype=torch.uint8, device=self.device)
-                work = self._alltoall_bytes_async(data, [s * row_bytes for s in splits],
-                                                  out, [r * row_bytes for r in received])
+                work = self._alltoall_bytes_async(
+                    data, [s * row_bytes for s in splits], out, [r * row_bytes for r in received]
+                )
                 return received, out, work
 
             def finish(stage):
@@ -322,9 +336,9 @@ class TorchDistCollectives:
             pos = 0
             for d in range(size):
                 if d != me:
-                    send[pos:pos + HEADER] = _int64_bytes(splits[d], self.device)
+                    send[pos : pos + HEADER] = _int64_bytes(splits[d], self.device)
                     n = min(splits[d] * row_bytes, send_sizes[d] - HEADER)
-                    send[pos + HEADER:pos + HEADER + n] = chunks[d][:n]
+                    send[pos + HEADER : pos + HEADER + n] = chunks[d][:n]
                 pos += send_sizes[d]
             out = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=self.device)
             work = self._alltoall_bytes_async(send, send_sizes, out, recv_sizes)
@@ -337,17 +351,16 @@ class TorchDistCollectives:
                         received.append(splits[me])
                         pieces.append(chunks[me])
                     else:
-                        n = _read_int64(out[pos:pos + HEADER])
+                        n = _read_int64(out[pos : pos + HEADER])
                         received.append(n)
                         if n <= last_recv[s]:
-                            pieces.append(out[pos + HEADER:pos + HEADER + n * row_bytes])
+                            pieces.append(out[pos + HEADER : pos + HEADER + n * row_bytes])
                         else:  # it grew: the whole chunk comes point to point
                             buf = torch.empty(n * row_bytes, dtype=torch.uint8, device=self.device)
                             recvs.append((s, buf))
                             pieces.append(buf)
                     pos += recv_sizes[s]
-                sends = [(d, chunks[d].contiguous()) for d in range(size)
-                         if d != me and splits[d] > last_sent[d]]
+                sends = [(d, chunks[d].contiguous()) for d in range(size) if d != me and splits[d] > last_sent[d]]
                 self._resolve("alltoall", name, (splits, received))
                 return received, pieces, self._p2p(sends, recvs, tag)
 
@@ -358,14 +371,20 @@ class TorchDistCollectives:
 
         return self._stage(issue, finish)
 
-    def _alltoall_bytes_async(self, send: torch.Tensor, send_splits: List[int],
-                              recv: torch.Tensor, recv_splits: List[int]):
+    def _alltoall_bytes_async(
+        self, send: torch.Tensor, send_splits: List[int], recv: torch.Tensor, recv_splits: List[int]
+    ):
         """Start an alltoall of byte buffers; returns an object with ``wait()``."""
         if self._native_alltoall:
             try:
-                return dist.all_to_all_single(recv, send, output_split_sizes=recv_splits,
-                                              input_split_sizes=send_splits, group=self.group,
-                                              async_op=True)
+                return dist.all_to_all_single(
+                    recv,
+                    send,
+                    output_split_sizes=recv_splits,
+                    input_split_sizes=send_splits,
+                    group=self.group,
+                    async_op=True,
+                )
             except (RuntimeError, NotImplementedError) as exc:
                 text = str(exc).lower()
                 if self.alltoall_mode != "auto" or not ("support" in text or "implement" in text):
@@ -384,11 +403,13 @@ class TorchDistCollectives:
         for s in recv_splits:
             recv_off.append(recv_off[-1] + s)
         me = self.rank
-        recv[recv_off[me]:recv_off[me + 1]].copy_(send[send_off[me]:send_off[me + 1]])
-        sends = [(d, send[send_off[d]:send_off[d + 1]].contiguous()) for d in range(self.size)
-                 if d != me and send_splits[d]]
-        recvs = [(s, recv[recv_off[s]:recv_off[s + 1]]) for s in range(self.size)
-                 if s != me and recv_splits[s]]
+        recv[recv_off[me] : recv_off[me + 1]].copy_(send[send_off[me] : send_off[me + 1]])
+        sends = [
+            (d, send[send_off[d] : send_off[d + 1]].contiguous())
+            for d in range(self.size)
+            if d != me and send_splits[d]
+        ]
+        recvs = [(s, recv[recv_off[s] : recv_off[s + 1]]) for s in range(self.size) if s != me and recv_splits[s]]
         return self._p2p(sends, recvs, tag)
 
     # ------------------------------------------------------------------ broadcast

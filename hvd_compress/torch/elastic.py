@@ -46,6 +46,7 @@ The stock optimizer's own ``state_dict()`` also carries the codec state (under `
 once a step has run; committing it with the codec member as well is harmless (both copies are
 taken at the same commit).
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,19 +60,26 @@ from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.optimizer import DistributedOptimizer
 
 
-def recut_server_residual(pieces: List[Tuple[Optional[int], Optional[int], Dict[str, torch.Tensor]]],
-                          numels: Dict[str, int], align: int, new_size: int, new_rank: int
-                          ) -> Dict[str, torch.Tensor]:
+def recut_server_residual(
+    pieces: List[Tuple[Optional[int], Optional[int], Dict[str, torch.Tensor]]],
+    numels: Dict[str, int],
+    align: int,
+    new_size: int,
+    new_rank: int,
+) -> Dict[str, torch.Tensor]:
     """DoubleSqueeze's server residual for ``new_rank`` of ``new_size`` workers, as CPU float32
     tensors (:func:`hvd_compress.elastic.recut_server_residual` on torch tensors)."""
-    pieces_np = [(size, rank, {k: v.detach().reshape(-1).to("cpu", torch.float32).numpy() for k, v in res.items()})
-                 for size, rank, res in pieces]
+    pieces_np = [
+        (size, rank, {k: v.detach().reshape(-1).to("cpu", torch.float32).numpy() for k, v in res.items()})
+        for size, rank, res in pieces
+    ]
     out = elastic_common.recut_server_residual(pieces_np, numels, align, new_size, new_rank)
     return {key: torch.from_numpy(value) for key, value in out.items()}
 
 
 def _world() -> Tuple[int, int]:
     import horovod.torch as hvd
+
     return hvd.size(), hvd.rank()
 
 
@@ -115,6 +123,7 @@ class CodecStateHandler:
 
     def sync(self):
         from horovod.torch.functions import allgather_object, broadcast_object
+
         codec = self.value
         old_world, (size, rank) = self._world, _world()
         shared, local = split_state(codec.state_dict())
@@ -136,6 +145,7 @@ class CodecStateHandler:
 
 def _has_server_residual(codec) -> bool:
     from hvd_compress.torch.codecs.doublesqueeze import DoubleSqueeze
+
     return isinstance(codec, DoubleSqueeze)
 
 
@@ -159,6 +169,7 @@ class CompressedOptimizerStateHandler:
 
     def sync(self):
         from horovod.torch.functions import broadcast_optimizer_state
+
         # the wrapped optimizer: its step() is local, where ours would start an exchange
         broadcast_optimizer_state(self.value.optimizer, root_rank=0)
         self.codec.sync()
@@ -175,10 +186,15 @@ def register() -> None:
     Ours go first: :class:`hvd_compress.torch.DistributedOptimizer` is a ``torch.optim.Optimizer``
     and would otherwise get Horovod's plain optimizer handler."""
     from horovod.torch.elastic import state as hvd_state
-    registry = [entry for entry in hvd_state.get_handler_registry()
-                if entry[1] not in (CodecStateHandler, CompressedOptimizerStateHandler)]
-    hvd_state.set_handler_registry([(DistributedOptimizer, CompressedOptimizerStateHandler),
-                                    (Codec, CodecStateHandler)] + registry)
+
+    registry = [
+        entry
+        for entry in hvd_state.get_handler_registry()
+        if entry[1] not in (CodecStateHandler, CompressedOptimizerStateHandler)
+    ]
+    hvd_state.set_handler_registry(
+        [(DistributedOptimizer, CompressedOptimizerStateHandler), (Codec, CodecStateHandler)] + registry
+    )
 
 
 register()

@@ -17,6 +17,7 @@ Patterns (chosen by :meth:`Codec.pattern`):
 
 Every byte handed to a collective is counted in :data:`WIRE_STATS`.
 """
+
 from __future__ import annotations
 
 import threading
@@ -28,7 +29,6 @@ import torch
 from hvd_compress.common import UNCOMPRESSED, chunk_bounds, mix, ring_allreduce_bytes  # re-exported
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.fusion import FusedCollectives
-
 
 
 class WireStats:
@@ -50,8 +50,7 @@ class WireStats:
 
     def add(self, label: str, values: int, payload_bytes: int, sent_bytes: float, tensors: int = 1):
         with self._lock:
-            row = self._rows.setdefault(label, {"values": 0, "payload_bytes": 0, "sent_bytes": 0.0,
-                                                "tensors": 0})
+            row = self._rows.setdefault(label, {"values": 0, "payload_bytes": 0, "sent_bytes": 0.0, "tensors": 0})
             row["values"] += int(values)
             row["payload_bytes"] += int(payload_bytes)
             row["sent_bytes"] += float(sent_bytes)
@@ -97,7 +96,7 @@ def agree(comm, text: str, name: str, problem: str, fix: str) -> Generator:
     gathered = yield comm.allgather_async(torch.frombuffer(bytearray(mine), dtype=torch.uint8), name=name)
     texts, pos = [], 0
     for n in lengths.tolist():  # host sync (allow-listed): the agreement check, once per world
-        texts.append(bytes(gathered[pos:pos + n].tolist()).decode())  # host sync (allow-listed): once per world
+        texts.append(bytes(gathered[pos : pos + n].tolist()).decode())  # host sync (allow-listed): once per world
         pos += n
     if len(set(texts)) > 1:
         listing = "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts))
@@ -117,9 +116,13 @@ class Exchange:
     # ---------------------------------------------------------------- config agreement
     def check_config(self) -> Generator:
         """Gather every rank's codec fingerprint; raise the same clear error on all on mismatch."""
-        yield from agree(self.comm, self.codec.fingerprint(), "hvdc.config_check",
-                         "ranks use different compression settings",
-                         "Construct the same codec with the same arguments on every rank.")
+        yield from agree(
+            self.comm,
+            self.codec.fingerprint(),
+            "hvdc.config_check",
+            "ranks use different compression settings",
+            "Construct the same codec with the same arguments on every rank.",
+        )
         self._checked_world = (self.comm.size, self.comm.rank)
 
     def ensure_checked(self) -> None:
@@ -179,10 +182,14 @@ class Exchange:
         alike). The flag stays on ``out``'s device: the driver reads all of a step's flags at once,
         one host sync per step instead of one per tensor on a GPU."""
         if self.codec.nonfinite == "raise" and tensor.dtype.is_floating_point:
-            yield FiniteCheck(torch.isfinite(out).all(), FloatingPointError(
-                f"hvd_compress: gradient '{key}' holds NaN or Inf on at least one rank "
-                f"(codec {self.label}). Fix the loss or learning rate, or pass nonfinite='propagate' "
-                f"to the codec to let non-finite values through (e.g. for AMP's GradScaler)."))
+            yield FiniteCheck(
+                torch.isfinite(out).all(),
+                FloatingPointError(
+                    f"hvd_compress: gradient '{key}' holds NaN or Inf on at least one rank "
+                    f"(codec {self.label}). Fix the loss or learning rate, or pass nonfinite='propagate' "
+                    f"to the codec to let non-finite values through (e.g. for AMP's GradScaler)."
+                ),
+            )
 
     def _allreduce_plain(self, key, flat):
         n = flat.numel()
@@ -258,13 +265,12 @@ class Exchange:
         out = torch.empty(n, device=flat.device)  # on the gradient's device (GPU codecs)
         pos = 0
         for (a, b), nbytes in zip(bounds, splits):
-            codec.decode_into(gathered[pos:pos + nbytes], out[a:b])
+            codec.decode_into(gathered[pos : pos + nbytes], out[a:b])
             pos += nbytes
         # alltoall: the chunks for the other ranks; ring allgather: the N-1 chunks it does not own
         sent = 2 * (sum(splits) - splits[rank])
         self.stats.add(self.label, n, sum(splits), sent)
         return out
-
 
     def _check_received(self, key: str, n: int, data: torch.Tensor, expected: int, what: str) -> None:
         """``ValueError`` naming the codec and tensor unless ``data`` holds exactly ``expected``
@@ -276,7 +282,8 @@ class Exchange:
                 f"hvd_compress: {self.codec.describe()} payloads for tensor {key!r} ({n} values here): "
                 f"{data.numel()} bytes {what}, expected {expected} from {self.comm.size} ranks; the "
                 "ranks' tensors under this name differ in size (same model and parameter names on "
-                "every rank?)")
+                "every rank?)"
+            )
 
 
 _ring_allreduce_bytes = ring_allreduce_bytes

@@ -37,6 +37,7 @@ minimises collectives per step; smaller buckets let the first buckets' collectiv
 ones are encoded. ``0`` disables fusion (one collective per tensor): the stock API's default,
 where a fused round would wait for ``synchronize()`` (docs/fusion.md has the measurement).
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,9 @@ def bucket_bytes_from_env(default: int = DEFAULT_BUCKET_BYTES) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{ENV_BUCKET_BYTES}={raw!r}: expected an integer number of bytes "
-                         "(0 disables fusion)") from None
+        raise ValueError(
+            f"{ENV_BUCKET_BYTES}={raw!r}: expected an integer number of bytes " "(0 disables fusion)"
+        ) from None
     if value < 0:
         raise ValueError(f"{ENV_BUCKET_BYTES}={raw!r} must be >= 0 (0 disables fusion)")
     return value
@@ -220,8 +222,9 @@ class FusedCollectives:
         if not self.fused or tensor.dim() != 1:
             self.stats.add("allgather", 1)
             return self.inner.allgather_async(tensor, name=name)
-        return self._enqueue(_Member("allgather", tensor, name,
-                                     splits=None if sizes is None else [int(n) for n in sizes]))
+        return self._enqueue(
+            _Member("allgather", tensor, name, splits=None if sizes is None else [int(n) for n in sizes])
+        )
 
     def alltoall_async(self, tensor: torch.Tensor, splits: Sequence[int], name: str) -> Pending:
         if not self.fused or tensor.dim() != 1:
@@ -237,8 +240,10 @@ class FusedCollectives:
         if not member.flushed:
             self.flush()
         if member.bucket is None:  # its round's flush failed (the error was raised there)
-            raise RuntimeError(f"hvd_compress: collective '{member.name}' was never issued: an earlier "
-                               "error in the same round stopped the flush")
+            raise RuntimeError(
+                f"hvd_compress: collective '{member.name}' was never issued: an earlier "
+                "error in the same round stopped the flush"
+            )
         member.bucket.wait()
         if member.error is not None:
             raise member.error
@@ -257,8 +262,10 @@ class FusedCollectives:
             members = sorted(groups[key], key=lambda m: m.name)
             names = [m.name for m in members]
             if len(set(names)) != len(names):
-                raise ValueError(f"hvd_compress: two collectives named {sorted({n for n in names if names.count(n) > 1})}"
-                                 " in one round; names must be unique")
+                raise ValueError(
+                    f"hvd_compress: two collectives named {sorted({n for n in names if names.count(n) > 1})}"
+                    " in one round; names must be unique"
+                )
             for bucket in self._cut(members):
                 self._issue(key[0], bucket)
 
@@ -278,6 +285,7 @@ class FusedCollectives:
 
             def finish_one(out, m=m):
                 m.result = out
+
             self._attach(members, pending, finish_one)
             return
         tag = zlib.crc32("\0".join(m.name for m in members).encode())
@@ -303,8 +311,9 @@ class FusedCollectives:
             pos = 0
             for m in members:
                 n = m.tensor.numel()
-                m.result = out[pos:pos + n].view(m.tensor.shape)
+                m.result = out[pos : pos + n].view(m.tensor.shape)
                 pos += n
+
         self._attach(members, pending, finish)
 
     # byte-level layouts (every fused block starts with the layout's fingerprint)
@@ -322,7 +331,8 @@ class FusedCollectives:
             f"hvd_compress: the ranks' fused {kind} buckets differ ({detail}; bucket of {len(members)} "
             f"tensors: {names}). Every rank must exchange the same tensors with the same shapes "
             "(the same model and codec); set HVD_COMPRESS_BUCKET_BYTES=0 / bucket_bytes=0 to "
-            "exchange tensor by tensor and see which one differs.")
+            "exchange tensor by tensor and see which one differs."
+        )
 
     def _issue_allgather(self, members: List[_Member], name: str) -> None:
         device = members[0].tensor.device
@@ -330,12 +340,16 @@ class FusedCollectives:
         as_bytes = [m.tensor.contiguous().view(torch.uint8) for m in members]
         # bytes of each member in each rank's block: the exchange says where sizes differ by rank
         # (each owner's re-encoded chunk); otherwise every rank sends what this one does
-        per_rank = [[b.numel()] * world if m.splits is None else [s * m.tensor.element_size() for s in m.splits]
-                    for m, b in zip(members, as_bytes)]
+        per_rank = [
+            [b.numel()] * world if m.splits is None else [s * m.tensor.element_size() for s in m.splits]
+            for m, b in zip(members, as_bytes)
+        ]
         for m, b, sizes in zip(members, as_bytes, per_rank):
             if sizes[me] != b.numel():
-                raise ValueError(f"hvd_compress: allgather '{m.name}' sends {b.numel()} bytes but its "
-                                 f"sizes say {sizes[me]} for rank {me}")
+                raise ValueError(
+                    f"hvd_compress: allgather '{m.name}' sends {b.numel()} bytes but its "
+                    f"sizes say {sizes[me]} for rank {me}"
+                )
         header = self._fingerprint(members, per_rank, device)
         send = torch.cat([header] + as_bytes)
         pending = self.inner.allgather_async(send, name=name)
@@ -344,10 +358,9 @@ class FusedCollectives:
 
         def finish(out):
             if out.numel() != sum(block):
-                raise self._layout_error("allgather", members,
-                                         f"{out.numel()} bytes gathered, {sum(block)} expected")
+                raise self._layout_error("allgather", members, f"{out.numel()} bytes gathered, {sum(block)} expected")
             starts = [sum(block[:r]) for r in range(world)]
-            heads = torch.stack([out[a:a + HEADER_BYTES] for a in starts])
+            heads = torch.stack([out[a : a + HEADER_BYTES] for a in starts])
             # one host sync per bucket (not per tensor): the check must decide before slicing
             if not bool((heads == header).all()):
                 raise self._layout_error("allgather", members, "layout fingerprints differ")
@@ -355,9 +368,10 @@ class FusedCollectives:
             for m, sizes in zip(members, per_rank):
                 pieces = []
                 for r in range(world):
-                    pieces.append(out[offsets[r]:offsets[r] + sizes[r]])
+                    pieces.append(out[offsets[r] : offsets[r] + sizes[r]])
                     offsets[r] += sizes[r]
                 m.result = torch.cat(pieces).view(m.tensor.dtype)
+
         self._attach(members, pending, finish)
 
     def _issue_alltoall(self, members: List[_Member], name: str) -> None:
@@ -371,7 +385,7 @@ class FusedCollectives:
             pos = 0
             for d, s in enumerate(m.splits):
                 nb = s * esize
-                parts[d].append(data[pos:pos + nb])
+                parts[d].append(data[pos : pos + nb])
                 per_dest_sizes[d].append(nb)
                 pos += nb
         # what I expect from each source: the codecs' payload sizes depend only on the tensor's
@@ -387,15 +401,17 @@ class FusedCollectives:
 
         def finish(out):
             if out.numel() != world * block:
-                raise self._layout_error("alltoall", members,
-                                         f"{out.numel()} bytes received, {world} x {block} expected")
+                raise self._layout_error(
+                    "alltoall", members, f"{out.numel()} bytes received, {world} x {block} expected"
+                )
             got = out.view(world, block)
             if not bool((got[:, :HEADER_BYTES] == header).all()):
                 raise self._layout_error("alltoall", members, "layout fingerprints differ")
             pos = HEADER_BYTES
             for m, n in zip(members, expect):
-                m.result = got[:, pos:pos + n].reshape(-1).view(m.tensor.dtype)
+                m.result = got[:, pos : pos + n].reshape(-1).view(m.tensor.dtype)
                 pos += n
+
         self._attach(members, pending, finish)
 
 

@@ -44,6 +44,7 @@ as DDP's first hook call does), and the legs run over ``torch.distributed.new_gr
 (one per host, one per local position, created in the same order on every rank). ``torchrun
 --nnodes 2 --nproc_per_node 2`` gives two hosts of two ranks: ``"auto"`` turns it on there.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,6 +65,7 @@ def _is_homogeneous() -> bool:
     """Horovod's own check (every host holds the same number of ranks); horovod.torch does not
     re-export it."""
     from horovod.torch.mpi_ops import _basics
+
     return bool(_basics.is_homogeneous())
 
 
@@ -76,8 +78,10 @@ def host_process_sets(hvd=None) -> Tuple[List[List[int]], List[List[int]]]:
     if hvd is None:
         import horovod.torch as hvd
     if not _is_homogeneous():
-        raise ValueError("hvd_compress: the hierarchical exchange needs the same number of ranks on every host "
-                         f"(this job: local_size {hvd.local_size()} here, not the same everywhere)")
+        raise ValueError(
+            "hvd_compress: the hierarchical exchange needs the same number of ranks on every host "
+            f"(this job: local_size {hvd.local_size()} here, not the same everywhere)"
+        )
     mine = torch.tensor([[hvd.rank(), hvd.cross_rank(), hvd.local_rank()]], dtype=torch.int64)
     table = hvd.allgather(mine, name="hvdc.hierarchical.topology").tolist()  # host sync (allow-listed): once
     hosts: Dict[int, List[int]] = {}
@@ -95,6 +99,7 @@ def _process_set(hvd, ranks: List[int]):
     are on; a ``ValueError`` saying how to enable them otherwise."""
     from horovod.common import process_sets as ps_mod
     from horovod.torch.mpi_ops import _basics
+
     existing = {tuple(r): i for i, r in _basics._get_process_set_ids_and_ranks().items()}
     if tuple(ranks) in existing:
         ps = ps_mod.ProcessSet(ranks)
@@ -108,7 +113,8 @@ def _process_set(hvd, ranks: List[int]):
             "HOROVOD_DYNAMIC_PROCESS_SETS=1 (e.g. horovodrun -x HOROVOD_DYNAMIC_PROCESS_SETS=1, or set it before "
             "hvd.init()), or pass the sets to hvd.init(process_sets=...) (see "
             "hvd_compress.torch.hierarchical.host_process_sets), or use hierarchical=False. "
-            f"Horovod said: {exc}") from exc
+            f"Horovod said: {exc}"
+        ) from exc
 
 
 def _is_torch_dist(comm) -> bool:
@@ -119,8 +125,10 @@ def unsupported_reason(codec: Codec, comm) -> Optional[str]:
     """Why the hierarchical exchange cannot run for ``codec`` over ``comm`` (None: it can). Over
     torch.distributed this gathers every rank's host name (a collective, see the module docstring)."""
     if type(codec).custom_exchange is not Codec.custom_exchange:
-        return (f"codec {codec.describe()} runs its own collective schedule on the tensor's matrix shape, "
-                "which a per-rank shard does not have")
+        return (
+            f"codec {codec.describe()} runs its own collective schedule on the tensor's matrix shape, "
+            "which a per-rank shard does not have"
+        )
     if _is_torch_dist(comm):
         if comm.group is not None:
             return "it runs over the default torch.distributed process group (no process_group=)"
@@ -143,8 +151,10 @@ def resolve(codec: Codec, comm) -> bool:
     reason = unsupported_reason(codec, comm)
     if mode is True:
         if reason is not None:
-            raise ValueError(f"hvd_compress: hierarchical=True cannot run: {reason}. "
-                             "Use hierarchical='auto' (flat where it cannot run) or False.")
+            raise ValueError(
+                f"hvd_compress: hierarchical=True cannot run: {reason}. "
+                "Use hierarchical='auto' (flat where it cannot run) or False."
+            )
         return True
     if reason is not None:  # a custom comm= has no Horovod topology to ask
         return False
@@ -159,9 +169,11 @@ def resolve(codec: Codec, comm) -> bool:
         # are the same everywhere), so all ranks fall back alike
         global _warned_no_sets
         if not _warned_no_sets:
-            warnings.warn("hvd_compress: hierarchical='auto' runs the flat exchange: Horovod process sets are "
-                          "off. Run with HOROVOD_DYNAMIC_PROCESS_SETS=1 to average inside each host uncompressed "
-                          "and compress only the cross-host leg (or pass hierarchical=False to silence this).")
+            warnings.warn(
+                "hvd_compress: hierarchical='auto' runs the flat exchange: Horovod process sets are "
+                "off. Run with HOROVOD_DYNAMIC_PROCESS_SETS=1 to average inside each host uncompressed "
+                "and compress only the cross-host leg (or pass hierarchical=False to silence this)."
+            )
             _warned_no_sets = True
         return False
     return True
@@ -176,6 +188,7 @@ def _process_sets_available(hvd) -> bool:
     if os.environ.get("HOROVOD_DYNAMIC_PROCESS_SETS", "").strip().lower() in ("1", "true", "yes", "on"):
         return True
     from horovod.torch.mpi_ops import _basics
+
     registered = {tuple(r) for r in _basics._get_process_set_ids_and_ranks().values()}
     size, local = hvd.size(), hvd.local_size()
     # placement host by host (horovodrun -H): host h holds ranks h*local .. (h+1)*local-1
@@ -200,6 +213,7 @@ class TorchDistTopology:
         import socket
 
         import torch.distributed as dist
+
         names: List[Optional[str]] = [None] * dist.get_world_size()
         dist.all_gather_object(names, socket.gethostname())
         hosts: Dict[str, List[int]] = {}
@@ -215,6 +229,7 @@ class TorchDistTopology:
         import torch.distributed as dist
 
         from hvd_compress.torch.dist import TorchDistCollectives
+
         per_host = self.per_host
         per_position = [sorted(host[i] for host in per_host) for i in range(len(per_host[0]))]
         me = dist.get_rank()
@@ -222,8 +237,11 @@ class TorchDistTopology:
         cross_groups = [dist.new_group(ranks) for ranks in per_position]
         host = next(i for i, r in enumerate(per_host) if me in r)
         position = per_host[host].index(me)
-        return (TorchDistCollectives(local_groups[host], device=comm.device),
-                TorchDistCollectives(cross_groups[position], device=comm.device), position)
+        return (
+            TorchDistCollectives(local_groups[host], device=comm.device),
+            TorchDistCollectives(cross_groups[position], device=comm.device),
+            position,
+        )
 
 
 class HierarchicalExchange(Exchange):
@@ -233,8 +251,7 @@ class HierarchicalExchange(Exchange):
 
     hierarchical = True
 
-    def __init__(self, codec: Codec, comm, label: Optional[str] = None,
-                 stats: WireStats = WIRE_STATS):
+    def __init__(self, codec: Codec, comm, label: Optional[str] = None, stats: WireStats = WIRE_STATS):
         super().__init__(codec, comm, label, stats)
         self.local = self.cross_comm = self.cross = None  # set up after the config check agrees
 
@@ -242,10 +259,13 @@ class HierarchicalExchange(Exchange):
         # The fingerprint (which holds an explicit hierarchical=) is agreed first, so a rank that
         # runs flat fails here with the others instead of leaving them in the topology allgather.
         yield from super().check_config()
-        yield from agree(self.comm, "hierarchical", "hvdc.hierarchical_check",
-                         "ranks chose different exchange modes (hierarchical vs flat)",
-                         "Pass the same hierarchical= setting on every rank and run the same number of ranks "
-                         "on every host.")
+        yield from agree(
+            self.comm,
+            "hierarchical",
+            "hvdc.hierarchical_check",
+            "ranks chose different exchange modes (hierarchical vs flat)",
+            "Pass the same hierarchical= setting on every rank and run the same number of ranks " "on every host.",
+        )
         self._setup()
 
     def _setup(self) -> None:
@@ -289,8 +309,9 @@ class HierarchicalExchange(Exchange):
         if hi > lo:
             shard = yield from self.cross.average_compressed(self.shard_key(key), shard)
         whole = yield self.local.allgather_async(shard.contiguous(), name=f"hvdc.{key}.host_ag")
-        self.stats.add(INTRA_HOST, 0, 4 * n, ring_allreduce_bytes(4 * n, local_n) + 4 * n * (local_n - 1) / local_n,
-                       tensors=0)
+        self.stats.add(
+            INTRA_HOST, 0, 4 * n, ring_allreduce_bytes(4 * n, local_n) + 4 * n * (local_n - 1) / local_n, tensors=0
+        )
         out = whole.view(shape).to(dtype)
         yield from self.check_finite(key, tensor, out)  # the whole tensor, alike on every rank
         return out

@@ -22,6 +22,7 @@ arguments works too. Build the hook from the LightningModule's (or its inner mod
 ``named_parameters()``: the names key the codec state, and Lightning's DDP wrapper sees the
 same parameter objects. Guide: ``docs/lightning_accelerate.md``.
 """
+
 from __future__ import annotations
 
 from lightning.pytorch.strategies import DDPStrategy as _LightningDDPStrategy

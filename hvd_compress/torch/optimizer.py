@@ -1,4 +1,5 @@
 """hvd_compress's own DistributedOptimizer: bucketed small tensors, codec state in state_dict()."""
+
 from __future__ import annotations
 
 import zlib
@@ -54,11 +55,17 @@ class DistributedOptimizer(WrappedOptimizer):
     then ride the fused fp32 allreduce); lower it to compress more of the model.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer,
-                 named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
-                 compression: "Codec | str" = "none", process_set=None, comm=None,
-                 bucket_bytes: Optional[int] = None, backward_passes_per_step: int = 1,
-                 overlap: bool = True):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
+        compression: "Codec | str" = "none",
+        process_set=None,
+        comm=None,
+        bucket_bytes: Optional[int] = None,
+        backward_passes_per_step: int = 1,
+        overlap: bool = True,
+    ):
         self.optimizer = optimizer
         self.codec = from_spec(compression)
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -73,8 +80,10 @@ class DistributedOptimizer(WrappedOptimizer):
         by_id = {id(p): n for n, p in named}
         missing = [i for i, p in enumerate(params) if id(p) not in by_id]
         if missing:
-            raise ValueError(f"named_parameters does not name {len(missing)} of the optimizer's "
-                             "parameters; pass model.named_parameters() for the model the optimizer trains")
+            raise ValueError(
+                f"named_parameters does not name {len(missing)} of the optimizer's "
+                "parameters; pass model.named_parameters() for the model the optimizer trains"
+            )
         # A fixed order (sorted by name) so every rank fuses and exchanges the same way; buckets
         # follow the optimizer's order, reversed (backward's order, roughly)
         self._order = [(by_id[id(p)], p) for p in params if p.requires_grad]
@@ -116,8 +125,9 @@ class DistributedOptimizer(WrappedOptimizer):
     def _register_hooks(self) -> None:
         for name, p in self._params:
             if hasattr(p, "register_post_accumulate_grad_hook"):
-                self._hooks.append(p.register_post_accumulate_grad_hook(
-                    lambda param, name=name: self._grad_ready(name)))
+                self._hooks.append(
+                    p.register_post_accumulate_grad_hook(lambda param, name=name: self._grad_ready(name))
+                )
 
     def _grad_ready(self, name: str) -> None:
         """Backward produced ``name``'s gradient: on the last pass before ``step()``, the
@@ -130,7 +140,8 @@ class DistributedOptimizer(WrappedOptimizer):
                 f"hvd_compress: the gradient of '{name}' was computed {passes} times before step(), "
                 f"but backward_passes_per_step={self.backward_passes_per_step}: its exchange had "
                 "started already. Pass backward_passes_per_step=N to accumulate N backward passes "
-                "(like Horovod), or overlap=False to exchange only in step().")
+                "(like Horovod), or overlap=False to exchange only in step()."
+            )
         bucket = self._bucket_of.get(name)
         if passes == self.backward_passes_per_step and bucket is not None:
             self._left[bucket] -= 1
@@ -172,7 +183,7 @@ class DistributedOptimizer(WrappedOptimizer):
             out, pos = results[_fused_key(dtype)], 0
             for _, p in members:
                 n = p.grad.numel()
-                p.grad.copy_(out[pos:pos + n].view_as(p.grad))
+                p.grad.copy_(out[pos : pos + n].view_as(p.grad))
                 pos += n
 
     def reset_world(self) -> None:
@@ -191,9 +202,17 @@ class DistributedOptimizer(WrappedOptimizer):
             return
         text = ";".join(f"{n}:{tuple(p.shape)}" for n, p in self._params)
         digest = f"{len(self._params)} tensors, layout {zlib.crc32(text.encode()):08x}"
-        drive({"hvdc.layout_check": agree(
-            self.comm, digest, "hvdc.layout_check", "ranks train different parameters",
-            "Build the same model on every rank and pass its named_parameters().")})
+        drive(
+            {
+                "hvdc.layout_check": agree(
+                    self.comm,
+                    digest,
+                    "hvdc.layout_check",
+                    "ranks train different parameters",
+                    "Build the same model on every rank and pass its named_parameters().",
+                )
+            }
+        )
         self._layout_checked = world
 
     def step(self, closure=None):
@@ -220,8 +239,9 @@ def _dense_grad(name: str, p: torch.nn.Parameter) -> torch.Tensor:
     if p.grad is None:
         p.grad = torch.zeros_like(p)
     if p.grad.is_sparse:
-        raise ValueError(f"sparse gradient for '{name}': use dense gradients "
-                         "(e.g. nn.Embedding(sparse=False)) with hvd_compress")
+        raise ValueError(
+            f"sparse gradient for '{name}': use dense gradients " "(e.g. nn.Embedding(sparse=False)) with hvd_compress"
+        )
     return p.grad
 
 

@@ -7,6 +7,7 @@ bits (little-endian bit order), for ``b`` in {1, 2, 4, 8}. Base-3 packing stores
 All functions are vectorized: the Python loops run over the bit lanes of a byte (at most 8),
 never over values.
 """
+
 from __future__ import annotations
 
 import torch

@@ -2,6 +2,7 @@
 
 The parsing is framework-neutral (:mod:`hvd_compress.spec`, shared with ``hvd_compress.tensorflow``).
 """
+
 from __future__ import annotations
 
 from typing import Dict

@@ -18,6 +18,7 @@ State (error-feedback residuals, RNG steps) is therefore keyed by parameter name
 optimizer's ``state_dict()`` carries the codec state under ``"hvd_compress"`` from the first step
 on. To restore state before the first step, call ``codec.load_state_dict(...)`` yourself.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -81,14 +82,18 @@ class StockEngine:
         if opt is not None:
             self._hook_state_dict(opt)
             if getattr(opt, "op", None) not in (None, _hvd_op("Average"), _hvd_op("Sum")):
-                raise ValueError("hvd_compress codecs support op=hvd.Average and hvd.Sum "
-                                 "(Adasum combines raw gradients and cannot take them compressed)")
+                raise ValueError(
+                    "hvd_compress codecs support op=hvd.Average and hvd.Sum "
+                    "(Adasum combines raw gradients and cannot take them compressed)"
+                )
         op_sum = opt is not None and getattr(opt, "op", None) == _hvd_op("Sum")
         if name is None:
             if getattr(self.codec, "worker_feedback", False) and not self._warned_anonymous:
-                warnings.warn("hvd_compress: could not find the parameter name of a gradient; "
-                              "error-feedback state is keyed by call order. Pass "
-                              "named_parameters=model.named_parameters() to hvd.DistributedOptimizer.")
+                warnings.warn(
+                    "hvd_compress: could not find the parameter name of a gradient; "
+                    "error-feedback state is keyed by call order. Pass "
+                    "named_parameters=model.named_parameters() to hvd.DistributedOptimizer."
+                )
                 self._warned_anonymous = True
             name = f"anonymous.{self._anonymous}"
             self._anonymous += 1
@@ -97,14 +102,12 @@ class StockEngine:
         if not codec.should_compress(tensor):
             send = tensor if dtype in (torch.float32, torch.float64, torch.float16) else tensor.to(torch.float32)
             nbytes = send.numel() * send.element_size()
-            WIRE_STATS.add(UNCOMPRESSED, tensor.numel(), nbytes,
-                           _ring_allreduce_bytes(nbytes, self.comm.size))
+            WIRE_STATS.add(UNCOMPRESSED, tensor.numel(), nbytes, _ring_allreduce_bytes(nbytes, self.comm.size))
             return send.contiguous(), ("plain", name, dtype)
         if codec.summable and not self.exchange.hierarchical:  # hierarchical: our own three legs
             t = codec.to_summable(tensor.detach().reshape(-1).to(torch.float32)).view(tensor.shape)
             nbytes = t.numel() * t.element_size()
-            WIRE_STATS.add(self.exchange.label, tensor.numel(), nbytes,
-                           _ring_allreduce_bytes(nbytes, self.comm.size))
+            WIRE_STATS.add(self.exchange.label, tensor.numel(), nbytes, _ring_allreduce_bytes(nbytes, self.comm.size))
             return t.contiguous(), ("sum", name, dtype)
         self.driver.start(name, self.exchange.average(name, tensor))
         return torch.zeros(1, device=tensor.device), ("exchange", name, dtype, op_sum)  # on the gradient's device
@@ -122,10 +125,12 @@ class StockEngine:
         if self.codec.nonfinite == "raise" and out.dtype.is_floating_point and not torch.isfinite(out).all():
             raise FloatingPointError(
                 f"hvd_compress: gradient '{name}' holds NaN or Inf on at least one rank. Fix the loss "
-                "or learning rate, or pass nonfinite='propagate' to the codec.")
+                "or learning rate, or pass nonfinite='propagate' to the codec."
+            )
         return out
 
 
 def _hvd_op(name):
     import horovod.torch as hvd
+
     return getattr(hvd, name)

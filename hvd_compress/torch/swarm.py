@@ -65,6 +65,7 @@ grow with the distance); larger H saves bytes but drifts. ``lattice:bits=8`` is 
 ``lattice:bits=4,safety=3`` halves the bytes again. Watch ``stats["fallback_tensors"]``: a few
 per hundred rounds is normal; many means raise ``safety`` or lower H.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -129,9 +130,19 @@ class SwarmSGD(WrappedOptimizer):
     :func:`hvd_compress.torch.wire_stats`.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, local_steps: int = 1,
-                 codec: "Codec | str" = "lattice:bits=8", seed: int = 0, nonblocking: bool = False,
-                 buffers: str = "average", broadcast: bool = True, process_set=None, comm=None):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: torch.nn.Module,
+        local_steps: int = 1,
+        codec: "Codec | str" = "lattice:bits=8",
+        seed: int = 0,
+        nonblocking: bool = False,
+        buffers: str = "average",
+        broadcast: bool = True,
+        process_set=None,
+        comm=None,
+    ):
         if int(local_steps) < 1:
             raise ValueError(f"local_steps must be >= 1, got {local_steps}")
         if buffers not in BUFFER_MODES:
@@ -147,19 +158,23 @@ class SwarmSGD(WrappedOptimizer):
         self.buffers = buffers
         if comm is None:
             from hvd_compress.torch.collectives import HorovodCollectives
+
             comm = HorovodCollectives(process_set)
         self.comm = comm
         self._lattice = isinstance(self.codec, Lattice)
 
-        params = sorted(((n, p) for n, p in model.named_parameters()
-                         if p.requires_grad and p.dtype.is_floating_point), key=lambda t: t[0])
-        bufs = sorted(((n, b) for n, b in model.named_buffers() if b.dtype.is_floating_point),
-                      key=lambda t: t[0])
+        params = sorted(
+            ((n, p) for n, p in model.named_parameters() if p.requires_grad and p.dtype.is_floating_point),
+            key=lambda t: t[0],
+        )
+        bufs = sorted(((n, b) for n, b in model.named_buffers() if b.dtype.is_floating_point), key=lambda t: t[0])
         opt_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
         stray = [n for n, p in params if id(p) not in opt_ids]
         if stray and len(stray) == len(params):
-            raise ValueError("the optimizer does not train any of the model's parameters; "
-                             "pass the model the optimizer was built for")
+            raise ValueError(
+                "the optimizer does not train any of the model's parameters; "
+                "pass the model the optimizer was built for"
+            )
         self._tensors: Dict[str, torch.Tensor] = {f"param.{n}": p for n, p in params}
         self._all_buffers: Dict[str, torch.Tensor] = {f"buffer.{n}": b for n, b in bufs}
         if buffers == "average":
@@ -182,9 +197,20 @@ class SwarmSGD(WrappedOptimizer):
         self._synced: Dict[str, torch.Tensor] = {}
         self._anchor: Dict[str, torch.Tensor] = {}
         self.stats: Dict[str, float] = {
-            "steps": 0, "rounds": 0, "idle_rounds": 0, "fallback_tensors": 0, "fallback_rounds": 0,
-            "bytes_sent": 0, "control_bytes_sent": 0, "fallback_bytes_sent": 0, "average_bytes_sent": 0,
-            "compressed_values": 0, "compressed_payload_bytes": 0, "distance_sum": 0.0, "distance_count": 0}
+            "steps": 0,
+            "rounds": 0,
+            "idle_rounds": 0,
+            "fallback_tensors": 0,
+            "fallback_rounds": 0,
+            "bytes_sent": 0,
+            "control_bytes_sent": 0,
+            "fallback_bytes_sent": 0,
+            "average_bytes_sent": 0,
+            "compressed_values": 0,
+            "compressed_payload_bytes": 0,
+            "distance_sum": 0.0,
+            "distance_count": 0,
+        }
 
         self._check_config()
         if broadcast:
@@ -192,29 +218,42 @@ class SwarmSGD(WrappedOptimizer):
         self._reset_references(anchor_from_average=not broadcast)
 
     def __repr__(self):
-        return (f"hvd_compress.SwarmSGD({self.optimizer!r}, local_steps={self.local_steps}, "
-                f"codec={self.codec}, nonblocking={self.nonblocking}, buffers={self.buffers!r})")
+        return (
+            f"hvd_compress.SwarmSGD({self.optimizer!r}, local_steps={self.local_steps}, "
+            f"codec={self.codec}, nonblocking={self.nonblocking}, buffers={self.buffers!r})"
+        )
 
     # ------------------------------------------------------------------ setup
     def fingerprint(self) -> str:
         """Everything that must agree across ranks for the rounds to match."""
-        shapes = ";".join(f"{k}:{tuple(t.shape)}:{str(t.dtype).replace('torch.', '')}"
-                          for k, t in self._tensors.items())
-        return (f"SwarmSGD(local_steps={self.local_steps},seed={self.seed},nonblocking={self.nonblocking},"
-                f"buffers={self.buffers},codec={self.codec.fingerprint()},tensors={shapes})")
+        shapes = ";".join(
+            f"{k}:{tuple(t.shape)}:{str(t.dtype).replace('torch.', '')}" for k, t in self._tensors.items()
+        )
+        return (
+            f"SwarmSGD(local_steps={self.local_steps},seed={self.seed},nonblocking={self.nonblocking},"
+            f"buffers={self.buffers},codec={self.codec.fingerprint()},tensors={shapes})"
+        )
 
     def _check_config(self):
-        drive({"config": agree(self.comm, self.fingerprint(), "hvdc.swarm.config",
-                              "SwarmSGD settings or models differ across ranks",
-                              "Build the same model and SwarmSGD(...) arguments on every rank.")})
+        drive(
+            {
+                "config": agree(
+                    self.comm,
+                    self.fingerprint(),
+                    "hvdc.swarm.config",
+                    "SwarmSGD settings or models differ across ranks",
+                    "Build the same model and SwarmSGD(...) arguments on every rank.",
+                )
+            }
+        )
 
     def _broadcast_initial(self):
-        items = list(self._tensors.items()) + [(k, b) for k, b in self._all_buffers.items()
-                                              if k not in self._tensors]
+        items = list(self._tensors.items()) + [(k, b) for k, b in self._all_buffers.items() if k not in self._tensors]
         driver = Driver()
         for key, t in items:
-            driver.start(key, _single(self.comm.broadcast_async(t.detach().contiguous(), 0,
-                                                                name=f"hvdc.swarm.bcast.{key}")))
+            driver.start(
+                key, _single(self.comm.broadcast_async(t.detach().contiguous(), 0, name=f"hvdc.swarm.bcast.{key}"))
+            )
         results = driver.finish()
         with torch.no_grad():
             for key, t in items:
@@ -230,8 +269,14 @@ class SwarmSGD(WrappedOptimizer):
         if anchor_from_average:  # models may differ: agree on their exact average as the anchor
             driver = Driver()
             for k in coded:
-                driver.start(k, _single(self.comm.allreduce_async(self._flat(k).to(torch.float32).contiguous(),
-                                                                  name=f"hvdc.swarm.anchor.{k}", op="average")))
+                driver.start(
+                    k,
+                    _single(
+                        self.comm.allreduce_async(
+                            self._flat(k).to(torch.float32).contiguous(), name=f"hvdc.swarm.anchor.{k}", op="average"
+                        )
+                    ),
+                )
             res = driver.finish()
             self._anchor = {k: res[k].clone() for k in coded}
         else:
@@ -336,11 +381,13 @@ class SwarmSGD(WrappedOptimizer):
         values: Dict[str, torch.Tensor] = {}
         if partner is not None:
             if received.numel() != send.numel():
-                raise RuntimeError(f"hvd_compress: SwarmSGD round {rnd}: partner {partner} sent "
-                                   f"{received.numel()} bytes, expected {send.numel()}")
+                raise RuntimeError(
+                    f"hvd_compress: SwarmSGD round {rnd}: partner {partner} sent "
+                    f"{received.numel()} bytes, expected {send.numel()}"
+                )
             pos = 0
             for i, (key, nbytes) in enumerate(layout):
-                part = received[pos:pos + nbytes]
+                part = received[pos : pos + nbytes]
                 pos += nbytes
                 kind, ref = self._kind[key], snapshot[key]
                 if kind == "lattice":
@@ -361,8 +408,10 @@ class SwarmSGD(WrappedOptimizer):
         bad = (table & _NONFINITE).nonzero().tolist()
         if bad:
             listing = ", ".join(f"rank {r}: '{keys[i]}'" for r, i in bad[:8])
-            raise FloatingPointError(f"hvd_compress: SwarmSGD round {rnd}: non-finite values in the model "
-                                     f"({listing}). Lower the learning rate or fix the loss.")
+            raise FloatingPointError(
+                f"hvd_compress: SwarmSGD round {rnd}: non-finite values in the model "
+                f"({listing}). Lower the learning rate or fix the loss."
+            )
         failed = (table & _FAILED) != 0
         if bool(failed.any()):  # full-precision exchange of the tensors a pair could not decode
             need: List[int] = []
@@ -378,14 +427,19 @@ class SwarmSGD(WrappedOptimizer):
             for i in need:
                 key = keys[i]
                 nbytes = exact_parts.pop(0).numel()
-                values[key] = _from_raw(got[pos:pos + nbytes], snapshot[key].dtype)
+                values[key] = _from_raw(got[pos : pos + nbytes], snapshot[key].dtype)
                 pos += nbytes
             if need:
                 self.stats["fallback_tensors"] += len(need)
                 self.stats["fallback_rounds"] += 1
                 self.stats["fallback_bytes_sent"] += send2.numel()
-                WIRE_STATS.add("swarm.fallback", sum(snapshot[keys[i]].numel() for i in need),
-                               send2.numel(), send2.numel(), tensors=len(need))
+                WIRE_STATS.add(
+                    "swarm.fallback",
+                    sum(snapshot[keys[i]].numel() for i in need),
+                    send2.numel(),
+                    send2.numel(),
+                    tensors=len(need),
+                )
         return partner, values
 
     def _count_payload(self, layout, total: int) -> None:
@@ -399,8 +453,9 @@ class SwarmSGD(WrappedOptimizer):
                 self.stats["compressed_payload_bytes"] += nbytes
                 WIRE_STATS.add(self.codec.describe(), n, nbytes, nbytes)
 
-    def _apply(self, partner: Optional[int], values: Dict[str, torch.Tensor],
-               snapshot: Dict[str, torch.Tensor]) -> None:
+    def _apply(
+        self, partner: Optional[int], values: Dict[str, torch.Tensor], snapshot: Dict[str, torch.Tensor]
+    ) -> None:
         if partner is None:
             return
         with torch.no_grad():
@@ -438,8 +493,9 @@ class SwarmSGD(WrappedOptimizer):
             send = t.detach().reshape(-1)
             if send.dtype not in (torch.float32, torch.float64, torch.float16):
                 send = send.to(torch.float32)
-            driver.start(key, _single(self.comm.allreduce_async(send.contiguous(), name=f"hvdc.swarm.avg.{key}",
-                                                                op="average")))
+            driver.start(
+                key, _single(self.comm.allreduce_async(send.contiguous(), name=f"hvdc.swarm.avg.{key}", op="average"))
+            )
             nbytes = send.numel() * send.element_size()
             sent = _ring_allreduce_bytes(nbytes, self.comm.size)
             self.stats["average_bytes_sent"] += sent
@@ -482,14 +538,20 @@ class SwarmSGD(WrappedOptimizer):
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self):
         if self._pending is not None:
-            raise RuntimeError("SwarmSGD: a non-blocking exchange is in flight; call flush() (collective) "
-                               "before state_dict()")
+            raise RuntimeError(
+                "SwarmSGD: a non-blocking exchange is in flight; call flush() (collective) " "before state_dict()"
+            )
         sd = self.optimizer.state_dict()
-        sd[STATE_KEY] = {"fingerprint": self.fingerprint(), "local": self._local, "round": self._round,
-                         "distance": dict(self._distance),
-                         "synced": {k: v.clone() for k, v in self._synced.items()},
-                         "anchor": {k: v.clone() for k, v in self._anchor.items()},
-                         "stats": dict(self.stats), "codec": self.codec.state_dict()}
+        sd[STATE_KEY] = {
+            "fingerprint": self.fingerprint(),
+            "local": self._local,
+            "round": self._round,
+            "distance": dict(self._distance),
+            "synced": {k: v.clone() for k, v in self._synced.items()},
+            "anchor": {k: v.clone() for k, v in self._anchor.items()},
+            "stats": dict(self.stats),
+            "codec": self.codec.state_dict(),
+        }
         return sd
 
     def load_state_dict(self, state_dict):
@@ -499,8 +561,9 @@ class SwarmSGD(WrappedOptimizer):
         if saved is None:
             return
         if saved["fingerprint"] != self.fingerprint():
-            raise ValueError(f"SwarmSGD state was saved by {saved['fingerprint']}, cannot load it into "
-                             f"{self.fingerprint()}")
+            raise ValueError(
+                f"SwarmSGD state was saved by {saved['fingerprint']}, cannot load it into " f"{self.fingerprint()}"
+            )
         self._local, self._round = int(saved["local"]), int(saved["round"])
         self._distance = dict(saved["distance"])
         self._synced = {k: v.clone() for k, v in saved["synced"].items()}
@@ -513,5 +576,3 @@ def _single(pending):
     """A generator that issues one collective and returns its result (for :class:`Driver`)."""
     result = yield pending
     return result
-
-

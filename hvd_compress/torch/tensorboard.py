@@ -31,6 +31,7 @@ exchange factors instead of payloads (PowerSGD, GradiVeQ) have no local encode; 
 skipped. Log on rank 0 only unless you want per-worker curves (error-feedback residuals and
 stochastic rounding differ per rank).
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, Optional, Tuple
@@ -42,8 +43,9 @@ from hvd_compress.torch.exchange import wire_stats
 FIELDS = ("bits_per_value", "sent_bytes", "values")
 
 
-def log_wire_stats(writer, step: int, prefix: str = "hvd_compress/",
-                   stats: Optional[Dict[str, Dict[str, float]]] = None) -> Dict[str, float]:
+def log_wire_stats(
+    writer, step: int, prefix: str = "hvd_compress/", stats: Optional[Dict[str, Dict[str, float]]] = None
+) -> Dict[str, float]:
     """Write :func:`~hvd_compress.torch.wire_stats` (or ``stats``) as scalars at ``step``;
     returns what was written (tag -> value)."""
     stats = wire_stats() if stats is None else stats
@@ -57,8 +59,7 @@ def log_wire_stats(writer, step: int, prefix: str = "hvd_compress/",
     return written
 
 
-def compression_error(codec, named_tensors: Iterable[Tuple[str, torch.Tensor]],
-                      seed: int = 0) -> Optional[float]:
+def compression_error(codec, named_tensors: Iterable[Tuple[str, torch.Tensor]], seed: int = 0) -> Optional[float]:
     """Relative L2 error of encoding then decoding each tensor the codec compresses (its
     ``.grad`` for parameters); ``None`` when no tensor qualifies or the codec has no local encode."""
     error_sq = reference_sq = 0.0
@@ -80,8 +81,9 @@ def compression_error(codec, named_tensors: Iterable[Tuple[str, torch.Tensor]],
     return (error_sq / reference_sq) ** 0.5
 
 
-def log_compression_error(writer, step: int, codec, named_tensors: Iterable[Tuple[str, torch.Tensor]],
-                          prefix: str = "hvd_compress/") -> Optional[float]:
+def log_compression_error(
+    writer, step: int, codec, named_tensors: Iterable[Tuple[str, torch.Tensor]], prefix: str = "hvd_compress/"
+) -> Optional[float]:
     """Write ``<prefix>compression_error`` for ``named_tensors`` (see :func:`compression_error`);
     returns the value, or ``None`` (nothing written)."""
     error = compression_error(codec, named_tensors)

@@ -1,4 +1,5 @@
 """Wrapping a torch optimizer by delegation (as accelerate's AcceleratedOptimizer does)."""
+
 from __future__ import annotations
 
 import torch

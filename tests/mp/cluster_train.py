@@ -10,16 +10,25 @@ The first rank on each host (local_rank 0) reads its host's ``/sys/class/net/<if
 first over an idle pause (Horovod's control plane alone), then after the first and the last epoch
 of every codec, so the initial broadcast and the final replica check are left out of the count.
 """
+
 import socket
 import time
 from pathlib import Path
 
 from common import parse_args, write_result
 
-args = parse_args({"--codecs": {"required": True}, "--epochs": {"type": int, "default": 12},
-                   "--hidden": {"type": int, "default": 256}, "--lr": {"type": float, "default": 0.05},
-                   "--bytes-hidden": {"type": int, "default": 0}, "--bytes-epochs": {"type": int, "default": 3},
-                   "--iface": {"default": "eth0"}, "--idle": {"type": float, "default": 2.0}})
+args = parse_args(
+    {
+        "--codecs": {"required": True},
+        "--epochs": {"type": int, "default": 12},
+        "--hidden": {"type": int, "default": 256},
+        "--lr": {"type": float, "default": 0.05},
+        "--bytes-hidden": {"type": int, "default": 0},
+        "--bytes-epochs": {"type": int, "default": 3},
+        "--iface": {"default": "eth0"},
+        "--idle": {"type": float, "default": 2.0},
+    }
+)
 
 import types  # noqa: E402
 
@@ -55,20 +64,32 @@ def train_all(hidden: int, epochs: int):
     rows = []
     for entry in split_codecs(args.codecs):
         name, _, frontend = entry.partition("@")
-        opts = types.SimpleNamespace(seed=0, hidden=hidden, lr=args.lr, batch_size=32, epochs=epochs,
-                                     frontend=frontend or "stock")
+        opts = types.SimpleNamespace(
+            seed=0, hidden=hidden, lr=args.lr, batch_size=32, epochs=epochs, frontend=frontend or "stock"
+        )
         marks = []  # (tx bytes, time) after every epoch
         row = train_one(name, data, opts, hvd, progress=lambda: marks.append((tx(), time.perf_counter())))
         row.update({"codec": entry, "frontend": opts.frontend})
         (b0, s0), (b1, s1) = marks[0], marks[-1]
-        row.update({"host_tx_bytes": b1 - b0, "counted_seconds": s1 - s0, "hidden": hidden,
-                    "counted_steps": row["steps"] * (len(marks) - 1) // len(marks)})
+        row.update(
+            {
+                "host_tx_bytes": b1 - b0,
+                "counted_seconds": s1 - s0,
+                "hidden": hidden,
+                "counted_steps": row["steps"] * (len(marks) - 1) // len(marks),
+            }
+        )
         if name not in ("fp32", "hvd-fp16"):  # the exchange pattern of the compressed (weight) tensors
             codec = hc.from_spec(name)
             hier = codec.hierarchical is True  # the rows name it explicitly (flat rows: hierarchical=false)
             ranks = hvd.cross_size() if hier else hvd.size()  # who runs the compressed exchange
-            row["patterns"] = sorted({codec.pattern(ranks, p.numel() // (hvd.local_size() if hier else 1))
-                                      for p in make_model(0, hidden).parameters() if p.dim() == 2})
+            row["patterns"] = sorted(
+                {
+                    codec.pattern(ranks, p.numel() // (hvd.local_size() if hier else 1))
+                    for p in make_model(0, hidden).parameters()
+                    if p.dim() == 2
+                }
+            )
             row["describe"] = codec.describe()
             row["hierarchical"] = hier
         rows.append(row)
@@ -79,7 +100,18 @@ def train_all(hidden: int, epochs: int):
 # per-message TCP/IP and Horovod negotiation overhead of the few-KB compressed tensors
 rows = train_all(args.hidden, args.epochs)
 byte_rows = train_all(args.bytes_hidden, args.bytes_epochs) if args.bytes_hidden else rows
-write_result(args.out, hvd.rank(), {"rank": hvd.rank(), "size": hvd.size(), "local_rank": hvd.local_rank(),
-                                    "cross_rank": hvd.cross_rank(), "hostname": socket.gethostname(),
-                                    "idle_tx_bytes_per_s": idle_rate, "rows": rows, "byte_rows": byte_rows})
+write_result(
+    args.out,
+    hvd.rank(),
+    {
+        "rank": hvd.rank(),
+        "size": hvd.size(),
+        "local_rank": hvd.local_rank(),
+        "cross_rank": hvd.cross_rank(),
+        "hostname": socket.gethostname(),
+        "idle_tx_bytes_per_s": idle_rate,
+        "rows": rows,
+        "byte_rows": byte_rows,
+    },
+)
 hvd.shutdown()

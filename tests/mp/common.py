@@ -1,4 +1,5 @@
 """Shared bits for the multi-process worker scripts under tests/mp."""
+
 import argparse
 import json
 import os
@@ -30,5 +31,6 @@ def close_process_group():
     called without an active exception") when its peer tears down first; measured with plain DDP,
     no hvd_compress involved."""
     import torch.distributed as dist
+
     dist.barrier()
     dist.destroy_process_group()

@@ -12,6 +12,7 @@ Phases (each rank writes what it saw; tests/test_ddp.py asserts):
 * ``unused``: ``find_unused_parameters=True`` with a branch that gets no gradient.
 * ``nonfinite``: a NaN gradient on rank 1 only raises an error naming the parameter on both ranks.
 """
+
 import os
 import traceback
 
@@ -27,13 +28,14 @@ K = 15
 def batch(step, rank, data, bs=32):
     xtr, ytr = data[0], data[1]
     g = torch.Generator().manual_seed(1000 + step)
-    idx = torch.randperm(xtr.shape[0], generator=g)[rank * bs:(rank + 1) * bs]
+    idx = torch.randperm(xtr.shape[0], generator=g)[rank * bs : (rank + 1) * bs]
     return xtr[idx], ytr[idx]
 
 
 def build(codec, seed, overlap=True):
     import hvd_compress.torch as hc
     from hvd_compress.demo import make_model
+
     model = make_model(seed, 64)
     ddp = DDP(model, bucket_cap_mb=0.01)
     state, hook = hc.ddp_comm_hook(codec, named_parameters=model.named_parameters(), overlap=overlap)
@@ -60,6 +62,7 @@ def main():
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     from hvd_compress.demo import load_digits_split
+
     data = load_digits_split(0)
     rank = dist.get_rank()
     out = {}
@@ -75,8 +78,9 @@ def main():
     torch.save(state.state_dict(), hook_ckpt)
     dist.barrier()
     out["state_keys"] = {k: sorted(v) for k, v in state.codec.state.items() if isinstance(v, dict)}
-    out["inner_state_keys"] = {k: sorted(v) for k, v in getattr(state.codec, "inner", state.codec).state.items()
-                               if isinstance(v, dict)}
+    out["inner_state_keys"] = {
+        k: sorted(v) for k, v in getattr(state.codec, "inner", state.codec).state.items() if isinstance(v, dict)
+    }
     out["iteration_at_save"] = state.iteration
     run(ddp, opt, data, range(K, 2 * K))
     reference = flat(model)
@@ -128,9 +132,11 @@ def main():
     run(ddp, opt, data, range(5))
     everyone = [torch.empty_like(flat(net)) for _ in range(2)]
     dist.all_gather(everyone, flat(net))
-    out["unused"] = {"replicas_identical": torch.equal(everyone[0], everyone[1]),
-                     "unused_unchanged": torch.equal(net.unused.weight.detach(), before),
-                     "iterations": st.iteration}
+    out["unused"] = {
+        "replicas_identical": torch.equal(everyone[0], everyone[1]),
+        "unused_unchanged": torch.equal(net.unused.weight.detach(), before),
+        "iterations": st.iteration,
+    }
 
     # a NaN gradient on rank 1 only: both ranks must raise, naming the parameter
     model, ddp, state, opt = build("qsgd:bits=4", seed=0)

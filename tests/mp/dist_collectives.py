@@ -4,6 +4,7 @@ waits out of issue order, and the Exchange's patterns (allgather, reduce-scatter
 Run by tests/test_ddp.py under ``torch.distributed.run --nproc_per_node=3``. Each rank writes
 ``{"checks": {name: true|"message"}, ...}``; the test asserts every check is true on every rank.
 """
+
 import traceback
 
 from common import close_process_group, parse_args, write_result
@@ -69,11 +70,16 @@ def main():
     def alltoall(comm):
         # rank r sends (r + d) % 3 rows to rank d (zero rows to some), each row tagged (r, d)
         splits = [(rank + d) % 3 for d in range(size)]
-        rows = [torch.tensor([[rank, d, j] for j in range(splits[d])], dtype=torch.int16).view(-1, 3)
-                for d in range(size)]
+        rows = [
+            torch.tensor([[rank, d, j] for j in range(splits[d])], dtype=torch.int16).view(-1, 3) for d in range(size)
+        ]
         out = comm.alltoall_async(torch.cat(rows), splits, "a2a").wait()
-        expect = torch.cat([torch.tensor([[r, rank, j] for j in range((r + rank) % 3)],
-                                         dtype=torch.int16).view(-1, 3) for r in range(size)])
+        expect = torch.cat(
+            [
+                torch.tensor([[r, rank, j] for j in range((r + rank) % 3)], dtype=torch.int16).view(-1, 3)
+                for r in range(size)
+            ]
+        )
         assert torch.equal(out, expect), (out, expect)
         # uint8 bytes, as the exchange sends them
         payload = torch.arange(sum(splits), dtype=torch.uint8) + 50 * rank
@@ -95,8 +101,7 @@ def main():
     def out_of_order_waits():
         # ranks wait in different orders; the second stages still go out in issue order
         pend = [native.allgather_async(torch.full((k + 1,), float(k)), f"o{k}") for k in range(4)]
-        pend.append(native.alltoall_async(torch.arange(size, dtype=torch.float32) + 10 * rank,
-                                          [1] * size, "o.a2a"))
+        pend.append(native.alltoall_async(torch.arange(size, dtype=torch.float32) + 10 * rank, [1] * size, "o.a2a"))
         order = list(range(len(pend)))
         if rank % 2:
             order.reverse()
@@ -112,8 +117,9 @@ def main():
             rows = rank + 1 + grow * (rank == it % size)
             t = torch.full((rows, 2), float(10 * rank + it))
             got = comm.allgather_async(t, "rep.ag").wait()
-            expect = torch.cat([torch.full((r + 1 + grow * (r == it % size), 2), float(10 * r + it))
-                                for r in range(size)])
+            expect = torch.cat(
+                [torch.full((r + 1 + grow * (r == it % size), 2), float(10 * r + it)) for r in range(size)]
+            )
             assert torch.equal(got, expect), (it, got)
             splits = [(rank + d + it) % 3 + (grow if d == (rank + 1) % size else 0) for d in range(size)]
             rows = [torch.full((splits[d], 2), float(100 * rank + 10 * d + it)) for d in range(size)]
@@ -131,10 +137,12 @@ def main():
         first.wait()
 
     def bad_input():
-        for fn, text in ((lambda: native.alltoall_async(torch.zeros(4), [1, 1], "x"), "splits"),
-                         (lambda: native.allgather_async(torch.tensor(1.0), "x"), "dimension"),
-                         (lambda: native.allreduce_async(torch.zeros(1), "x", op="min"), "op"),
-                         (lambda: native.allreduce_async(torch.zeros(1, dtype=torch.int32), "x"), "average")):
+        for fn, text in (
+            (lambda: native.alltoall_async(torch.zeros(4), [1, 1], "x"), "splits"),
+            (lambda: native.allgather_async(torch.tensor(1.0), "x"), "dimension"),
+            (lambda: native.allreduce_async(torch.zeros(1), "x", op="min"), "op"),
+            (lambda: native.allreduce_async(torch.zeros(1, dtype=torch.int32), "x"), "average"),
+        ):
             try:
                 fn()
             except (ValueError, TypeError) as exc:
@@ -147,8 +155,13 @@ def main():
         torch.manual_seed(100 + rank)
         grad = torch.randn(64, 50)
         exact = native.allreduce_async(grad, "exact", op="average").wait()
-        for spec, tol in (("qsgd:bits=8", 0.05), ("doublesqueeze:codec=qsgd,bits=8", 0.05),
-                          ("qsgd:bits=8,exchange=allgather", 0.05), ("bf16", 0.02), ("fp16", 0.01)):
+        for spec, tol in (
+            ("qsgd:bits=8", 0.05),
+            ("doublesqueeze:codec=qsgd,bits=8", 0.05),
+            ("qsgd:bits=8,exchange=allgather", 0.05),
+            ("bf16", 0.02),
+            ("fp16", 0.01),
+        ):
             for comm in (native, sendrecv):
                 codec = hc.from_spec(spec)
                 ex = Exchange(codec, comm, stats=WireStats())
@@ -171,13 +184,20 @@ def main():
         else:
             raise AssertionError("no error for mismatched codecs")
 
-    for name, fn in (("allreduce_ops", allreduce_ops), ("allgather_variable", allgather_variable),
-                     ("allgather_dtypes", allgather_dtypes), ("alltoall_native", lambda: alltoall(native)),
-                     ("alltoall_sendrecv", lambda: alltoall(sendrecv)), ("broadcast", broadcast),
-                     ("out_of_order_waits", out_of_order_waits), ("bad_input", bad_input),
-                     ("repeated_names_native", lambda: repeated_names(native)),
-                     ("repeated_names_sendrecv", lambda: repeated_names(sendrecv)),
-                     ("exchange_patterns", exchange_patterns), ("config_mismatch", config_mismatch)):
+    for name, fn in (
+        ("allreduce_ops", allreduce_ops),
+        ("allgather_variable", allgather_variable),
+        ("allgather_dtypes", allgather_dtypes),
+        ("alltoall_native", lambda: alltoall(native)),
+        ("alltoall_sendrecv", lambda: alltoall(sendrecv)),
+        ("broadcast", broadcast),
+        ("out_of_order_waits", out_of_order_waits),
+        ("bad_input", bad_input),
+        ("repeated_names_native", lambda: repeated_names(native)),
+        ("repeated_names_sendrecv", lambda: repeated_names(sendrecv)),
+        ("exchange_patterns", exchange_patterns),
+        ("config_mismatch", config_mismatch),
+    ):
         check(name, fn)
         dist.barrier()
     write_result(args.out, rank, {"checks": checks, "native": repr(native), "sendrecv": repr(sendrecv)})

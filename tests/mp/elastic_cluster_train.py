@@ -9,6 +9,7 @@ the run lasts long enough for a kill and a re-join, whatever the machine's speed
 ``--codec none`` uses Horovod's own ``hvd.DistributedOptimizer`` (the control run: Horovod alone
 must survive the kill first); any other codec goes through ``hc.DistributedOptimizer``.
 """
+
 import argparse
 import json
 import os
@@ -33,8 +34,10 @@ LOG = os.path.join(os.environ["ELASTIC_LOG"], f"{socket.gethostname()}-{os.getpi
 
 def log(event, **fields):
     with open(LOG, "a") as f:
-        f.write(json.dumps({"event": event, "host": socket.gethostname(), "pid": os.getpid(),
-                            "t": time.time(), **fields}) + "\n")
+        f.write(
+            json.dumps({"event": event, "host": socket.gethostname(), "pid": os.getpid(), "t": time.time(), **fields})
+            + "\n"
+        )
 
 
 log("start")

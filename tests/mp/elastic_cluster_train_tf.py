@@ -9,6 +9,7 @@ batch, ``reset``, ``done`` with accuracy and a parameter checksum), the same tea
 DistributedOptimizer`` in :class:`hvd_compress.tensorflow.elastic.CompressedKerasState`. The step
 is a ``tf.function`` built inside the elastic function, so it is traced again after every reset.
 """
+
 import argparse
 import json
 import os
@@ -38,8 +39,10 @@ LOG = os.path.join(os.environ["ELASTIC_LOG"], f"{socket.gethostname()}-{os.getpi
 
 def log(event, **fields):
     with open(LOG, "a") as f:
-        f.write(json.dumps({"event": event, "host": socket.gethostname(), "pid": os.getpid(),
-                            "t": time.time(), **fields}) + "\n")
+        f.write(
+            json.dumps({"event": event, "host": socket.gethostname(), "pid": os.getpid(), "t": time.time(), **fields})
+            + "\n"
+        )
 
 
 log("start")
@@ -48,10 +51,13 @@ teacher = np.random.default_rng(0).normal(size=(32, 10)).astype(np.float32)
 test_x = np.random.default_rng(1).normal(size=(2000, 32)).astype(np.float32)
 test_y = (test_x @ teacher).argmax(1)
 tf.keras.utils.set_random_seed(0)  # (the initial sync broadcasts rank 0's weights anyway)
-model = tf.keras.Sequential([tf.keras.layers.Dense(64, activation="relu", input_shape=(32,)),
-                             tf.keras.layers.Dense(10)])
+model = tf.keras.Sequential(
+    [tf.keras.layers.Dense(64, activation="relu", input_shape=(32,)), tf.keras.layers.Dense(10)]
+)
 base = tf.keras.optimizers.SGD(0.05, momentum=0.9)
-opt = hvdk.DistributedOptimizer(base) if args.codec == "none" else hck.DistributedOptimizer(base, compression=args.codec)
+opt = (
+    hvdk.DistributedOptimizer(base) if args.codec == "none" else hck.DistributedOptimizer(base, compression=args.codec)
+)
 # momentum slots now, on every worker: the state's sync broadcasts the optimizer's variables, so a
 # worker that joins must hold the same list as the survivors
 opt.build(model.trainable_variables)

@@ -6,13 +6,19 @@ holds a NaN at step 3; with ``nonfinite="raise"`` (the default) every rank raise
 ``FloatingPointError`` naming the tensor. Each rank writes ``rank{R}.started`` and, at each step,
 ``rank{R}.step`` so the test can tell how far every rank got.
 """
+
 from pathlib import Path
 
 from common import parse_args
 
-args = parse_args({"--fault": {"choices": ["user", "nan"], "required": True},
-                   "--frontend": {"choices": ["stock", "hc"], "default": "stock"},
-                   "--codec": {"default": "onebit"}, "--fail-step": {"type": int, "default": 3}})
+args = parse_args(
+    {
+        "--fault": {"choices": ["user", "nan"], "required": True},
+        "--frontend": {"choices": ["stock", "hc"], "default": "stock"},
+        "--codec": {"default": "onebit"},
+        "--fail-step": {"type": int, "default": 3},
+    }
+)
 
 import horovod.torch as hvd  # noqa: E402
 import torch  # noqa: E402

@@ -2,6 +2,7 @@
 one codec, through hc.DistributedOptimizer or the stock hvd.DistributedOptimizer, fused and unfused
 (bucket_bytes 0), from the same start, and writes each run's final parameters' digest, collective
 counts per step and wire bytes."""
+
 import argparse
 import hashlib
 import json
@@ -19,8 +20,9 @@ LAYERS = 50  # 100 parameter tensors (weight + bias)
 
 def model(seed=0):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(48, 48), torch.nn.Tanh()) for _ in range(LAYERS)],
-                               torch.nn.Linear(48, 4))
+    return torch.nn.Sequential(
+        *[torch.nn.Sequential(torch.nn.Linear(48, 48), torch.nn.Tanh()) for _ in range(LAYERS)], torch.nn.Linear(48, 4)
+    )
 
 
 def digest(m) -> str:
@@ -36,12 +38,12 @@ def train(spec, frontend, bucket_bytes, steps, rank):
     hvd.broadcast_parameters(m.state_dict(), root_rank=0)
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
     if frontend == "hc":
-        dopt = hc.DistributedOptimizer(opt, named_parameters=m.named_parameters(), compression=spec,
-                                       bucket_bytes=bucket_bytes)
+        dopt = hc.DistributedOptimizer(
+            opt, named_parameters=m.named_parameters(), compression=spec, bucket_bytes=bucket_bytes
+        )
     else:
         os.environ["HVD_COMPRESS_BUCKET_BYTES"] = str(bucket_bytes)  # read when the engine is built
-        dopt = hvd.DistributedOptimizer(opt, named_parameters=m.named_parameters(),
-                                        compression=hc.from_spec(spec))
+        dopt = hvd.DistributedOptimizer(opt, named_parameters=m.named_parameters(), compression=hc.from_spec(spec))
     g = torch.Generator().manual_seed(100 + rank)
     x, y = torch.randn(32, 48, generator=g), torch.randint(0, 4, (32,), generator=g)
     per_step = []
@@ -52,12 +54,16 @@ def train(spec, frontend, bucket_bytes, steps, rank):
         torch.nn.functional.cross_entropy(m(x), y).backward()
         dopt.step()
         after = collective_stats()
-        per_step.append({k: after[k] - before[k] for k in ("collectives", "requested", "allgather", "alltoall",
-                                                           "allreduce")})
+        per_step.append(
+            {k: after[k] - before[k] for k in ("collectives", "requested", "allgather", "alltoall", "allreduce")}
+        )
     stats = hc.wire_stats()
-    return {"digest": digest(m), "per_step": per_step,
-            "payload_bytes": sum(r["payload_bytes"] for r in stats.values()),
-            "values": sum(r["values"] for r in stats.values())}
+    return {
+        "digest": digest(m),
+        "per_step": per_step,
+        "payload_bytes": sum(r["payload_bytes"] for r in stats.values()),
+        "values": sum(r["values"] for r in stats.values()),
+    }
 
 
 def main():

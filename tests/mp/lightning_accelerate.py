@@ -6,6 +6,7 @@ same init and data order: plain DDP (the baseline), then DDP with hvd_compress's
 Writes DIR/rank{R}.json: {"rows": [{"run", "accuracy", "digest", "wire_stats"}, ...]}. Run by
 tests/test_lightning_accelerate_mp.py (Gloo, CPU).
 """
+
 import os
 
 from common import close_process_group, parse_args, write_result
@@ -18,9 +19,15 @@ import hvd_compress.torch as hc
 from hvd_compress.data import load_digits_arrays
 from hvd_compress.demo import make_model
 
-args = parse_args({"--framework": {"choices": ["lightning", "accelerate"], "required": True},
-                   "--codec": {"default": "qsgd:bits=4"}, "--epochs": {"type": int, "default": 8},
-                   "--batch-size": {"type": int, "default": 32}, "--lr": {"type": float, "default": 0.05}})
+args = parse_args(
+    {
+        "--framework": {"choices": ["lightning", "accelerate"], "required": True},
+        "--codec": {"default": "qsgd:bits=4"},
+        "--epochs": {"type": int, "default": 8},
+        "--batch-size": {"type": int, "default": 32},
+        "--lr": {"type": float, "default": 0.05},
+    }
+)
 torch.set_num_threads(1)
 xtr, ytr, xte, yte = (torch.from_numpy(a) for a in load_digits_arrays())
 train_set = torch.utils.data.TensorDataset(xtr, ytr)
@@ -56,9 +63,16 @@ def run_lightning(codec):
     if codec:
         state, hook = hc.ddp_comm_hook(codec, named_parameters=module.model.named_parameters())
         hook_args = {"ddp_comm_state": state, "ddp_comm_hook": hook}
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo", **hook_args),
-                         max_epochs=args.epochs, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(process_group_backend="gloo", **hook_args),
+        max_epochs=args.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
     trainer.fit(module, loader)  # Lightning adds the DistributedSampler
     return evaluate(module.model)

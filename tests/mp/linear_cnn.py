@@ -11,6 +11,7 @@ Writes ``{out}/rank{R}.json`` with, per codec: test accuracy, whether all replic
 parameters, wire stats, and for GradiVeQ the achieved compression ratio K/d per layer; rank 0 prints
 a table.
 """
+
 import math
 import time
 
@@ -30,7 +31,7 @@ def synthetic_images(n, seed, sigma=0.4):
             angle = torch.rand(1, generator=g).item() * math.pi
             offset = (torch.rand(1, generator=g).item() - 0.5) * 4
             dist = (xx - 3.5) * math.cos(angle) + (yy - 3.5) * math.sin(angle) - offset
-            t += torch.exp(-dist ** 2 / 1.5)
+            t += torch.exp(-(dist**2) / 1.5)
         patterns.append(t / t.norm() * 8)
     patterns = torch.stack(patterns)
     g = torch.Generator().manual_seed(seed)
@@ -44,6 +45,7 @@ def synthetic_images(n, seed, sigma=0.4):
 def train(codec_name, frontend, data, args, hvd):
     import hvd_compress.torch as hc
     from hvd_compress.demo import make_cnn
+
     xtr, ytr, xte, yte = data
     model = make_cnn(args.seed)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
@@ -68,7 +70,7 @@ def train(codec_name, frontend, data, args, hvd):
         for b in range(per_epoch):
             if step >= args.steps:
                 break
-            idx = shard[b * args.batch_size:(b + 1) * args.batch_size]
+            idx = shard[b * args.batch_size : (b + 1) * args.batch_size]
             for group in base.param_groups:  # cosine decay: a settled final accuracy to compare
                 group["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * step / args.steps))
             opt.zero_grad()
@@ -85,18 +87,27 @@ def train(codec_name, frontend, data, args, hvd):
         acc = (model(xte).argmax(1) == yte).float().mean().item()
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     gathered = hvd.allgather(flat.unsqueeze(0), name=f"replicas.{codec_name}.{frontend}")
-    row = {"codec": codec_name, "frontend": frontend, "accuracy": acc, "steps": step,
-           "time_per_step_s": elapsed / max(step, 1),
-           "replicas_identical": bool(all(torch.equal(gathered[0], g) for g in gathered)),
-           "wire_stats": hc.wire_stats(), "loss": loss.item(),
-           "bytes_vs_fp32": 1.0 if codec is None else wire_bytes_vs_fp32(hc.wire_stats(), values, step),
-           "bytes_vs_fp32_early": 1.0 if codec is None else early}
+    row = {
+        "codec": codec_name,
+        "frontend": frontend,
+        "accuracy": acc,
+        "steps": step,
+        "time_per_step_s": elapsed / max(step, 1),
+        "replicas_identical": bool(all(torch.equal(gathered[0], g) for g in gathered)),
+        "wire_stats": hc.wire_stats(),
+        "loss": loss.item(),
+        "bytes_vs_fp32": 1.0 if codec is None else wire_bytes_vs_fp32(hc.wire_stats(), values, step),
+        "bytes_vs_fp32_early": 1.0 if codec is None else early,
+    }
     if codec is not None and hasattr(codec, "compression_report"):
         row["compression"] = codec.compression_report()
         row["phases"] = dict(codec.state.get("phase", {}))
     if codec is not None and hasattr(codec, "compression_ratio"):
-        row["compression"] = {name: {"shape": list(p.shape), "ratio": codec.compression_ratio(p.shape)}
-                              for name, p in model.named_parameters() if codec.should_compress(p)}
+        row["compression"] = {
+            name: {"shape": list(p.shape), "ratio": codec.compression_ratio(p.shape)}
+            for name, p in model.named_parameters()
+            if codec.should_compress(p)
+        }
     if codec is not None:  # the checkpoint carries the codec state
         sd = opt.state_dict()
         row["state_keys"] = sorted(sd.get("hvd_compress", {}).get("state", {}).keys())
@@ -113,26 +124,41 @@ def wire_bytes_vs_fp32(stats, values, steps):
 
 def format_rows(rows, size):
     fp32 = next((r["accuracy"] for r in rows if r["codec"] == "fp32"), None)
-    lines = [f"CNN on 8x8 images, {size} workers",
-             f"{'codec':<62} {'frontend':<8} {'accuracy':>8} {'vs fp32':>8} {'K/d or n*m/((n+m)r)':>20} {'replicas':>8}"]
+    lines = [
+        f"CNN on 8x8 images, {size} workers",
+        f"{'codec':<62} {'frontend':<8} {'accuracy':>8} {'vs fp32':>8} {'K/d or n*m/((n+m)r)':>20} {'replicas':>8}",
+    ]
     for r in rows:
         comp = r.get("compression") or {}
-        ratio = comp.get("_total", {}).get("ratio") if "_total" in comp else (
-            sum(v["ratio"] for v in comp.values()) / len(comp) if comp else None)
+        ratio = (
+            comp.get("_total", {}).get("ratio")
+            if "_total" in comp
+            else (sum(v["ratio"] for v in comp.values()) / len(comp) if comp else None)
+        )
         delta = f"{100 * (r['accuracy'] - fp32):+8.2f}" if fp32 is not None else ""
-        lines.append(f"{r['codec'][:62]:<62} {r['frontend']:<8} {100 * r['accuracy']:>7.2f}% {delta:>8} "
-                     f"{'' if ratio is None else f'{ratio:.2f}':>20} {'same' if r['replicas_identical'] else 'DIFFER':>8}")
+        lines.append(
+            f"{r['codec'][:62]:<62} {r['frontend']:<8} {100 * r['accuracy']:>7.2f}% {delta:>8} "
+            f"{'' if ratio is None else f'{ratio:.2f}':>20} {'same' if r['replicas_identical'] else 'DIFFER':>8}"
+        )
     return "\n".join(lines)
 
 
 def main():
-    args = parse_args({"--codecs": {"required": True}, "--frontends": {"default": "stock"},
-                       "--steps": {"type": int, "default": 400}, "--batch-size": {"type": int, "default": 32},
-                       "--lr": {"type": float, "default": 0.03}, "--seed": {"type": int, "default": 0},
-                       "--bytes-at": {"type": int, "default": 150},
-                       "--data": {"default": "synthetic", "choices": ["synthetic", "digits"]}})
+    args = parse_args(
+        {
+            "--codecs": {"required": True},
+            "--frontends": {"default": "stock"},
+            "--steps": {"type": int, "default": 400},
+            "--batch-size": {"type": int, "default": 32},
+            "--lr": {"type": float, "default": 0.03},
+            "--seed": {"type": int, "default": 0},
+            "--bytes-at": {"type": int, "default": 150},
+            "--data": {"default": "synthetic", "choices": ["synthetic", "digits"]},
+        }
+    )
     import horovod.torch as hvd
     from hvd_compress.demo import load_digits_split
+
     hvd.init()
     torch.set_num_threads(1)
     if args.data == "digits":
@@ -142,7 +168,7 @@ def main():
         data = synthetic_images(3000, 1) + synthetic_images(3000, 2)
     rows = []
     for name in [c for c in args.codecs.split(";") if c]:
-        for frontend in (["stock"] if name == "fp32" else args.frontends.split("+")):
+        for frontend in ["stock"] if name == "fp32" else args.frontends.split("+"):
             rows.append(train(name, frontend, data, args, hvd))
     if hvd.rank() == 0:
         print(format_rows(rows, hvd.size()), flush=True)

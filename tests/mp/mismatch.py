@@ -1,5 +1,6 @@
 """Worker: ranks construct different codecs (or, with ``--codec``, the same codec over weights of
 different shapes under the same names); all must get the same clear error, no hang."""
+
 from common import parse_args, write_result
 
 args = parse_args({"--frontend": {"default": "stock"}, "--codec": {"default": None}})
@@ -17,8 +18,9 @@ if args.codec is None:
     codec = hc.QSGD(bits=4) if rank == 0 else hc.QSGD(bits=2)
 else:  # no biases: only the compressed weights differ (Horovod itself rejects unequal allreduces)
     hidden = 64 if rank == 0 else 72
-    model = torch.nn.Sequential(torch.nn.Linear(64, hidden, bias=False), torch.nn.ReLU(),
-                                torch.nn.Linear(hidden, 32, bias=False))  # both large enough to compress
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, hidden, bias=False), torch.nn.ReLU(), torch.nn.Linear(hidden, 32, bias=False)
+    )  # both large enough to compress
     codec = hc.from_spec(args.codec)
 base = torch.optim.SGD(model.parameters(), lr=0.1)
 if args.frontend == "stock":

@@ -3,6 +3,7 @@
 Rank-dependent starting values (Keras model + plain tf.Variables of several dtypes); records
 digests, deviations against the root's exact values, and the errors the bad-input cases raise.
 """
+
 import hashlib
 
 from common import parse_args, write_result
@@ -42,7 +43,7 @@ def max_excess(before, after, bits, bucket_size, reference=None):
         v = b - (reference[k].astype(np.float64).reshape(-1) if reference is not None else 0)
         pad = (-v.size) % bucket_size
         vb = np.concatenate([v, np.zeros(pad)]).reshape(-1, bucket_size)
-        step = np.repeat(np.abs(vb).max(axis=1) / s, bucket_size)[:v.size]
+        step = np.repeat(np.abs(vb).max(axis=1) / s, bucket_size)[: v.size]
         err = np.abs(a.astype(np.float64).reshape(-1) - b)
         worst = max(worst, float((err - step * (1 + 1e-5) - 1e-6 * np.abs(b)).max()))
     return worst
@@ -54,19 +55,26 @@ def main():
     rank = hvd.rank()
     out = {"rank": rank}
     tf.random.set_seed(10 + rank)
-    model = tf.keras.Sequential([tf.keras.Input((64,)), tf.keras.layers.Dense(256, activation="relu"),
-                                 tf.keras.layers.Dense(10)])
-    extra = [tf.Variable(np.full((7,), 3 + rank, np.int64)), tf.Variable(np.arange(5) % (2 + rank) == 0),
-             tf.Variable(tf.random.normal((1000,), dtype=tf.float16))]
+    model = tf.keras.Sequential(
+        [tf.keras.Input((64,)), tf.keras.layers.Dense(256, activation="relu"), tf.keras.layers.Dense(10)]
+    )
+    extra = [
+        tf.Variable(np.full((7,), 3 + rank, np.int64)),
+        tf.Variable(np.arange(5) % (2 + rank) == 0),
+        tf.Variable(tf.random.normal((1000,), dtype=tf.float16)),
+    ]
     variables = list(model.variables) + extra
     ref = root_values(variables, "ref")
     stats = broadcast_variables(variables, root_rank=0, bits=8)
     after = [np.asarray(v.numpy()) for v in variables]
-    out["full"] = {"digest": digest(variables), "stats": stats,
-                   "excess": max_excess(ref[:len(model.variables)], after, 8, 512),
-                   "int_exact": bool(np.array_equal(after[-3], ref[-3])),
-                   "bool_exact": bool(np.array_equal(after[-2], ref[-2])),
-                   "dtypes": [str(a.dtype) for a in after[-3:]]}
+    out["full"] = {
+        "digest": digest(variables),
+        "stats": stats,
+        "excess": max_excess(ref[: len(model.variables)], after, 8, 512),
+        "int_exact": bool(np.array_equal(after[-3], ref[-3])),
+        "bool_exact": bool(np.array_equal(after[-2], ref[-2])),
+        "dtypes": [str(a.dtype) for a in after[-3:]],
+    }
 
     sync = BroadcastState()
     broadcast_variables(model.variables, bits=8, state=sync)
@@ -76,9 +84,12 @@ def main():
     ref2 = root_values(model.variables, "ref2")
     s2 = broadcast_variables(model.variables, bits=4, delta=True, state=sync)
     after2 = [np.asarray(v.numpy()) for v in model.variables]
-    out["delta"] = {"digest": digest(model.variables), "stats": s2,
-                    "excess": max_excess(ref2, after2, 4, 512, reference=last),
-                    "max_err": max(float(np.abs(a - b).max()) for a, b in zip(after2, ref2))}
+    out["delta"] = {
+        "digest": digest(model.variables),
+        "stats": s2,
+        "excess": max_excess(ref2, after2, 4, 512, reference=last),
+        "max_err": max(float(np.abs(a - b).max()) for a, b in zip(after2, ref2)),
+    }
 
     errors = {}
     try:

@@ -1,6 +1,7 @@
 """Worker: codec state round-trips through a checkpoint. Training 8 steps straight and training
 4 steps, checkpointing, rebuilding everything, restoring and training 4 more must give
 bit-identical parameters (residuals and RNG streams resume exactly)."""
+
 from common import parse_args, write_result
 
 args = parse_args({"--frontend": {"default": "ours"}, "--codec": {"default": "onebit"}})
@@ -57,7 +58,13 @@ if args.frontend == "stock":
     codec.load_state_dict(ckpt["opt"]["hvd_compress"])
 train(model, opt, range(4, 8))
 resumed = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-write_result(args.out, rank, {"has_codec_state": has_codec_state,
-                              "identical": bool(torch.equal(straight, resumed)),
-                              "max_diff": float((straight - resumed).abs().max())})
+write_result(
+    args.out,
+    rank,
+    {
+        "has_codec_state": has_codec_state,
+        "identical": bool(torch.equal(straight, resumed)),
+        "max_diff": float((straight - resumed).abs().max()),
+    },
+)
 hvd.shutdown()

@@ -13,6 +13,7 @@ SGD 0.05 with momentum 0.9, batch 32 per worker, ranks starting from different w
 Writes DIR/rank{R}.json: {"rows": [demo rows + "compression" (GradiVeQ: K, d, K/d per conv
 layer; PowerSGD: n*m/((n+m)r) per compressed tensor), "phases", "state"]}; rank 0 prints a table.
 """
+
 import sys
 from pathlib import Path
 
@@ -33,13 +34,21 @@ class CNNDemo(Demo):
     def make_model(self, seed: int):
         keras, layers = self.keras, self.keras.layers
         keras.utils.set_random_seed(seed)
-        return keras.Sequential([
-            keras.Input(shape=(64,)), layers.Reshape((8, 8, 1)),
-            layers.Conv2D(16, 3, padding="same", activation="relu", name="c1"),
-            layers.Conv2D(32, 3, padding="same", activation="relu", name="c2"), layers.MaxPooling2D(2),
-            layers.Conv2D(32, 3, padding="same", activation="relu", name="c3"), layers.MaxPooling2D(2),
-            layers.Flatten(), layers.Dense(64, activation="relu", name="fc"), layers.Dense(10, name="out")],
-            name="cnn")
+        return keras.Sequential(
+            [
+                keras.Input(shape=(64,)),
+                layers.Reshape((8, 8, 1)),
+                layers.Conv2D(16, 3, padding="same", activation="relu", name="c1"),
+                layers.Conv2D(32, 3, padding="same", activation="relu", name="c2"),
+                layers.MaxPooling2D(2),
+                layers.Conv2D(32, 3, padding="same", activation="relu", name="c3"),
+                layers.MaxPooling2D(2),
+                layers.Flatten(),
+                layers.Dense(64, activation="relu", name="fc"),
+                layers.Dense(10, name="out"),
+            ],
+            name="cnn",
+        )
 
     def codec_of(self, name: str):
         self.last_codec = super().codec_of(name)
@@ -62,19 +71,32 @@ demo.lr = demo.keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=demo.
 def describe(codec, model):
     """K/d per GradiVeQ conv layer, or PowerSGD's ratio per compressed tensor; phases and state groups."""
     if hasattr(codec, "compression_report"):
-        return {"compression": codec.compression_report(), "phases": codec.phases(),
-                "state": {g: sorted(t) for g, t in codec.state.items() if t}}
+        return {
+            "compression": codec.compression_report(),
+            "phases": codec.phases(),
+            "state": {g: sorted(t) for g, t in codec.state.items() if t},
+        }
     if hasattr(codec, "compression_ratio"):
         from hvd_compress.tensorflow.stock import variable_key
-        comp = {variable_key(w): {"shape": list(w.shape), "ratio": codec.compression_ratio(w.shape)}
-                for w in model.trainable_weights if codec.should_compress(w) and codec.worth_compressing(w.shape)}
+
+        comp = {
+            variable_key(w): {"shape": list(w.shape), "ratio": codec.compression_ratio(w.shape)}
+            for w in model.trainable_weights
+            if codec.should_compress(w) and codec.worth_compressing(w.shape)
+        }
         return {"compression": comp, "state": {g: sorted(t) for g, t in codec.state.items() if t}}
     return {}
 
 
 def main():
-    result = {"rank": demo.rank, "size": demo.size, "mode": args.mode, "keras_version": demo.keras_version(),
-              "steps_per_epoch": demo.per_rank // demo.batch_size, "rows": []}
+    result = {
+        "rank": demo.rank,
+        "size": demo.size,
+        "mode": args.mode,
+        "keras_version": demo.keras_version(),
+        "steps_per_epoch": demo.per_rank // demo.batch_size,
+        "rows": [],
+    }
     for idx, run in enumerate(split_runs(args.runs or "")):
         row = demo.run(run, idx)
         row.update(describe(demo.last_codec, demo.last_model))
@@ -83,12 +105,18 @@ def main():
             comp = row.get("compression", {})
             extra = ""
             if "_total" in comp:
-                extra = " K/d " + ", ".join(f"{k}: {v['K']}/{v['d']} = {v['ratio']:.2f}" for k, v in comp.items()
-                                            if k != "_total") + f" (total {comp['_total']['ratio']:.2f})"
+                extra = (
+                    " K/d "
+                    + ", ".join(f"{k}: {v['K']}/{v['d']} = {v['ratio']:.2f}" for k, v in comp.items() if k != "_total")
+                    + f" (total {comp['_total']['ratio']:.2f})"
+                )
             elif comp:
                 extra = " n*m/((n+m)r) " + ", ".join(f"{k}: {v['ratio']:.2f}" for k, v in comp.items())
-            print(f"np={demo.size} {run:66s} acc={100 * row['accuracy']:.2f}% identical={row['replicas_identical']} "
-                  f"bytes/step={row['bytes_per_step']:.0f} {row['seconds']:.1f}s{extra}", flush=True)
+            print(
+                f"np={demo.size} {run:66s} acc={100 * row['accuracy']:.2f}% identical={row['replicas_identical']} "
+                f"bytes/step={row['bytes_per_step']:.0f} {row['seconds']:.1f}s{extra}",
+                flush=True,
+            )
     write_result(args.out, demo.rank, result)
     demo.hvd.shutdown()
 

@@ -7,6 +7,7 @@ One launch trains every run in one process per rank (TF imports once), like hvd_
 
 Writes DIR/rank{R}.json: {"rows": [demo rows], "checks": {...}}.
 """
+
 import os
 import sys
 from pathlib import Path
@@ -46,8 +47,11 @@ def checks():
         fn = tf.function(lambda t: reducer([t], [v])[0])
         try:
             res = fn(tf.constant(g)).numpy().reshape(-1)
-            out[f"nan_{policy}"] = {"raised": False, "all_nan_bucket": bool(np.isnan(res[:512]).all()),
-                                    "finite_elsewhere": bool(np.isfinite(res[512:]).all())}
+            out[f"nan_{policy}"] = {
+                "raised": False,
+                "all_nan_bucket": bool(np.isnan(res[:512]).all()),
+                "finite_elsewhere": bool(np.isfinite(res[512:]).all()),
+            }
         except tf.errors.InvalidArgumentError as exc:
             out[f"nan_{policy}"] = {"raised": True, "message": str(exc).splitlines()[0][:400]}
         out[f"after_nan_{policy}"] = float(hvd.allreduce(tf.constant(1.0), name=f"alive_{policy}"))
@@ -77,8 +81,9 @@ def checks():
     model = demo.make_model(50 + RANK)
     counter = tf.Variable(tf.constant([7 + RANK], tf.int64), name="counter")
     before = [np.array(w) for w in model.weights]
-    root_before = [hvd.broadcast(tf.convert_to_tensor(w), 0, name=f"root_copy_{i}").numpy()
-                   for i, w in enumerate(model.weights)]
+    root_before = [
+        hvd.broadcast(tf.convert_to_tensor(w), 0, name=f"root_copy_{i}").numpy() for i, w in enumerate(model.weights)
+    ]
     hct.reset_wire_stats()
     hct.broadcast_variables(list(model.weights) + [counter], root_rank=0, bits=8, name="check_bcast")
     after = [np.array(w) for w in model.weights]
@@ -89,13 +94,16 @@ def checks():
         a, r = a.reshape(-1), r.reshape(-1)
         pad = (-r.size) % 512
         scale = np.abs(np.concatenate([r, np.zeros(pad, r.dtype)])).reshape(-1, 512).max(1)
-        bound_ok &= bool(np.all(np.abs(a - r) <= np.repeat(scale / 127, 512)[:r.size] * (1 + 1e-6)))
+        bound_ok &= bool(np.all(np.abs(a - r) <= np.repeat(scale / 127, 512)[: r.size] * (1 + 1e-6)))
     stats = hct.wire_stats()
     values = sum(int(np.prod(w.shape)) for w in model.weights)
-    out["broadcast"] = {"identical": bool(all(np.array_equal(gathered[0], g) for g in gathered)),
-                        "changed_here": bool(any(not np.array_equal(b, a) for b, a in zip(before, after))),
-                        "within_bound": bound_ok, "counter": int(counter.numpy()[0]),
-                        "payload_bits_per_value": sum(r["payload_bytes"] for r in stats.values()) * 8.0 / values}
+    out["broadcast"] = {
+        "identical": bool(all(np.array_equal(gathered[0], g) for g in gathered)),
+        "changed_here": bool(any(not np.array_equal(b, a) for b, a in zip(before, after))),
+        "within_bound": bound_ok,
+        "counter": int(counter.numpy()[0]),
+        "payload_bits_per_value": sum(r["payload_bytes"] for r in stats.values()) * 8.0 / values,
+    }
 
     # checkpoint: residuals named after their variables, saved and restored by tf.train.Checkpoint
     model = demo.make_model(7)
@@ -118,20 +126,29 @@ def checks():
         "checkpoint_residual_entries": sorted(n for n in names if "residual" in n),
         "nonzero": bool(any(np.abs(r).sum() > 0 for r in residuals.values())),
         "restored_equal": sorted(residuals) == sorted(restored)
-        and all(np.array_equal(residuals[k], restored[k]) for k in residuals)}
+        and all(np.array_equal(residuals[k], restored[k]) for k in residuals),
+    }
     return out
 
 
 def main():
-    result = {"rank": RANK, "size": demo.size, "mode": args.mode, "keras_version": demo.keras_version(),
-              "per_rank_samples": demo.per_rank, "rows": []}
+    result = {
+        "rank": RANK,
+        "size": demo.size,
+        "mode": args.mode,
+        "keras_version": demo.keras_version(),
+        "per_rank_samples": demo.per_rank,
+        "rows": [],
+    }
     for idx, run in enumerate(split_runs(args.runs or "")):
         row = demo.run(run, idx)
         result["rows"].append(row)
         if RANK == 0:
-            print(f"{args.mode:8s} {run:36s} acc={row['accuracy']:.4f} identical={row['replicas_identical']} "
-                  f"bytes/step={row['bytes_per_step']:.0f} {row['seconds']:.1f}s cpu {row['cpu_seconds']:.1f}s",
-                  flush=True)
+            print(
+                f"{args.mode:8s} {run:36s} acc={row['accuracy']:.4f} identical={row['replicas_identical']} "
+                f"bytes/step={row['bytes_per_step']:.0f} {row['seconds']:.1f}s cpu {row['cpu_seconds']:.1f}s",
+                flush=True,
+            )
     if args.checks:
         result["checks"] = checks()
     write_result(args.out, RANK, result)

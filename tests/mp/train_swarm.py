@@ -4,6 +4,7 @@ Runs ``hvd_compress.bench.swarm.train`` once per method (same initial weights, s
 same local optimizer and step count) and writes each method's row: final accuracy after
 ``average_models()``, bytes per worker per step, fallbacks, replica agreement.
 """
+
 import argparse
 import sys
 
@@ -27,7 +28,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", type=float, default=0.95)
-    ap.add_argument("--eval-every", type=int, default=10 ** 9)  # final snapshot only: no curve needed
+    ap.add_argument("--eval-every", type=int, default=10**9)  # final snapshot only: no curve needed
     args = ap.parse_args()
     hvd.init()
     torch.set_num_threads(1)
@@ -38,8 +39,11 @@ def main():
         row.pop("curve", None)
         rows.append(row)
         if hvd.rank() == 0:
-            print(f"{name}: accuracy {100 * row['accuracy']:.2f}%, {row['bytes_per_step']:,.0f} bytes/worker/step",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{name}: accuracy {100 * row['accuracy']:.2f}%, {row['bytes_per_step']:,.0f} bytes/worker/step",
+                file=sys.stderr,
+                flush=True,
+            )
     write_result(args.out, hvd.rank(), {"rows": rows})
     hvd.shutdown()
 

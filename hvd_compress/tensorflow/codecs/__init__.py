@@ -1,4 +1,5 @@
 """Every TensorFlow codec, one file per algorithm (the same set as ``hvd_compress.torch.codecs``)."""
+
 from hvd_compress.tensorflow.codecs.base import Codec, Wrapper
 from hvd_compress.tensorflow.codecs.casts import BF16, FP16, NoCompression
 from hvd_compress.tensorflow.codecs.doublesqueeze import DoubleSqueeze
@@ -13,6 +14,24 @@ from hvd_compress.tensorflow.codecs.signsgd import SignSGD
 from hvd_compress.tensorflow.codecs.terngrad import TernGrad
 from hvd_compress.tensorflow.codecs.topk import TopK, TopKSparsifier
 
-__all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
-           "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "ReferenceCodec"]
+__all__ = [
+    "Codec",
+    "Wrapper",
+    "NoCompression",
+    "FP16",
+    "BF16",
+    "QSGD",
+    "TernGrad",
+    "OneBit",
+    "OneBitQuantizer",
+    "EFSign",
+    "ScaledSign",
+    "SignSGD",
+    "TopK",
+    "TopKSparsifier",
+    "ErrorFeedback",
+    "DoubleSqueeze",
+    "GradiVeQ",
+    "PowerSGD",
+    "ReferenceCodec",
+]

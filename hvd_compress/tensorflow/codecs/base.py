@@ -15,6 +15,7 @@ dicts keyed by tensor name, ``state["residual"]["dense/kernel"]``) and named aft
 they serve (``hvd_compress/residual/dense/kernel``), so ``tf.train.Checkpoint(compression=codec)``
 (or a checkpoint of the optimizer that holds the codec) saves and restores them.
 """
+
 from __future__ import annotations
 
 import re
@@ -105,8 +106,13 @@ class Codec(CodecConfig, _Trackable):
         return self.compresses(int(shape.num_elements()), shape.rank, tensor.dtype.is_floating)
 
     # ------------------------------------------------------------------ math (override)
-    def encode(self, x: tf.Tensor, seed: Optional[tf.Tensor] = None, scale: Optional[tf.Tensor] = None,
-               noise: Optional[tf.Tensor] = None) -> tf.Tensor:
+    def encode(
+        self,
+        x: tf.Tensor,
+        seed: Optional[tf.Tensor] = None,
+        scale: Optional[tf.Tensor] = None,
+        noise: Optional[tf.Tensor] = None,
+    ) -> tf.Tensor:
         """Payload (uint8, ``payload_nbytes(n)`` bytes) of the flat fp32 ``x``. Stochastic codecs
         draw ``noise`` (uniform in [0, 1), one per value) from ``seed`` (a stateless-RNG seed of
         shape [2]) unless it is given."""
@@ -140,18 +146,21 @@ class Codec(CodecConfig, _Trackable):
         return tf.random.stateless_uniform([n], seed=seed, dtype=tf.float32)
 
     # ------------------------------------------------------------------ stateful steps
-    def worker_encode(self, x: tf.Tensor, key: str, bounds: Bounds, draw: Draw,
-                      scale: Optional[tf.Tensor] = None) -> List[tf.Tensor]:
+    def worker_encode(
+        self, x: tf.Tensor, key: str, bounds: Bounds, draw: Draw, scale: Optional[tf.Tensor] = None
+    ) -> List[tf.Tensor]:
         """Encode a worker's flat tensor as one payload per chunk. Wrappers add error feedback."""
         return [self.encode(x[a:b], draw(i, 0), scale) for i, (a, b) in enumerate(bounds)]
 
-    def server_encode(self, mean: tf.Tensor, key: str, draw: Draw, owner: int,
-                      scale: Optional[tf.Tensor] = None) -> tf.Tensor:
+    def server_encode(
+        self, mean: tf.Tensor, key: str, draw: Draw, owner: int, scale: Optional[tf.Tensor] = None
+    ) -> tf.Tensor:
         """Re-encode the averaged chunk an owner holds (reduce-scatter pattern)."""
         return self.encode(mean, draw(owner, 1), scale)
 
-    def state_variable(self, group: str, key: str, shape, dtype=tf.float32,
-                       initial: Optional[Callable[[], tf.Tensor]] = None) -> tf.Variable:
+    def state_variable(
+        self, group: str, key: str, shape, dtype=tf.float32, initial: Optional[Callable[[], tf.Tensor]] = None
+    ) -> tf.Variable:
         """The ``tf.Variable`` of ``state[group][key]``, created on first use (zeros, or
         ``initial()``), outside any ``tf.function`` being traced (``tf.init_scope``), so it
         persists across steps."""
@@ -163,9 +172,11 @@ class Codec(CodecConfig, _Trackable):
                 var = tf.Variable(value, trainable=False, name=variable_name(group, key))
             table[key] = var
         elif var.shape != tf.TensorShape(shape) or var.dtype != dtype:
-            raise ValueError(f"hvd_compress: state {group}[{key!r}] holds shape {var.shape} "
-                             f"{var.dtype.name}, the tensor now has {shape} {tf.as_dtype(dtype).name}; "
-                             "tensor names must be unique and keep their shapes")
+            raise ValueError(
+                f"hvd_compress: state {group}[{key!r}] holds shape {var.shape} "
+                f"{var.dtype.name}, the tensor now has {shape} {tf.as_dtype(dtype).name}; "
+                "tensor names must be unique and keep their shapes"
+            )
         return var
 
     def initial_state(self, group: str, key: str, var: tf.Variable) -> tf.Tensor:
@@ -213,8 +224,10 @@ class Codec(CodecConfig, _Trackable):
         """Horovod ``Compressor.compress`` (see :mod:`hvd_compress.tensorflow.stock`)."""
         if self._stock is None:
             if _stock_engine is None:
-                raise RuntimeError("hvd_compress: no Horovod stock-API engine installed; import "
-                                   "hvd_compress.tensorflow (it installs hvd_compress.tensorflow.stock)")
+                raise RuntimeError(
+                    "hvd_compress: no Horovod stock-API engine installed; import "
+                    "hvd_compress.tensorflow (it installs hvd_compress.tensorflow.stock)"
+                )
             self._stock = _stock_engine(self)
         return self._stock.compress(tensor)
 
@@ -284,6 +297,7 @@ def reduce_max_nan(x: tf.Tensor, axis=None) -> tf.Tensor:
 def numel_of(x: tf.Tensor) -> int:
     n = x.shape.num_elements()
     if n is None:
-        raise ValueError(f"hvd_compress: a tensor of unknown shape {x.shape} cannot be encoded; "
-                         "its size must be static")
+        raise ValueError(
+            f"hvd_compress: a tensor of unknown shape {x.shape} cannot be encoded; " "its size must be static"
+        )
     return int(n)

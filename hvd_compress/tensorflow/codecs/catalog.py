@@ -6,6 +6,7 @@ codecs from spec strings too: it calls :func:`from_spec_with` passing itself, so
 imports ``hvd_compress.tensorflow.spec`` (which imports every codec) and this module imports every
 codec but GradiVeQ.
 """
+
 from __future__ import annotations
 
 from typing import Dict
@@ -26,9 +27,20 @@ from hvd_compress.tensorflow.codecs.topk import TopK
 
 def codec_classes(gradiveq: type) -> Dict[str, type]:
     """Every spec name and its class (``gradiveq``: the GradiVeQ class)."""
-    return {"none": NoCompression, "fp16": FP16, "bf16": BF16, "qsgd": QSGD, "terngrad": TernGrad,
-            "onebit": OneBit, "efsign": EFSign, "signsgd": SignSGD, "topk": TopK,
-            "doublesqueeze": DoubleSqueeze, "gradiveq": gradiveq, "powersgd": PowerSGD}
+    return {
+        "none": NoCompression,
+        "fp16": FP16,
+        "bf16": BF16,
+        "qsgd": QSGD,
+        "terngrad": TernGrad,
+        "onebit": OneBit,
+        "efsign": EFSign,
+        "signsgd": SignSGD,
+        "topk": TopK,
+        "doublesqueeze": DoubleSqueeze,
+        "gradiveq": gradiveq,
+        "powersgd": PowerSGD,
+    }
 
 
 def from_spec_with(spec: "str | Codec", gradiveq: type) -> Codec:

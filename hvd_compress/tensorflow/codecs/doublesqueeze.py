@@ -1,4 +1,5 @@
 """DoubleSqueeze (Tang et al., ICML 2019) in TensorFlow: worker- and server-side error feedback."""
+
 from __future__ import annotations
 
 from hvd_compress.common import DoubleSqueezeFormat

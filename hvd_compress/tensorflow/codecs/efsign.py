@@ -1,4 +1,5 @@
 """EF-SignSGD (Karimireddy et al., ICML 2019) in TensorFlow: scaled sign with error feedback."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,10 @@ class ScaledSign(ScaledSignFormat, Codec):
 
             def run(xa):
                 xa, out = native.f32_array(xa), native.empty(size, np.uint8)
-                native.check(lib.hvdc_sign_encode(xa.ctypes.data, None, None, n, out.ctypes.data,
-                                                  native.threads()), "scaled_sign")
+                native.check(
+                    lib.hvdc_sign_encode(xa.ctypes.data, None, None, n, out.ctypes.data, native.threads()),
+                    "scaled_sign",
+                )
                 return out
 
             return native.call(run, [x], tf.uint8, size)
@@ -49,15 +52,18 @@ class ScaledSign(ScaledSignFormat, Codec):
     def decode(self, payload, numel):
         lib = native.lib()
         if lib is not None and numel > 0:
+
             def run(pa):
                 pa, out = np.ascontiguousarray(pa, np.uint8), native.empty(numel, np.float32)
-                native.check(lib.hvdc_sign_decode(pa.ctypes.data, numel, out.ctypes.data, 0, 1.0,
-                                                  native.threads()), "scaled_sign")
+                native.check(
+                    lib.hvdc_sign_decode(pa.ctypes.data, numel, out.ctypes.data, 0, 1.0, native.threads()),
+                    "scaled_sign",
+                )
                 return out
 
             return native.call(run, [payload], tf.float32, numel)
         nb = packed_nbytes(numel, 1)
-        s = bytes_f32(payload[nb:nb + 4])
+        s = bytes_f32(payload[nb : nb + 4])
         return unpack_signs(payload, numel) * s
 
 

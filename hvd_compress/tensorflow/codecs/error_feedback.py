@@ -1,4 +1,5 @@
 """Error feedback (memory) in TensorFlow: the residual of every tensor in a ``tf.Variable``."""
+
 from __future__ import annotations
 
 import tensorflow as tf

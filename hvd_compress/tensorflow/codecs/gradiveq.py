@@ -8,6 +8,7 @@ the configuration (validation, schedule, slice geometry, fallback and sampler co
 with ``tf.switch_case`` on the tensor's step counter, so the codec runs eagerly and inside
 ``tf.function`` (``model.fit``, Horovod's ``DistributedGradientTape``) alike.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Sequence, Tuple
@@ -21,8 +22,7 @@ from hvd_compress.tensorflow.codecs.catalog import from_spec_with
 from hvd_compress.tensorflow.codecs.powersgd import tracked_allreduce
 from hvd_compress.tensorflow.collectives import op_name
 
-STATE = ("phase", "basis", "mean", "d", "K", "slices", "sample_count", "sample_sum", "sample_outer",
-         "residual")
+STATE = ("phase", "basis", "mean", "d", "K", "slices", "sample_count", "sample_sum", "sample_outer", "residual")
 
 
 # ---------------------------------------------------------------------------- layout
@@ -138,13 +138,33 @@ class GradiVeQ(GradiVeQFormat, Codec):
 
     filters_axis = -1
 
-    def __init__(self, energy: float = 0.99, warmup_steps: int = 2500, sample_steps: int = 100,
-                 compress_steps: int = 400, slice_size: int = 256, samples_per_dim: float = 4.0,
-                 fallback: "Codec | str | None" = "qsgd:bits=4",
-                 sampler: "Codec | str | None" = "qsgd:bits=4", ratio: "float | None" = None,
-                 error_feedback: bool = False, **options):
-        super().__init__(energy, warmup_steps, sample_steps, compress_steps, slice_size,
-                         samples_per_dim, fallback, sampler, ratio, error_feedback, **options)
+    def __init__(
+        self,
+        energy: float = 0.99,
+        warmup_steps: int = 2500,
+        sample_steps: int = 100,
+        compress_steps: int = 400,
+        slice_size: int = 256,
+        samples_per_dim: float = 4.0,
+        fallback: "Codec | str | None" = "qsgd:bits=4",
+        sampler: "Codec | str | None" = "qsgd:bits=4",
+        ratio: "float | None" = None,
+        error_feedback: bool = False,
+        **options,
+    ):
+        super().__init__(
+            energy,
+            warmup_steps,
+            sample_steps,
+            compress_steps,
+            slice_size,
+            samples_per_dim,
+            fallback,
+            sampler,
+            ratio,
+            error_feedback,
+            **options,
+        )
         for group in STATE:
             self.state[group] = {}
 
@@ -172,17 +192,22 @@ class GradiVeQ(GradiVeQFormat, Codec):
     def _variables(self, key: str, shape) -> Tuple[int, int, Dict[str, tf.Variable]]:
         f, p, dpos, k, s = self.geometry(shape)
         sv = self.state_variable
-        return k, s, {
-            "phase": sv("phase", key, [], tf.int32),
-            "basis": sv("basis", key, [k, k]),
-            "mean": sv("mean", key, [k]),
-            "d": sv("d", key, [], tf.int32),
-            "K": sv("K", key, [], tf.int32, initial=lambda: tf.constant(k)),
-            "slices": sv("slices", key, [], tf.int32, initial=lambda: tf.constant(s)),
-            "count": sv("sample_count", key, [], tf.int64),
-            "sum": sv("sample_sum", key, [k], tf.float64),
-            "outer": sv("sample_outer", key, [k, k], tf.float64),
-            **({"residual": sv("residual", key, [k * s])} if self.error_feedback else {})}
+        return (
+            k,
+            s,
+            {
+                "phase": sv("phase", key, [], tf.int32),
+                "basis": sv("basis", key, [k, k]),
+                "mean": sv("mean", key, [k]),
+                "d": sv("d", key, [], tf.int32),
+                "K": sv("K", key, [], tf.int32, initial=lambda: tf.constant(k)),
+                "slices": sv("slices", key, [], tf.int32, initial=lambda: tf.constant(s)),
+                "count": sv("sample_count", key, [], tf.int64),
+                "sum": sv("sample_sum", key, [k], tf.float64),
+                "outer": sv("sample_outer", key, [k, k], tf.float64),
+                **({"residual": sv("residual", key, [k * s])} if self.error_feedback else {}),
+            },
+        )
 
     def initial_state(self, group, key, var):
         if group in ("K", "slices"):  # the tensor's geometry: set when created, never changed
@@ -215,10 +240,14 @@ class GradiVeQ(GradiVeQFormat, Codec):
         if self.error_feedback:  # the residual the last compressed step left; only that phase sets one
             flat = flat + v["residual"].read_value()
         with tf.control_dependencies([v["phase"].assign(phase)]):
-            return tf.switch_case(phase, [
-                lambda: self._flushed(v, tracked_allreduce(exchange, flat, op_name(key, "gvq_full"), "average", n)),
-                lambda: self._flushed(v, self._sample(exchange, key, flat, shape, k, s, v, c)),
-                lambda: self._compress(exchange, key, flat, shape, k, v)])
+            return tf.switch_case(
+                phase,
+                [
+                    lambda: self._flushed(v, tracked_allreduce(exchange, flat, op_name(key, "gvq_full"), "average", n)),
+                    lambda: self._flushed(v, self._sample(exchange, key, flat, shape, k, s, v, c)),
+                    lambda: self._compress(exchange, key, flat, shape, k, v),
+                ],
+            )
 
     def _flushed(self, v, out):
         """With ``error_feedback``, a warm-up or sampling step delivered the residual: clear it."""
@@ -244,9 +273,11 @@ class GradiVeQ(GradiVeQFormat, Codec):
         outer += tf.where(finite, tf.matmul(agg, agg, transpose_a=True), tf.zeros([k, k], tf.float64))
         updates = [v["count"].assign(count), v["sum"].assign(total), v["outer"].assign(outer)]
         with tf.control_dependencies(updates):
-            fitted = tf.cond(tf.equal(pos, self.sample_steps - 1),
-                             lambda: self._fit(exchange, key, k, v, count, total, outer),
-                             lambda: tf.constant(0, tf.int32))
+            fitted = tf.cond(
+                tf.equal(pos, self.sample_steps - 1),
+                lambda: self._fit(exchange, key, k, v, count, total, outer),
+                lambda: tf.constant(0, tf.int32),
+            )
         with tf.control_dependencies([fitted]):
             return tf.identity(out)
 
@@ -254,13 +285,18 @@ class GradiVeQ(GradiVeQFormat, Codec):
         """Rank 0 fits the basis on this cycle's samples and broadcasts ``d`` then ``[U_d, mu]``."""
         comm = exchange.comm
         if comm.rank == 0:
+
             def keep():  # every sample was non-finite: keep the old basis, or the identity
                 old = v["d"].read_value() > 0
-                return (tf.where(old, v["basis"].read_value(), tf.eye(k)),
-                        tf.where(old, v["mean"].read_value(), tf.zeros([k])),
-                        tf.where(old, v["d"].read_value(), k))
-            u, mu, d = tf.cond(count > 0, lambda: fit_basis(count, total, outer, self.energy,
-                                                             self.fixed_dim(k))[:3], keep)
+                return (
+                    tf.where(old, v["basis"].read_value(), tf.eye(k)),
+                    tf.where(old, v["mean"].read_value(), tf.zeros([k])),
+                    tf.where(old, v["d"].read_value(), k),
+                )
+
+            u, mu, d = tf.cond(
+                count > 0, lambda: fit_basis(count, total, outer, self.energy, self.fixed_dim(k))[:3], keep
+            )
             header = tf.reshape(tf.cast(d, tf.int64), [1])
         else:  # (ignored by the broadcast; not a constant, which TF's shape inference would try
             # to evaluate at trace time, running the broadcast on this rank alone: a hang)
@@ -271,12 +307,14 @@ class GradiVeQ(GradiVeQFormat, Codec):
         else:
             buf = tf.zeros(tf.reshape(k * d + k, [1]), tf.float32)
         buf = comm.broadcast(buf, 0, op_name(key, "gvq_basis"))
-        basis = tf.pad(tf.reshape(buf[:k * d], [k, d]), [[0, 0], [0, k - d]])
+        basis = tf.pad(tf.reshape(buf[: k * d], [k, d]), [[0, 0], [0, k - d]])
         nbytes = 8.0 + 4.0 * tf.cast(k * d + k, tf.float64)
-        updates = [v["basis"].assign(tf.ensure_shape(basis, [k, k])), v["mean"].assign(buf[k * d:]),
-                   v["d"].assign(d),
-                   exchange.stats.add(exchange.label, 0, nbytes, nbytes * (comm.size - 1) / max(comm.size, 1),
-                                      tensors=0)]
+        updates = [
+            v["basis"].assign(tf.ensure_shape(basis, [k, k])),
+            v["mean"].assign(buf[k * d :]),
+            v["d"].assign(d),
+            exchange.stats.add(exchange.label, 0, nbytes, nbytes * (comm.size - 1) / max(comm.size, 1), tensors=0),
+        ]
         with tf.control_dependencies(updates):
             return tf.identity(d)
 
@@ -284,8 +322,9 @@ class GradiVeQ(GradiVeQFormat, Codec):
         size = exchange.comm.size
         d = v["d"].read_value()
         check = tf.debugging.assert_positive(
-            d, message=f"GradiVeQ: no basis for '{key}' in the compressed phase (state loaded from a "
-                       "different model?)")
+            d,
+            message=f"GradiVeQ: no basis for '{key}' in the compressed phase (state loaded from a " "different model?)",
+        )
         with tf.control_dependencies([check]):
             basis = v["basis"].read_value()[:, :d]
         mean = v["mean"].read_value()
@@ -295,7 +334,6 @@ class GradiVeQ(GradiVeQFormat, Codec):
             residual = flat - from_slices(reconstruct(compressed, basis, mean / float(size)), shape)
             residual = tf.where(tf.math.is_finite(residual), residual, tf.zeros_like(residual))
             updates.append(v["residual"].assign(residual))
-        summed = tracked_allreduce(exchange, compressed, op_name(key, "gvq_sum"), "sum",
-                                   int(flat.shape.num_elements()))
+        summed = tracked_allreduce(exchange, compressed, op_name(key, "gvq_sum"), "sum", int(flat.shape.num_elements()))
         with tf.control_dependencies(updates):
             return from_slices(reconstruct(summed, basis, mean), shape) / float(size)

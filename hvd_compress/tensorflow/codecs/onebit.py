@@ -1,4 +1,5 @@
 """1-bit SGD with error feedback (Seide et al., Interspeech 2014) in TensorFlow."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,10 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
 
             def run(xa):
                 xa, out = native.f32_array(xa), native.empty(size, np.uint8)
-                native.check(lib.hvdc_onebit_encode(xa.ctypes.data, None, None, n, bucket, out.ctypes.data,
-                                                    native.threads()), "onebit")
+                native.check(
+                    lib.hvdc_onebit_encode(xa.ctypes.data, None, None, n, bucket, out.ctypes.data, native.threads()),
+                    "onebit",
+                )
                 return out
 
             return native.call(run, [x], tf.uint8, size)
@@ -56,8 +59,10 @@ class OneBitQuantizer(OneBitQuantizerFormat, Codec):
 
             def run(pa):
                 pa, out = np.ascontiguousarray(pa, np.uint8), native.empty(numel, np.float32)
-                native.check(lib.hvdc_onebit_decode(pa.ctypes.data, numel, bucket, out.ctypes.data, 0, 1.0,
-                                                    native.threads()), "onebit")
+                native.check(
+                    lib.hvdc_onebit_decode(pa.ctypes.data, numel, bucket, out.ctypes.data, 0, 1.0, native.threads()),
+                    "onebit",
+                )
                 return out
 
             return native.call(run, [payload], tf.float32, numel)

@@ -5,6 +5,7 @@ The same algorithm, knobs, defaults and spec string (``powersgd:rank=2,start_ite
 ``hvd_compress.torch.PowerSGD``; the configuration is shared (:class:`hvd_compress.common.PowerSGDFormat`),
 the linear algebra is TF ops that trace inside ``tf.function``.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,7 @@ def orthogonalize(m: tf.Tensor, epsilon: float = 0.0) -> tf.Tensor:
     r = int(m.shape[1])
     if r > 2:
         return tf.linalg.qr(m)[0]
-    cols = [m[:, j:j + 1] for j in range(r)]
+    cols = [m[:, j : j + 1] for j in range(r)]
     for i in range(r):
         col = cols[i]
         norm = tf.norm(col)
@@ -98,8 +99,13 @@ def tracked_allreduce(exchange, t: tf.Tensor, name: str, op: str, values: int, l
     out = exchange.comm.allreduce(t, name, op=op)
     numel = t.shape.num_elements()
     nbytes = 4 * numel if numel is not None else tf.cast(tf.size(t), tf.float64) * 4.0
-    exchange.stats.add(label or exchange.label, values, nbytes, ring_allreduce_bytes(1, exchange.comm.size) * nbytes,
-                       tensors=1 if values else 0)
+    exchange.stats.add(
+        label or exchange.label,
+        values,
+        nbytes,
+        ring_allreduce_bytes(1, exchange.comm.size) * nbytes,
+        tensors=1 if values else 0,
+    )
     return out
 
 
@@ -143,11 +149,19 @@ class PowerSGD(PowerSGDFormat, Codec):
 
     matrix_shape = staticmethod(matrix_shape)
 
-    def __init__(self, rank: int = 1, start_iter: int = 1000, min_compression_rate: float = 2.0,
-                 error_feedback: bool = True, warm_start: bool = True,
-                 orthogonalization_epsilon: float = 0.0, **options):
-        super().__init__(rank, start_iter, min_compression_rate, error_feedback, warm_start,
-                         orthogonalization_epsilon, **options)
+    def __init__(
+        self,
+        rank: int = 1,
+        start_iter: int = 1000,
+        min_compression_rate: float = 2.0,
+        error_feedback: bool = True,
+        warm_start: bool = True,
+        orthogonalization_epsilon: float = 0.0,
+        **options,
+    ):
+        super().__init__(
+            rank, start_iter, min_compression_rate, error_feedback, warm_start, orthogonalization_epsilon, **options
+        )
         for group in ("q",):
             self.state[group] = {}
 
@@ -203,8 +217,7 @@ class PowerSGD(PowerSGDFormat, Codec):
         q = orthogonalize(q_prev, eps)
         p = tracked_allreduce(exchange, tf.matmul(mat, q), op_name(key, "psgd_p"), "sum", 0)
         p = orthogonalize(p, eps)
-        q = tracked_allreduce(exchange, tf.matmul(mat, p, transpose_a=True), op_name(key, "psgd_q"),
-                              "average", n * m)
+        q = tracked_allreduce(exchange, tf.matmul(mat, p, transpose_a=True), op_name(key, "psgd_q"), "average", n * m)
         approx = tf.matmul(p, q, transpose_b=True)
         # as in torch: p has orthonormal columns, so approx is finite when q is; check the factors
         finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(q)), tf.reduce_all(tf.math.is_finite(p)))
@@ -212,7 +225,6 @@ class PowerSGD(PowerSGDFormat, Codec):
         if self.warm_start:  # a non-finite step keeps the previous Q
             updates.append(q_var.assign(tf.where(finite, q, q_prev)))
         if self.error_feedback:  # ... and resets the residual, never poisons it
-            updates.append(residual.assign(tf.where(finite, tf.reshape(mat - approx, [-1]),
-                                                    tf.zeros([n * m]))))
+            updates.append(residual.assign(tf.where(finite, tf.reshape(mat - approx, [-1]), tf.zeros([n * m]))))
         with tf.control_dependencies(updates):
             return from_matrix(approx, shape)

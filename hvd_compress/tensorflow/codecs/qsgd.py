@@ -1,12 +1,12 @@
 """QSGD (Alistarh et al., NeurIPS 2017) in TensorFlow: unbiased stochastic quantization per bucket."""
+
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
 from hvd_compress.common import QSGDFormat, packed_nbytes
-from hvd_compress.tensorflow.codecs.base import (Codec, bucket_view, nan_where_nonfinite, numel_of,
-                                                 reduce_max_nan)
+from hvd_compress.tensorflow.codecs.base import Codec, bucket_view, nan_where_nonfinite, numel_of, reduce_max_nan
 from hvd_compress.tensorflow import native
 from hvd_compress.tensorflow.packing import bytes_f32, f32_bytes, pack_bits, unpack_bits
 
@@ -65,8 +65,12 @@ class QSGD(QSGDFormat, Codec):
         def run(xa, ua):
             xa, ua = native.f32_array(xa), native.uniforms(ua, u[1], n)
             out = native.empty(size, np.uint8)
-            native.check(lib.hvdc_qsgd_encode(xa.ctypes.data, n, bits, bucket, l2, 0, ua.ctypes.data,
-                                              out.ctypes.data, native.threads()), "qsgd")
+            native.check(
+                lib.hvdc_qsgd_encode(
+                    xa.ctypes.data, n, bits, bucket, l2, 0, ua.ctypes.data, out.ctypes.data, native.threads()
+                ),
+                "qsgd",
+            )
             return out
 
         return native.call(run, [x, u[0]], tf.uint8, size)
@@ -80,8 +84,12 @@ class QSGD(QSGDFormat, Codec):
 
             def run(pa):
                 pa, out = np.ascontiguousarray(pa, np.uint8), native.empty(numel, np.float32)
-                native.check(lib.hvdc_qsgd_decode(pa.ctypes.data, numel, bits, bucket, out.ctypes.data,
-                                                  0, 1.0, native.threads()), "qsgd")
+                native.check(
+                    lib.hvdc_qsgd_decode(
+                        pa.ctypes.data, numel, bits, bucket, out.ctypes.data, 0, 1.0, native.threads()
+                    ),
+                    "qsgd",
+                )
                 return out
 
             return native.call(run, [payload], tf.float32, numel)

@@ -4,6 +4,7 @@ The spec's numpy ``encode``/``decode`` run on the host through ``tf.numpy_functi
 eagerly and inside ``tf.function`` (Horovod's ``DistributedGradientTape``, the Keras optimizers),
 not under XLA (``jit_compile=True``).
 """
+
 from __future__ import annotations
 
 from typing import Set
@@ -77,7 +78,6 @@ class ReferenceCodec(Codec):
 
     def decode(self, payload, numel):
         self._probe(numel)
-        out = tf.numpy_function(lambda p: checks.decode(self.spec, p, numel), [payload], tf.float32,
-                                stateful=False)
+        out = tf.numpy_function(lambda p: checks.decode(self.spec, p, numel), [payload], tf.float32, stateful=False)
         out.set_shape([numel])
         return out

@@ -1,4 +1,5 @@
 """signSGD with majority vote (Bernstein et al., 2018/2019) in TensorFlow."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -28,7 +29,7 @@ class SignSGD(SignSGDFormat, Codec):
 
     def _signs_and_scale(self, payload, numel):
         nb = packed_nbytes(numel, 1)
-        return unpack_signs(payload, numel), bytes_f32(payload[nb:nb + 4])
+        return unpack_signs(payload, numel), bytes_f32(payload[nb : nb + 4])
 
     def decode(self, payload, numel):
         signs, s = self._signs_and_scale(payload, numel)

@@ -1,4 +1,5 @@
 """TernGrad (Wen et al., NeurIPS 2017) in TensorFlow: ternary gradients, scale shared across workers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,7 @@ import tensorflow as tf
 from hvd_compress.common import TernGradFormat
 from hvd_compress.tensorflow.codecs.base import Codec, nan_where_nonfinite, numel_of, reduce_max_nan
 from hvd_compress.tensorflow import native
-from hvd_compress.tensorflow.packing import (bytes_f32, f32_bytes, pack_base3, pack_bits, unpack_base3,
-                                             unpack_bits)
+from hvd_compress.tensorflow.packing import bytes_f32, f32_bytes, pack_base3, pack_bits, unpack_base3, unpack_bits
 
 
 class TernGrad(TernGradFormat, Codec):
@@ -36,16 +36,14 @@ class TernGrad(TernGradFormat, Codec):
 
             def run(xa):
                 xa = native.f32_array(xa)
-                return np.array([lib.hvdc_terngrad_scale(xa.ctypes.data, n, clip, native.threads())],
-                                np.float32)
+                return np.array([lib.hvdc_terngrad_scale(xa.ctypes.data, n, clip, native.threads())], np.float32)
 
             return native.call(run, [x], tf.float32, 1)
         s = reduce_max_nan(tf.abs(x))
         if self.clip is not None and n > 1:
             mean = tf.reduce_sum(x) / float(n)
             std = tf.sqrt(tf.reduce_sum(tf.square(x - mean)) / float(n - 1))
-            s = tf.where(tf.math.is_nan(std) | tf.math.is_nan(s), float("nan"),
-                         tf.minimum(s, self.clip * std))
+            s = tf.where(tf.math.is_nan(std) | tf.math.is_nan(s), float("nan"), tf.minimum(s, self.clip * std))
         return nan_where_nonfinite(tf.reshape(s, [1]))
 
     def encode(self, x, seed=None, scale=None, noise=None):
@@ -78,8 +76,12 @@ class TernGrad(TernGradFormat, Codec):
             xa, ua = native.f32_array(xa), native.uniforms(ua, u[1], n)
             scale_bits = int(native.f32_array(sa).view(np.uint32)[0])
             out = native.empty(size, np.uint8)
-            native.check(lib.hvdc_terngrad_encode(xa.ctypes.data, n, scale_bits, base3, 0, ua.ctypes.data,
-                                                  out.ctypes.data, native.threads()), "terngrad")
+            native.check(
+                lib.hvdc_terngrad_encode(
+                    xa.ctypes.data, n, scale_bits, base3, 0, ua.ctypes.data, out.ctypes.data, native.threads()
+                ),
+                "terngrad",
+            )
             return out
 
         return native.call(run, [x, s, u[0]], tf.uint8, size)
@@ -92,14 +94,15 @@ class TernGrad(TernGradFormat, Codec):
 
             def run(pa):
                 pa, out = np.ascontiguousarray(pa, np.uint8), native.empty(numel, np.float32)
-                native.check(lib.hvdc_terngrad_decode(pa.ctypes.data, numel, base3, out.ctypes.data, 0, 1.0,
-                                                      native.threads()), "terngrad")
+                native.check(
+                    lib.hvdc_terngrad_decode(pa.ctypes.data, numel, base3, out.ctypes.data, 0, 1.0, native.threads()),
+                    "terngrad",
+                )
                 return out
 
             return native.call(run, [payload], tf.float32, numel)
-        s = bytes_f32(payload[nc:nc + 4])
+        s = bytes_f32(payload[nc : nc + 4])
         if numel == 0:
             return tf.zeros([0], tf.float32)
-        codes = unpack_base3(payload[:nc], numel) if self.packing == "base3" else \
-            unpack_bits(payload[:nc], 2, numel)
+        codes = unpack_base3(payload[:nc], numel) if self.packing == "base3" else unpack_bits(payload[:nc], 2, numel)
         return (tf.cast(codes, tf.float32) - 1.0) * s

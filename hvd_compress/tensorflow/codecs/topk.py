@@ -1,4 +1,5 @@
 """Top-k sparsification with error feedback (Aji & Heafield 2017; Stich et al. 2018) in TensorFlow."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -19,8 +20,8 @@ class TopKSparsifier(TopKFormat, Codec):
     def select(self, x: tf.Tensor, n: int, k: int) -> tf.Tensor:
         """The canonical index set (int32, ascending) of :class:`hvd_compress.common.TopKFormat`."""
         mag = tf.abs(x)
-        mag = tf.where(tf.math.is_inf(mag), _FLT_MAX, mag)       # torch.nan_to_num: +inf -> max
-        mag = tf.where(tf.math.is_nan(mag), float("inf"), mag)   # NaN counts as the largest
+        mag = tf.where(tf.math.is_inf(mag), _FLT_MAX, mag)  # torch.nan_to_num: +inf -> max
+        mag = tf.where(tf.math.is_nan(mag), float("inf"), mag)  # NaN counts as the largest
         kth = tf.reduce_min(tf.math.top_k(mag, k, sorted=False).values)
         above = mag > kth
         ties = mag == kth
@@ -44,13 +45,15 @@ class TopKSparsifier(TopKFormat, Codec):
 
     def _unpack(self, payload, numel):
         k = self.k(numel)
-        idx = bytes_i32(payload[:4 * k])
+        idx = bytes_i32(payload[: 4 * k])
         if k and tf.executing_eagerly():  # in a graph, scatter_nd itself rejects them (InvalidArgumentError)
             lo, hi = int(tf.reduce_min(idx)), int(tf.reduce_max(idx))
             if not (0 <= lo and hi < numel):
-                raise ValueError(f"hvd_compress: malformed {self.describe()} payload for {numel} values: "
-                                 f"indices span [{lo}, {hi}], outside [0, {numel})")
-        return idx, bytes_f32(payload[4 * k:8 * k])
+                raise ValueError(
+                    f"hvd_compress: malformed {self.describe()} payload for {numel} values: "
+                    f"indices span [{lo}, {hi}], outside [0, {numel})"
+                )
+        return idx, bytes_f32(payload[4 * k : 8 * k])
 
     def decode(self, payload, numel):
         if numel == 0:

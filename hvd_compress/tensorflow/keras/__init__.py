@@ -19,6 +19,7 @@ on both Keras 3 and tf-keras (``TF_USE_LEGACY_KERAS=1``), over Horovod's TensorF
 
 How to tune: see ``docs/tensorflow.md`` (which codec, ``min_numel``, checkpointing).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -88,8 +89,7 @@ class _TFKeras(_Common):
         return super().apply_gradients(list(zip(grads, [v for _, v in pairs])), *args, **kwargs)
 
 
-def DistributedOptimizer(optimizer, compression: "Codec | str" = "none", process_set=None,
-                         name: Optional[str] = None):
+def DistributedOptimizer(optimizer, compression: "Codec | str" = "none", process_set=None, name: Optional[str] = None):
     """Wrap a Keras optimizer (Keras 3 or tf-keras) so it averages gradients over Horovod ranks
     with ``compression`` (a codec or spec string: ``"qsgd:bits=4"``, ``"onebit"``,
     ``"doublesqueeze:codec=onebit"``, ...) before applying them.
@@ -108,8 +108,10 @@ def DistributedOptimizer(optimizer, compression: "Codec | str" = "none", process
     base = type(optimizer)
     mixin = _Keras3 if _is_keras3_optimizer(optimizer) else _TFKeras
     if getattr(optimizer, "gradient_accumulation_steps", None):
-        raise ValueError("hvd_compress: gradient_accumulation_steps is not supported by the distributed "
-                         "optimizer; accumulate by a larger batch or call apply less often")
+        raise ValueError(
+            "hvd_compress: gradient_accumulation_steps is not supported by the distributed "
+            "optimizer; accumulate by a larger batch or call apply less often"
+        )
     cls = type(base.__name__, (mixin, base), {"__module__": base.__module__})
     config = optimizer.get_config()
     if name is not None:

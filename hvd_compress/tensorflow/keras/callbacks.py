@@ -3,6 +3,7 @@
 The callbacks subclass ``tf.keras.callbacks.Callback``, which is Keras 3's under TF >= 2.16 and
 tf-keras' with ``TF_USE_LEGACY_KERAS=1``, so they plug into ``model.fit`` in either mode.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -32,8 +33,9 @@ class QuantizedBroadcastCallback(_Callback):
     drift apart only slightly.
     """
 
-    def __init__(self, root_rank: int = 0, bits: Optional[int] = 8, every_epochs: Optional[int] = None,
-                 bucket_size: int = 512):
+    def __init__(
+        self, root_rank: int = 0, bits: Optional[int] = 8, every_epochs: Optional[int] = None, bucket_size: int = 512
+    ):
         super().__init__()
         if every_epochs is not None and every_epochs < 1:
             raise ValueError(f"every_epochs must be >= 1 or None, got {every_epochs}")
@@ -42,8 +44,13 @@ class QuantizedBroadcastCallback(_Callback):
         self.broadcasts = 0
 
     def _broadcast(self):
-        broadcast_variables(self.model.weights, root_rank=self.root_rank, bits=self.bits,
-                            bucket_size=self.bucket_size, name=f"hvdc_bcast{self.broadcasts}")
+        broadcast_variables(
+            self.model.weights,
+            root_rank=self.root_rank,
+            bits=self.bits,
+            bucket_size=self.bucket_size,
+            name=f"hvdc_bcast{self.broadcasts}",
+        )
         self.broadcasts += 1
 
     def on_train_begin(self, logs=None):
@@ -85,17 +92,19 @@ class CompressionStatsCallback(_Callback):
 
     def epoch_stats(self) -> Dict[str, float]:
         now = WIRE_STATS.raw()
-        delta = {label: {f: row[f] - self._start.get(label, {}).get(f, 0.0) for f in FIELDS}
-                 for label, row in now.items()}
+        delta = {
+            label: {f: row[f] - self._start.get(label, {}).get(f, 0.0) for f in FIELDS} for label, row in now.items()
+        }
         sent = sum(r["sent_bytes"] for r in delta.values())
-        codec_rows = [r for label, r in delta.items()
-                      if label != UNCOMPRESSED and not label.startswith("broadcast(")]
+        codec_rows = [r for label, r in delta.items() if label != UNCOMPRESSED and not label.startswith("broadcast(")]
         values = sum(r["values"] for r in codec_rows)
         payload = sum(r["payload_bytes"] for r in codec_rows)
         err = sum(r["error_sq"] for r in codec_rows)
         ref = sum(r["reference_sq"] for r in codec_rows)
-        out = {self.prefix + "sent_bytes": float(sent),
-               self.prefix + "bits_per_value": 8.0 * payload / values if values else 0.0}
+        out = {
+            self.prefix + "sent_bytes": float(sent),
+            self.prefix + "bits_per_value": 8.0 * payload / values if values else 0.0,
+        }
         if ref > 0:
             out[self.prefix + "compression_error"] = float((err / ref) ** 0.5)
         return out

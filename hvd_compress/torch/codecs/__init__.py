@@ -1,4 +1,5 @@
 """Every codec, one file per algorithm."""
+
 from hvd_compress.torch.codecs.base import Codec, Wrapper
 from hvd_compress.torch.codecs.casts import BF16, FP16, NoCompression
 from hvd_compress.torch.codecs.doublesqueeze import DoubleSqueeze
@@ -14,6 +15,25 @@ from hvd_compress.torch.codecs.signsgd import SignSGD
 from hvd_compress.torch.codecs.terngrad import TernGrad
 from hvd_compress.torch.codecs.topk import TopK, TopKSparsifier
 
-__all__ = ["Codec", "Wrapper", "NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit",
-           "OneBitQuantizer", "EFSign", "ScaledSign", "SignSGD", "TopK", "TopKSparsifier",
-           "ErrorFeedback", "DoubleSqueeze", "GradiVeQ", "PowerSGD", "Lattice", "ReferenceCodec"]
+__all__ = [
+    "Codec",
+    "Wrapper",
+    "NoCompression",
+    "FP16",
+    "BF16",
+    "QSGD",
+    "TernGrad",
+    "OneBit",
+    "OneBitQuantizer",
+    "EFSign",
+    "ScaledSign",
+    "SignSGD",
+    "TopK",
+    "TopKSparsifier",
+    "ErrorFeedback",
+    "DoubleSqueeze",
+    "GradiVeQ",
+    "PowerSGD",
+    "Lattice",
+    "ReferenceCodec",
+]

@@ -11,6 +11,7 @@ Every codec is also a Horovod ``Compressor``: pass it as ``compression=`` to
 That engine is a frontend, a layer above the codecs: this module does not import it; the package
 (``hvd_compress/torch/__init__.py``) installs it with :func:`install_stock_engine`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,8 +25,10 @@ from hvd_compress.torch import kernels
 try:  # Subclass Horovod's Compressor where Horovod is installed; the codecs work without it.
     from horovod.torch.compression import Compressor as _HorovodCompressor
 except Exception:  # pragma: no cover - exercised only without Horovod
+
     class _HorovodCompressor:  # type: ignore[no-redef]
         pass
+
 
 from hvd_compress.common import EXCHANGES, NONFINITE_POLICIES  # noqa: F401 (re-exported)
 from hvd_compress.common import CodecConfig, DECODING_METHODS, WrapperFormat, check_payload, payload_validator
@@ -91,8 +94,9 @@ class Codec(_HorovodCompressor, CodecConfig):
         return self.compresses(tensor.numel(), tensor.dim(), tensor.dtype.is_floating_point)
 
     # ------------------------------------------------------------------ math (override)
-    def encode(self, x: torch.Tensor, generator: Optional[torch.Generator] = None,
-               scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def encode(
+        self, x: torch.Tensor, generator: Optional[torch.Generator] = None, scale: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def decode(self, payload: torch.Tensor, numel: int) -> torch.Tensor:
@@ -133,13 +137,15 @@ class Codec(_HorovodCompressor, CodecConfig):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ stateful steps
-    def worker_encode(self, x: torch.Tensor, key: str, bounds: Bounds, draw: Draw,
-                      scale: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    def worker_encode(
+        self, x: torch.Tensor, key: str, bounds: Bounds, draw: Draw, scale: Optional[torch.Tensor] = None
+    ) -> List[torch.Tensor]:
         """Encode a worker's tensor as one payload per chunk. Wrappers add error feedback here."""
         return [self.encode(x[a:b], draw(i, 0), scale) for i, (a, b) in enumerate(bounds)]
 
-    def server_encode(self, mean: torch.Tensor, key: str, draw: Draw, owner: int,
-                      scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def server_encode(
+        self, mean: torch.Tensor, key: str, draw: Draw, owner: int, scale: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Re-encode the averaged chunk an owner holds (reduce-scatter pattern)."""
         return self.encode(mean, draw(owner, 1), scale)
 
@@ -157,8 +163,10 @@ class Codec(_HorovodCompressor, CodecConfig):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         saved = state_dict.get("codec")
         if saved is not None and saved != self.fingerprint():
-            raise ValueError(f"hvd_compress: state was saved by {saved}, cannot load it into "
-                             f"{self.fingerprint()}; construct the same codec as the saved run")
+            raise ValueError(
+                f"hvd_compress: state was saved by {saved}, cannot load it into "
+                f"{self.fingerprint()}; construct the same codec as the saved run"
+            )
         self.state = _clone(state_dict["state"])
 
     # ------------------------------------------------------------------ Horovod stock API
@@ -170,8 +178,10 @@ class Codec(_HorovodCompressor, CodecConfig):
         """
         if self._stock is None:
             if _stock_engine is None:
-                raise RuntimeError("hvd_compress: no Horovod stock-API engine installed; import "
-                                   "hvd_compress.torch (it installs hvd_compress.torch.stock)")
+                raise RuntimeError(
+                    "hvd_compress: no Horovod stock-API engine installed; import "
+                    "hvd_compress.torch (it installs hvd_compress.torch.stock)"
+                )
             self._stock = _stock_engine(self)
         return self._stock.compress(tensor)
 

@@ -1,4 +1,5 @@
 """Lossless and cast codecs: NoCompression, FP16 (summable), BF16."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """EF-SignSGD (Karimireddy et al., ICML 2019): scaled sign with error feedback."""
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,7 @@ class ScaledSign(NativeDecoding, ScaledSignFormat, Codec):
         if out is not None:
             return out
         nb = packed_nbytes(numel, 1)
-        s = bytes_f32(payload[nb:nb + 4])
+        s = bytes_f32(payload[nb : nb + 4])
         signs = unpack_bits(payload[:nb], 1, numel).to(torch.float32).mul_(2).sub_(1)
         return signs.mul_(s)
 

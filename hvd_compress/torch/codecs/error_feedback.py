@@ -1,4 +1,5 @@
 """Error feedback (memory): a wrapper that makes any codec's compression error re-enter."""
+
 from __future__ import annotations
 
 import torch

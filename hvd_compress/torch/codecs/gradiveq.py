@@ -4,14 +4,20 @@ No public implementation of the paper exists; this one follows ``shared/ALGORITH
 layout, slicing, per-layer PCA by the energy rule, mean handling, one allreduce(Sum) of the
 compressed slices and one decompression after it, and the warm-up / sampling / compressed schedule.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from hvd_compress.common import (GRADIVEQ_PHASES, GradiVeQFormat, compression_report_rows,
-                                 filters_and_positions, slice_geometry_fp)
+from hvd_compress.common import (
+    GRADIVEQ_PHASES,
+    GradiVeQFormat,
+    compression_report_rows,
+    filters_and_positions,
+    slice_geometry_fp,
+)
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.codecs.catalog import from_spec_with
 from hvd_compress.torch.codecs.powersgd import tracked_allreduce
@@ -25,8 +31,9 @@ def is_conv_kernel(shape: Sequence[int]) -> bool:
     return len(shape) >= 3
 
 
-def slice_geometry(shape: Sequence[int], slice_size: int, samples: Optional[int] = None,
-                   samples_per_dim: float = 0.0) -> Tuple[int, int, int, int, int]:
+def slice_geometry(
+    shape: Sequence[int], slice_size: int, samples: Optional[int] = None, samples_per_dim: float = 0.0
+) -> Tuple[int, int, int, int, int]:
     """``(F, P, D, K, S)`` for a torch kernel of ``shape`` (``F = shape[0]`` filters of
     ``P = C*k*...`` positions); see :func:`hvd_compress.common.slice_geometry_fp`."""
     f, p = filters_and_positions(shape, 0)
@@ -49,8 +56,7 @@ def from_slices(slices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return slices.reshape(-1, f).t().reshape(-1)
 
 
-def fit_basis(count: int, total: torch.Tensor, outer: torch.Tensor, energy: float,
-              dim: Optional[int] = None):
+def fit_basis(count: int, total: torch.Tensor, outer: torch.Tensor, energy: float, dim: Optional[int] = None):
     """PCA of sampled slices from their moments: ``count`` slices, ``total`` = their sum (K),
     ``outer`` = the sum of their outer products (K x K), float64.
 
@@ -150,15 +156,34 @@ class GradiVeQ(GradiVeQFormat, Codec):
     ``sampler="none"`` to sample from exact fp32 aggregates (more bytes during sampling).
     """
 
-    def __init__(self, energy: float = 0.99, warmup_steps: int = 2500, sample_steps: int = 100,
-                 compress_steps: int = 400, slice_size: int = 256, samples_per_dim: float = 4.0,
-                 fallback: "Codec | str | None" = "qsgd:bits=4",
-                 sampler: "Codec | str | None" = "qsgd:bits=4", ratio: Optional[float] = None,
-                 error_feedback: bool = False, **options):
-        super().__init__(energy, warmup_steps, sample_steps, compress_steps, slice_size,
-                         samples_per_dim, fallback, sampler, ratio, error_feedback, **options)
-        self.state.update({k: {} for k in ("phase", "basis", "mean", "d", "K", "slices", "samples",
-                                           "residual")})
+    def __init__(
+        self,
+        energy: float = 0.99,
+        warmup_steps: int = 2500,
+        sample_steps: int = 100,
+        compress_steps: int = 400,
+        slice_size: int = 256,
+        samples_per_dim: float = 4.0,
+        fallback: "Codec | str | None" = "qsgd:bits=4",
+        sampler: "Codec | str | None" = "qsgd:bits=4",
+        ratio: Optional[float] = None,
+        error_feedback: bool = False,
+        **options,
+    ):
+        super().__init__(
+            energy,
+            warmup_steps,
+            sample_steps,
+            compress_steps,
+            slice_size,
+            samples_per_dim,
+            fallback,
+            sampler,
+            ratio,
+            error_feedback,
+            **options,
+        )
+        self.state.update({k: {} for k in ("phase", "basis", "mean", "d", "K", "slices", "samples", "residual")})
 
     @staticmethod
     def build_codec(spec):
@@ -168,8 +193,9 @@ class GradiVeQ(GradiVeQFormat, Codec):
     def compression_report(self) -> Dict[str, Dict[str, Any]]:
         """Per conv tensor with a fitted basis: ``K``, ``d``, ``ratio`` (``K/d``) and ``slices``;
         under ``"_total"`` the value-weighted ratio (values / compressed values)."""
-        return compression_report_rows({key: (self.state["K"][key], d, self.state["slices"][key])
-                                        for key, d in self.state.get("d", {}).items()})
+        return compression_report_rows(
+            {key: (self.state["K"][key], d, self.state["slices"][key]) for key, d in self.state.get("d", {}).items()}
+        )
 
     # ------------------------------------------------------------------ the exchange
     def custom_exchange(self, exchange, key, flat, shape=None):
@@ -199,8 +225,11 @@ class GradiVeQ(GradiVeQFormat, Codec):
             out = (yield from sub.average(key, flat.view(shape), compress=True)).reshape(-1)
             samples = self.state.setdefault("samples", {})
             if pos == 0 or key not in samples or samples[key]["sum"].numel() != k:
-                samples[key] = {"count": 0, "sum": torch.zeros(k, dtype=torch.float64),
-                                "outer": torch.zeros(k, k, dtype=torch.float64)}
+                samples[key] = {
+                    "count": 0,
+                    "sum": torch.zeros(k, dtype=torch.float64),
+                    "outer": torch.zeros(k, k, dtype=torch.float64),
+                }
             if torch.isfinite(out).all():  # a non-finite step must not poison the basis
                 agg = to_slices(out * comm.size, shape, k).to(torch.float64)  # the Sum
                 acc = samples[key]
@@ -212,8 +241,9 @@ class GradiVeQ(GradiVeQFormat, Codec):
             return out
         basis, mean = self.state.get("basis", {}).get(key), self.state.get("mean", {}).get(key)
         if basis is None or basis.shape[0] != k:
-            raise RuntimeError(f"GradiVeQ: no basis for '{key}' in the compressed phase (state "
-                               "loaded from a different model?)")
+            raise RuntimeError(
+                f"GradiVeQ: no basis for '{key}' in the compressed phase (state " "loaded from a different model?)"
+            )
         slices = to_slices(flat, shape, k)
         compressed = project(slices, basis, mean, comm.size)
         if self.error_feedback:  # what this worker's projection drops: U U^T (g - mu/N) + mu/N kept
@@ -242,18 +272,16 @@ class GradiVeQ(GradiVeQFormat, Codec):
             else:  # every sample was non-finite: keep the old basis, or the identity
                 old = self.state.get("basis", {}).get(key)
                 mu = self.state.get("mean", {}).get(key)
-                fitted = (old, mu, old.shape[1], None) if old is not None else \
-                    (torch.eye(k), torch.zeros(k), k, None)
+                fitted = (old, mu, old.shape[1], None) if old is not None else (torch.eye(k), torch.zeros(k), k, None)
         header = torch.tensor([fitted[2] if fitted else 0], dtype=torch.int64)
         header = yield comm.broadcast_async(header, 0, name=f"hvdc.{key}.gvq.d")
         d = int(header[0])
         buf = torch.cat([fitted[0].reshape(-1), fitted[1]]) if fitted else torch.zeros(k * d + k)
         buf = yield comm.broadcast_async(buf.contiguous(), 0, name=f"hvdc.{key}.gvq.basis")
         nbytes = 8 + 4 * (k * d + k)
-        exchange.stats.add(exchange.label, 0, nbytes, nbytes * (comm.size - 1) / max(comm.size, 1),
-                           tensors=0)
-        self.state.setdefault("basis", {})[key] = buf[:k * d].reshape(k, d).clone()
-        self.state.setdefault("mean", {})[key] = buf[k * d:].clone()
+        exchange.stats.add(exchange.label, 0, nbytes, nbytes * (comm.size - 1) / max(comm.size, 1), tensors=0)
+        self.state.setdefault("basis", {})[key] = buf[: k * d].reshape(k, d).clone()
+        self.state.setdefault("mean", {})[key] = buf[k * d :].clone()
         self.state.setdefault("d", {})[key] = d
         self.state.setdefault("K", {})[key] = k
         self.state.setdefault("slices", {})[key] = s

@@ -59,6 +59,7 @@ bytes again but needs a tight distance estimate, so expect more fallbacks and ra
 (error grows linearly with ``safety``, fallbacks drop sharply). ``bits=2`` (radius 1 eps) only
 suits nearly identical models.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -68,17 +69,17 @@ import torch
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.packing import f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
-CHECKSUM_PRIME = 2 ** 31 - 1
+CHECKSUM_PRIME = 2**31 - 1
 SIDE_BYTES = 16  # eps fp32, shift seed int32, checksum int64
 MIN_EPS = 1e-30
-REL_EPS_FLOOR = 2.0 ** -40  # eps >= max|x| * this: lattice coordinates stay below 2^40
+REL_EPS_FLOOR = 2.0**-40  # eps >= max|x| * this: lattice coordinates stay below 2^40
 _PHI = 0.6180339887498949  # golden ratio - 1: the shift sequence's step
 _CHECK_BLOCK = 4096  # 16-bit parts x 24-bit weights x 4096 terms < 2^52: exact float64 block sums
 _CHUNK = 16 * _CHECK_BLOCK  # values per processing chunk (float64 temporaries of 512 KiB)
 _SHIFT_CACHE: dict = {}
 _SHIFT_CACHE_LIMIT = 1 << 22  # values; longer tensors compute their shift sequence on the fly
 _WEIGHTS: list = []
-MAX_COORD = 2.0 ** 50  # |lattice coordinate| bound: float64 holds every such integer exactly
+MAX_COORD = 2.0**50  # |lattice coordinate| bound: float64 holds every such integer exactly
 
 
 def _in_block_weights() -> torch.Tensor:
@@ -119,18 +120,17 @@ def _block_sums(high: torch.Tensor) -> torch.Tensor:
     full = n // _CHECK_BLOCK
     parts = []
     if full:
-        parts.append(h[:full * _CHECK_BLOCK].view(full, _CHECK_BLOCK) @ w)
+        parts.append(h[: full * _CHECK_BLOCK].view(full, _CHECK_BLOCK) @ w)
     tail = n - full * _CHECK_BLOCK
     if tail:
-        parts.append((h[full * _CHECK_BLOCK:] @ w[:tail]).view(1, 2))
+        parts.append((h[full * _CHECK_BLOCK :] @ w[:tail]).view(1, 2))
     return torch.cat(parts).to(torch.int64)
 
 
 def _combine(sums: torch.Tensor) -> int:
     p = CHECKSUM_PRIME
     b = torch.arange(sums.shape[0], dtype=torch.int64)
-    bw = torch.stack([(b * 0x2545F491 + 0x1B873593) % (p - 1) + 1,
-                      (b * 0x61C88647 + 0x5BD1E995) % (p - 1) + 1], dim=1)
+    bw = torch.stack([(b * 0x2545F491 + 0x1B873593) % (p - 1) + 1, (b * 0x61C88647 + 0x5BD1E995) % (p - 1) + 1], dim=1)
     total = ((sums % p) * bw % p).sum(0) % p
     return (int(total[0]) << 32) | int(total[1])
 
@@ -167,7 +167,7 @@ class Lattice(Codec):
             raise ValueError(f"lattice eps must be a positive finite number or None, got {eps}")
         self.bits, self.safety = int(bits), float(safety)
         self.eps = None if eps is None else float(eps)
-        self.q = 2 ** self.bits
+        self.q = 2**self.bits
         self.radius = self.q // 2 - 1  # decodable distance, in units of eps
 
     def params(self):
@@ -231,16 +231,20 @@ class Lattice(Codec):
         n = x.numel()
         eps = scale if scale is not None else self.eps
         if eps is None:
-            raise ValueError("Lattice.encode needs the lattice step: pass scale=eps "
-                             "(see choose_eps) or construct Lattice(eps=...)")
+            raise ValueError(
+                "Lattice.encode needs the lattice step: pass scale=eps "
+                "(see choose_eps) or construct Lattice(eps=...)"
+            )
         eps = float(torch.as_tensor(eps, dtype=torch.float32).reshape(-1)[0])
-        seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator).item())
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
         x = x.detach().reshape(-1)
         top = max(abs(float(v)) for v in torch.aminmax(x)) if n else 0.0  # NaN propagates
         finite = eps == eps and 0 < eps < float("inf") and top < float("inf")  # NaN fails too
         if finite and top / eps >= MAX_COORD:
-            raise ValueError(f"lattice step eps={eps:g} is too small for values up to {top:g} "
-                             f"(coordinates must stay below 2^50); use choose_eps()")
+            raise ValueError(
+                f"lattice step eps={eps:g} is too small for values up to {top:g} "
+                f"(coordinates must stay below 2^50); use choose_eps()"
+            )
         if not finite or n == 0:
             codes = torch.zeros(n, dtype=torch.uint8)
             k_sum = 0
@@ -253,23 +257,30 @@ class Lattice(Codec):
                 b = min(n, a + _CHUNK)
                 # z = x / eps - u; randomized rounding k = floor(z + U), U ~ [0, 1): P(ceil z) = frac z
                 z = x[a:b].to(torch.float64).mul_(1.0 / eps).sub_(base[a:b]).sub_(offset)
-                k = z.add_(noise[a:b] if noise is not None else
-                           torch.rand(b - a, generator=generator, dtype=torch.float64)).floor_()
-                high = torch.mul(k, 1.0 / self.q).floor_()          # exact: q is a power of two
-                codes[a:b] = k.add_(high, alpha=-self.q)             # k mod q, in [0, q)
+                k = z.add_(
+                    noise[a:b] if noise is not None else torch.rand(b - a, generator=generator, dtype=torch.float64)
+                ).floor_()
+                high = torch.mul(k, 1.0 / self.q).floor_()  # exact: q is a power of two
+                codes[a:b] = k.add_(high, alpha=-self.q)  # k mod q, in [0, q)
                 sums.append(_block_sums(high))
             k_sum = _combine(torch.cat(sums))
-        side = torch.cat([f32_bytes(torch.tensor([eps])),
-                          torch.tensor([seed], dtype=torch.int32).view(torch.uint8),
-                          torch.tensor([k_sum], dtype=torch.int64).view(torch.uint8)])
+        side = torch.cat(
+            [
+                f32_bytes(torch.tensor([eps])),
+                torch.tensor([seed], dtype=torch.int32).view(torch.uint8),
+                torch.tensor([k_sum], dtype=torch.int64).view(torch.uint8),
+            ]
+        )
         return torch.cat([pack_bits(codes, self.bits), side])
 
     def side_channel(self, payload: torch.Tensor, numel: int) -> Tuple[float, int, int]:
         """``(eps, shift seed, checksum)`` of a payload for ``numel`` values."""
         nc = packed_nbytes(numel, self.bits)
         if payload.numel() != nc + SIDE_BYTES:
-            raise LatticeDecodeError(f"lattice payload has {payload.numel()} bytes, expected "
-                                     f"{nc + SIDE_BYTES} for {numel} values at {self.bits} bits")
+            raise LatticeDecodeError(
+                f"lattice payload has {payload.numel()} bytes, expected "
+                f"{nc + SIDE_BYTES} for {numel} values at {self.bits} bits"
+            )
         side = payload[nc:].clone()
         eps = float(side[:4].view(torch.float32)[0])
         seed = int(side[4:8].view(torch.int32)[0])
@@ -288,7 +299,7 @@ class Lattice(Codec):
             return torch.full((n,), float("nan")), False
         if n == 0:
             return torch.empty(0), True
-        codes = unpack_bits(payload[:packed_nbytes(n, self.bits)], self.bits, n)  # uint8 residues
+        codes = unpack_bits(payload[: packed_nbytes(n, self.bits)], self.bits, n)  # uint8 residues
         base, offset, sums = self._base(n), self._offset(seed), []
         out = torch.empty(n, dtype=torch.float32)
         for a in range(0, n, _CHUNK):  # cache-sized chunks, as in encode
@@ -312,17 +323,22 @@ class Lattice(Codec):
         raise LatticeDecodeError(
             "a lattice payload holds coordinates modulo q: it decodes only relative to the "
             "receiver's own nearby vector. Use decode_relative(payload, reference) (SwarmSGD does); "
-            "the lattice codec cannot serve allreduce-style averaging of gradients.")
+            "the lattice codec cannot serve allreduce-style averaging of gradients."
+        )
 
     def aggregate(self, payloads, numel):
         return self.decode(payloads[0], numel)
 
     def worker_encode(self, x, key, bounds, draw, scale=None):
-        raise LatticeDecodeError("the lattice codec is for gossip (hvd_compress.torch.SwarmSGD), not for "
-                                 "gradient averaging: its payloads decode only relative to the receiver's own "
-                                 "model")
+        raise LatticeDecodeError(
+            "the lattice codec is for gossip (hvd_compress.torch.SwarmSGD), not for "
+            "gradient averaging: its payloads decode only relative to the receiver's own "
+            "model"
+        )
 
     def compress(self, tensor):
-        raise LatticeDecodeError("the lattice codec is for gossip (hvd_compress.torch.SwarmSGD), not for "
-                                 "hvd.DistributedOptimizer: its payloads decode only relative to the "
-                                 "receiver's own model")
+        raise LatticeDecodeError(
+            "the lattice codec is for gossip (hvd_compress.torch.SwarmSGD), not for "
+            "hvd.DistributedOptimizer: its payloads decode only relative to the "
+            "receiver's own model"
+        )

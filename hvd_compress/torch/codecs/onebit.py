@@ -1,4 +1,5 @@
 """1-bit SGD with error feedback (Seide et al., Interspeech 2014)."""
+
 from __future__ import annotations
 
 import torch

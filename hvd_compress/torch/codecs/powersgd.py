@@ -5,6 +5,7 @@ The linear peer of GradiVeQ and the method torch ships as a DDP communication ho
 through any hvd_compress frontend (stock ``hvd.DistributedOptimizer``, our
 ``DistributedOptimizer``), over Horovod's allreduce.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,7 @@ def orthogonalize_(m: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
         m.copy_(q)
         return m
     for i in range(r):
-        col = m[:, i:i + 1]
+        col = m[:, i : i + 1]
         norm = col.norm()
         if epsilon == 0:
             if norm > 0:
@@ -54,7 +55,7 @@ def orthogonalize_(m: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
         else:
             col /= norm + epsilon
         if i + 1 < r:
-            rest = m[:, i + 1:]
+            rest = m[:, i + 1 :]
             rest -= (col * rest).sum(dim=0, keepdim=True) * col
     return m
 
@@ -75,8 +76,9 @@ def tracked_allreduce(exchange, t: torch.Tensor, name: str, op: str, values: int
     out = yield exchange.comm.allreduce_async(t, name=name, op=op)
     nbytes = t.numel() * t.element_size()
     size = exchange.comm.size
-    exchange.stats.add(label or exchange.label, values, nbytes, 2.0 * (size - 1) / size * nbytes,
-                       tensors=1 if values else 0)
+    exchange.stats.add(
+        label or exchange.label, values, nbytes, 2.0 * (size - 1) / size * nbytes, tensors=1 if values else 0
+    )
     return out
 
 
@@ -124,11 +126,19 @@ class PowerSGD(PowerSGDFormat, Codec):
     little (small or thin layers).
     """
 
-    def __init__(self, rank: int = 1, start_iter: int = 1000, min_compression_rate: float = 2.0,
-                 error_feedback: bool = True, warm_start: bool = True,
-                 orthogonalization_epsilon: float = 0.0, **options):
-        super().__init__(rank, start_iter, min_compression_rate, error_feedback, warm_start,
-                         orthogonalization_epsilon, **options)
+    def __init__(
+        self,
+        rank: int = 1,
+        start_iter: int = 1000,
+        min_compression_rate: float = 2.0,
+        error_feedback: bool = True,
+        warm_start: bool = True,
+        orthogonalization_epsilon: float = 0.0,
+        **options,
+    ):
+        super().__init__(
+            rank, start_iter, min_compression_rate, error_feedback, warm_start, orthogonalization_epsilon, **options
+        )
         self.state.update({"q": {}, "residual": {}})
 
     matrix_shape = staticmethod(matrix_shape)

@@ -1,4 +1,5 @@
 """QSGD (Alistarh et al., NeurIPS 2017): unbiased stochastic quantization per bucket."""
+
 from __future__ import annotations
 
 import torch

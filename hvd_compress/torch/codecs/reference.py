@@ -5,6 +5,7 @@ every torch frontend at once: as ``compression=`` of ``hvd.DistributedOptimizer`
 Compressor with the stock engine), in ``hc.DistributedOptimizer``, the DDP hook, inside
 ``doublesqueeze:codec=<name>`` and under :class:`ErrorFeedback`.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -32,9 +33,12 @@ def _host(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     global _warned_cuda
     if t.device.type != "cpu" and not _warned_cuda:
         _warned_cuda = True
-        warnings.warn("hvd_compress: a reference-backend codec (numpy, host) got a tensor on "
-                      f"{t.device}; every encode/decode copies it to the host and back. Fine for trying "
-                      "a codec out; write a torch kernel for speed (docs/extending.md).", stacklevel=4)
+        warnings.warn(
+            "hvd_compress: a reference-backend codec (numpy, host) got a tensor on "
+            f"{t.device}; every encode/decode copies it to the host and back. Fine for trying "
+            "a codec out; write a torch kernel for speed (docs/extending.md).",
+            stacklevel=4,
+        )
     return t.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
 
 

@@ -1,4 +1,5 @@
 """signSGD with majority vote (Bernstein et al., 2018/2019)."""
+
 from __future__ import annotations
 
 import torch
@@ -64,7 +65,7 @@ class SignSGD(NativeDecoding, SignSGDFormat, Codec):
     def _signs_and_scale(self, payload, numel):
         nb = packed_nbytes(numel, 1)
         signs = unpack_bits(payload[:nb], 1, numel).to(torch.float32).mul_(2).sub_(1)
-        return signs, bytes_f32(payload[nb:nb + 4])
+        return signs, bytes_f32(payload[nb : nb + 4])
 
     def decode(self, payload, numel):
         out = self.native_decode(payload, numel)

@@ -1,4 +1,5 @@
 """TernGrad (Wen et al., NeurIPS 2017): ternary gradients with a scale shared across workers."""
+
 from __future__ import annotations
 
 import torch
@@ -75,12 +76,13 @@ class TernGrad(NativeDecoding, TernGradFormat, Codec):
         if out is not None:
             return out
         nc = self._code_nbytes(numel)
-        s = bytes_f32(payload[nc:nc + 4])
+        s = bytes_f32(payload[nc : nc + 4])
         if self.packing == "base3" and nc and int(payload[:nc].max()) >= 243:  # 3**5: no such byte
-            raise ValueError(f"hvd_compress: malformed {self.describe()} payload for {numel} values: "
-                             f"byte {int(payload[:nc].max())} is not five base-3 digits")
-        codes = unpack_base3(payload[:nc], numel) if self.packing == "base3" else \
-            unpack_bits(payload[:nc], 2, numel)
+            raise ValueError(
+                f"hvd_compress: malformed {self.describe()} payload for {numel} values: "
+                f"byte {int(payload[:nc].max())} is not five base-3 digits"
+            )
+        codes = unpack_base3(payload[:nc], numel) if self.packing == "base3" else unpack_bits(payload[:nc], 2, numel)
         return (codes.to(torch.float32) - 1.0).mul_(s)
 
     def native_decoder(self):

@@ -1,4 +1,5 @@
 """Top-k sparsification with error feedback (Aji & Heafield 2017; Stich et al. 2018)."""
+
 from __future__ import annotations
 
 import torch
@@ -46,11 +47,13 @@ class TopKSparsifier(TopKFormat, Codec):
 
     def _unpack(self, payload, numel):
         k = self.k(numel)
-        idx = payload[:4 * k].clone().view(torch.int32).long()
-        values = payload[4 * k:8 * k].clone().view(torch.float32)
+        idx = payload[: 4 * k].clone().view(torch.int32).long()
+        values = payload[4 * k : 8 * k].clone().view(torch.float32)
         if k and not (0 <= int(idx.min()) and int(idx.max()) < numel):
-            raise ValueError(f"hvd_compress: malformed {self.describe()} payload for {numel} values: "
-                             f"indices span [{int(idx.min())}, {int(idx.max())}], outside [0, {numel})")
+            raise ValueError(
+                f"hvd_compress: malformed {self.describe()} payload for {numel} values: "
+                f"indices span [{int(idx.min())}, {int(idx.max())}], outside [0, {numel})"
+            )
         return idx, values
 
     def decode(self, payload, numel):

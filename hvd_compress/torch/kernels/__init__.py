@@ -19,6 +19,7 @@ No host round trip in the hot path: scales, non-finite flags and tie counts stay
 The two exceptions (malformed-payload checks that must raise) are marked
 ``# host sync (allow-listed)`` and are checked by tests/test_triton_kernels.py.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -81,6 +82,7 @@ def fused_feedback(name, x, residual, bounds, *args):
     if not use_triton(x):
         return None
     from hvd_compress.torch.kernels.common import fused_feedback as run
+
     return run(family(name).encode_with_residual, x, residual, bounds, *args)
 
 
@@ -110,14 +112,19 @@ def topk_aggregate(payloads, numel, k):
 
 # Decoders: (module, function) per native decoder, so NativeDecoding routes decode, decode_into
 # and aggregate through Triton with the native decoder's arguments.
-_DECODERS = {"qsgd_decode_into": "qsgd", "terngrad_decode_into": "terngrad",
-             "onebit_decode_into": "onebit", "sign_decode_into": "sign"}
+_DECODERS = {
+    "qsgd_decode_into": "qsgd",
+    "terngrad_decode_into": "terngrad",
+    "onebit_decode_into": "onebit",
+    "sign_decode_into": "sign",
+}
 
 
 def decode(native_kernel, payload, numel, *args):
     if not use_triton(payload):
         return None
     import torch
+
     out = torch.empty(numel, dtype=torch.float32, device=payload.device)
     family(_DECODERS[native_kernel.__name__]).decode_into(payload, out, *args)
     return out
@@ -134,4 +141,5 @@ def aggregate(native_kernel, payloads, numel, *args):
     if not payloads or not use_triton(payloads[0]):
         return None
     from hvd_compress.torch.kernels.common import aggregate as run
+
     return run(family(_DECODERS[native_kernel.__name__]).decode_into, payloads, numel, payloads[0].device, *args)

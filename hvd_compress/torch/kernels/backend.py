@@ -17,6 +17,7 @@ How to tune: leave it unset. Force ``plain`` to bisect a suspected kernel bug (s
 the same uniforms, see ``docs/gpu.md``); force ``triton`` with ``TRITON_INTERPRET=1`` to run the
 GPU kernels on a laptop.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,10 @@ def triton_unavailable() -> Optional[str]:
         if "triton" not in sys.modules and "tensorflow" in sys.modules:
             # Both bundle LLVM: Triton imported after TensorFlow aborts the whole process ("LLVM
             # ERROR: ... registered more than once"); imported before it, both load.
-            _triton_error = ("TensorFlow was imported before Triton, and Triton would abort the process "
-                             "(both bundle LLVM); import triton before tensorflow to use both")
+            _triton_error = (
+                "TensorFlow was imported before Triton, and Triton would abort the process "
+                "(both bundle LLVM); import triton before tensorflow to use both"
+            )
             _triton_checked = True
             return _triton_error
         try:
@@ -76,14 +79,20 @@ def choose(device) -> str:
     if name == "triton":
         reason = triton_unavailable()
         if reason is not None:
-            raise RuntimeError(f"hvd_compress: HVD_COMPRESS_BACKEND=triton but Triton does not import "
-                               f"({reason}); pip install triton, or unset HVD_COMPRESS_BACKEND")
+            raise RuntimeError(
+                f"hvd_compress: HVD_COMPRESS_BACKEND=triton but Triton does not import "
+                f"({reason}); pip install triton, or unset HVD_COMPRESS_BACKEND"
+            )
         if kind == "cpu" and not interpreting():
-            raise RuntimeError("hvd_compress: HVD_COMPRESS_BACKEND=triton on CPU tensors needs Triton's "
-                               "interpreter: set TRITON_INTERPRET=1 before the first codec call")
+            raise RuntimeError(
+                "hvd_compress: HVD_COMPRESS_BACKEND=triton on CPU tensors needs Triton's "
+                "interpreter: set TRITON_INTERPRET=1 before the first codec call"
+            )
         if kind not in ("cpu", "cuda"):
-            raise RuntimeError(f"hvd_compress: the Triton kernels run on CUDA tensors (or CPU ones "
-                               f"under TRITON_INTERPRET=1), not on {kind!r} tensors")
+            raise RuntimeError(
+                f"hvd_compress: the Triton kernels run on CUDA tensors (or CPU ones "
+                f"under TRITON_INTERPRET=1), not on {kind!r} tensors"
+            )
     return name
 
 

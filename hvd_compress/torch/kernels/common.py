@@ -13,6 +13,7 @@ the plain torch path given the same uniforms:
   except on a double-rounding tie (probability about 2**-29 per sum);
 * NaN bit patterns are selected, never produced by arithmetic (GPUs canonicalise NaNs).
 """
+
 from __future__ import annotations
 
 import torch
@@ -112,8 +113,7 @@ def fused_feedback(encode, x: torch.Tensor, residual, bounds, *args):
     n = x.numel()
     if residual is None or residual.numel() != n:
         e_in, e_out = None, torch.empty(n, dtype=torch.float32, device=x.device)
-    elif (residual.dtype != torch.float32 or residual.device != x.device
-          or not residual.is_contiguous()):
+    elif residual.dtype != torch.float32 or residual.device != x.device or not residual.is_contiguous():
         return None
     else:
         e_in = e_out = residual.view(-1)

@@ -1,6 +1,7 @@
 """OneBit's quantizer (sign bit per value, per-bucket means of the non-negative and negative
 values) with the fused error-feedback step, in Triton. One program per bucket: pass 1 forms
 ``p = g + e``, the bits and the bucket's fp64 sums; pass 2 writes ``e = p - decode(p)``."""
+
 from __future__ import annotations
 
 import torch
@@ -8,15 +9,38 @@ import triton
 import triton.language as tl
 
 from hvd_compress.common import packed_nbytes
-from hvd_compress.torch.kernels.common import (LAUNCH, QNAN_BITS, blocks, emit, empty_u8, flat_f32,
-                                               is_finite, load_f32_le, nan_if_nonfinite, store_f32_le)
+from hvd_compress.torch.kernels.common import (
+    LAUNCH,
+    QNAN_BITS,
+    blocks,
+    emit,
+    empty_u8,
+    flat_f32,
+    is_finite,
+    load_f32_le,
+    nan_if_nonfinite,
+    store_f32_le,
+)
 
 VALUES_PER_PROGRAM = 2048
 
 
 @triton.jit
-def _onebit_encode(g_ptr, e_in_ptr, e_out_ptr, out_ptr, bad_ptr, n, nb, nbuckets, bucket,
-                   HAS_E_IN: tl.constexpr, EF: tl.constexpr, ROWS: tl.constexpr, BB: tl.constexpr):
+def _onebit_encode(
+    g_ptr,
+    e_in_ptr,
+    e_out_ptr,
+    out_ptr,
+    bad_ptr,
+    n,
+    nb,
+    nbuckets,
+    bucket,
+    HAS_E_IN: tl.constexpr,
+    EF: tl.constexpr,
+    ROWS: tl.constexpr,
+    BB: tl.constexpr,
+):
     """``ROWS`` buckets per program (small buckets share one), ``BB`` bytes of each per step."""
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     start = row * bucket
@@ -43,8 +67,11 @@ def _onebit_encode(g_ptr, e_in_ptr, e_out_ptr, out_ptr, bad_ptr, n, nb, nbuckets
         ns += tl.where(neg, p.to(tl.float64), 0.0)
         badv = tl.maximum(badv, (m & ~is_finite(p)).to(tl.int32))
         bits = tl.sum(tl.where(pos, 1 << lane[None, None, :], 0), axis=2)
-        tl.store(out_ptr + (start[:, None] + off) // 8 + byte[None, :], bits.to(tl.uint8),
-                 mask=off + byte[None, :] * 8 < length[:, None])
+        tl.store(
+            out_ptr + (start[:, None] + off) // 8 + byte[None, :],
+            bits.to(tl.uint8),
+            mask=off + byte[None, :] * 8 < length[:, None],
+        )
     nan = tl.full([ROWS], QNAN_BITS, tl.uint32).to(tl.float32, bitcast=True)
     pcount = tl.sum(tl.sum(cnt, axis=2), axis=1)
     ncount = length - pcount
@@ -96,9 +123,22 @@ def encode_with_residual(x: torch.Tensor, e_in, e_out, bucket: int):
     grid = blocks(nbuckets, rows)
     bad = torch.zeros(grid[0], dtype=torch.uint8, device=x.device)
     if n:
-        _onebit_encode[grid](x, x if e_in is None else e_in, x if e_out is None else e_out, out, bad,
-                             n, nb, nbuckets, bucket, HAS_E_IN=e_in is not None, EF=e_out is not None,
-                             ROWS=rows, BB=bb, **LAUNCH)
+        _onebit_encode[grid](
+            x,
+            x if e_in is None else e_in,
+            x if e_out is None else e_out,
+            out,
+            bad,
+            n,
+            nb,
+            nbuckets,
+            bucket,
+            HAS_E_IN=e_in is not None,
+            EF=e_out is not None,
+            ROWS=rows,
+            BB=bb,
+            **LAUNCH,
+        )
     return out, bad
 
 
@@ -110,5 +150,6 @@ def decode_into(payload: torch.Tensor, out: torch.Tensor, bucket: int, mode: int
     n = out.numel()
     if n == 0:
         return
-    _onebit_decode[blocks(n, VALUES_PER_PROGRAM)](payload, out, n, packed_nbytes(n, 1), bucket, float(div),
-                                                 MODE=mode, BLOCK=VALUES_PER_PROGRAM, **LAUNCH)
+    _onebit_decode[blocks(n, VALUES_PER_PROGRAM)](
+        payload, out, n, packed_nbytes(n, 1), bucket, float(div), MODE=mode, BLOCK=VALUES_PER_PROGRAM, **LAUNCH
+    )

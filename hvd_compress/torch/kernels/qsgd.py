@@ -4,6 +4,7 @@ Two launches per encode: one program per bucket writes the bucket's fp32 scale i
 tail; then one program per block of payload bytes quantizes and packs the values of those bytes
 (any bucket size: a byte may straddle two buckets). Decoding is one elementwise launch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,17 +12,28 @@ import triton
 import triton.language as tl
 
 from hvd_compress.common import packed_nbytes
-from hvd_compress.torch.kernels.common import (LAUNCH, QNAN_BITS, blocks, emit, empty_u8, flat_f32,
-                                               kernel_seed, load_f32_le, nan_if_nonfinite, quiet,
-                                               store_f32_le)
+from hvd_compress.torch.kernels.common import (
+    LAUNCH,
+    QNAN_BITS,
+    blocks,
+    emit,
+    empty_u8,
+    flat_f32,
+    kernel_seed,
+    load_f32_le,
+    nan_if_nonfinite,
+    quiet,
+    store_f32_le,
+)
 
 BYTES_PER_PROGRAM = 1024
 VALUES_PER_PROGRAM = 2048
 
 
 @triton.jit
-def _bucket_scales(x_ptr, out_ptr, n, nbuckets, bucket, ncode, L2: tl.constexpr, ROWS: tl.constexpr,
-                   BLOCK: tl.constexpr):
+def _bucket_scales(
+    x_ptr, out_ptr, n, nbuckets, bucket, ncode, L2: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr
+):
     """``ROWS`` buckets per program (small buckets share a program), ``BLOCK`` values per step."""
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     col = tl.arange(0, BLOCK)
@@ -42,8 +54,9 @@ def _bucket_scales(x_ptr, out_ptr, n, nbuckets, bucket, ncode, L2: tl.constexpr,
         s = tl.sum(acc, axis=1)
         scale = nan_if_nonfinite(tl.sqrt(s).to(tl.float32))
         # an fp32 overflow of the sum of squares is NaN, as in the plain path
-        scale = tl.where(s.to(tl.float32) < float("inf"), scale,
-                         tl.full([ROWS], QNAN_BITS, tl.uint32).to(tl.float32, bitcast=True))
+        scale = tl.where(
+            s.to(tl.float32) < float("inf"), scale, tl.full([ROWS], QNAN_BITS, tl.uint32).to(tl.float32, bitcast=True)
+        )
     else:
         m_bits = tl.max(acc, axis=1)
         m_bits = tl.where(m_bits >= 0x7F800000, QNAN_BITS, m_bits)
@@ -52,8 +65,9 @@ def _bucket_scales(x_ptr, out_ptr, n, nbuckets, bucket, ncode, L2: tl.constexpr,
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _quantize_pack(x_ptr, noise_ptr, out_ptr, n, ncode, bucket, seed, BITS: tl.constexpr,
-                   HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
+def _quantize_pack(
+    x_ptr, noise_ptr, out_ptr, n, ncode, bucket, seed, BITS: tl.constexpr, HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr
+):
     PER: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << (BITS - 1)) - 1
     byte = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -83,8 +97,7 @@ def _quantize_pack(x_ptr, noise_ptr, out_ptr, n, ncode, bucket, seed, BITS: tl.c
 
 
 @triton.jit
-def _dequantize(p_ptr, out_ptr, n, ncode, bucket, div, BITS: tl.constexpr, MODE: tl.constexpr,
-                BLOCK: tl.constexpr):
+def _dequantize(p_ptr, out_ptr, n, ncode, bucket, div, BITS: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr):
     PER: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << (BITS - 1)) - 1
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -104,8 +117,7 @@ def scale_buckets(x, out, n, bucket, ncode, l2):
     nbuckets = -(-n // bucket)
     block = min(1024, triton.next_power_of_2(bucket))
     rows = max(1, 1024 // block)
-    _bucket_scales[blocks(nbuckets, rows)](x, out, n, nbuckets, bucket, ncode, L2=l2, ROWS=rows,
-                                          BLOCK=block, **LAUNCH)
+    _bucket_scales[blocks(nbuckets, rows)](x, out, n, nbuckets, bucket, ncode, L2=l2, ROWS=rows, BLOCK=block, **LAUNCH)
 
 
 def encode(x: torch.Tensor, bits: int, bucket: int, norm: str, generator=None, noise=None) -> torch.Tensor:
@@ -122,16 +134,37 @@ def encode(x: torch.Tensor, bits: int, bucket: int, norm: str, generator=None, n
         if noise.numel() != n:
             raise ValueError(f"hvd_compress: noise has {noise.numel()} values, {n} needed")
     seed = 0 if has_noise else kernel_seed(generator)
-    _quantize_pack[blocks(ncode, BYTES_PER_PROGRAM)](x, noise if has_noise else x, out, n, ncode, bucket,
-                                                    seed, BITS=bits, HAS_NOISE=has_noise,
-                                                    BLOCK=BYTES_PER_PROGRAM, **LAUNCH)
+    _quantize_pack[blocks(ncode, BYTES_PER_PROGRAM)](
+        x,
+        noise if has_noise else x,
+        out,
+        n,
+        ncode,
+        bucket,
+        seed,
+        BITS=bits,
+        HAS_NOISE=has_noise,
+        BLOCK=BYTES_PER_PROGRAM,
+        **LAUNCH,
+    )
     return out
 
 
-def decode_into(payload: torch.Tensor, out: torch.Tensor, bits: int, bucket: int, mode: int = 0,
-                div: float = 1.0) -> None:
+def decode_into(
+    payload: torch.Tensor, out: torch.Tensor, bits: int, bucket: int, mode: int = 0, div: float = 1.0
+) -> None:
     n = out.numel()
     if n == 0:
         return
-    _dequantize[blocks(n, VALUES_PER_PROGRAM)](payload, out, n, packed_nbytes(n, bits), bucket, float(div),
-                                              BITS=bits, MODE=mode, BLOCK=VALUES_PER_PROGRAM, **LAUNCH)
+    _dequantize[blocks(n, VALUES_PER_PROGRAM)](
+        payload,
+        out,
+        n,
+        packed_nbytes(n, bits),
+        bucket,
+        float(div),
+        BITS=bits,
+        MODE=mode,
+        BLOCK=VALUES_PER_PROGRAM,
+        **LAUNCH,
+    )

@@ -1,6 +1,7 @@
 """Sign codecs in Triton: ScaledSign/EFSign (sign bits and one mean |p| per chunk, with the fused
 error-feedback step) and SignSGD (the same bits; its majority vote is one kernel over all
 workers' payloads)."""
+
 from __future__ import annotations
 
 import torch
@@ -8,16 +9,16 @@ import triton
 import triton.language as tl
 
 from hvd_compress.common import packed_nbytes
-from hvd_compress.torch.kernels.common import (LAUNCH, blocks, emit, empty_u8, flat_f32, is_finite,
-                                               load_f32_le, quiet)
+from hvd_compress.torch.kernels.common import LAUNCH, blocks, emit, empty_u8, flat_f32, is_finite, load_f32_le, quiet
 
 BYTES_PER_PROGRAM = 256
 VALUES_PER_PROGRAM = 2048
 
 
 @triton.jit
-def _sign_bits(g_ptr, e_in_ptr, e_out_ptr, out_ptr, part_ptr, n, nb, HAS_E_IN: tl.constexpr,
-               EF: tl.constexpr, BB: tl.constexpr):
+def _sign_bits(
+    g_ptr, e_in_ptr, e_out_ptr, out_ptr, part_ptr, n, nb, HAS_E_IN: tl.constexpr, EF: tl.constexpr, BB: tl.constexpr
+):
     """Pass 1: ``p = g (+ e)`` (stored to ``e_out``), the sign bits, this block's fp64 sum |p|."""
     pid = tl.program_id(0)
     byte = pid.to(tl.int64) * BB + tl.arange(0, BB)
@@ -95,8 +96,19 @@ def encode_with_residual(x: torch.Tensor, e_in, e_out, scale_mode: str = "mean")
         return out, bad
     grid = blocks(nb, BYTES_PER_PROGRAM)
     parts = torch.empty(grid[0], dtype=torch.float64, device=x.device)
-    _sign_bits[grid](x, x if e_in is None else e_in, x if e_out is None else e_out, out, parts, n, nb,
-                     HAS_E_IN=e_in is not None, EF=e_out is not None, BB=BYTES_PER_PROGRAM, **LAUNCH)
+    _sign_bits[grid](
+        x,
+        x if e_in is None else e_in,
+        x if e_out is None else e_out,
+        out,
+        parts,
+        n,
+        nb,
+        HAS_E_IN=e_in is not None,
+        EF=e_out is not None,
+        BB=BYTES_PER_PROGRAM,
+        **LAUNCH,
+    )
     nan = torch.full((1,), float("nan"), device=x.device)
     if scale_mode == "mean":  # fp64 sum, divided and rounded once; NaN unless finite in fp32
         total = parts.sum().reshape(1)
@@ -121,8 +133,9 @@ def decode_into(payload: torch.Tensor, out: torch.Tensor, mode: int = 0, div: fl
     n = out.numel()
     if n == 0:
         return
-    _sign_decode[blocks(n, VALUES_PER_PROGRAM)](payload, out, n, packed_nbytes(n, 1), float(div), MODE=mode,
-                                               BLOCK=VALUES_PER_PROGRAM, **LAUNCH)
+    _sign_decode[blocks(n, VALUES_PER_PROGRAM)](
+        payload, out, n, packed_nbytes(n, 1), float(div), MODE=mode, BLOCK=VALUES_PER_PROGRAM, **LAUNCH
+    )
 
 
 def vote(payloads, numel: int) -> torch.Tensor:
@@ -132,6 +145,14 @@ def vote(payloads, numel: int) -> torch.Tensor:
     if numel == 0:
         return out
     stacked = torch.stack([p.reshape(-1) for p in payloads])
-    _vote[blocks(numel, VALUES_PER_PROGRAM)](stacked, out, len(payloads), stacked.stride(0), numel,
-                                            packed_nbytes(numel, 1), BLOCK=VALUES_PER_PROGRAM, **LAUNCH)
+    _vote[blocks(numel, VALUES_PER_PROGRAM)](
+        stacked,
+        out,
+        len(payloads),
+        stacked.stride(0),
+        numel,
+        packed_nbytes(numel, 1),
+        BLOCK=VALUES_PER_PROGRAM,
+        **LAUNCH,
+    )
     return out

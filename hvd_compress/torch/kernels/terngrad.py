@@ -3,6 +3,7 @@
 The scale never leaves the device: ``local_scale`` is torch ops (fp64 sums, the C kernels'
 arithmetic) and ``encode`` reads the agreed scale through a pointer.
 """
+
 from __future__ import annotations
 
 import torch
@@ -10,16 +11,36 @@ import triton
 import triton.language as tl
 
 from hvd_compress.common import base3_nbytes, packed_nbytes
-from hvd_compress.torch.kernels.common import (LAUNCH, blocks, emit, empty_u8, flat_f32, is_finite,
-                                               kernel_seed, load_f32_le, quiet)
+from hvd_compress.torch.kernels.common import (
+    LAUNCH,
+    blocks,
+    emit,
+    empty_u8,
+    flat_f32,
+    is_finite,
+    kernel_seed,
+    load_f32_le,
+    quiet,
+)
 
 BYTES_PER_PROGRAM = 512
 VALUES_PER_PROGRAM = 2048
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _ternarize_pack(x_ptr, s_ptr, noise_ptr, out_ptr, bad_ptr, n, ncode, seed, BASE3: tl.constexpr,
-                    HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
+def _ternarize_pack(
+    x_ptr,
+    s_ptr,
+    noise_ptr,
+    out_ptr,
+    bad_ptr,
+    n,
+    ncode,
+    seed,
+    BASE3: tl.constexpr,
+    HAS_NOISE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     PER: tl.constexpr = 5 if BASE3 else 4
     pid = tl.program_id(0)
     byte = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -50,8 +71,7 @@ def _ternarize_pack(x_ptr, s_ptr, noise_ptr, out_ptr, bad_ptr, n, ncode, seed, B
 
 
 @triton.jit
-def _detern(p_ptr, out_ptr, bad_ptr, n, ncode, div, BASE3: tl.constexpr, MODE: tl.constexpr,
-            BLOCK: tl.constexpr):
+def _detern(p_ptr, out_ptr, bad_ptr, n, ncode, div, BASE3: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr):
     PER: tl.constexpr = 5 if BASE3 else 4
     pid = tl.program_id(0)
     idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -104,8 +124,20 @@ def encode(x: torch.Tensor, scale: torch.Tensor, base3: bool, generator=None, no
     grid = blocks(ncode, BYTES_PER_PROGRAM)
     bad = torch.empty(grid[0], dtype=torch.uint8, device=x.device)
     seed = 0 if has_noise else kernel_seed(generator)
-    _ternarize_pack[grid](x, s, noise if has_noise else x, out, bad, n, ncode, seed, BASE3=base3,
-                          HAS_NOISE=has_noise, BLOCK=BYTES_PER_PROGRAM, **LAUNCH)
+    _ternarize_pack[grid](
+        x,
+        s,
+        noise if has_noise else x,
+        out,
+        bad,
+        n,
+        ncode,
+        seed,
+        BASE3=base3,
+        HAS_NOISE=has_noise,
+        BLOCK=BYTES_PER_PROGRAM,
+        **LAUNCH,
+    )
     # a non-finite input makes the scale NaN (on the device: no host round trip)
     s = torch.where(bad.ne(0).any(), torch.full_like(s, float("nan")), s)
     out[ncode:].copy_(s.view(torch.uint8))
@@ -119,7 +151,6 @@ def decode_into(payload: torch.Tensor, out: torch.Tensor, base3: bool, mode: int
     ncode = base3_nbytes(n) if base3 else packed_nbytes(n, 2)
     grid = blocks(n, VALUES_PER_PROGRAM)
     bad = torch.zeros(grid[0], dtype=torch.uint8, device=out.device)
-    _detern[grid](payload, out, bad, n, ncode, float(div), BASE3=base3, MODE=mode,
-                  BLOCK=VALUES_PER_PROGRAM, **LAUNCH)
+    _detern[grid](payload, out, bad, n, ncode, float(div), BASE3=base3, MODE=mode, BLOCK=VALUES_PER_PROGRAM, **LAUNCH)
     if base3 and bool(bad.ne(0).any()):  # host sync (allow-listed): a corrupt payload must raise, not decode
         raise ValueError(f"hvd_compress: corrupt terngrad payload for {n} values (a base-3 byte above 242)")

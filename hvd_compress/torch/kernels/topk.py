@@ -1,6 +1,7 @@
 """TopK packing in Triton: selection by ``torch.topk`` on the device (canonical: ties at the k-th
 magnitude go to the lower indices), then one kernel scatters the kept indices (int32, ascending)
 and values into the payload. No host round trip: the tie count stays a device tensor."""
+
 from __future__ import annotations
 
 import torch
@@ -47,9 +48,10 @@ def encode(x: torch.Tensor, k: int) -> torch.Tensor:
     ties &= torch.cumsum(ties, 0) <= k - above.sum()
     keep = above | ties
     pos = torch.cumsum(keep, 0) - 1
-    idx_out, val_out = out[:4 * k].view(torch.int32), out[4 * k:].view(torch.float32)
-    _scatter_kept[blocks(n, VALUES_PER_PROGRAM)](x, keep.view(torch.uint8), pos, idx_out, val_out, n,
-                                                BLOCK=VALUES_PER_PROGRAM, **LAUNCH)
+    idx_out, val_out = out[: 4 * k].view(torch.int32), out[4 * k :].view(torch.float32)
+    _scatter_kept[blocks(n, VALUES_PER_PROGRAM)](
+        x, keep.view(torch.uint8), pos, idx_out, val_out, n, BLOCK=VALUES_PER_PROGRAM, **LAUNCH
+    )
     # a non-finite gradient must not pass as a finite one
     val_out[:1] = torch.where(torch.isfinite(x).all(), val_out[:1], torch.full_like(val_out[:1], float("nan")))
     return out
@@ -65,8 +67,9 @@ def add_into(payload: torch.Tensor, out: torch.Tensor, k: int) -> None:
     bad = torch.empty(grid[0], dtype=torch.uint8, device=out.device)
     _scatter_add[grid](payload, out, bad, k, out.numel(), BLOCK=VALUES_PER_PROGRAM, **LAUNCH)
     if bool(bad.ne(0).any()):  # host sync (allow-listed): out-of-range indices must raise, not write elsewhere
-        raise ValueError(f"hvd_compress: malformed topk payload for {out.numel()} values: "
-                         f"indices outside [0, {out.numel()})")
+        raise ValueError(
+            f"hvd_compress: malformed topk payload for {out.numel()} values: " f"indices outside [0, {out.numel()})"
+        )
 
 
 def decode(payload: torch.Tensor, numel: int, k: int) -> torch.Tensor:
