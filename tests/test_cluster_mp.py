@@ -22,8 +22,11 @@ host1's address), the DDP hook within 1 point of uncompressed DDP with identical
 Needs root, ``ip netns``, tc and openssh-server; skipped with the reason otherwise.
 """
 
+import contextlib
 import os
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -237,6 +240,22 @@ def test_torchrun_two_nodes_ddp_hook_within_1_point_of_uncompressed():
 
 
 # ---------------------------------------------------------------------- Ray across two hosts
+@contextlib.contextmanager
+def _ray_address_file_kept():
+    """``ray start --head`` records its address in this machine's temp dir (shared with the
+    namespaces): a later ``ray.init()`` (tests/test_ps.py, test_ray_train.py) would try to join
+    that dead cluster. Put the file back as it was."""
+    path = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray" / "ray_current_cluster"
+    before = path.read_text() if path.exists() else None
+    try:
+        yield
+    finally:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(before)
+
+
 def test_ray_two_node_cluster_torch_trainer_4_workers_within_1_point(tmp_path):
     """``ray start --head`` in host1, ``ray start --address`` in host2 (2 CPUs each), then
     ``examples/ray_train_torch.py --address`` runs a ``TorchTrainer`` with 4 workers (2 per node)
@@ -245,12 +264,11 @@ def test_ray_two_node_cluster_torch_trainer_4_workers_within_1_point(tmp_path):
     pytest.importorskip("ray.train.torch", reason="Ray Train is not installed")
     import json
     import sys
-    from pathlib import Path
     from launch import ROOT, _env
 
     ray = str(Path(sys.executable).parent / "ray")
     out = tmp_path / "rows.json"
-    with EmulatedCluster(hosts=2, link="1gbit") as cluster:
+    with _ray_address_file_kept(), EmulatedCluster(hosts=2, link="1gbit") as cluster:
         head_ip = cluster.addr["host1"]
         env = cluster.env(_env(), RAY_USAGE_STATS_ENABLED="0")
         common = ["--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"]
