@@ -270,7 +270,8 @@ def test_ray_two_node_cluster_torch_trainer_4_workers_within_1_point(tmp_path):
     out = tmp_path / "rows.json"
     with _ray_address_file_kept(), EmulatedCluster(hosts=2, link="1gbit") as cluster:
         head_ip = cluster.addr["host1"]
-        env = cluster.env(_env(), RAY_USAGE_STATS_ENABLED="0")
+        # HOME: a ~/.ray/auth_token left by an earlier local ray.init() makes the two nodes disagree on auth
+        env = cluster.env(_env(), RAY_USAGE_STATS_ENABLED="0", HOME=str(tmp_path))
         common = ["--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"]
         for host, args in (
             ("host1", ["--head", "--port=6379", "--include-dashboard=false"]),
