@@ -271,23 +271,22 @@ class HierarchicalExchange(Exchange):
     def _setup(self) -> None:
         if _is_torch_dist(self.comm):
             topo = TorchDistTopology.of(self.comm)
+            per_host = topo.per_host
             self.local, self.cross_comm, self.position = topo.legs(self.comm)
-            self.local_size, self.cross_size = len(topo.per_host[0]), len(topo.per_host)
-            self.cross = Exchange(self.codec, self.cross_comm, label=self.label, stats=self.stats)
-            self.cross._checked = True  # agreed above, over all ranks
-            return
-        hvd = self.comm._hvd
-        per_host, per_position = host_process_sets(hvd)
-        local_sets = [_process_set(hvd, r) for r in per_host]  # the same order on every rank
-        cross_sets = [_process_set(hvd, r) for r in per_position]
-        me = hvd.rank()
-        host = next(i for i, r in enumerate(per_host) if me in r)
-        self.position = per_host[host].index(me)
+        else:
+            hvd = self.comm._hvd
+            per_host, per_position = host_process_sets(hvd)
+            local_sets = [_process_set(hvd, r) for r in per_host]  # the same order on every rank
+            cross_sets = [_process_set(hvd, r) for r in per_position]
+            me = hvd.rank()
+            host = next(i for i, r in enumerate(per_host) if me in r)
+            self.position = per_host[host].index(me)
+            self.local = HorovodCollectives(local_sets[host])
+            self.cross_comm = HorovodCollectives(cross_sets[self.position])
         self.local_size, self.cross_size = len(per_host[0]), len(per_host)
-        self.local = HorovodCollectives(local_sets[host])
-        self.cross_comm = HorovodCollectives(cross_sets[self.position])
         self.cross = Exchange(self.codec, self.cross_comm, label=self.label, stats=self.stats)
-        self.cross._checked = True  # agreed above, over all ranks
+        # agreed above, over all ranks: the cross exchange never runs its own check
+        self.cross._checked_world = (self.cross_comm.size, self.cross_comm.rank)
 
     def shard_key(self, key: str) -> str:
         """The name of this rank's shard of ``key``: its codec state and its collectives' names."""
