@@ -198,7 +198,7 @@ def test_training_survives_a_sigkilled_worker_and_its_return(cluster, tmp_path, 
 
 # TF (tf-keras): Horovod's own Keras optimizer as the control, then hvd_compress's Keras optimizer in
 # hvd_compress.tensorflow.elastic.CompressedKerasState
-TF_CODECS = ["none", "onebit", "doublesqueeze:codec=onebit", "qsgd:bits=4"]
+TF_CODECS = CODECS
 
 
 @pytest.mark.timeout(2 * JOB_TIMEOUT + 120)
