@@ -11,10 +11,12 @@ byte against them (``tests/test_reference_conformance.py``)::
     assert payload.size == q.payload_nbytes(1000) == 504
 
 Registered names (the same spec strings as ``hvd_compress.torch.from_spec``): ``none``, ``fp16``,
-``bf16``, ``qsgd``, ``terngrad``, ``onebit``, ``efsign``, ``signsgd``, ``topk``. For ``onebit``,
-``efsign`` and ``topk`` the format is the quantizer's: error feedback (and DoubleSqueeze) wrap a
-codec without changing its bytes. The multi-round reducers (PowerSGD, GradiVeQ) and the gossip
-codec (Lattice) have no single-payload format and no reference here.
+``bf16``, ``qsgd``, ``terngrad``, ``onebit``, ``efsign``, ``signsgd``, ``topk``, ``lattice``. For
+``onebit``, ``efsign`` and ``topk`` the format is the quantizer's: error feedback (and DoubleSqueeze)
+wrap a codec without changing its bytes. ``lattice`` (SwarmSGD's gossip codec, torch only) decodes
+relative to the receiver's own vector: ``encode(x, rng, eps=..., seed=..., noise=...)`` and
+``decode_relative(payload, y)`` instead of ``decode``. The multi-round reducers (PowerSGD,
+GradiVeQ) have no single-payload format and no reference here.
 
 The frameworks build their own classes for these names; the references are what they are
 checked against, and what a host-side tool (a parameter server, a log inspector) can decode
@@ -22,10 +24,11 @@ payloads with, numpy only. Importing this package imports no framework.
 """
 
 from hvd_compress.codecs.casts import BF16, FP16, NoCompression
+from hvd_compress.codecs.lattice import Lattice
 from hvd_compress.codecs.onebit import OneBit
 from hvd_compress.codecs.qsgd import QSGD
 from hvd_compress.codecs.sign import ScaledSign, SignSGD
 from hvd_compress.codecs.terngrad import TernGrad
 from hvd_compress.codecs.topk import TopK
 
-__all__ = ["NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit", "ScaledSign", "SignSGD", "TopK"]
+__all__ = ["NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit", "ScaledSign", "SignSGD", "TopK", "Lattice"]
