@@ -24,11 +24,26 @@ payloads with, numpy only. Importing this package imports no framework.
 """
 
 from hvd_compress.codecs.casts import BF16, FP16, NoCompression
+from hvd_compress.codecs.gradiveq import GradiVeQ
 from hvd_compress.codecs.lattice import Lattice
 from hvd_compress.codecs.onebit import OneBit
+from hvd_compress.codecs.powersgd import PowerSGD
 from hvd_compress.codecs.qsgd import QSGD
 from hvd_compress.codecs.sign import ScaledSign, SignSGD
 from hvd_compress.codecs.terngrad import TernGrad
 from hvd_compress.codecs.topk import TopK
 
-__all__ = ["NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit", "ScaledSign", "SignSGD", "TopK", "Lattice"]
+__all__ = [
+    "NoCompression",
+    "FP16",
+    "BF16",
+    "QSGD",
+    "TernGrad",
+    "OneBit",
+    "ScaledSign",
+    "SignSGD",
+    "TopK",
+    "Lattice",
+    "PowerSGD",
+    "GradiVeQ",
+]
