@@ -225,3 +225,69 @@ def test_gradiveq_reference_fit_matches_torch():
         np.testing.assert_allclose(u, tu.numpy(), atol=1e-6)  # distinct eigenvalues: the same vectors
         np.testing.assert_allclose(mu, tmu.numpy(), rtol=1e-7)
         np.testing.assert_allclose(vals, tvals.numpy(), rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------ DoubleSqueeze
+def torch_draws(codec_seed, step, key="w"):
+    """The uniforms torch's exchange gives a stochastic codec: a generator seeded per (seed, rank,
+    step, tensor, chunk, phase) (``Exchange._compressed``), ``torch.rand`` on the plain path."""
+    import zlib
+
+    from hvd_compress.common import mix
+
+    def noise(who, chunk, phase, numel):
+        g = torch.Generator().manual_seed(mix(codec_seed, who, step, zlib.crc32(key.encode()), chunk, phase))
+        return torch.rand(numel, generator=g).numpy()
+
+    return noise
+
+
+@pytest.mark.parametrize(
+    "spec,size",
+    [
+        ("doublesqueeze:codec=onebit,bucket_size=64", 3),
+        ("doublesqueeze:codec=onebit", 2),
+        ("doublesqueeze:codec=topk,ratio=0.05", 4),
+        ("doublesqueeze:codec=efsign", 3),
+        ("doublesqueeze:codec=qsgd,bits=4,bucket_size=128", 3),  # stochastic: torch's uniforms
+        ("doublesqueeze:codec=qsgd,bits=2", 2),
+    ],
+)
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_doublesqueeze_reference_is_the_torch_exchange(spec, size, native, monkeypatch):
+    monkeypatch.setenv("HVD_COMPRESS_NATIVE", native)
+    if native == "1":
+        from hvd_compress import _native
+
+        if _native.load() is None:
+            pytest.skip(f"native kernels unavailable: {_native.unavailable_reason()}")
+        if "qsgd" in spec:
+            pytest.skip("the native QSGD kernel draws its own uniforms from the generator")
+    ref = hvd_compress.reference(spec)
+    shape = (50, 61)  # 3050 values: chunks of several buckets, a short last one
+    grads = grads_for(5, size, shape, seed=size)
+    run, codec = torch_steps(spec, grads, shape)
+    state, refs = None, []
+    for step, step_grads in enumerate(grads):
+        refs.append(ref.reduce(step_grads, state, noise=torch_draws(codec.seed, step)))
+        state = refs[-1].state
+    assert_same_exchange(run, refs, spec)
+    # the residuals too: each rank's worker residual, the owners' server residuals
+    assert len(state["worker_residual"]) == size and len(state["server_residual"]) == size
+
+
+def test_doublesqueeze_reference_settings_and_small_tensors():
+    for spec in ("doublesqueeze", "doublesqueeze:codec=qsgd,bits=4", "doublesqueeze:codec=topk,ratio=0.05"):
+        ref, codec = hvd_compress.reference(spec), hc.from_spec(spec)
+        assert ref.describe() == codec.describe()
+        assert hvd_compress.reference(ref.spec_string()) == ref
+        for n in (1, 7, 3050, 65536):
+            assert ref.payload_nbytes(n) == codec.payload_nbytes(n)
+    # fewer values than ranks: the allgather exchange, worker feedback only
+    ref = hvd_compress.reference("doublesqueeze:codec=onebit,bucket_size=8")
+    red = ref.reduce([np.float32([1.0, -2.0]), np.float32([3.0, 0.5]), np.float32([-1.0, -1.0])])
+    assert [name for name, _ in red.rounds] == ["ag"] and "server_residual" not in red.state
+    with pytest.raises(ValueError, match="non-summable"):
+        hvd_compress.reference("doublesqueeze:codec=fp16")
+    with pytest.raises(ValueError, match="rng= or noise="):
+        hvd_compress.reference("doublesqueeze:codec=qsgd").reduce([np.ones(10, np.float32)] * 2)

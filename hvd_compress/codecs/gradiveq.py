@@ -211,9 +211,10 @@ class GradiVeQ(CodecSpec):
             if pos == self.sample_steps - 1:
                 rounds = rounds + self._fit(state, k, s, size)
             return Reduction(out, state, rounds)
-        basis, mean = state.get("basis"), state.get("mean")
-        if basis is None or basis.shape[0] != k:
+        if state.get("basis") is None or state["basis"].shape[0] != k:
             raise RuntimeError("GradiVeQ: no basis for this tensor in the compressed phase")
+        basis: np.ndarray = state["basis"]
+        mean: np.ndarray = state["mean"]
         compressed = [(to_slices(x, shape, k) - mean / np.float32(size)) @ basis for x in xs]
         if self.error_feedback:  # what each rank's projection drops
             residuals = []
