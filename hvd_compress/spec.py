@@ -48,7 +48,7 @@ def build(spec, known: Dict[str, type], base_cls: type, reference_cls: "type | N
     name, kwargs = parse(spec)
     user = _user_spec(name, known, reference_cls)
     if name not in known and user is None:
-        available = sorted(set(known) | (set(registry()) if reference_cls is not None else set()))
+        available = sorted(_user_names(known, reference_cls))
         raise ValueError(
             f"unknown codec {name!r} in spec {spec!r}; available: {', '.join(available)} "
             "(e.g. 'qsgd:bits=4,bucket_size=512', 'terngrad:clip=2.5', 'topk:ratio=0.01', "
@@ -63,7 +63,7 @@ def build(spec, known: Dict[str, type], base_cls: type, reference_cls: "type | N
         inner_cls = known.get(inner_name)
         inner_user = _user_spec(inner_name, known, reference_cls)
         if (inner_cls is None and inner_user is None) or inner_cls is cls:
-            choices = sorted((set(known) | set(registry() if reference_cls is not None else ())) - {name})
+            choices = sorted(_user_names(known, reference_cls) - {name})
             raise ValueError(f"doublesqueeze needs codec=<one of {', '.join(choices)}>, got {inner_name!r}")
         if inner_user is not None:
             knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in knob_names(inner_user)}
@@ -77,10 +77,19 @@ def build(spec, known: Dict[str, type], base_cls: type, reference_cls: "type | N
 
 
 def _user_spec(name: str, known: Dict[str, type], reference_cls):
-    """The registered spec class for a name the framework does not build itself, else None."""
-    if name in known or reference_cls is None:
+    """The registered spec class for a user's codec name the framework does not build itself, else
+    None. A built-in name is never run through the reference backend: a framework that lacks one
+    (TensorFlow has no ``lattice``) does not have it."""
+    if name in known or name in BUILTIN_NAMES or reference_cls is None:
         return None
     return lookup(name)
+
+
+def _user_names(known: Dict[str, type], reference_cls) -> set:
+    """The names a framework builds: its own classes and the registered user codecs."""
+    if reference_cls is None:
+        return set(known)
+    return set(known) | (set(registry()) - set(BUILTIN_NAMES))
 
 
 def _build(cls, kwargs, spec):

@@ -60,8 +60,10 @@ TORCH_IMPLS = ["torch_plain", "torch_native", "triton"]
 # Triton runs here under its CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a
 # GPU): about 1 s per 131k values, so it gets the small sizes only.
 TRITON_MAX = 4096
-# No reference: wrappers (doublesqueeze), multi-round reducers (gradiveq, powersgd), gossip (lattice).
-WITHOUT_REFERENCE = {"doublesqueeze", "gradiveq", "powersgd", "lattice"}
+# Every built-in codec has its reference in hvd_compress.codecs: the payload formats (SPECS, checked
+# byte for byte here), lattice (decoded against the receiver's vector, below) and the exchanges of
+# the multi-round codecs, DoubleSqueeze, PowerSGD and GradiVeQ (tests/test_reducer_references.py).
+REDUCERS = {"doublesqueeze", "gradiveq", "powersgd"}
 
 
 def grid(n, seed):
@@ -142,11 +144,15 @@ def draws(ref, x):
     return noise, scale
 
 
-def test_every_builtin_codec_has_a_reference_or_a_reason():
-    names = set(hvd_compress.registry())
-    assert BUILTIN_NAMES - WITHOUT_REFERENCE <= names
-    for name in BUILTIN_NAMES - WITHOUT_REFERENCE:
-        assert hvd_compress.registry()[name].__module__.startswith("hvd_compress.codecs.")
+def test_every_builtin_codec_has_a_reference():
+    registry = hvd_compress.registry()
+    assert BUILTIN_NAMES <= set(registry)
+    for name in BUILTIN_NAMES:
+        assert registry[name].__module__.startswith("hvd_compress.codecs."), name
+    for name in REDUCERS:
+        assert callable(getattr(registry[name], "reduce", None)), name
+    checked = {s.split(":")[0] for s in SPECS} | {"lattice"} | REDUCERS
+    assert checked == BUILTIN_NAMES
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -291,3 +297,140 @@ def test_references_pass_the_public_conformance_checks(spec):
     from hvd_compress.testing import check_codec
 
     check_codec(spec, frameworks=())
+
+
+# ------------------------------------------------------------------------------------ lattice
+# SwarmSGD's gossip codec (torch only): a payload decodes relative to the receiver's own vector, so
+# the checks are encode (same shift seed, same uniforms) and decode_relative (values and ok flag).
+LATTICE_SIZES = [0, 1, 7, 9, 1001, 4097, 70_000]  # 70k: more than one 64k processing chunk in torch
+
+
+def lattice_pair(n, seed, distance=1e-2, scale=3.0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * scale).astype(np.float32)
+    y = (x + (rng.random(n) * 2 - 1) * distance).astype(np.float32)
+    return x, y
+
+
+def torch_lattice_seed(seed):
+    """The shift seed torch's Lattice.encode draws first from ``Generator().manual_seed(seed)``."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed)))
+
+
+def lattice_encodings(bits, n, seed, x, eps):
+    """(torch payload, reference payload) of ``x`` with the same shift seed and uniforms."""
+    from hvd_compress.torch.codecs.lattice import Lattice
+
+    noise = np.random.default_rng(seed + 100).random(n)  # float64, as torch draws them
+    got = Lattice(bits=bits).encode(
+        torch.from_numpy(x.copy()), torch.Generator().manual_seed(seed), eps, noise=torch.from_numpy(noise)
+    )
+    want = hvd_compress.reference(f"lattice:bits={bits}").encode(x, eps=eps, seed=torch_lattice_seed(seed), noise=noise)
+    return got.numpy(), want
+
+
+def assert_same_decode(bits, payload, y):
+    from hvd_compress.torch.codecs.lattice import Lattice
+
+    got, got_ok = Lattice(bits=bits).decode_relative(torch.from_numpy(payload.copy()), torch.from_numpy(y.copy()))
+    want, want_ok = hvd_compress.reference(f"lattice:bits={bits}").decode_relative(payload, y)
+    assert got_ok == want_ok
+    assert got.dtype == torch.float32 and want.dtype == np.float32
+    assert np.array_equal(got.numpy(), want, equal_nan=True), f"{(got.numpy() != want).sum()} values differ"
+    return want_ok
+
+
+@pytest.mark.parametrize("spec", ["lattice", "lattice:bits=4,safety=3", "lattice:bits=2,eps=0.5"])
+def test_lattice_reference_settings_match_torch(spec):
+    ref, codec = hvd_compress.reference(spec), hc.from_spec(spec)
+    assert codec.describe() == ref.describe()
+    assert (codec.q, codec.radius, codec.stochastic) == (ref.q, ref.radius, ref.stochastic)
+    for n in LATTICE_SIZES:
+        assert codec.payload_nbytes(n) == ref.payload_nbytes(n)
+    assert hvd_compress.reference(ref.spec_string()) == ref
+    x = lattice_pair(1001, 0)[0]
+    for distance in (0.0, 1e-30, 1e-3, 2.5, float("nan"), float("inf"), 1e39):
+        assert codec.choose_eps(distance, torch.from_numpy(x)) == pytest.approx(
+            ref.choose_eps(distance, x), rel=0, abs=0, nan_ok=True
+        )
+        assert codec.choose_eps(distance) == pytest.approx(ref.choose_eps(distance), rel=0, abs=0, nan_ok=True)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_lattice_payloads_and_decodes_identical_to_the_reference(bits):
+    ref = hvd_compress.reference(f"lattice:bits={bits}")
+    for n in LATTICE_SIZES:
+        x, y = lattice_pair(n, n)
+        eps = ref.choose_eps(float(np.abs(x - y).max()) if n else 1.0, x)
+        got, want = lattice_encodings(bits, n, n, x, eps)
+        assert got.dtype == np.uint8 and got.shape == want.shape == (ref.payload_nbytes(n),)
+        assert np.array_equal(got, want), f"bits={bits} n={n}: {(got != want).sum()} bytes differ"
+        assert assert_same_decode(bits, want, y)  # within the radius: exact
+        if n:
+            # beyond the radius (by 1.5 to 3 q steps on some values): the checksum says so
+            far = y.copy()
+            far[:: max(1, n // 5)] += np.float32(eps * ref.q * 1.5)
+            assert not assert_same_decode(bits, want, far)
+            # a reference so far that coordinates pass 2^50, or non-finite: NaN, not ok
+            assert not assert_same_decode(bits, want, y * np.float32(1e30))
+            nan_ref = y.copy()
+            nan_ref[n // 2] = np.nan
+            assert not assert_same_decode(bits, want, nan_ref)
+
+
+def test_lattice_nonfinite_inputs_identical_to_the_reference():
+    x, y = lattice_pair(3001, 3)
+    x[17], x[2500] = np.nan, np.inf
+    for bits, eps in ((8, 0.01), (4, 0.01), (8, float("nan"))):
+        got, want = lattice_encodings(bits, x.size, 3, x, eps)
+        assert np.array_equal(got, want)
+        assert np.isnan(want[-16:-12].view(np.float32)[0])  # eps NaN on the wire
+        assert not assert_same_decode(bits, want, y)
+    x, _ = lattice_pair(100, 4)
+    with pytest.raises(ValueError, match="too small"):  # coordinates beyond 2^50
+        hc.from_spec("lattice").encode(torch.from_numpy(x), None, 1e-20)
+    with pytest.raises(ValueError, match="too small"):
+        hvd_compress.reference("lattice").encode(x, eps=1e-20, seed=0)
+    with pytest.raises(ValueError, match="decode_relative"):
+        hc.from_spec("lattice").decode(torch.zeros(116, dtype=torch.uint8), 100)
+    with pytest.raises(ValueError, match="decode_relative"):
+        hvd_compress.reference("lattice").decode(np.zeros(116, np.uint8), 100)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_lattice_decoders_agree_on_arbitrary_payloads(bits):
+    """Random residues, seeds and checksums (nearly always a checksum mismatch) decode alike."""
+    ref = hvd_compress.reference(f"lattice:bits={bits}")
+    rng = np.random.default_rng(bits)
+    for n in (1, 9, 3001):
+        p = rng.integers(0, 256, ref.payload_nbytes(n), dtype=np.uint8)
+        p[-16:-12] = np.float32([0.05]).view(np.uint8)
+        y = lattice_pair(n, n)[1]
+        assert_same_decode(bits, p, y)
+        p[-8:] = 0  # checksum 0 (what a zero coordinate vector has)
+        assert_same_decode(bits, p, y)
+
+
+def test_lattice_checksum_matches_torch():
+    from hvd_compress.torch.codecs.lattice import Lattice
+
+    rng = np.random.default_rng(0)
+    for n in (1, 4095, 4096, 4097, 70_000):
+        k = rng.integers(-(2**40), 2**40, n).astype(np.float64)
+        assert Lattice(bits=4).checksum(torch.from_numpy(k)) == hvd_compress.reference("lattice:bits=4").checksum(k)
+
+
+def test_a_framework_without_a_builtin_codec_does_not_run_its_reference():
+    """Lattice's reference is registered, but TensorFlow has no lattice codec: its from_spec must
+    keep saying so rather than build a reference-backend codec that cannot gossip."""
+    from hvd_compress.spec import build
+
+    class Base:
+        pass
+
+    known = {"none": Base, "doublesqueeze": Base}
+    with pytest.raises(ValueError, match="unknown codec 'lattice'") as info:
+        build("lattice:bits=8", known, Base, reference_cls=Base)
+    assert "lattice" not in str(info.value).split("available:")[1]
+    with pytest.raises(ValueError, match="doublesqueeze needs codec="):
+        build("doublesqueeze:codec=lattice", known, Base, reference_cls=Base)

@@ -10,11 +10,24 @@ byte against them (``tests/test_reference_conformance.py``)::
     payload = q.encode(np.ones(1000, np.float32), np.random.default_rng(0))
     assert payload.size == q.payload_nbytes(1000) == 504
 
-Registered names (the same spec strings as ``hvd_compress.torch.from_spec``): ``none``, ``fp16``,
-``bf16``, ``qsgd``, ``terngrad``, ``onebit``, ``efsign``, ``signsgd``, ``topk``. For ``onebit``,
-``efsign`` and ``topk`` the format is the quantizer's: error feedback (and DoubleSqueeze) wrap a
-codec without changing its bytes. The multi-round reducers (PowerSGD, GradiVeQ) and the gossip
-codec (Lattice) have no single-payload format and no reference here.
+Registered names (the same spec strings as ``hvd_compress.torch.from_spec``), every built-in codec:
+payload formats ``none``, ``fp16``, ``bf16``, ``qsgd``, ``terngrad``, ``onebit``, ``efsign``,
+``signsgd``, ``topk`` and ``lattice``; exchanges ``powersgd``, ``gradiveq``, ``doublesqueeze``. For
+``onebit``, ``efsign`` and ``topk`` the format is the quantizer's: error feedback (and DoubleSqueeze)
+wrap a codec without changing its bytes. ``lattice`` (SwarmSGD's gossip codec, torch only) decodes
+relative to the receiver's own vector: ``encode(x, rng, eps=..., seed=..., noise=...)`` and
+``decode_relative(payload, y)`` instead of ``decode``.
+
+The multi-round codecs, ``powersgd``, ``gradiveq`` and ``doublesqueeze`` (a wrapper: worker and
+server error feedback around any codec here), have no single self-contained payload: their
+references define the whole exchange instead. ``reduce(grads, state, shape)`` takes every rank's
+gradient (a list, by rank) and the codec's state, and returns a
+:class:`~hvd_compress.codecs.reduction.Reduction`: the average every rank ends with, the new
+state, and the bytes each rank hands to each collective round::
+
+    ref = hvd_compress.reference("doublesqueeze:codec=onebit")
+    step = ref.reduce([g0, g1, g2], state=None)        # three ranks' gradients
+    step.values, step.state, step.rounds               # rounds: [("a2a", [...]), ("ag", [...])]
 
 The frameworks build their own classes for these names; the references are what they are
 checked against, and what a host-side tool (a parameter server, a log inspector) can decode
@@ -22,10 +35,28 @@ payloads with, numpy only. Importing this package imports no framework.
 """
 
 from hvd_compress.codecs.casts import BF16, FP16, NoCompression
+from hvd_compress.codecs.doublesqueeze import DoubleSqueeze
+from hvd_compress.codecs.gradiveq import GradiVeQ
+from hvd_compress.codecs.lattice import Lattice
 from hvd_compress.codecs.onebit import OneBit
+from hvd_compress.codecs.powersgd import PowerSGD
 from hvd_compress.codecs.qsgd import QSGD
 from hvd_compress.codecs.sign import ScaledSign, SignSGD
 from hvd_compress.codecs.terngrad import TernGrad
 from hvd_compress.codecs.topk import TopK
 
-__all__ = ["NoCompression", "FP16", "BF16", "QSGD", "TernGrad", "OneBit", "ScaledSign", "SignSGD", "TopK"]
+__all__ = [
+    "NoCompression",
+    "FP16",
+    "BF16",
+    "QSGD",
+    "TernGrad",
+    "OneBit",
+    "ScaledSign",
+    "SignSGD",
+    "TopK",
+    "Lattice",
+    "PowerSGD",
+    "GradiVeQ",
+    "DoubleSqueeze",
+]

@@ -147,5 +147,14 @@ def reference(spec: Union[str, CodecSpec]) -> CodecSpec:
             f"no codec spec registered as {name!r} (spec {spec!r}); registered: "
             f"{', '.join(registry()) or 'none'}. Register one with @hvd_compress.register_codec"
         )
+    if name == "doublesqueeze":  # a wrapper: the keys after codec= that the inner codec takes are its own
+        inner_name = str(kwargs.pop("codec", "onebit"))
+        inner_cls = lookup(inner_name)
+        if inner_cls is None:
+            raise ValueError(f"doublesqueeze needs codec=<one of {', '.join(registry())}>, got {inner_name!r}")
+        inner_keys = set(knob_names(inner_cls))
+        inner = instantiate(inner_cls, {k: kwargs.pop(k) for k in list(kwargs) if k in inner_keys}, spec)
+        knobs, _ = split_options(cls, kwargs, spec)
+        return instantiate(cls, dict(knobs, codec=inner), spec)
     knobs, _ = split_options(cls, kwargs, spec)
     return instantiate(cls, knobs, spec)
