@@ -264,7 +264,7 @@ class TorchDistCollectives:
                 if work is not None:
                     work.wait()
                 stride = out.numel() // size
-                all_rows = [_read_int64(out[r * stride : r * stride + HEADER]) for r in range(size)]
+                all_rows = _read_int64s(out, [r * stride for r in range(size)])
                 self._resolve("allgather", name, max(all_rows))
                 if max(all_rows) <= guess:
                     return all_rows, first
@@ -345,13 +345,19 @@ class TorchDistCollectives:
 
             def issue():
                 work.wait()
+                starts, pos = [], 0
+                for s in range(size):
+                    starts.append(pos)
+                    pos += recv_sizes[s]
+                peers = [s for s in range(size) if s != me]
+                sizes_of = dict(zip(peers, _read_int64s(out, [starts[s] for s in peers])))
                 received, pieces, recvs, sends, pos = [], [], [], [], 0
                 for s in range(size):
                     if s == me:
                         received.append(splits[me])
                         pieces.append(chunks[me])
                     else:
-                        n = _read_int64(out[pos : pos + HEADER])
+                        n = sizes_of[s]
                         received.append(n)
                         if n <= last_recv[s]:
                             pieces.append(out[pos + HEADER : pos + HEADER + n * row_bytes])
@@ -444,10 +450,15 @@ def _int64_bytes(value: int, device) -> torch.Tensor:
     return torch.tensor(list(int(value).to_bytes(8, "little", signed=True)), dtype=torch.uint8, device=device)
 
 
-def _read_int64(data: torch.Tensor) -> int:
-    # host sync (allow-listed): a peer's true size cuts the padded buffer; once per collective
+def _read_int64s(data: torch.Tensor, starts: List[int]) -> List[int]:
+    """The little-endian int64 headers at byte offsets ``starts`` of ``data``, read in one copy."""
+    if not starts:
+        return []
+    headers = torch.cat([data[s : s + HEADER] for s in starts])  # on data's device
+    # host sync (allow-listed): the peers' true sizes cut the padded buffer; one copy per collective
     # (per fused bucket with fusion on, not per tensor)
-    return int.from_bytes(bytes(data.cpu().tolist()), "little", signed=True)  # host sync (allow-listed)
+    raw = bytes(headers.cpu().tolist())  # host sync (allow-listed)
+    return [int.from_bytes(raw[i * HEADER : (i + 1) * HEADER], "little", signed=True) for i in range(len(starts))]
 
 
 def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
