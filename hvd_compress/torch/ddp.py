@@ -229,17 +229,15 @@ def hvd_compress_hook(state: DDPHookState, bucket: dist.GradBucket) -> torch.fut
         g = grad.detach().cpu() if staged else grad.detach()  # host sync (allow-listed): CPU codecs only
         if codec.should_compress(g):
             compressed.append((name, grad))
-            driver.start(name, exchange.average(name, g))
+            driver.start(name, exchange.average(name, g), g.device)
         else:
             plain.append((name, grad, g))
     fused_key = None
     if plain:
         fused_key = "ddp.fused." + plain[0][0]
         flat = torch.cat([g.reshape(-1) for _, _, g in plain]) if len(plain) > 1 else plain[0][2].reshape(-1)
-        driver.start(fused_key, exchange.average(fused_key, flat, compress=False))
-    flush = getattr(state.comm, "flush", None)
-    if flush is not None:  # this bucket's first round goes out now, fused, overlapping backward
-        flush()
+        driver.start(fused_key, exchange.average(fused_key, flat, compress=False), flat.device)
+    driver.flush()  # this bucket's first round goes out now, fused, overlapping backward
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     state._buckets.append((fut, buffer, compressed, plain, fused_key))
     if bucket.is_last() or not state.overlap:

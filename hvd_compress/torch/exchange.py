@@ -20,6 +20,8 @@ Every byte handed to a collective is counted in :data:`WIRE_STATS`.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import zlib
 from typing import Dict, Generator, List, Optional, Tuple
@@ -289,6 +291,74 @@ class Exchange:
 _ring_allreduce_bytes = ring_allreduce_bytes
 
 
+class CudaSideStreams:
+    """Runs the exchange's device work (encode, collectives' stream ordering, decode) on a side
+    CUDA stream per device, so on a GPU it overlaps the caller's stream (backward's kernels).
+
+    Ordering is by events (``wait_stream``), never by a host sync:
+
+    * :meth:`enter`: the side stream waits for the caller's current stream, so the gradient the
+      generator reads is complete (backward wrote it there);
+    * every step of a generator and every ``wait()`` on its collective run under the side stream,
+      so collectives (NCCL, Horovod) are ordered after the encode and the decode after them;
+    * :meth:`leave`: the caller's stream waits for each side stream used, and each result is
+      marked as used by the caller's stream (``record_stream``), so the caching allocator does not
+      hand its memory to later side-stream work while the caller still reads it.
+
+    CPU tensors (and ``HVD_COMPRESS_CUDA_STREAMS=0``) use no stream: everything is a no-op.
+    """
+
+    def __init__(self):
+        self._entered: Dict[object, object] = {}  # side stream -> the caller's stream it follows
+
+    @staticmethod
+    def enabled() -> bool:
+        return os.environ.get("HVD_COMPRESS_CUDA_STREAMS", "1") != "0"
+
+    def enter(self, device):
+        """The side stream for ``device`` (``None`` off CUDA), ordered after the caller's work."""
+        if device is None or torch.device(device).type != "cuda" or not self.enabled():
+            return None
+        device = torch.device(device)
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        stream = _side_stream(device)
+        caller = torch.cuda.current_stream(device)
+        stream.wait_stream(caller)  # an event recorded on the caller's stream, waited on the side
+        self._entered[stream] = caller
+        return stream
+
+    def current(self):
+        """The side stream entered last (``None``: none): fused collectives run on it."""
+        return next(reversed(self._entered), None) if self._entered else None
+
+    @staticmethod
+    def on(stream):
+        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+    def leave(self, results) -> None:
+        """The callers' streams wait for the side streams; results are marked as theirs."""
+        if not self._entered:
+            return
+        for stream, caller in self._entered.items():
+            caller.wait_stream(stream)
+        for t in results:
+            if isinstance(t, torch.Tensor) and t.device.type == "cuda":
+                t.record_stream(torch.cuda.current_stream(t.device))
+        self._entered = {}
+
+
+_SIDE_STREAMS: Dict[torch.device, object] = {}
+
+
+def _side_stream(device: torch.device):
+    """One side stream per device for the process (streams are cheap but not free to create)."""
+    stream = _SIDE_STREAMS.get(device)
+    if stream is None:
+        stream = _SIDE_STREAMS[device] = torch.cuda.Stream(device=device)
+    return stream
+
+
 class FiniteCheck:
     """Yielded by an exchange generator between collectives: ``flag``, a device-side bool tensor
     ("every value finite"), and the ``error`` to raise when it is false. The :class:`Driver` sends
@@ -317,34 +387,55 @@ class Driver:
         self._waiting: Dict[str, Tuple[Generator, object]] = {}
         self._errors: List[BaseException] = []
         self._checks: List[FiniteCheck] = []
+        self._streams = CudaSideStreams()
+        self._stream_of: Dict[str, object] = {}  # key -> its side stream (CUDA tensors only)
 
-    def start(self, key: str, gen: Generator) -> None:
-        """Run ``gen`` up to its first collective (which is then in flight)."""
+    def start(self, key: str, gen: Generator, device: Optional[torch.device] = None) -> None:
+        """Run ``gen`` up to its first collective (which is then in flight). ``device``: where
+        the tensor lives; on a CUDA device the generator's work runs on a side stream (see
+        :class:`CudaSideStreams`)."""
+        stream = self._streams.enter(device)
+        if stream is not None:
+            self._stream_of[key] = stream
         self._advance(key, gen, None)
 
     def _advance(self, key, gen, value):
-        try:
-            pending = gen.send(value)
-            while isinstance(pending, FiniteCheck):  # not a collective: note it, go on at once
-                self._checks.append(pending)
-                pending = gen.send(None)
-        except StopIteration as stop:
-            self.results[key] = stop.value
-        except BaseException as exc:  # re-raised by finish(), after the others
-            self._errors.append(exc)
-        else:
-            self._waiting[key] = (gen, pending)
+        with self._streams.on(self._stream_of.get(key)):
+            try:
+                pending = gen.send(value)
+                while isinstance(pending, FiniteCheck):  # not a collective: note it, go on at once
+                    self._checks.append(pending)
+                    pending = gen.send(None)
+            except StopIteration as stop:
+                self.results[key] = stop.value
+            except BaseException as exc:  # re-raised by finish(), after the others
+                self._errors.append(exc)
+            else:
+                self._waiting[key] = (gen, pending)
+
+    def _wait(self, key, pending):
+        # waiting under the side stream makes *it* (not the caller's stream) wait for the collective
+        with self._streams.on(self._stream_of.get(key)):
+            return pending.wait()
+
+    def flush(self) -> None:
+        """Send what a fused backend holds now (no-op without one), ordered after the encodes
+        (under the side stream on a GPU: the fused buffer is packed from their payloads)."""
+        if self._flush is not None:
+            with self._streams.on(self._streams.current()):
+                self._flush()
 
     def finish(self) -> Dict[str, torch.Tensor]:
         while self._waiting:
-            if self._flush is not None:
-                self._flush()
+            self.flush()
             batch = list(self._waiting.items())
             self._waiting.clear()
             for key, (gen, pending) in batch:
-                self._advance(key, gen, pending.wait())
+                self._advance(key, gen, self._wait(key, pending))
         results, errors, checks = self.results, self._errors, self._checks
         self.results, self._errors, self._checks = {}, [], []
+        self._streams.leave(results.values())
+        self._stream_of = {}
         if errors:
             raise errors[0]
         if checks:
@@ -358,10 +449,10 @@ class Driver:
         return bool(self._waiting)
 
 
-def drive(generators: Dict[str, Generator], comm=None) -> Dict[str, torch.Tensor]:
+def drive(generators: Dict[str, Generator], comm=None, device=None) -> Dict[str, torch.Tensor]:
     """Run exchange generators to completion (see :class:`Driver`; ``comm``: the fused backend
-    they issue on, if any); returns each one's result."""
+    they issue on, if any; ``device``: the tensors' device); returns each one's result."""
     driver = Driver(comm)
     for key, gen in generators.items():
-        driver.start(key, gen)
+        driver.start(key, gen, device)
     return driver.finish()

@@ -152,9 +152,10 @@ class DistributedOptimizer(WrappedOptimizer):
         self.exchange.ensure_checked()  # blocking, once per world (all ranks reach it alike)
         self._check_layout()
         for name, p in self._buckets[index]:
-            self._driver.start(name, self.exchange.average(name, _dense_grad(name, p)))
+            grad = _dense_grad(name, p)
+            self._driver.start(name, self.exchange.average(name, grad), grad.device)
         self._started[index] = True
-        self.comm.flush()  # this bucket alone: the same fused collectives on every rank
+        self._driver.flush()  # this bucket alone: the same fused collectives on every rank
 
     def synchronize(self) -> None:
         """Average every parameter's gradient over the ranks, in place: waits for the buckets
@@ -171,7 +172,9 @@ class DistributedOptimizer(WrappedOptimizer):
                     fused.setdefault(_dense_grad(name, p).dtype, []).append((name, p))
             for dtype, members in fused.items():
                 flat = torch.cat([p.grad.detach().reshape(-1) for _, p in members])
-                self._driver.start(_fused_key(dtype), self.exchange.average(_fused_key(dtype), flat, compress=False))
+                self._driver.start(
+                    _fused_key(dtype), self.exchange.average(_fused_key(dtype), flat, compress=False), flat.device
+                )
             results = self._driver.finish()
         finally:
             self.comm.reset()

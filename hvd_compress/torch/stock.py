@@ -109,7 +109,7 @@ class StockEngine:
             nbytes = t.numel() * t.element_size()
             WIRE_STATS.add(self.exchange.label, tensor.numel(), nbytes, _ring_allreduce_bytes(nbytes, self.comm.size))
             return t.contiguous(), ("sum", name, dtype)
-        self.driver.start(name, self.exchange.average(name, tensor))
+        self.driver.start(name, self.exchange.average(name, tensor), tensor.device)
         return torch.zeros(1, device=tensor.device), ("exchange", name, dtype, op_sum)  # on the gradient's device
 
     def decompress(self, tensor, ctx):
