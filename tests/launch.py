@@ -84,17 +84,27 @@ def horovodrun(
 
 
 def cluster_horovodrun(
-    cluster, per_host: int, script: str, *args: str, timeout: float = 300, out_dir: "str | None" = None
+    cluster,
+    per_host: int,
+    script: str,
+    *args: str,
+    timeout: float = 300,
+    out_dir: "str | None" = None,
+    controller: str = "gloo",
 ):
-    """``horovodrun -H host1:P,host2:P --gloo`` launched inside host1 of an
+    """``horovodrun -H host1:P,host2:P --gloo`` (``controller="mpi"``: ``--mpi``, mpirun starting
+    the other hosts' ranks through ssh) launched inside host1 of an
     ``hvd_compress.bench.cluster.EmulatedCluster``: the other hosts' ranks start over ssh."""
     out = Path(out_dir or tempfile.mkdtemp(prefix="hvdc-test-"))
     out.mkdir(parents=True, exist_ok=True)
+    launch_args = cluster.horovodrun_args(per_host)
+    if controller != "gloo":
+        launch_args = [a for a in launch_args if a != "--gloo"] + [f"--{controller}"]
     cmd = cluster.command(
         cluster.hosts[0],
         [
             str(BIN / "horovodrun"),
-            *cluster.horovodrun_args(per_host),
+            *launch_args,
             PYTHON,
             str(ROOT / script),
             "--out",

@@ -16,6 +16,9 @@ we check, per codec:
   of fp32 with identical replicas, and its inter-host bytes are at most 0.6x flat compression's
   (nominal 2 B vs 3.5 B per step for a B-byte payload: see ``test_hierarchical_...``).
 
+The same job under ``horovodrun --mpi`` (Open MPI's mpirun over ssh): fp32, flat OneBit and
+hierarchical QSGD-4, within 1 point of fp32 with identical replicas.
+
 Also ``torchrun --nnodes 2 --nproc_per_node 2`` started in each host (one c10d rendezvous on
 host1's address), the DDP hook within 1 point of uncompressed DDP with identical replicas.
 
@@ -193,6 +196,45 @@ def test_hierarchical_compression_crosses_hosts_with_at_most_0_6x_flat_bytes(job
         h, f = _measured_inter_host_bytes(job, index[hier]), _measured_inter_host_bytes(job, index[flat])
         assert h <= 0.6 * f, f"{hier}: {h / 1e6:.2f} MB across hosts vs flat {f / 1e6:.2f} MB ({h / f:.3f}x)"
         assert job[0]["byte_rows"][index[hier]]["hierarchical"] and not job[0]["byte_rows"][index[flat]]["hierarchical"]
+
+
+# ---------------------------------------------------------------------- horovodrun --mpi across hosts
+MPI_CODECS = ["fp32", "onebit:hierarchical=false", "qsgd:bits=4,hierarchical=true@ours"]
+
+
+def test_horovodrun_mpi_across_hosts_within_1_point_of_fp32():
+    """The same job under ``horovodrun --mpi -H host1:2,host2:2``: Open MPI's mpirun starts host2's
+    ranks through ssh and MPI is the controller and the data plane (TCP over eth0). Ranks are 2
+    per host, flat and hierarchical compression train within 1 point of fp32, replicas identical."""
+    with EmulatedCluster(hosts=2, link="1gbit") as cluster:
+        os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"] = "1"  # the hierarchical row adds per-host process sets
+        try:
+            results = cluster_horovodrun(
+                cluster,
+                2,
+                "tests/mp/cluster_train.py",
+                "--codecs",
+                ",".join(MPI_CODECS),
+                "--epochs",
+                "16",
+                "--idle",
+                "0",
+                timeout=600,
+                controller="mpi",
+            )
+        finally:
+            del os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"]
+    layout = sorted((r["rank"], r["hostname"], r["local_rank"], r["cross_rank"]) for r in results.values())
+    assert layout == [(0, "host1", 0, 0), (1, "host1", 1, 0), (2, "host2", 0, 1), (3, "host2", 1, 1)]
+    rows = {r["codec"]: r for r in results[0]["rows"]}
+    print({name: round(row["accuracy"], 4) for name, row in rows.items()})
+    base = rows["fp32"]["accuracy"]
+    assert base > 0.9, f"fp32 baseline did not train: {base}"
+    for name, row in rows.items():
+        assert row["replicas_identical"], f"{name}: replicas differ"
+        assert row["accuracy"] >= base - 0.01 - 1e-9, f"{name}: {row['accuracy']:.4f} vs fp32 {base:.4f}"
+    for rank, res in results.items():  # identical replicas evaluate identically on every rank
+        assert [r["accuracy"] for r in res["rows"]] == [r["accuracy"] for r in results[0]["rows"]], rank
 
 
 # ---------------------------------------------------------------------- torchrun across two hosts
