@@ -9,6 +9,9 @@
 * Without ``noise`` the stochastic codecs draw in-kernel counter-based uniforms (``tl.rand``) from
   a seed drawn from the codec's generator: deterministic per (seed, step, tensor name), a
   different stream from the CPU kernels' one, unbiased.
+* Lattice (SwarmSGD's gossip quantizer) likewise: with the same uniforms its payload, its values
+  decoded relative to a reference and its ok flag equal the plain path's (float64 coordinates, the
+  exact 64-bit checksum), near, at and beyond the decode radius, for non-finite inputs and steps.
 * ``HVD_COMPRESS_BACKEND`` picks the path in one place (hvd_compress/torch/kernels/backend.py);
   misuse is a clear error.
 * No host round trip in the CUDA hot path: a static scan of the kernels and the DDP hook (with an
@@ -267,6 +270,195 @@ def test_exchange_seeding_makes_triton_training_steps_reproducible():
     assert all(torch.equal(u, v) for pa, pb in zip(a, b) for u, v in zip(pa, pb))
 
 
+# ------------------------------------------------------------------------------------ lattice
+LATTICE_SIZES = [0, 1, 7, 9, 1001, 3001]
+
+
+def lattice_case(bits, x, eps, noise, refs, backend_name, seed=5):
+    """Payload, then (values, ok) relative to each reference, on one backend (CPU results)."""
+    from hvd_compress.torch.codecs.lattice import Lattice
+
+    c = Lattice(bits=bits)
+    with backend.forced(backend_name):
+        payload = c.encode(x, torch.Generator().manual_seed(seed), eps, noise=noise)
+        decoded = [c.decode_relative(payload, r) for r in refs]
+    return payload.cpu(), [(v.cpu(), ok) for v, ok in decoded]
+
+
+def assert_lattice_same(got, want, what):
+    assert torch.equal(got[0], want[0]), f"{what}: payload differs"
+    for i, ((gv, gok), (wv, wok)) in enumerate(zip(got[1], want[1])):
+        assert gok is wok, f"{what} ref {i}: ok {gok} vs {wok}"
+        assert gv.dtype == wv.dtype and torch.equal(gv.view(torch.uint8), wv.view(torch.uint8)), f"{what} ref {i}"
+
+
+def lattice_inputs(n, bits, seed=1):
+    """x, its step, and references near, at the radius, beyond it and absurdly far."""
+    from hvd_compress.torch.codecs.lattice import Lattice
+
+    c = Lattice(bits=bits)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * 3
+    eps = c.choose_eps(1e-3, x)
+    near = x + (torch.rand(n, generator=g) * 2 - 1) * 1e-3
+    at = x + eps * c.radius  # largest distance guaranteed to decode (up to fp32 rounding of y)
+    beyond = x.clone()
+    beyond[n // 2 :] += eps * (c.radius + 1.5)  # some coordinates past the radius: wrong, flagged
+    absurd = x + 1e30  # coordinates beyond 2^50: all NaN
+    return x, eps, [near, at, beyond, absurd]
+
+
+@interpreted
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_lattice_equals_the_plain_path_byte_for_byte(bits):
+    for n in LATTICE_SIZES:
+        x, eps, refs = lattice_inputs(n, bits)
+        for dtype in (torch.float64, torch.float32):  # the plain path adds either to float64 coordinates
+            noise = torch.rand(n, generator=torch.Generator().manual_seed(99), dtype=dtype)
+            want = lattice_case(bits, x, eps, noise, refs, "plain")
+            assert_lattice_same(lattice_case(bits, x, eps, noise, refs, "triton"), want, f"bits={bits} n={n} {dtype}")
+        if n > 3:
+            oks = [ok for _, ok in want[1]]
+            assert oks[0] and not oks[2] and not oks[3], oks  # near decodes, beyond/absurd are flagged
+            assert not want[1][2][0].isnan().any() and want[1][3][0].isnan().all()
+
+
+@interpreted
+def test_lattice_multi_block_checksum_equals_the_plain_path():
+    """Several checksum blocks (4096 values each), combined with their per-block weights."""
+    x, eps, refs = lattice_inputs(3 * 4096 + 5, 8, seed=2)
+    noise = torch.rand(x.numel(), generator=torch.Generator().manual_seed(98), dtype=torch.float64)
+    want = lattice_case(8, x, eps, noise, refs[:3], "plain")
+    assert_lattice_same(lattice_case(8, x, eps, noise, refs[:3], "triton"), want, "n=12293")
+    assert [ok for _, ok in want[1]] == [True, True, False]
+
+
+@interpreted
+@pytest.mark.parametrize("bits", [2, 8])
+def test_lattice_non_finite_inputs_steps_and_payloads_behave_as_the_plain_path(bits):
+    from hvd_compress.torch.codecs.lattice import Lattice
+
+    n = 1001
+    x, eps, refs = lattice_inputs(n, bits, seed=3)
+    noise = torch.rand(n, generator=torch.Generator().manual_seed(97), dtype=torch.float64)
+    cases = {}
+    for name, bad in (("nan", float("nan")), ("inf", float("inf")), ("-inf", -float("inf"))):
+        v = x.clone()
+        v[500] = bad
+        cases[name] = (v, eps)
+    cases["eps=nan"] = (x, float("nan"))
+    for name, (v, step) in cases.items():
+        want = lattice_case(bits, v, step, noise, refs[:1], "plain")
+        assert_lattice_same(lattice_case(bits, v, step, noise, refs[:1], "triton"), want, f"bits={bits} {name}")
+        assert want[1][0][1] is False and want[1][0][0].isnan().all()  # eps = NaN on the wire
+    # malformed side channels from the wire: a wrong checksum, a zero / negative / infinite step
+    c = Lattice(bits=bits)
+    payload = lattice_case(bits, x, eps, noise, [], "plain")[0]
+    nc = payload.numel() - 16
+    tampered = {}
+    for name, pos, value in (
+        ("checksum", nc + 8, None),
+        ("eps=0", nc, 0.0),
+        ("eps<0", nc, -eps),
+        ("eps=inf", nc, 1e39),
+    ):
+        p = payload.clone()
+        if value is None:
+            p[pos] ^= 1
+        else:
+            p[pos : pos + 4] = torch.tensor([value], dtype=torch.float32).view(torch.uint8)
+        tampered[name] = p
+    for name, p in tampered.items():
+        results = {}
+        for be in ("plain", "triton"):
+            with backend.forced(be):
+                results[be] = c.decode_relative(p, refs[0])
+        (wv, wok), (gv, gok) = results["plain"], results["triton"]
+        assert gok is wok is False, name
+        assert torch.equal(gv.view(torch.uint8), wv.view(torch.uint8)), name
+
+
+@interpreted
+def test_lattice_kernel_stream_is_deterministic_per_seed_and_decodes():
+    """Without ``noise`` the uniforms are drawn in the kernel (Philox, from a seed drawn from the
+    generator): the same generator seed gives the same payload, another seed another one; every
+    payload decodes within one step, and the mean over draws is near the input (unbiased)."""
+    from hvd_compress.torch.codecs.lattice import Lattice
+
+    c = Lattice(bits=8)
+    x, eps, refs = lattice_inputs(4099, 8, seed=4)
+    with backend.forced("triton"):
+        first = c.encode(x, torch.Generator().manual_seed(5), eps)
+        again = c.encode(x, torch.Generator().manual_seed(5), eps)
+        other = c.encode(x, torch.Generator().manual_seed(6), eps)
+        draws = []
+        for s in range(8):
+            xh, ok = c.decode_relative(c.encode(x, torch.Generator().manual_seed(100 + s), eps), refs[0])
+            assert ok
+            assert float((xh - x).abs().max()) <= eps * 1.001 + 1e-6
+            draws.append(xh.double())
+    assert torch.equal(first, again)
+    assert not torch.equal(first[:-8], other[:-8])  # residues and shift seed differ
+    err = torch.stack(draws).mean(0) - x.double()
+    # per value the error is zero-mean with variance <= eps^2 / 4: the mean of 8 x 4099 of them
+    assert abs(float(err.mean())) < 5 * eps / 2 / (8 * x.numel()) ** 0.5
+
+
+if backend.triton_unavailable() is None:  # a kernel around the decoder's rounding helper
+    import triton
+    import triton.language as tl
+
+    from hvd_compress.torch.kernels.lattice import _round_half_even
+
+    @triton.jit
+    def _round_probe(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        tl.store(out_ptr + i, _round_half_even(tl.load(x_ptr + i, mask=i < n, other=0.0)), mask=i < n)
+
+
+@interpreted
+def test_lattice_rounding_is_torch_round():
+    """The decoder's nearest lattice point: half to even, signed zeros, huge values, NaN and Inf
+    exactly as ``torch.round`` (ties are rare in real decodes, so they are checked here)."""
+    special = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999999999999994, -0.49999999999999994, -0.0, 0.0]
+    special += [2.0**52 + 1, -(2.0**52) - 1, 2.0**52 - 0.5, -(2.0**52) + 0.5, 1e300, float("inf"), -float("inf")]
+    special += [float("nan")]
+    g = torch.Generator().manual_seed(0)
+    v = torch.cat(
+        [
+            torch.tensor(special, dtype=torch.float64),
+            torch.randn(1000, generator=g, dtype=torch.float64) * 1000,
+            torch.randint(-(10**6), 10**6, (1000,), generator=g).double() + 0.5,
+        ]
+    )
+    out = torch.empty_like(v)
+    _round_probe[(1,)](v, out, v.numel(), BLOCK=4096)
+    assert torch.equal(out.view(torch.int64), torch.round(v).view(torch.int64))
+
+
+@interpreted
+def test_lattice_triton_path_refuses_a_step_too_small_for_the_values():
+    from hvd_compress.torch.codecs.lattice import Lattice
+
+    c = Lattice(bits=8)
+    x = torch.full((100,), 1e6)
+    for be in ("plain", "triton"):
+        with backend.forced(be), pytest.raises(ValueError, match="lattice step eps=.* too small"):
+            c.encode(x, torch.Generator().manual_seed(0), 1e-12)
+
+
+def test_lattice_is_a_triton_codec():
+    """Lattice is listed with the codecs whose encode and decode run on Triton, so the CUDA bench
+    reports it as such; its kernel file is under the host-round-trip scan."""
+    from hvd_compress.torch import kernels
+    from hvd_compress.torch.codecs.lattice import Lattice
+
+    assert "lattice" in kernels.TRITON_CODECS
+    with backend.forced("triton"):
+        assert kernels.runs_on_device(Lattice(), torch.device("cuda"))
+    assert REPO / "hvd_compress/torch/kernels/lattice.py" in HOT_PATHS
+
+
 # ---------------------------------------------------------------------------- backend choice
 def test_backend_default_is_triton_on_cuda_and_native_on_cpu(monkeypatch):
     monkeypatch.delenv("HVD_COMPRESS_BACKEND", raising=False)
@@ -343,6 +535,51 @@ def test_gpu_payloads_equal_the_cpu_paths(spec):
         for name, want in references(spec, x).items():
             skip = LATER_STEPS if name == "plain" and spec in SUM_SCALED else ()
             assert_same(without(got, skip), without(want, skip), f"{spec} n={n} cuda vs {name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_gpu_lattice_equals_the_plain_path(bits):
+    if backend.interpreting():
+        pytest.skip("TRITON_INTERPRET=1: the GPU tests check the compiled kernels")
+    for n in LATTICE_SIZES + [3 * 4096 + 5, 1 << 20]:
+        x, eps, refs = lattice_inputs(n, bits)
+        noise = torch.rand(n, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+        want = lattice_case(bits, x, eps, noise, refs, "plain")
+        got = lattice_case(bits, x.cuda(), eps, noise.cuda(), [r.cuda() for r in refs], "triton")
+        assert_lattice_same(got, want, f"bits={bits} n={n} cuda vs plain")
+
+
+@pytest.mark.gpu
+def test_gpu_lattice_syncs_only_where_allow_listed():
+    """One host read per encode (max|x|, for the too-small-step ValueError) and one per decode
+    (the ok flag, a Python bool): torch's sync detector counts them."""
+    import warnings
+
+    from hvd_compress.torch.codecs.lattice import Lattice
+
+    if backend.interpreting():
+        pytest.skip("TRITON_INTERPRET=1: the GPU tests check the compiled kernels")
+    c = Lattice(bits=8)
+    x, eps, refs = lattice_inputs(1 << 16, 8)
+    x, y = x.cuda(), refs[0].cuda()
+    c.decode_relative(c.encode(x, torch.Generator().manual_seed(1), eps), y)  # compile first
+    torch.cuda.synchronize()
+    for step in ("encode", "decode"):
+        payload = c.encode(x, torch.Generator().manual_seed(2), eps) if step == "decode" else None
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                if step == "encode":
+                    c.encode(x, torch.Generator().manual_seed(2), eps)
+                else:
+                    c.decode_relative(payload, y)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        syncs = [w for w in seen if "synchroniz" in str(w.message)]
+        assert len(syncs) == 1, f"{step}: {[str(w.message) for w in syncs]}"
 
 
 @pytest.mark.gpu

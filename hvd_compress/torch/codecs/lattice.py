@@ -41,7 +41,9 @@ shift seed (int32), the checksum (int64): 16 bytes of side channel. 8 bits on 85
 Numerics: coordinates are computed in float64 (exact integers up to 2^53); ``choose_eps`` floors
 ``eps`` at ``max|x| * 2^-40`` (and 1e-30) so ``|k|`` stays far inside that range, and ``encode``
 refuses a step that would put coordinates beyond 2^50. A non-finite ``x`` is sent
-with ``eps = NaN``, which every receiver reports as non-finite.
+with ``eps = NaN``, which every receiver reports as non-finite. On CUDA tensors ``encode`` and
+``decode_relative`` run Triton kernels (:mod:`hvd_compress.torch.kernels.lattice`) with the same
+float64 arithmetic: byte-identical payloads, values and ok flags given the same uniforms.
 
 Example::
 
@@ -66,6 +68,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.packing import f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
@@ -133,6 +136,15 @@ def _combine(sums: torch.Tensor) -> int:
     bw = torch.stack([(b * 0x2545F491 + 0x1B873593) % (p - 1) + 1, (b * 0x61C88647 + 0x5BD1E995) % (p - 1) + 1], dim=1)
     total = ((sums % p) * bw % p).sum(0) % p
     return (int(total[0]) << 32) | int(total[1])
+
+
+def _refuse_tiny_step(top: float, eps: float) -> None:
+    """``encode``'s guard: coordinates ``max|x| / eps`` must stay below 2^50 (exact in float64)."""
+    if top / eps >= MAX_COORD:
+        raise ValueError(
+            f"lattice step eps={eps:g} is too small for values up to {top:g} "
+            f"(coordinates must stay below 2^50); use choose_eps()"
+        )
 
 
 class LatticeDecodeError(ValueError):
@@ -238,13 +250,16 @@ class Lattice(Codec):
         eps = float(torch.as_tensor(eps, dtype=torch.float32).reshape(-1)[0])
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
         x = x.detach().reshape(-1)
+        fast = kernels.lattice_encode(x, self.bits, eps, seed, generator, noise)  # CUDA: Triton
+        if fast is not None:
+            payload, top = fast  # top: max|x|, read only for a valid step and a non-empty x
+            if top is not None and top < float("inf"):
+                _refuse_tiny_step(top, eps)
+            return payload
         top = max(abs(float(v)) for v in torch.aminmax(x)) if n else 0.0  # NaN propagates
         finite = eps == eps and 0 < eps < float("inf") and top < float("inf")  # NaN fails too
-        if finite and top / eps >= MAX_COORD:
-            raise ValueError(
-                f"lattice step eps={eps:g} is too small for values up to {top:g} "
-                f"(coordinates must stay below 2^50); use choose_eps()"
-            )
+        if finite:
+            _refuse_tiny_step(top, eps)
         if not finite or n == 0:
             codes = torch.zeros(n, dtype=torch.uint8)
             k_sum = 0
@@ -273,14 +288,19 @@ class Lattice(Codec):
         )
         return torch.cat([pack_bits(codes, self.bits), side])
 
-    def side_channel(self, payload: torch.Tensor, numel: int) -> Tuple[float, int, int]:
-        """``(eps, shift seed, checksum)`` of a payload for ``numel`` values."""
+    def _check_size(self, payload: torch.Tensor, numel: int) -> int:
+        """The residues' byte count, after checking the payload's size (a malformed one raises)."""
         nc = packed_nbytes(numel, self.bits)
         if payload.numel() != nc + SIDE_BYTES:
             raise LatticeDecodeError(
                 f"lattice payload has {payload.numel()} bytes, expected "
                 f"{nc + SIDE_BYTES} for {numel} values at {self.bits} bits"
             )
+        return nc
+
+    def side_channel(self, payload: torch.Tensor, numel: int) -> Tuple[float, int, int]:
+        """``(eps, shift seed, checksum)`` of a payload for ``numel`` values."""
+        nc = self._check_size(payload, numel)
         side = payload[nc:].clone()
         eps = float(side[:4].view(torch.float32)[0])
         seed = int(side[4:8].view(torch.int32)[0])
@@ -294,6 +314,10 @@ class Lattice(Codec):
         finite (then ``values`` is all NaN). Never trust ``values`` when ``ok`` is False."""
         ref = reference.detach().reshape(-1)
         n = ref.numel()
+        self._check_size(payload, n)
+        fast = kernels.lattice_decode(payload, ref, self.bits)  # CUDA: Triton
+        if fast is not None:
+            return fast
         eps, seed, k_sum = self.side_channel(payload, n)
         if not (eps == eps and 0 < eps < float("inf")):
             return torch.full((n,), float("nan")), False

@@ -1,7 +1,7 @@
 """Triton kernels for the torch codecs, picked per tensor by :mod:`.backend`.
 
-One module per codec family (``qsgd``, ``terngrad``, ``onebit``, ``sign``, ``topk``), imported
-lazily: importing this package does not import Triton. Each function here returns ``None`` when
+One module per codec family (``qsgd``, ``terngrad``, ``onebit``, ``sign``, ``topk``, ``lattice``),
+imported lazily: importing this package does not import Triton. Each function here returns ``None`` when
 the Triton backend does not apply to its tensors, so a codec writes::
 
     out = kernels.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
@@ -15,9 +15,16 @@ seeded by (seed, rank, step, tensor name, chunk): deterministic, so runs and che
 bit-exact, but a different stream from the CPU kernels' SplitMix64 one (so a CUDA run and a CPU
 run of a stochastic codec differ bit for bit, equal in distribution).
 
+The Lattice quantizer (SwarmSGD's gossip codec) runs its float64 coordinates in the kernels too,
+operation for operation as the plain path (``1 / eps`` and the shift in float64, ``torch.round``'s
+half-to-even, the checksum's block sums exact in int64): ``lattice_encode`` and ``lattice_decode``
+give byte-identical payloads, values and ok flags given the same uniforms.
+
 No host round trip in the hot path: scales, non-finite flags and tie counts stay device tensors.
-The two exceptions (malformed-payload checks that must raise) are marked
-``# host sync (allow-listed)`` and are checked by tests/test_triton_kernels.py.
+The exceptions are marked ``# host sync (allow-listed)`` and are checked by
+tests/test_triton_kernels.py: two malformed-payload checks that must raise (TernGrad's base-3
+decode, TopK's indices), and one read per Lattice call (encode reads max|x| because it must raise
+on a step too small for the values; decode_relative returns its ok flag as a Python bool).
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ import importlib
 from hvd_compress.torch.kernels.backend import choose, use_triton
 
 
-# Codec names (of the quantizer under error-feedback wrappers) whose whole step runs on Triton.
-TRITON_CODECS = ("qsgd", "terngrad", "onebit_quantizer", "scaled_sign", "signsgd", "topk_sparsifier")
+# Codec names (of the quantizer under error-feedback wrappers) whose whole step runs on Triton
+# (Lattice: encode and decode_relative; it serves SwarmSGD's gossip, never the DDP hook).
+TRITON_CODECS = ("qsgd", "terngrad", "onebit_quantizer", "scaled_sign", "signsgd", "topk_sparsifier", "lattice")
 
 
 def runs_on_device(codec, device) -> bool:
@@ -90,6 +98,25 @@ def signsgd_vote(payloads, numel):
     if not payloads or not use_triton(payloads[0]):
         return None
     return family("sign").vote(payloads, numel)
+
+
+# Input dtypes the Lattice kernels widen to fp32 exactly (the plain path widens to float64 directly,
+# so a float64 input stays there).
+_LATTICE_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16")
+
+
+def lattice_encode(x, bits, eps, shift_seed, generator=None, noise=None):
+    """``(payload, max|x| or None)``; the codec raises on a too-small step (``None``: plain path)."""
+    if not use_triton(x) or str(x.dtype) not in _LATTICE_DTYPES:
+        return None
+    return family("lattice").encode(x, bits, eps, shift_seed, generator, noise)
+
+
+def lattice_decode(payload, reference, bits):
+    """``(values, ok)`` decoded relative to ``reference`` (``None``: take the plain path)."""
+    if not use_triton(reference) or str(reference.dtype) not in _LATTICE_DTYPES:
+        return None
+    return family("lattice").decode_relative(payload, reference, bits)
 
 
 def topk_encode(x, k):
