@@ -235,12 +235,11 @@ class Lattice(Codec):
 
     def checksum(self, k: torch.Tensor) -> int:
         """64-bit check of integer lattice coordinates ``k`` (any dtype holding them exactly)."""
-        return _check_high(torch.floor(k.to(torch.float64) / self.q))
+        return _check_high(torch.floor(k.detach().cpu().to(torch.float64) / self.q))
 
     def encode(self, x, generator=None, scale=None, noise=None):
         """Payload for ``x`` on the lattice of step ``scale`` (= eps; default: the fixed ``eps``).
         ``noise`` (uniform in [0, 1), one per value) replaces the rounding draws, for tests."""
-        n = x.numel()
         eps = scale if scale is not None else self.eps
         if eps is None:
             raise ValueError(
@@ -256,6 +255,13 @@ class Lattice(Codec):
             if top is not None and top < float("inf"):
                 _refuse_tiny_step(top, eps)
             return payload
+        if x.device.type != "cpu":  # the plain path (the definition) runs on the host: CUDA without Triton
+            cpu_noise = noise.cpu() if noise is not None else None
+            return self._encode_plain(x.cpu(), eps, seed, generator, cpu_noise).to(x.device)
+        return self._encode_plain(x, eps, seed, generator, noise)
+
+    def _encode_plain(self, x, eps, seed, generator, noise):
+        n = x.numel()
         top = max(abs(float(v)) for v in torch.aminmax(x)) if n else 0.0  # NaN propagates
         finite = eps == eps and 0 < eps < float("inf") and top < float("inf")  # NaN fails too
         if finite:
@@ -318,6 +324,13 @@ class Lattice(Codec):
         fast = kernels.lattice_decode(payload, ref, self.bits)  # CUDA: Triton
         if fast is not None:
             return fast
+        if ref.device.type != "cpu" or payload.device.type != "cpu":  # plain path on the host, as in encode
+            values, ok = self._decode_plain(payload.cpu(), ref.cpu())
+            return values.to(ref.device), ok
+        return self._decode_plain(payload, ref)
+
+    def _decode_plain(self, payload, ref):
+        n = ref.numel()
         eps, seed, k_sum = self.side_channel(payload, n)
         if not (eps == eps and 0 < eps < float("inf")):
             return torch.full((n,), float("nan")), False
