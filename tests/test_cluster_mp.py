@@ -13,8 +13,9 @@ we check, per codec:
 * hierarchical compression (``hierarchical=true``: fp32 average inside the host, compressed
   exchange of a 1/2 shard across hosts, allgather inside the host; onebit through the stock
   ``hvd.DistributedOptimizer``, QSGD-4 through ``hc.DistributedOptimizer``) trains within 1 point
-  of fp32 with identical replicas, and its inter-host bytes are at most 0.6x flat compression's
-  (nominal 2 B vs 3.5 B per step for a B-byte payload: see ``test_hierarchical_...``).
+  of fp32 with identical replicas, and its inter-host bytes are at most half of flat compression's
+  for TopK (allgather: nominal 2 B vs 6 B per step for a B-byte payload), at most 0.6x for OneBit
+  and QSGD (reduce-scatter: 2 B vs 3.5 B, see ``test_hierarchical_...``).
 
 The same job under ``horovodrun --mpi`` (Open MPI's mpirun over ssh): fp32, flat OneBit and
 hierarchical QSGD-4, within 1 point of fp32 with identical replicas.
@@ -56,10 +57,13 @@ CODECS = [
     "topk:ratio=0.05,hierarchical=false",
     "onebit:hierarchical=true",
     "qsgd:bits=4,hierarchical=true@ours",
+    "topk:ratio=0.05,hierarchical=true",
 ]
+# hierarchical row -> (flat row, largest measured ratio of inter-host bytes)
 HIERARCHICAL_VS_FLAT = {
-    "onebit:hierarchical=true": "onebit:hierarchical=false",
-    "qsgd:bits=4,hierarchical=true@ours": "qsgd:bits=4,hierarchical=false",
+    "onebit:hierarchical=true": ("onebit:hierarchical=false", 0.6),  # nominal 2 B / 3.5 B = 0.571
+    "qsgd:bits=4,hierarchical=true@ours": ("qsgd:bits=4,hierarchical=false", 0.6),
+    "topk:ratio=0.05,hierarchical=true": ("topk:ratio=0.05,hierarchical=false", 0.5),  # 2 B / 6 B = 0.333
 }
 # Horovod's background loop cycles every HOROVOD_CYCLE_TIME ms even when idle; 10 ms (default 1)
 # keeps its control traffic well below the compressed codecs' few hundred KB per step
@@ -184,17 +188,24 @@ def test_inter_host_bytes_on_the_veths_within_10_percent_of_nominal(job):
         assert measured <= 1.10 * nominal, context
 
 
-def test_hierarchical_compression_crosses_hosts_with_at_most_0_6x_flat_bytes(job):
-    """At 2 hosts x 2 ranks and a B-byte payload, flat compression (reduce-scatter over 4 ranks)
-    moves 3.5 B across hosts per step (2 B of alltoall chunks + 1.5 B of ring allgather); the
-    hierarchical exchange moves 2 B (each host sends its host's compressed tensor once, as two
-    B/2 shards). 2 B is also the least any exchange that sends the other host one B-byte
-    compressed tensor can move, so the ratio is 4/7 = 0.571 at 2 ranks per host (it falls as
-    ranks per host grow: ``inter_host_factor``)."""
+def test_hierarchical_compression_crosses_hosts_with_at_most_half_of_flat_bytes(job):
+    """At 2 hosts x 2 ranks and a B-byte payload, the hierarchical exchange moves 2 B across hosts
+    per step (each host sends its host's compressed tensor once, as two B/2 shards). Flat
+    compression moves 6 B with the allgather pattern (TopK: a Gloo ring over 4 ranks, 2 crossing
+    links x 3 B), so hierarchical sends 1/3 of it: at most half. With the reduce-scatter pattern
+    (OneBit, QSGD) flat moves 3.5 B (2 B of alltoall chunks + 1.5 B of ring allgather), and 2 B
+    is also the least any exchange that hands the other host one B-byte compressed tensor can
+    move: the ratio is 4/7 = 0.571 there at 2 ranks per host (it falls as ranks per host grow:
+    ``inter_host_factor``), so those rows are held to 0.6."""
     index = {row["codec"]: i for i, row in enumerate(job[0]["byte_rows"])}
-    for hier, flat in HIERARCHICAL_VS_FLAT.items():
+    for hier, (flat, bound) in HIERARCHICAL_VS_FLAT.items():
         h, f = _measured_inter_host_bytes(job, index[hier]), _measured_inter_host_bytes(job, index[flat])
-        assert h <= 0.6 * f, f"{hier}: {h / 1e6:.2f} MB across hosts vs flat {f / 1e6:.2f} MB ({h / f:.3f}x)"
+        raw_h, raw_f = (sum(r["byte_rows"][index[c]]["host_tx_bytes"] for r in job.values()) for c in (hier, flat))
+        print(
+            f"{hier}: {h / 1e6:.2f} MB across hosts vs flat {f / 1e6:.2f} MB ({h / f:.3f}x; "
+            f"raw counters, both hosts' leaders and followers summed: {raw_h / raw_f:.3f}x)"
+        )
+        assert h <= bound * f, f"{hier}: {h / 1e6:.2f} MB across hosts vs flat {f / 1e6:.2f} MB ({h / f:.3f}x)"
         assert job[0]["byte_rows"][index[hier]]["hierarchical"] and not job[0]["byte_rows"][index[flat]]["hierarchical"]
 
 
