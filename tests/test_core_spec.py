@@ -80,6 +80,21 @@ def test_duplicate_and_builtin_names_are_refused(throwaway):
         hvd_compress.register_codec("plain")(type("C", (hvd_compress.CodecSpec,), {}))
 
 
+def test_builtin_names_are_exactly_the_specs_of_hvd_compress_codecs():
+    """``BUILTIN_NAMES`` (the names a user may not register) is kept by hand in
+    ``hvd_compress/core/registry.py``; it must be exactly the names registered by the modules of
+    ``hvd_compress/codecs/``, and the torch codecs found by discovery must claim exactly these
+    (``hvd_compress.torch.codecs.catalog``; TensorFlow: tests/test_codecs.py with ``NOT_IN``)."""
+    from hvd_compress.core.registry import BUILTIN_NAMES
+    from hvd_compress.torch.spec import registry as torch_registry
+
+    by_reference = {
+        n for n, cls in hvd_compress.registry().items() if cls.__module__.startswith("hvd_compress.codecs.")
+    }
+    assert by_reference == BUILTIN_NAMES
+    assert set(torch_registry()) == BUILTIN_NAMES
+
+
 def test_unknown_knobs_and_names_list_what_exists():
     with pytest.raises(ValueError, match=r"twobit does not take \['bits'\]; its knobs are \['bucket_size'\]"):
         hvd_compress.reference("twobit:bits=2")

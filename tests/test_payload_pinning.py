@@ -54,6 +54,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import codec_cases
 import pytest
 import torch
 
@@ -61,28 +62,7 @@ from hvd_compress.common import chunk_bounds
 from hvd_compress.torch import from_spec
 from hvd_compress.torch import packing
 
-SPECS = [
-    "none",
-    "fp16",
-    "bf16",
-    "qsgd:bits=2,bucket_size=128",
-    "qsgd:bits=4",
-    "qsgd:bits=8",
-    "qsgd:bits=4,norm=l2",
-    "qsgd:bits=4,bucket_size=100",
-    "terngrad",
-    "terngrad:packing=2bit",
-    "terngrad:clip=none",
-    "onebit",
-    "onebit:bucket_size=64",
-    "efsign",
-    "signsgd",
-    "signsgd:scaled=false",
-    "topk:ratio=0.01",
-    "doublesqueeze:codec=onebit",
-    "doublesqueeze:codec=qsgd,bits=4",
-    "doublesqueeze:codec=efsign",
-]
+SPECS = codec_cases.specs("pinned")  # the one table of per-codec test facts (tests/codec_cases.py)
 # Sizes: ragged (not a whole number of bytes, buckets or base-3 groups) and large enough to span
 # several internal blocks of a cache-blocked implementation.
 SIZES = [3001, 150_011]

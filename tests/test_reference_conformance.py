@@ -22,6 +22,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+import codec_cases
 import hvd_compress
 from hvd_compress.core.registry import BUILTIN_NAMES
 
@@ -30,27 +31,9 @@ torch = pytest.importorskip("torch")
 import hvd_compress.torch as hc  # noqa: E402
 from hvd_compress.common import packed_nbytes  # noqa: E402
 
-SPECS = [
-    "none",
-    "fp16",
-    "bf16",
-    "qsgd:bits=2,bucket_size=128",
-    "qsgd:bits=4",
-    "qsgd:bits=8",
-    "qsgd:bits=4,norm=l2",
-    "qsgd:bits=4,bucket_size=100",
-    "terngrad",
-    "terngrad:packing=2bit",
-    "terngrad:clip=none",
-    "onebit",
-    "onebit:bucket_size=64",
-    "efsign",
-    "signsgd",
-    "signsgd:scaled=false",
-    "topk:ratio=0.01",
-    "topk:ratio=0.3",
-]
-SUM_BASED = {"qsgd:bits=4,norm=l2", "onebit", "onebit:bucket_size=64", "efsign", "signsgd"}
+# The payload formats, from the one table of per-codec test facts (tests/codec_cases.py).
+SPECS = codec_cases.specs("conformance")
+SUM_BASED = codec_cases.sum_based("conformance")
 # Odd sizes (not whole bytes, buckets or base-3 groups) and several buckets. Empty tensors never
 # reach a framework codec (the exchange sends them uncompressed); the reference handles 0 too
 # (hvd_compress.testing.check_codec, below).

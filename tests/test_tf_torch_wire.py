@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 
+import codec_cases
 import numpy as np
 import pytest
 
@@ -30,45 +31,10 @@ import hvd_compress.tensorflow as hct  # noqa: E402
 import hvd_compress.torch as hc  # noqa: E402
 from hvd_compress.common import chunk_bounds, packed_nbytes  # noqa: E402
 
-SPECS = [
-    "none",
-    "fp16",
-    "bf16",
-    "qsgd:bits=2,bucket_size=128",
-    "qsgd:bits=4",
-    "qsgd:bits=8",
-    "qsgd:bits=4,norm=l2",
-    "qsgd:bits=4,bucket_size=100",
-    "terngrad",
-    "terngrad:packing=2bit",
-    "terngrad:clip=none",
-    "onebit",
-    "onebit:bucket_size=64",
-    "efsign",
-    "signsgd",
-    "signsgd:scaled=false",
-    "topk:ratio=0.01",
-    "topk:ratio=0.3",
-    "doublesqueeze:codec=onebit",
-    "doublesqueeze:codec=qsgd,bits=4",
-    "doublesqueeze:codec=efsign",
-]
-ORDER_FREE = {
-    "none",
-    "fp16",
-    "bf16",
-    "qsgd:bits=2,bucket_size=128",
-    "qsgd:bits=4",
-    "qsgd:bits=8",
-    "qsgd:bits=4,bucket_size=100",
-    "terngrad",
-    "terngrad:packing=2bit",
-    "terngrad:clip=none",
-    "signsgd:scaled=false",
-    "topk:ratio=0.01",
-    "topk:ratio=0.3",
-    "doublesqueeze:codec=qsgd,bits=4",
-}
+# From the one table of per-codec test facts (tests/codec_cases.py). Order-free: the bytes do not
+# depend on the float summation order, so generic inputs must match too.
+SPECS = codec_cases.specs("wire")
+ORDER_FREE = set(SPECS) - codec_cases.sum_based("wire")
 SIZES = [1, 7, 3001, 40_000]
 
 

@@ -32,31 +32,15 @@ state, and the bytes each rank hands to each collective round::
 The frameworks build their own classes for these names; the references are what they are
 checked against, and what a host-side tool (a parameter server, a log inspector) can decode
 payloads with, numpy only. Importing this package imports no framework.
+
+Every public ``CodecSpec`` subclass defined in a module of this package is exported, found by
+importing the modules (:mod:`hvd_compress._discover`), which also registers them: a new built-in
+codec is one more file here.
 """
 
-from hvd_compress.codecs.casts import BF16, FP16, NoCompression
-from hvd_compress.codecs.doublesqueeze import DoubleSqueeze
-from hvd_compress.codecs.gradiveq import GradiVeQ
-from hvd_compress.codecs.lattice import Lattice
-from hvd_compress.codecs.onebit import OneBit
-from hvd_compress.codecs.powersgd import PowerSGD
-from hvd_compress.codecs.qsgd import QSGD
-from hvd_compress.codecs.sign import ScaledSign, SignSGD
-from hvd_compress.codecs.terngrad import TernGrad
-from hvd_compress.codecs.topk import TopK
+from hvd_compress._discover import codec_classes as _codec_classes
+from hvd_compress.core.spec import CodecSpec as _CodecSpec
 
-__all__ = [
-    "NoCompression",
-    "FP16",
-    "BF16",
-    "QSGD",
-    "TernGrad",
-    "OneBit",
-    "ScaledSign",
-    "SignSGD",
-    "TopK",
-    "Lattice",
-    "PowerSGD",
-    "GradiVeQ",
-    "DoubleSqueeze",
-]
+_CLASSES = _codec_classes(__name__, __path__, _CodecSpec)
+globals().update(_CLASSES)
+__all__ = list(_CLASSES)

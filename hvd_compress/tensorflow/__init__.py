@@ -15,26 +15,7 @@ Guide: ``docs/tensorflow.md``.
 """
 
 from hvd_compress._lazy import lazy_attributes as _lazy_attributes
-from hvd_compress.tensorflow.codecs import (
-    BF16,
-    FP16,
-    QSGD,
-    Codec,
-    DoubleSqueeze,
-    EFSign,
-    ErrorFeedback,
-    GradiVeQ,
-    NoCompression,
-    OneBit,
-    OneBitQuantizer,
-    PowerSGD,
-    ScaledSign,
-    SignSGD,
-    TernGrad,
-    TopK,
-    TopKSparsifier,
-    Wrapper,
-)
+from hvd_compress.tensorflow import codecs as _codecs
 from hvd_compress.tensorflow.codecs.base import install_stock_engine as _install_stock_engine
 from hvd_compress.tensorflow.spec import from_spec
 from hvd_compress.tensorflow.stats import compression_error, reset_wire_stats, wire_stats
@@ -51,25 +32,13 @@ def _stock_engine(codec):
 
 _install_stock_engine(_stock_engine)
 
+# Every codec class of the codecs package (one file per codec, found by importing them) but
+# ReferenceCodec, the reference backend behind user-registered codecs.
+_CODECS = [name for name in _codecs.__all__ if name != "ReferenceCodec"]
+globals().update({name: getattr(_codecs, name) for name in _CODECS})
+
 __all__ = [
-    "Codec",
-    "Wrapper",
-    "NoCompression",
-    "FP16",
-    "BF16",
-    "QSGD",
-    "TernGrad",
-    "OneBit",
-    "OneBitQuantizer",
-    "EFSign",
-    "ScaledSign",
-    "SignSGD",
-    "TopK",
-    "TopKSparsifier",
-    "ErrorFeedback",
-    "DoubleSqueeze",
-    "GradiVeQ",
-    "PowerSGD",
+    *_CODECS,
     "from_spec",
     "wire_stats",
     "reset_wire_stats",

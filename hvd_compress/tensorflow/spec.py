@@ -6,11 +6,10 @@ from typing import Dict
 
 from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.codecs.catalog import codec_classes, from_spec_with
-from hvd_compress.tensorflow.codecs.gradiveq import GradiVeQ
 
 
 def registry() -> Dict[str, type]:
-    return codec_classes(GradiVeQ)
+    return codec_classes()
 
 
 def from_spec(spec: "str | Codec") -> Codec:
@@ -21,4 +20,4 @@ def from_spec(spec: "str | Codec") -> Codec:
     A bad spec raises ``ValueError`` listing what exists. A name registered with
     :func:`hvd_compress.register_codec` builds a
     :class:`hvd_compress.tensorflow.codecs.reference.ReferenceCodec` (alone or as ``codec=``)."""
-    return from_spec_with(spec, GradiVeQ)
+    return from_spec_with(spec)

@@ -22,27 +22,7 @@ The same codecs serve torch.distributed's ``DistributedDataParallel`` (and Ray T
 """
 
 from hvd_compress._lazy import lazy_attributes as _lazy_attributes
-from hvd_compress.torch.codecs import (
-    BF16,
-    FP16,
-    QSGD,
-    Codec,
-    DoubleSqueeze,
-    EFSign,
-    ErrorFeedback,
-    GradiVeQ,
-    Lattice,
-    NoCompression,
-    OneBit,
-    OneBitQuantizer,
-    PowerSGD,
-    ScaledSign,
-    SignSGD,
-    TernGrad,
-    TopK,
-    TopKSparsifier,
-    Wrapper,
-)
+from hvd_compress.torch import codecs as _codecs
 from hvd_compress.torch.codecs.base import install_stock_engine as _install_stock_engine
 from hvd_compress.torch.exchange import reset_wire_stats, wire_stats
 from hvd_compress.torch.spec import from_spec
@@ -74,26 +54,13 @@ _LAZY = {
     "reset_collective_stats": "hvd_compress.torch.fusion",
 }
 
+# Every codec class of the codecs package (one file per codec, found by importing them) but
+# ReferenceCodec, the reference backend behind user-registered codecs.
+_CODECS = [name for name in _codecs.__all__ if name != "ReferenceCodec"]
+globals().update({name: getattr(_codecs, name) for name in _CODECS})
+
 __all__ = [
-    "Codec",
-    "Wrapper",
-    "NoCompression",
-    "FP16",
-    "BF16",
-    "QSGD",
-    "TernGrad",
-    "OneBit",
-    "OneBitQuantizer",
-    "EFSign",
-    "ScaledSign",
-    "SignSGD",
-    "TopK",
-    "TopKSparsifier",
-    "ErrorFeedback",
-    "DoubleSqueeze",
-    "GradiVeQ",
-    "PowerSGD",
-    "Lattice",
+    *_CODECS,
     "from_spec",
     "wire_stats",
     "reset_wire_stats",

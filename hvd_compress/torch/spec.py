@@ -10,11 +10,10 @@ from typing import Dict
 from hvd_compress.common import COMMON_OPTIONS  # noqa: F401 (re-exported)
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.codecs.catalog import codec_classes, from_spec_with
-from hvd_compress.torch.codecs.gradiveq import GradiVeQ
 
 
 def registry() -> Dict[str, type]:
-    return codec_classes(GradiVeQ)
+    return codec_classes()
 
 
 def from_spec(spec: "str | Codec") -> Codec:
@@ -34,4 +33,4 @@ def from_spec(spec: "str | Codec") -> Codec:
     builds a :class:`hvd_compress.torch.codecs.reference.ReferenceCodec`, alone or as
     ``doublesqueeze:codec=<name>``.
     """
-    return from_spec_with(spec, GradiVeQ)
+    return from_spec_with(spec)

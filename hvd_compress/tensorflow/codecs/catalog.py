@@ -1,48 +1,39 @@
 """Spec name -> TensorFlow codec class, and building a codec from a spec string with it.
 
-:func:`hvd_compress.tensorflow.from_spec` is :func:`from_spec_with` given :class:`GradiVeQ`. The
-table lives here, in the codec layer, because GradiVeQ builds its ``fallback`` and ``sampler``
-codecs from spec strings too: it calls :func:`from_spec_with` passing itself, so no codec module
-imports ``hvd_compress.tensorflow.spec`` (which imports every codec) and this module imports every
-codec but GradiVeQ.
+:func:`hvd_compress.tensorflow.from_spec` is :func:`from_spec_with`. The table lives here, in the codec
+layer, because GradiVeQ builds its ``fallback`` and ``sampler`` codecs from spec strings too. It is
+not written out: on first use, every module of this package is imported and each ``Codec``
+subclass whose ``name`` is a built-in codec's registered name is the class for that name
+(:mod:`hvd_compress._discover`). A new codec is its own file here, nothing else. The modules are
+imported when a spec is first built, not when this module is imported, so GradiVeQ's module can
+import this one.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Dict
 
+from hvd_compress._discover import codec_classes as _discover
+from hvd_compress._discover import named_codecs
+from hvd_compress.core.registry import BUILTIN_NAMES
 from hvd_compress.spec import build
 from hvd_compress.tensorflow.codecs.base import Codec
-from hvd_compress.tensorflow.codecs.casts import BF16, FP16, NoCompression
-from hvd_compress.tensorflow.codecs.doublesqueeze import DoubleSqueeze
-from hvd_compress.tensorflow.codecs.efsign import EFSign
-from hvd_compress.tensorflow.codecs.onebit import OneBit
-from hvd_compress.tensorflow.codecs.powersgd import PowerSGD
-from hvd_compress.tensorflow.codecs.qsgd import QSGD
 from hvd_compress.tensorflow.codecs.reference import ReferenceCodec
-from hvd_compress.tensorflow.codecs.signsgd import SignSGD
-from hvd_compress.tensorflow.codecs.terngrad import TernGrad
-from hvd_compress.tensorflow.codecs.topk import TopK
 
 
-def codec_classes(gradiveq: type) -> Dict[str, type]:
-    """Every spec name and its class (``gradiveq``: the GradiVeQ class)."""
-    return {
-        "none": NoCompression,
-        "fp16": FP16,
-        "bf16": BF16,
-        "qsgd": QSGD,
-        "terngrad": TernGrad,
-        "onebit": OneBit,
-        "efsign": EFSign,
-        "signsgd": SignSGD,
-        "topk": TopK,
-        "doublesqueeze": DoubleSqueeze,
-        "gradiveq": gradiveq,
-        "powersgd": PowerSGD,
-    }
+@functools.lru_cache(maxsize=None)
+def _named() -> Dict[str, type]:
+    classes = _discover(__package__ or "hvd_compress.tensorflow.codecs", [os.path.dirname(__file__)], Codec)
+    return named_codecs(classes.values(), BUILTIN_NAMES)
 
 
-def from_spec_with(spec: "str | Codec", gradiveq: type) -> Codec:
-    """``hvd_compress.tensorflow.from_spec(spec)`` (see there), with ``gradiveq`` the GradiVeQ class."""
-    return build(spec, codec_classes(gradiveq), Codec, ReferenceCodec)
+def codec_classes() -> Dict[str, type]:
+    """Every spec name this framework builds, and its class."""
+    return dict(_named())
+
+
+def from_spec_with(spec: "str | Codec") -> Codec:
+    """``hvd_compress.tensorflow.from_spec(spec)`` (see there)."""
+    return build(spec, _named(), Codec, ReferenceCodec)

@@ -171,7 +171,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
     @staticmethod
     def build_codec(spec):
         """``hvd_compress.tensorflow.from_spec(spec)``, for the fallback and sampler codecs."""
-        return from_spec_with(spec, GradiVeQ)
+        return from_spec_with(spec)
 
     # ------------------------------------------------------------------ reports
     def compression_report(self) -> Dict[str, Dict[str, Any]]:

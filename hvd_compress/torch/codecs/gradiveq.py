@@ -188,7 +188,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
     @staticmethod
     def build_codec(spec):
         """``hvd_compress.torch.from_spec(spec)``, for the fallback and sampler codecs."""
-        return from_spec_with(spec, GradiVeQ)
+        return from_spec_with(spec)
 
     def compression_report(self) -> Dict[str, Dict[str, Any]]:
         """Per conv tensor with a fitted basis: ``K``, ``d``, ``ratio`` (``K/d``) and ``slices``;
