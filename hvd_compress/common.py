@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, ClassVar, Dict, List, Tuple
+import os
+from typing import Any, Callable, ClassVar, Dict, List, Sequence, Tuple, TypeVar
 
 EXCHANGES = ("auto", "allgather", "reduce_scatter")
 NONFINITE_POLICIES = ("raise", "propagate")
@@ -736,3 +737,45 @@ class PowerSGDFormat(CodecConfig):
     def compression_ratio(self, shape) -> float:
         n, m = self.matrix_shape(shape)
         return 4.0 * n * m / self.payload_nbytes_for(shape)
+
+
+# ---------------------------------------------------------------------- fused buckets
+# The bucket knob of both frontends (hvd_compress.torch.fusion, hvd_compress.tensorflow.reduce).
+DEFAULT_BUCKET_BYTES = 64 << 20
+ENV_BUCKET_BYTES = "HVD_COMPRESS_BUCKET_BYTES"
+_T = TypeVar("_T")
+
+
+def bucket_bytes_from_env(default: int = DEFAULT_BUCKET_BYTES) -> int:
+    """``HVD_COMPRESS_BUCKET_BYTES`` (bytes; ``0`` = unfused) or ``default``; a clear error if
+    malformed."""
+    raw = os.environ.get(ENV_BUCKET_BYTES)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"{ENV_BUCKET_BYTES}={raw!r}: expected an integer number of bytes " "(0 disables fusion)"
+        ) from None
+    if value < 0:
+        raise ValueError(f"{ENV_BUCKET_BYTES}={raw!r} must be >= 0 (0 disables fusion)")
+    return value
+
+
+def cut_buckets(items: Sequence[_T], nbytes: Callable[[_T], int], limit: int) -> List[List[_T]]:
+    """``items`` in order, cut into consecutive buckets of at most ``limit`` bytes (an item larger
+    than that is a bucket of its own): the same cut on every rank for the same items."""
+    buckets: List[List[_T]] = []
+    current: List[_T] = []
+    size = 0
+    for item in items:
+        n = nbytes(item)
+        if current and size + n > limit:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += n
+    if current:
+        buckets.append(current)
+    return buckets

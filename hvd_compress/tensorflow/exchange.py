@@ -23,7 +23,7 @@ Every byte handed to a collective is counted in :data:`hvd_compress.tensorflow.s
 from __future__ import annotations
 
 import zlib
-from typing import Optional
+from typing import Callable, List, Optional, Set
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +51,7 @@ class Exchange:
         self.codec, self.comm, self.stats = codec, comm, stats
         self.label = label or codec.describe()
         self._checked = False
+        self._agreed: Set[str] = set()  # texts every rank agreed on in this world (agree())
 
     # ---------------------------------------------------------------- config agreement
     def ensure_checked(self) -> None:
@@ -59,22 +60,12 @@ class Exchange:
         raises the same clear ``ValueError`` on every rank instead of a hang."""
         if self._checked:
             return
-        with tf.init_scope():
-            mine = np.frombuffer(self.codec.fingerprint().encode(), dtype=np.uint8)
-            lengths = self.comm.allgather(tf.constant([mine.size], tf.int64), "hvdc_config_check_len")
-            gathered = self.comm.allgather(tf.constant(mine, tf.uint8), "hvdc_config_check")
-            lengths, gathered = lengths.numpy().tolist(), gathered.numpy().tobytes()
-        texts, pos = [], 0
-        for n in lengths:
-            texts.append(gathered[pos : pos + n].decode())
-            pos += n
-        if len(set(texts)) > 1:
-            listing = "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts))
-            raise ValueError(
-                "hvd_compress: ranks use different compression settings ("
-                + listing
-                + "). Construct the same codec with the same arguments on every rank."
-            )
+        self.agree(
+            self.codec.fingerprint(),
+            "hvdc_config_check",
+            "ranks use different compression settings",
+            "Construct the same codec with the same arguments on every rank.",
+        )
         self._checked = True
 
     def sub_exchange(self, codec: Codec, label: str) -> "Exchange":
@@ -88,6 +79,7 @@ class Exchange:
     def reset_world(self) -> None:
         """After an elastic reset: the agreement check runs again, among the new world's ranks."""
         self._checked = False
+        self._agreed = set()
 
     def guard_world(self, flat: tf.Tensor) -> tf.Tensor:
         """``flat``, ordered after the backend's world guard where it has one (see
@@ -195,51 +187,221 @@ class Exchange:
         self.stats.add(self.label, n, nbytes, ring_allreduce_bytes(nbytes, self.comm.size))
         return self.codec.from_summable(out)
 
-    def _compressed(self, key, flat, pattern):
-        codec, comm = self.codec, self.comm
-        n, size, rank = int(flat.shape.num_elements()), comm.size, comm.rank
+    def _drawer(self, key: str) -> Callable[[int, int], Optional[tf.Tensor]]:
+        """The stateless-RNG seeds of tensor ``key``'s draws, one per (chunk, phase), from its
+        step counter (counted once per exchange)."""
+        codec = self.codec
+        if not codec.stochastic:
+            return lambda chunk, phase: None
         key_hash = zlib.crc32(key.encode())
-        step = codec.next_step(key) if codec.stochastic else None
+        step = codec.next_step(key)
+        rank = self.comm.rank
 
         def draw(chunk: int, phase: int):
-            if not codec.stochastic:
-                return None
             static = mix(codec.seed, rank, key_hash, chunk, phase)
             return tf.stack([tf.constant(static, tf.int64), step])
 
+        return draw
+
+    def _proposal(self, flat):
+        return tf.reshape(tf.cast(self.codec.local_scale(flat), tf.float32), [1])
+
+    def _count(self, sink: Optional[list], *args, **kwargs) -> None:
+        """``stats.add(*args)`` now, or (``sink``, a fused bucket's member) once the bucket is
+        done, in member order, so the float sums match the per-tensor exchange's exactly."""
+        if sink is None:
+            self.stats.add(self.label, *args, **kwargs)
+        else:
+            sink.append((args, kwargs))
+
+    def _count_scale(self, sink: Optional[list] = None) -> None:
+        self._count(sink, 0, 4, ring_allreduce_bytes(4, self.comm.size), tensors=0)
+
+    def _bounds(self, n: int, pattern: str):
+        if pattern == "allgather":
+            return [(0, n)]
+        return chunk_bounds(n, self.comm.size, self.codec.alignment())
+
+    def _encode(self, key, flat, bounds, draw, scale):
+        payloads = self.codec.worker_encode(flat, key, bounds, draw, scale)
+        self._track_error(flat, payloads, bounds, key)
+        return payloads
+
+    def _finish_allgather(self, rows, n: int, sink: Optional[list] = None) -> tf.Tensor:
+        """Every rank's payload of the whole tensor (``rows``, in rank order) averaged."""
+        nbytes = self.codec.payload_nbytes(n)
+        self._count(sink, n, nbytes, nbytes * (self.comm.size - 1))
+        return self.codec.aggregate(rows, n)
+
+    def _own_chunk(self, key, rows, bounds, draw, scale) -> tf.Tensor:
+        """Reduce-scatter, at the owner: every rank's payload of this rank's chunk averaged and
+        re-encoded (with a server residual under DoubleSqueeze)."""
+        rank = self.comm.rank
+        lo, hi = bounds[rank]
+        mean = self.codec.aggregate(rows, hi - lo)
+        return self.codec.server_encode(mean, key, draw, rank, scale)
+
+    def _finish_reduce_scatter(self, owned, n: int, bounds, splits, sink: Optional[list] = None) -> tf.Tensor:
+        """Reduce-scatter, at the end: every owner's re-encoded chunk (``owned``, in rank order)
+        decoded into the whole averaged tensor."""
+        parts = [self.codec.decode(p, b - a) for p, (a, b) in zip(owned, bounds)]
+        # alltoall: the chunks for the other ranks; ring allgather: the N-1 chunks it does not own
+        sent = 2 * (sum(splits) - splits[self.comm.rank])
+        self._count(sink, n, sum(splits), sent)
+        return tf.concat(parts, 0)
+
+    def _compressed(self, key, flat, pattern):
+        codec, comm = self.codec, self.comm
+        n, size, rank = int(flat.shape.num_elements()), comm.size, comm.rank
+        draw = self._drawer(key)
         scale = None
         if codec.shared_scale:
-            proposal = tf.reshape(tf.cast(codec.local_scale(flat), tf.float32), [1])
-            scale = comm.allreduce(proposal, op_name(key, "scale"), op="max")
-            self.stats.add(self.label, 0, 4, ring_allreduce_bytes(4, size), tensors=0)
-
+            scale = comm.allreduce(self._proposal(flat), op_name(key, "scale"), op="max")
+            self._count_scale()
+        bounds = self._bounds(n, pattern)
+        payloads = self._encode(key, flat, bounds, draw, scale)
         if pattern == "allgather":
-            bounds = [(0, n)]
-            payloads = codec.worker_encode(flat, key, bounds, draw, scale)
-            self._track_error(flat, payloads, bounds, key)
             nbytes = codec.payload_nbytes(n)
             gathered = tf.reshape(comm.allgather(payloads[0], op_name(key, "ag")), [size, nbytes])
-            self.stats.add(self.label, n, nbytes, nbytes * (size - 1))
-            return codec.aggregate([gathered[i] for i in range(size)], n)
-
-        bounds = chunk_bounds(n, size, codec.alignment())
-        payloads = codec.worker_encode(flat, key, bounds, draw, scale)
-        self._track_error(flat, payloads, bounds, key)
+            return self._finish_allgather([gathered[i] for i in range(size)], n)
         splits = [codec.payload_nbytes(b - a) for a, b in bounds]
         received = comm.alltoall(tf.concat(payloads, 0), splits, op_name(key, "a2a"))
-        lo, hi = bounds[rank]
         mine = tf.reshape(received, [size, splits[rank]])
-        mean = codec.aggregate([mine[i] for i in range(size)], hi - lo)
-        reencoded = codec.server_encode(mean, key, draw, rank, scale)
+        reencoded = self._own_chunk(key, [mine[i] for i in range(size)], bounds, draw, scale)
         gathered = comm.allgather(reencoded, op_name(key, "ag"))
-        parts, pos = [], 0
-        for (a, b), nbytes in zip(bounds, splits):
-            parts.append(codec.decode(gathered[pos : pos + nbytes], b - a))
+        owned, pos = [], 0
+        for nbytes in splits:
+            owned.append(gathered[pos : pos + nbytes])
             pos += nbytes
-        # alltoall: the chunks for the other ranks; ring allgather: the N-1 chunks it does not own
-        sent = 2 * (sum(splits) - splits[rank])
-        self.stats.add(self.label, n, sum(splits), sent)
-        return tf.concat(parts, 0)
+        return self._finish_reduce_scatter(owned, n, bounds, splits)
+
+    # ---------------------------------------------------------------- fused buckets
+    def fusable(self, tensor) -> bool:
+        """Whether ``tensor`` may join a fused bucket (:meth:`average_bucket`): compressed by a
+        standard pattern (allgather or reduce-scatter) of this flat exchange. Summable codecs
+        (one allreduce, which Horovod fuses itself), codecs with their own schedule
+        (:meth:`Codec.custom_exchange`) and the hierarchical exchange stay per tensor."""
+        codec = self.codec
+        if getattr(self, "hierarchical", False) or not codec.should_compress(tensor):
+            return False
+        if type(codec).custom_exchange is not Codec.custom_exchange:
+            return False
+        n = int(tensor.shape.num_elements())
+        return n > 0 and codec.pattern(self.comm.size, n) != "allreduce"
+
+    def bucket_layout(self, members) -> str:
+        """The text every rank must agree on for a bucket of ``members`` (key, tensor)."""
+        size = self.comm.size
+        return ";".join(
+            f"{key}:{int(t.shape.num_elements())}:{self.codec.pattern(size, int(t.shape.num_elements()))}"
+            for key, t in members
+        )
+
+    def agree(self, text: str, name: str, what: str, advice: str) -> None:
+        """Every rank's ``text`` gathered once, eagerly (also while a ``tf.function`` is traced);
+        a difference raises the same clear ``ValueError`` on every rank instead of a hang."""
+        if text in self._agreed:
+            return
+        with tf.init_scope():
+            mine = np.frombuffer(text.encode(), dtype=np.uint8)
+            lengths = self.comm.allgather(tf.constant([mine.size], tf.int64), name + "_len")
+            gathered = self.comm.allgather(tf.constant(mine, tf.uint8), name)
+            lengths, gathered = lengths.numpy().tolist(), gathered.numpy().tobytes()
+        texts, pos = [], 0
+        for n in lengths:
+            texts.append(gathered[pos : pos + n].decode())
+            pos += n
+        if len(set(texts)) > 1:
+            listing = "; ".join(f"rank {r}: {t}" for r, t in enumerate(texts))
+            raise ValueError(f"hvd_compress: {what} ({listing}). {advice}")
+        self._agreed.add(text)
+
+    @tf.autograph.experimental.do_not_convert
+    def average_bucket(self, name: str, members) -> List[tf.Tensor]:
+        """The averages of ``members`` (``(key, tensor)`` pairs, every one :meth:`fusable`), each
+        pattern's rounds run once for the whole bucket: one allreduce of the shared scales (codecs
+        with ``shared_scale``), one allgather of the allgather-pattern members' payloads, one
+        alltoall and one allgather for the reduce-scatter members. Payload sizes are static, so
+        every member's bytes are cut back out of the fused collectives: each member decodes exactly
+        the bytes its own exchange would (results, residuals, RNG draws and wire statistics are
+        those of :meth:`average` per tensor). Results come unchecked (see :meth:`check_finite`).
+
+        ``name``: the bucket's collective names, the same on every rank (the caller agrees on
+        the layout first, :meth:`agree`)."""
+        codec, comm = self.codec, self.comm
+        size, rank = comm.size, comm.rank
+        items = []
+        for key, tensor in members:
+            tensor = tf.convert_to_tensor(tensor)
+            n = int(tensor.shape.num_elements())
+            flat = self.guard_world(tf.cast(tf.reshape(tensor, [-1]), tf.float32))
+            pattern = codec.pattern(size, n)
+            items.append(
+                {
+                    "key": key,
+                    "shape": tensor.shape,
+                    "dtype": tensor.dtype,
+                    "n": n,
+                    "flat": flat,
+                    "pattern": pattern,
+                    "draw": self._drawer(key),
+                    "bounds": self._bounds(n, pattern),
+                    "scale": None,
+                    "stats": [],
+                }
+            )
+        if codec.shared_scale:  # max is exact: the fused allreduce gives every member its own max
+            proposals = tf.concat([self._proposal(it["flat"]) for it in items], 0)
+            scales = comm.allreduce(proposals, op_name(name, "scale"), op="max")
+            for i, it in enumerate(items):
+                it["scale"] = scales[i : i + 1]
+                self._count_scale(it["stats"])
+        for it in items:
+            it["payloads"] = self._encode(it["key"], it["flat"], it["bounds"], it["draw"], it["scale"])
+
+        gather = [it for it in items if it["pattern"] == "allgather"]
+        if gather:
+            sizes = [codec.payload_nbytes(it["n"]) for it in gather]
+            total = sum(sizes)
+            send = tf.concat([it["payloads"][0] for it in gather], 0)
+            rows = tf.reshape(comm.allgather(send, op_name(name, "ag")), [size, total])
+            pos = 0
+            for it, nbytes in zip(gather, sizes):
+                it["out"] = self._finish_allgather(
+                    [rows[r, pos : pos + nbytes] for r in range(size)], it["n"], it["stats"]
+                )
+                pos += nbytes
+
+        scatter = [it for it in items if it["pattern"] == "reduce_scatter"]
+        if scatter:
+            for it in scatter:
+                it["splits"] = [codec.payload_nbytes(b - a) for a, b in it["bounds"]]
+            # to destination d: every member's payload of chunk d, in member order
+            send = tf.concat([it["payloads"][d] for d in range(size) for it in scatter], 0)
+            splits = [sum(it["splits"][d] for it in scatter) for d in range(size)]
+            received = comm.alltoall(send, splits, op_name(name, "a2a"))
+            rows = tf.reshape(received, [size, splits[rank]])
+            reencoded, pos = [], 0
+            for it in scatter:
+                nbytes = it["splits"][rank]
+                part = [rows[r, pos : pos + nbytes] for r in range(size)]
+                reencoded.append(self._own_chunk(it["key"], part, it["bounds"], it["draw"], it["scale"]))
+                pos += nbytes
+            gathered = comm.allgather(tf.concat(reencoded, 0), op_name(name, "ag_rs"))
+            owned: List[List[tf.Tensor]] = [[] for _ in scatter]
+            pos = 0
+            for owner in range(size):  # owner's block: its chunk of every member, in member order
+                for j, it in enumerate(scatter):
+                    nbytes = it["splits"][owner]
+                    owned[j].append(gathered[pos : pos + nbytes])
+                    pos += nbytes
+            for it, parts in zip(scatter, owned):
+                it["out"] = self._finish_reduce_scatter(parts, it["n"], it["bounds"], it["splits"], it["stats"])
+
+        for it in items:
+            for args, kwargs in it["stats"]:
+                self.stats.add(self.label, *args, **kwargs)
+        return [tf.cast(tf.reshape(it["out"], it["shape"]), it["dtype"]) for it in items]
 
     def track_summable_error(self, flat, summable):
         """With ``stats.track_error``: the cast error of a summable codec (FP16's rounding)."""

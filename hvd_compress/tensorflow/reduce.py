@@ -14,10 +14,12 @@ Example (a ``GradientTape`` loop, eager or inside ``tf.function``)::
 
 from __future__ import annotations
 
+import zlib
 from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
+from hvd_compress.common import bucket_bytes_from_env, cut_buckets
 from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.collectives import HorovodCollectives
 from hvd_compress.tensorflow.exchange import Exchange
@@ -33,14 +35,28 @@ class GradientReducer:
       Keras 3, ``var.name`` without ``:0`` otherwise), so residuals are named after the variables;
     * tensors the codec leaves uncompressed (small, 1-D) are fused into one fp32/fp64 allreduce
       per dtype;
+    * compressed tensors are fused too: in variable order, cut into buckets of at most
+      ``bucket_bytes`` fp32 bytes (``None``: ``HVD_COMPRESS_BUCKET_BYTES``, default 64 MiB like
+      Horovod's fusion buffer; ``0``: one exchange per tensor), each bucket's payloads go through
+      one collective per round (:meth:`Exchange.average_bucket`), with results bit-identical to
+      the per-tensor exchange. Summable codecs, codecs with their own schedule (PowerSGD,
+      GradiVeQ) and the hierarchical exchange stay per tensor. Every rank must form the same
+      buckets: the layout is agreed once (eagerly) and a difference is a clear ``ValueError``;
     * ``None`` gradients stay ``None`` (every rank has the same graph, so the same ones);
       ``tf.IndexedSlices`` are densified;
     * with ``nonfinite="raise"`` the NaN/Inf check runs after every exchange of the step has
       finished, so all ranks fail together with a message naming the tensor.
     """
 
-    def __init__(self, compression: "Codec | str" = "none", process_set=None, comm=None):
+    def __init__(
+        self, compression: "Codec | str" = "none", process_set=None, comm=None, bucket_bytes: Optional[int] = None
+    ):
         self.codec = from_spec(compression)
+        if bucket_bytes is None:
+            bucket_bytes = bucket_bytes_from_env()
+        if int(bucket_bytes) < 0:
+            raise ValueError(f"bucket_bytes must be >= 0 (0 disables fusion), got {bucket_bytes}")
+        self.bucket_bytes = int(bucket_bytes)
         self._process_set = process_set
         self._comm = comm
         self._exchange: Optional[Exchange] = None
@@ -82,6 +98,7 @@ class GradientReducer:
         keys = self.keys(variables)
         out: List = [None] * len(grads)
         fused: Dict[tf.DType, List[int]] = {}
+        bucketed: List[int] = []
         for i, (key, g) in enumerate(zip(keys, grads)):
             if g is None:
                 continue
@@ -90,9 +107,14 @@ class GradientReducer:
             g = tf.convert_to_tensor(g)
             grads[i] = g
             if self.codec.should_compress(g):
-                out[i] = exchange.average(key, g, check=False)
+                if self.bucket_bytes > 0 and exchange.fusable(g):
+                    bucketed.append(i)
+                else:
+                    out[i] = exchange.average(key, g, check=False)
             else:
                 fused.setdefault(g.dtype, []).append(i)
+        if bucketed:
+            self._average_buckets(exchange, keys, grads, bucketed, out)
         for dtype, members in fused.items():
             flat = tf.concat([tf.reshape(grads[i], [-1]) for i in members], 0)
             avg = exchange.average(f"fused.{dtype.name}", flat, compress=False, check=False)
@@ -104,6 +126,23 @@ class GradientReducer:
         done = [t for t in out if t is not None]
         with tf.control_dependencies(done):  # every exchange finished before any check can fail
             return [None if t is None else exchange.check_finite(k, t) for k, t in zip(keys, out)]
+
+    def _average_buckets(self, exchange: Exchange, keys, grads, members: List[int], out: List) -> None:
+        """``members`` (indices, in variable order) cut into buckets and averaged bucket by bucket."""
+        buckets = cut_buckets(members, lambda i: 4 * int(grads[i].shape.num_elements()), self.bucket_bytes)
+        layouts = [exchange.bucket_layout([(keys[i], grads[i]) for i in b]) for b in buckets]
+        exchange.agree(
+            f"bucket_bytes={self.bucket_bytes}\n" + "\n".join(layouts),
+            "hvdc_bucket_check",
+            "ranks form different fused buckets of compressed gradients",
+            "Use the same model, codec and bucket_bytes (HVD_COMPRESS_BUCKET_BYTES) on every rank; "
+            "bucket_bytes=0 exchanges tensor by tensor.",
+        )
+        for idx, (bucket, layout) in enumerate(zip(buckets, layouts)):
+            name = f"bucket{idx}_{len(bucket)}_{zlib.crc32(layout.encode()):08x}"
+            results = exchange.average_bucket(name, [(keys[i], grads[i]) for i in bucket])
+            for i, avg in zip(bucket, results):
+                out[i] = avg
 
 
 def allreduce_gradients(grads: Sequence, variables: Sequence, compression: "Codec | str" = "none"):

@@ -40,54 +40,22 @@ where a fused round would wait for ``synchronize()`` (docs/fusion.md has the mea
 
 from __future__ import annotations
 
-import os
 import threading
 import zlib
-from typing import Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
+# The knob and the bucket cut are shared with the TensorFlow frontend (hvd_compress.common).
+from hvd_compress.common import (  # noqa: F401 (re-exported)
+    DEFAULT_BUCKET_BYTES,
+    ENV_BUCKET_BYTES,
+    bucket_bytes_from_env,
+    cut_buckets,
+)
 from hvd_compress.torch.collectives import Pending
 
-DEFAULT_BUCKET_BYTES = 64 << 20
-ENV_BUCKET_BYTES = "HVD_COMPRESS_BUCKET_BYTES"
 HEADER_BYTES = 4
-T = TypeVar("T")
-
-
-def bucket_bytes_from_env(default: int = DEFAULT_BUCKET_BYTES) -> int:
-    """``HVD_COMPRESS_BUCKET_BYTES`` (bytes; ``0`` = unfused) or ``default``; a clear error if
-    malformed."""
-    raw = os.environ.get(ENV_BUCKET_BYTES)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"{ENV_BUCKET_BYTES}={raw!r}: expected an integer number of bytes " "(0 disables fusion)"
-        ) from None
-    if value < 0:
-        raise ValueError(f"{ENV_BUCKET_BYTES}={raw!r} must be >= 0 (0 disables fusion)")
-    return value
-
-
-def cut_buckets(items: Sequence[T], nbytes: Callable[[T], int], limit: int) -> List[List[T]]:
-    """``items`` in order, cut into consecutive buckets of at most ``limit`` bytes (an item larger
-    than that is a bucket of its own): the same cut on every rank for the same items."""
-    buckets: List[List[T]] = []
-    current: List[T] = []
-    size = 0
-    for item in items:
-        n = nbytes(item)
-        if current and size + n > limit:
-            buckets.append(current)
-            current, size = [], 0
-        current.append(item)
-        size += n
-    if current:
-        buckets.append(current)
-    return buckets
 
 
 class CollectiveStats:

@@ -89,7 +89,13 @@ class _TFKeras(_Common):
         return super().apply_gradients(list(zip(grads, [v for _, v in pairs])), *args, **kwargs)
 
 
-def DistributedOptimizer(optimizer, compression: "Codec | str" = "none", process_set=None, name: Optional[str] = None):
+def DistributedOptimizer(
+    optimizer,
+    compression: "Codec | str" = "none",
+    process_set=None,
+    name: Optional[str] = None,
+    bucket_bytes: Optional[int] = None,
+):
     """Wrap a Keras optimizer (Keras 3 or tf-keras) so it averages gradients over Horovod ranks
     with ``compression`` (a codec or spec string: ``"qsgd:bits=4"``, ``"onebit"``,
     ``"doublesqueeze:codec=onebit"``, ...) before applying them.
@@ -101,10 +107,14 @@ def DistributedOptimizer(optimizer, compression: "Codec | str" = "none", process
     dependency of the optimizer: ``tf.train.Checkpoint(model=model, optimizer=opt)`` saves and
     restores it (``model.save(...keras)`` does not; it keeps only Keras' own variables).
 
+    ``bucket_bytes``: compressed gradients are exchanged in fused buckets of at most this many
+    fp32 bytes, one collective per bucket and round (``None``: ``HVD_COMPRESS_BUCKET_BYTES`` or
+    64 MiB; ``0``: one exchange per tensor); see :class:`GradientReducer` and ``docs/fusion.md``.
+
     Gradient accumulation (Keras 3 ``gradient_accumulation_steps``) is not supported: every
     ``apply`` communicates.
     """
-    reducer = GradientReducer(compression, process_set=process_set)
+    reducer = GradientReducer(compression, process_set=process_set, bucket_bytes=bucket_bytes)
     base = type(optimizer)
     mixin = _Keras3 if _is_keras3_optimizer(optimizer) else _TFKeras
     if getattr(optimizer, "gradient_accumulation_steps", None):
