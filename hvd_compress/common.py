@@ -15,8 +15,11 @@ byte in ``tests/test_tf_torch_wire.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import math
+import typing
 from typing import Any, ClassVar, Dict, List, Tuple
 
 EXCHANGES = ("auto", "allgather", "reduce_scatter")
@@ -248,36 +251,129 @@ class CodecConfig:
         return 8.0 * self.payload_nbytes(numel) / numel
 
 
+# ---------------------------------------------------------------------- formats from the specs
+def _plain(value):
+    """A numpy scalar as the Python scalar it holds; anything else as is."""
+    item = getattr(value, "item", None)
+    if callable(item) and type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return item()
+    return value
+
+
+def _coerce(hint, value):
+    """A knob value as the spec's field type where that loses nothing: numpy scalars as Python
+    ones, ``4.0`` as ``4`` for an ``int`` knob, ``0``/``1`` as ``False``/``True`` for a ``bool``
+    one (``"signsgd:scaled=0"``). Anything else is left for the spec's validation to judge."""
+    value = _plain(value)
+    if isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if hint is bool and isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    return value
+
+
+class SpecFormat(CodecConfig):
+    """A framework codec's configuration derived from its registered numpy spec (issue #19: one
+    definition per codec). A subclass sets ``spec`` to the :class:`hvd_compress.CodecSpec` class::
+
+        class QSGD(NativeDecoding, SpecFormat, Codec):   # hvd_compress/torch/codecs/qsgd.py
+            spec = hvd_compress.codecs.QSGD
+
+    and gets from it:
+
+    * the constructor: the spec's knobs, positional in field order or by keyword, then the common
+      options (``QSGD(4, 512, "max", min_numel=0)``); its signature names them, so spec strings
+      and ``inspect.signature`` see the knobs. The knobs are validated by building the spec
+      (its ``__post_init__``'s ``ValueError``), after the common options; a knob value is first
+      made the field's type where that loses nothing (see :func:`_coerce`);
+    * the knobs as attributes (``codec.bits``), :meth:`params` (the knobs in field order),
+      :meth:`alignment` and :meth:`payload_nbytes`, and the spec's other public methods and
+      properties (``codec.levels``, ``codec.k(numel)``) where the class has no attribute of that name;
+    * ``name`` (the spec's registered name), ``stochastic`` and ``sparse`` (the spec's pattern is
+      ``"allgather"``), unless the class sets them. ``summable`` and ``shared_scale`` go with the
+      framework's methods (``to_summable``, ``local_scale``) and are set by the class.
+    """
+
+    spec: ClassVar[Any] = None  # the registered CodecSpec class
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is None:
+            return
+        for attr, value in (
+            ("name", spec.name),
+            ("stochastic", spec.stochastic),
+            ("sparse", spec.pattern == "allgather"),
+        ):
+            if attr not in cls.__dict__:
+                setattr(cls, attr, value)
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = _spec_init(cls, spec)  # type: ignore[method-assign]
+
+    def __init__(self, *args, **options):
+        spec = type(self).spec
+        if spec is None:
+            raise TypeError(f"{type(self).__name__} derives from SpecFormat without setting spec")
+        fields = [f for f in dataclasses.fields(spec) if f.init]
+        names = [f.name for f in fields]
+        if len(args) > len(names):
+            raise TypeError(
+                f"{type(self).__name__}() takes at most {len(names)} positional knobs {names}, got {len(args)}"
+            )
+        knobs = dict(zip(names, args))
+        for name in names[len(args) :]:
+            if name in options:
+                knobs[name] = options.pop(name)
+        twice = sorted(set(names[: len(args)]) & set(options))
+        if twice:
+            raise TypeError(f"{type(self).__name__}() got multiple values for {twice}")
+        super().__init__(**options)
+        hints = typing.get_type_hints(spec)
+        self._spec = spec(**{k: _coerce(hints.get(k), v) for k, v in knobs.items()})
+        for name in names:
+            setattr(self, name, getattr(self._spec, name))
+
+    def __getattr__(self, attr):
+        # only reached for attributes the codec lacks: the spec's public methods and properties
+        spec = self.__dict__.get("_spec")
+        if attr.startswith("_") or spec is None or not hasattr(type(spec), attr):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+        return getattr(spec, attr)
+
+    def params(self):
+        return self._spec.knobs()
+
+    def alignment(self):
+        return self._spec.alignment()
+
+    def payload_nbytes(self, numel):
+        return self._spec.payload_nbytes(numel)
+
+
+def _spec_init(cls, spec):
+    """``cls.__init__`` with the spec's knobs in its signature."""
+
+    def __init__(self, *args, **options):
+        SpecFormat.__init__(self, *args, **options)
+
+    P = inspect.Parameter
+    params = [P("self", P.POSITIONAL_OR_KEYWORD)]
+    for f in dataclasses.fields(spec):
+        if f.init:
+            default = f.default if f.default is not dataclasses.MISSING else P.empty
+            params.append(P(f.name, P.POSITIONAL_OR_KEYWORD, default=default))
+    params.append(P("options", P.VAR_KEYWORD))
+    __init__.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__module__ = cls.__module__
+    __init__.__doc__ = f"The knobs of :class:`{spec.__module__}.{spec.__qualname__}`, then the common options."
+    return __init__
+
+
 # ---------------------------------------------------------------------- per-algorithm formats
-class NoCompressionFormat(CodecConfig):
-    """fp32 as is (4 bytes per value, little-endian)."""
-
-    name = "none"
-    summable = True
-
-    def payload_nbytes(self, numel):
-        return 4 * numel
-
-
-class FP16Format(CodecConfig):
-    """IEEE half precision (2 bytes per value); summable by the allreduce itself."""
-
-    name = "fp16"
-    summable = True
-
-    def payload_nbytes(self, numel):
-        return 2 * numel
-
-
-class BF16Format(CodecConfig):
-    """bfloat16, round to nearest even (2 bytes per value); summed in fp32 after decoding."""
-
-    name = "bf16"
-
-    def payload_nbytes(self, numel):
-        return 2 * numel
-
-
 class QSGDFormat(CodecConfig):
     """QSGD: ``ceil(n * bits / 8)`` bytes of codes (level + s, low bits first), then one fp32
     scale per bucket of ``bucket_size`` values."""
