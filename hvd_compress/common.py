@@ -374,64 +374,6 @@ def _spec_init(cls, spec):
 
 
 # ---------------------------------------------------------------------- per-algorithm formats
-class QSGDFormat(CodecConfig):
-    """QSGD: ``ceil(n * bits / 8)`` bytes of codes (level + s, low bits first), then one fp32
-    scale per bucket of ``bucket_size`` values."""
-
-    name = "qsgd"
-    stochastic = True
-
-    def __init__(self, bits: int = 4, bucket_size: int = 512, norm: str = "max", **options):
-        super().__init__(**options)
-        if bits not in (2, 4, 8):
-            raise ValueError(f"QSGD bits must be 2, 4 or 8 (fixed-width packing), got {bits}")
-        if bucket_size < 1:
-            raise ValueError(f"bucket_size must be positive, got {bucket_size}")
-        if norm not in ("max", "l2"):
-            raise ValueError(f"norm must be 'max' or 'l2', got {norm!r}")
-        self.bits, self.bucket_size, self.norm = int(bits), int(bucket_size), norm
-        self.levels = 2 ** (self.bits - 1) - 1
-
-    def params(self):
-        return {"bits": self.bits, "bucket_size": self.bucket_size, "norm": self.norm}
-
-    def alignment(self):
-        return self.bucket_size
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, self.bits) + 4 * (-(-numel // self.bucket_size))
-
-
-class TernGradFormat(CodecConfig):
-    """TernGrad: ternary codes (0: -s, 1: 0, 2: +s) packed five per byte (``base3``) or four per
-    byte (``2bit``), then the fp32 scale ``s`` shared by every worker."""
-
-    name = "terngrad"
-    stochastic = True
-    shared_scale = True
-
-    def __init__(self, clip: "float | None" = 2.5, packing: str = "base3", **options):
-        super().__init__(**options)
-        if clip is not None and not clip > 0:
-            raise ValueError(f"clip must be positive or None, got {clip}")
-        if packing not in ("base3", "2bit"):
-            raise ValueError(f"packing must be 'base3' or '2bit', got {packing!r}")
-        self.clip = None if clip is None else float(clip)
-        self.packing = packing
-
-    def params(self):
-        return {"clip": self.clip, "packing": self.packing}
-
-    def alignment(self):
-        return 40  # whole bytes for both packings, so chunk payloads never share a byte
-
-    def _code_nbytes(self, numel):
-        return base3_nbytes(numel) if self.packing == "base3" else packed_nbytes(numel, 2)
-
-    def payload_nbytes(self, numel):
-        return self._code_nbytes(numel) + 4
-
-
 class OneBitQuantizerFormat(CodecConfig):
     """1-bit: ``ceil(n / 8)`` bytes of bits (1: non-negative), then per bucket the fp32 pair
     (mean of non-negatives, mean of negatives)."""
