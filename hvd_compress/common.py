@@ -1,16 +1,21 @@
 """Framework-neutral pieces shared by the torch and TensorFlow codecs.
 
-Everything here is plain Python: no torch, no TensorFlow. A codec's *configuration* (its knobs,
-their validation, its canonical description and fingerprint, its wire-format sizes and which
-exchange pattern carries it) is defined once here; ``hvd_compress.torch`` and
-``hvd_compress.tensorflow`` add the tensor math on top::
+Everything here is plain Python: no torch, no TensorFlow. The options every codec takes, its
+canonical description and fingerprint and which exchange pattern carries it are
+:class:`CodecConfig`. A payload codec's knobs, their validation and its wire-format sizes are its
+registered numpy spec's (``hvd_compress/codecs/``), which :class:`SpecFormat` turns into the
+framework classes' configuration; ``hvd_compress.torch`` and ``hvd_compress.tensorflow`` add the
+tensor math on top::
 
-    class QSGD(QSGDFormat, Codec): ...          # hvd_compress/torch/codecs/qsgd.py
-    class QSGD(QSGDFormat, Codec): ...          # hvd_compress/tensorflow/codecs/qsgd.py
+    class QSGD(NativeDecoding, SpecFormat, Codec):   # hvd_compress/torch/codecs/qsgd.py
+        spec = hvd_compress.codecs.QSGD
+    class QSGD(SpecFormat, Codec):                   # hvd_compress/tensorflow/codecs/qsgd.py
+        spec = hvd_compress.codecs.QSGD
 
 so the same spec string builds codecs with the same settings, the same fingerprint and the same
 payload sizes in both frameworks, and one frontend decodes the other's payloads (tested byte for
-byte in ``tests/test_tf_torch_wire.py``).
+byte in ``tests/test_tf_torch_wire.py``). The wrappers (error feedback, DoubleSqueeze) and the
+multi-round codecs (GradiVeQ, PowerSGD) keep their configuration here.
 """
 
 from __future__ import annotations
@@ -371,81 +376,6 @@ def _spec_init(cls, spec):
     __init__.__module__ = cls.__module__
     __init__.__doc__ = f"The knobs of :class:`{spec.__module__}.{spec.__qualname__}`, then the common options."
     return __init__
-
-
-# ---------------------------------------------------------------------- per-algorithm formats
-class OneBitQuantizerFormat(CodecConfig):
-    """1-bit: ``ceil(n / 8)`` bytes of bits (1: non-negative), then per bucket the fp32 pair
-    (mean of non-negatives, mean of negatives)."""
-
-    name = "onebit_quantizer"
-
-    def __init__(self, bucket_size: int = 1024, **options):
-        super().__init__(**options)
-        if bucket_size < 8 or bucket_size % 8:
-            raise ValueError(f"bucket_size must be a positive multiple of 8, got {bucket_size}")
-        self.bucket_size = int(bucket_size)
-
-    def params(self):
-        return {"bucket_size": self.bucket_size}
-
-    def alignment(self):
-        return self.bucket_size
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, 1) + 8 * (-(-numel // self.bucket_size))
-
-
-class ScaledSignFormat(CodecConfig):
-    """Scaled sign: ``ceil(n / 8)`` bytes of sign bits (1: non-negative), then the fp32 mean |x|."""
-
-    name = "scaled_sign"
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, 1) + 4
-
-
-class SignSGDFormat(CodecConfig):
-    """signSGD: ``ceil(n / 8)`` bytes of sign bits (1: non-negative), then one fp32 scale."""
-
-    name = "signsgd"
-
-    def __init__(self, scaled: bool = True, **options):
-        super().__init__(**options)
-        self.scaled = bool(scaled)
-
-    def params(self):
-        return {"scaled": self.scaled}
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, 1) + 4
-
-
-class TopKFormat(CodecConfig):
-    """Top-k: ``k`` int32 indices in ascending order, then their ``k`` fp32 values.
-
-    Which ``k``: the ``k = ceil(ratio * n)`` largest magnitudes (NaN counts as larger than
-    anything, +-Inf as the largest finite value); ties at the k-th magnitude go to the lower
-    indices. This canonical choice makes the payload identical in every framework.
-    """
-
-    name = "topk_sparsifier"
-    sparse = True
-
-    def __init__(self, ratio: float = 0.01, **options):
-        super().__init__(**options)
-        if not 0 < ratio <= 1:
-            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-        self.ratio = float(ratio)
-
-    def params(self):
-        return {"ratio": self.ratio}
-
-    def k(self, numel):
-        return min(numel, max(1, math.ceil(self.ratio * numel))) if numel else 0
-
-    def payload_nbytes(self, numel):
-        return 8 * self.k(numel)
 
 
 # ---------------------------------------------------------------------- wrappers
