@@ -294,7 +294,7 @@ class SpecFormat(CodecConfig):
       (its ``__post_init__``'s ``ValueError``), after the common options; a knob value is first
       made the field's type where that loses nothing (see :func:`_coerce`);
     * the knobs as attributes (``codec.bits``), :meth:`params` (the knobs in field order),
-      :meth:`alignment` and :meth:`payload_nbytes`, and the spec's other public methods and
+      :meth:`alignment` and :meth:`payload_nbytes`, and the spec's other methods and
       properties (``codec.levels``, ``codec.k(numel)``) where the class has no attribute of that name;
     * ``name`` (the spec's registered name), ``stochastic`` and ``sparse`` (the spec's pattern is
       ``"allgather"``), unless the class sets them. ``summable`` and ``shared_scale`` go with the
@@ -342,9 +342,10 @@ class SpecFormat(CodecConfig):
             setattr(self, name, getattr(self._spec, name))
 
     def __getattr__(self, attr):
-        # only reached for attributes the codec lacks: the spec's public methods and properties
+        # only reached for attributes the codec lacks: the spec's methods and properties
+        # (``levels``, ``k``, TernGrad's ``_code_nbytes``); never dunders (pickling probes them)
         spec = self.__dict__.get("_spec")
-        if attr.startswith("_") or spec is None or not hasattr(type(spec), attr):
+        if attr.startswith("__") or spec is None or not hasattr(type(spec), attr):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
         return getattr(spec, attr)
 
