@@ -1,23 +1,31 @@
 """Framework-neutral pieces shared by the torch and TensorFlow codecs.
 
-Everything here is plain Python: no torch, no TensorFlow. A codec's *configuration* (its knobs,
-their validation, its canonical description and fingerprint, its wire-format sizes and which
-exchange pattern carries it) is defined once here; ``hvd_compress.torch`` and
-``hvd_compress.tensorflow`` add the tensor math on top::
+Everything here is plain Python: no torch, no TensorFlow. The options every codec takes, its
+canonical description and fingerprint and which exchange pattern carries it are
+:class:`CodecConfig`. A payload codec's knobs, their validation and its wire-format sizes are its
+registered numpy spec's (``hvd_compress/codecs/``), which :class:`SpecFormat` turns into the
+framework classes' configuration; ``hvd_compress.torch`` and ``hvd_compress.tensorflow`` add the
+tensor math on top::
 
-    class QSGD(QSGDFormat, Codec): ...          # hvd_compress/torch/codecs/qsgd.py
-    class QSGD(QSGDFormat, Codec): ...          # hvd_compress/tensorflow/codecs/qsgd.py
+    class QSGD(NativeDecoding, SpecFormat, Codec):   # hvd_compress/torch/codecs/qsgd.py
+        spec = hvd_compress.codecs.QSGD
+    class QSGD(SpecFormat, Codec):                   # hvd_compress/tensorflow/codecs/qsgd.py
+        spec = hvd_compress.codecs.QSGD
 
 so the same spec string builds codecs with the same settings, the same fingerprint and the same
 payload sizes in both frameworks, and one frontend decodes the other's payloads (tested byte for
-byte in ``tests/test_tf_torch_wire.py``).
+byte in ``tests/test_tf_torch_wire.py``). The wrappers (error feedback, DoubleSqueeze) and the
+multi-round codecs (GradiVeQ, PowerSGD) keep their configuration here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import math
 import os
+import typing
 from typing import Any, Callable, ClassVar, Dict, List, Sequence, Tuple, TypeVar
 
 EXCHANGES = ("auto", "allgather", "reduce_scatter")
@@ -249,166 +257,127 @@ class CodecConfig:
         return 8.0 * self.payload_nbytes(numel) / numel
 
 
-# ---------------------------------------------------------------------- per-algorithm formats
-class NoCompressionFormat(CodecConfig):
-    """fp32 as is (4 bytes per value, little-endian)."""
-
-    name = "none"
-    summable = True
-
-    def payload_nbytes(self, numel):
-        return 4 * numel
+# ---------------------------------------------------------------------- formats from the specs
+def _plain(value):
+    """A numpy scalar as the Python scalar it holds; anything else as is."""
+    item = getattr(value, "item", None)
+    if callable(item) and type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return item()
+    return value
 
 
-class FP16Format(CodecConfig):
-    """IEEE half precision (2 bytes per value); summable by the allreduce itself."""
-
-    name = "fp16"
-    summable = True
-
-    def payload_nbytes(self, numel):
-        return 2 * numel
-
-
-class BF16Format(CodecConfig):
-    """bfloat16, round to nearest even (2 bytes per value); summed in fp32 after decoding."""
-
-    name = "bf16"
-
-    def payload_nbytes(self, numel):
-        return 2 * numel
+def _coerce(hint, value):
+    """A knob value as the spec's field type where that loses nothing: numpy scalars as Python
+    ones, ``4.0`` as ``4`` for an ``int`` knob, ``0``/``1`` as ``False``/``True`` for a ``bool``
+    one (``"signsgd:scaled=0"``). Anything else is left for the spec's validation to judge."""
+    value = _plain(value)
+    if isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if hint is bool and isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    return value
 
 
-class QSGDFormat(CodecConfig):
-    """QSGD: ``ceil(n * bits / 8)`` bytes of codes (level + s, low bits first), then one fp32
-    scale per bucket of ``bucket_size`` values."""
+class SpecFormat(CodecConfig):
+    """A framework codec's configuration derived from its registered numpy spec (issue #19: one
+    definition per codec). A subclass sets ``spec`` to the :class:`hvd_compress.CodecSpec` class::
 
-    name = "qsgd"
-    stochastic = True
+        class QSGD(NativeDecoding, SpecFormat, Codec):   # hvd_compress/torch/codecs/qsgd.py
+            spec = hvd_compress.codecs.QSGD
 
-    def __init__(self, bits: int = 4, bucket_size: int = 512, norm: str = "max", **options):
-        super().__init__(**options)
-        if bits not in (2, 4, 8):
-            raise ValueError(f"QSGD bits must be 2, 4 or 8 (fixed-width packing), got {bits}")
-        if bucket_size < 1:
-            raise ValueError(f"bucket_size must be positive, got {bucket_size}")
-        if norm not in ("max", "l2"):
-            raise ValueError(f"norm must be 'max' or 'l2', got {norm!r}")
-        self.bits, self.bucket_size, self.norm = int(bits), int(bucket_size), norm
-        self.levels = 2 ** (self.bits - 1) - 1
+    and gets from it:
 
-    def params(self):
-        return {"bits": self.bits, "bucket_size": self.bucket_size, "norm": self.norm}
-
-    def alignment(self):
-        return self.bucket_size
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, self.bits) + 4 * (-(-numel // self.bucket_size))
-
-
-class TernGradFormat(CodecConfig):
-    """TernGrad: ternary codes (0: -s, 1: 0, 2: +s) packed five per byte (``base3``) or four per
-    byte (``2bit``), then the fp32 scale ``s`` shared by every worker."""
-
-    name = "terngrad"
-    stochastic = True
-    shared_scale = True
-
-    def __init__(self, clip: "float | None" = 2.5, packing: str = "base3", **options):
-        super().__init__(**options)
-        if clip is not None and not clip > 0:
-            raise ValueError(f"clip must be positive or None, got {clip}")
-        if packing not in ("base3", "2bit"):
-            raise ValueError(f"packing must be 'base3' or '2bit', got {packing!r}")
-        self.clip = None if clip is None else float(clip)
-        self.packing = packing
-
-    def params(self):
-        return {"clip": self.clip, "packing": self.packing}
-
-    def alignment(self):
-        return 40  # whole bytes for both packings, so chunk payloads never share a byte
-
-    def _code_nbytes(self, numel):
-        return base3_nbytes(numel) if self.packing == "base3" else packed_nbytes(numel, 2)
-
-    def payload_nbytes(self, numel):
-        return self._code_nbytes(numel) + 4
-
-
-class OneBitQuantizerFormat(CodecConfig):
-    """1-bit: ``ceil(n / 8)`` bytes of bits (1: non-negative), then per bucket the fp32 pair
-    (mean of non-negatives, mean of negatives)."""
-
-    name = "onebit_quantizer"
-
-    def __init__(self, bucket_size: int = 1024, **options):
-        super().__init__(**options)
-        if bucket_size < 8 or bucket_size % 8:
-            raise ValueError(f"bucket_size must be a positive multiple of 8, got {bucket_size}")
-        self.bucket_size = int(bucket_size)
-
-    def params(self):
-        return {"bucket_size": self.bucket_size}
-
-    def alignment(self):
-        return self.bucket_size
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, 1) + 8 * (-(-numel // self.bucket_size))
-
-
-class ScaledSignFormat(CodecConfig):
-    """Scaled sign: ``ceil(n / 8)`` bytes of sign bits (1: non-negative), then the fp32 mean |x|."""
-
-    name = "scaled_sign"
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, 1) + 4
-
-
-class SignSGDFormat(CodecConfig):
-    """signSGD: ``ceil(n / 8)`` bytes of sign bits (1: non-negative), then one fp32 scale."""
-
-    name = "signsgd"
-
-    def __init__(self, scaled: bool = True, **options):
-        super().__init__(**options)
-        self.scaled = bool(scaled)
-
-    def params(self):
-        return {"scaled": self.scaled}
-
-    def payload_nbytes(self, numel):
-        return packed_nbytes(numel, 1) + 4
-
-
-class TopKFormat(CodecConfig):
-    """Top-k: ``k`` int32 indices in ascending order, then their ``k`` fp32 values.
-
-    Which ``k``: the ``k = ceil(ratio * n)`` largest magnitudes (NaN counts as larger than
-    anything, +-Inf as the largest finite value); ties at the k-th magnitude go to the lower
-    indices. This canonical choice makes the payload identical in every framework.
+    * the constructor: the spec's knobs, positional in field order or by keyword, then the common
+      options (``QSGD(4, 512, "max", min_numel=0)``); its signature names them, so spec strings
+      and ``inspect.signature`` see the knobs. The knobs are validated by building the spec
+      (its ``__post_init__``'s ``ValueError``), after the common options; a knob value is first
+      made the field's type where that loses nothing (see :func:`_coerce`);
+    * the knobs as attributes (``codec.bits``), :meth:`params` (the knobs in field order),
+      :meth:`alignment` and :meth:`payload_nbytes`, and the spec's other methods and
+      properties (``codec.levels``, ``codec.k(numel)``) where the class has no attribute of that name;
+    * ``name`` (the spec's registered name), ``stochastic`` and ``sparse`` (the spec's pattern is
+      ``"allgather"``), unless the class sets them. ``summable`` and ``shared_scale`` go with the
+      framework's methods (``to_summable``, ``local_scale``) and are set by the class.
     """
 
-    name = "topk_sparsifier"
-    sparse = True
+    spec: ClassVar[Any] = None  # the registered CodecSpec class
 
-    def __init__(self, ratio: float = 0.01, **options):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is None:
+            return
+        for attr, value in (
+            ("name", spec.name),
+            ("stochastic", spec.stochastic),
+            ("sparse", spec.pattern == "allgather"),
+        ):
+            if attr not in cls.__dict__:
+                setattr(cls, attr, value)
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = _spec_init(cls, spec)  # type: ignore[method-assign]
+
+    def __init__(self, *args, **options):
+        spec = type(self).spec
+        if spec is None:
+            raise TypeError(f"{type(self).__name__} derives from SpecFormat without setting spec")
+        fields = [f for f in dataclasses.fields(spec) if f.init]
+        names = [f.name for f in fields]
+        if len(args) > len(names):
+            raise TypeError(
+                f"{type(self).__name__}() takes at most {len(names)} positional knobs {names}, got {len(args)}"
+            )
+        knobs = dict(zip(names, args))
+        for name in names[len(args) :]:
+            if name in options:
+                knobs[name] = options.pop(name)
+        twice = sorted(set(names[: len(args)]) & set(options))
+        if twice:
+            raise TypeError(f"{type(self).__name__}() got multiple values for {twice}")
         super().__init__(**options)
-        if not 0 < ratio <= 1:
-            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-        self.ratio = float(ratio)
+        hints = typing.get_type_hints(spec)
+        self._spec = spec(**{k: _coerce(hints.get(k), v) for k, v in knobs.items()})
+        for name in names:
+            setattr(self, name, getattr(self._spec, name))
+
+    def __getattr__(self, attr):
+        # only reached for attributes the codec lacks: the spec's methods and properties
+        # (``levels``, ``k``, TernGrad's ``_code_nbytes``); never dunders (pickling probes them)
+        spec = self.__dict__.get("_spec")
+        if attr.startswith("__") or spec is None or not hasattr(type(spec), attr):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+        return getattr(spec, attr)
 
     def params(self):
-        return {"ratio": self.ratio}
+        return self._spec.knobs()
 
-    def k(self, numel):
-        return min(numel, max(1, math.ceil(self.ratio * numel))) if numel else 0
+    def alignment(self):
+        return self._spec.alignment()
 
     def payload_nbytes(self, numel):
-        return 8 * self.k(numel)
+        return self._spec.payload_nbytes(numel)
+
+
+def _spec_init(cls, spec):
+    """``cls.__init__`` with the spec's knobs in its signature."""
+
+    def __init__(self, *args, **options):
+        SpecFormat.__init__(self, *args, **options)
+
+    P = inspect.Parameter
+    params = [P("self", P.POSITIONAL_OR_KEYWORD)]
+    for f in dataclasses.fields(spec):
+        if f.init:
+            default = f.default if f.default is not dataclasses.MISSING else P.empty
+            params.append(P(f.name, P.POSITIONAL_OR_KEYWORD, default=default))
+    params.append(P("options", P.VAR_KEYWORD))
+    __init__.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__module__ = cls.__module__
+    __init__.__doc__ = f"The knobs of :class:`{spec.__module__}.{spec.__qualname__}`, then the common options."
+    return __init__
 
 
 # ---------------------------------------------------------------------- wrappers

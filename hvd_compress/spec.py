@@ -10,10 +10,8 @@ import inspect
 from typing import Dict
 
 from hvd_compress.common import COMMON_OPTIONS
-from hvd_compress.core.registry import BUILTIN_NAMES, instantiate, knob_names, lookup, registry, split_options
+from hvd_compress.core.registry import builtin_names, instantiate, knob_names, lookup, registry, split_options
 from hvd_compress.core.specstring import parse
-
-CODEC_NAMES = tuple(sorted(BUILTIN_NAMES))
 
 
 def accepted(cls) -> set:
@@ -80,7 +78,7 @@ def _user_spec(name: str, known: Dict[str, type], reference_cls):
     """The registered spec class for a user's codec name the framework does not build itself, else
     None. A built-in name is never run through the reference backend: a framework that lacks one
     (TensorFlow has no ``lattice``) does not have it."""
-    if name in known or name in BUILTIN_NAMES or reference_cls is None:
+    if name in known or name in builtin_names() or reference_cls is None:
         return None
     return lookup(name)
 
@@ -89,7 +87,7 @@ def _user_names(known: Dict[str, type], reference_cls) -> set:
     """The names a framework builds: its own classes and the registered user codecs."""
     if reference_cls is None:
         return set(known)
-    return set(known) | (set(registry()) - set(BUILTIN_NAMES))
+    return set(known) | (set(registry()) - builtin_names())
 
 
 def _build(cls, kwargs, spec):

@@ -2,7 +2,10 @@
 checked by hvd_compress.testing, and runs in torch and TF through the reference backend; a broken
 codec fails on the first call with a ValueError naming it and the expected size."""
 
+import os
+import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,8 @@ import custom_codec
 from local_comm import run_workers, run_workers_tf
 
 from hvd_compress.torch.exchange import Exchange, WireStats, drive
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -81,18 +86,45 @@ def test_duplicate_and_builtin_names_are_refused(throwaway):
 
 
 def test_builtin_names_are_exactly_the_specs_of_hvd_compress_codecs():
-    """``BUILTIN_NAMES`` (the names a user may not register) is kept by hand in
-    ``hvd_compress/core/registry.py``; it must be exactly the names registered by the modules of
-    ``hvd_compress/codecs/``, and the torch codecs found by discovery must claim exactly these
-    (``hvd_compress.torch.codecs.catalog``; TensorFlow: tests/test_codecs.py with ``NOT_IN``)."""
-    from hvd_compress.core.registry import BUILTIN_NAMES
+    """``BUILTIN_NAMES`` (the names a user may not register) is derived: the names registered with
+    ``builtin=True``, by the modules of ``hvd_compress/codecs/``; the torch codecs found by
+    discovery must claim exactly these (``hvd_compress.torch.codecs.catalog``; TensorFlow:
+    tests/test_codecs.py with ``NOT_IN``)."""
+    from hvd_compress.core.registry import BUILTIN_NAMES, builtin_names
     from hvd_compress.torch.spec import registry as torch_registry
 
     by_reference = {
         n for n, cls in hvd_compress.registry().items() if cls.__module__.startswith("hvd_compress.codecs.")
     }
-    assert by_reference == BUILTIN_NAMES
+    assert by_reference == BUILTIN_NAMES == builtin_names() == hvd_compress.core.BUILTIN_NAMES
+    assert {"qsgd", "none", "lattice", "doublesqueeze"} <= BUILTIN_NAMES
     assert set(torch_registry()) == BUILTIN_NAMES
+
+
+def test_builtin_names_are_refused_before_the_builtin_specs_are_imported():
+    """A fresh interpreter: importing the registry imports no spec; registering a built-in name
+    imports them and refuses it; a free name registers."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import hvd_compress.core.registry
+        registry = sys.modules["hvd_compress.core.registry"]  # hvd_compress.core.registry: the function
+        assert "hvd_compress.codecs" not in sys.modules
+        try:
+            registry.register_codec("terngrad")
+        except ValueError as exc:
+            assert "built-in" in str(exc), exc
+        else:
+            raise AssertionError("a built-in name was registered")
+        assert "hvd_compress.codecs" in sys.modules
+        registry.register_codec("my_own")
+        print(sorted(registry.BUILTIN_NAMES))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "'qsgd'" in done.stdout and "'my_own'" not in done.stdout
 
 
 def test_unknown_knobs_and_names_list_what_exists():

@@ -51,8 +51,10 @@ class QSGD(CodecSpec):
     def __post_init__(self):
         if self.bits not in (2, 4, 8):
             raise ValueError(f"QSGD bits must be 2, 4 or 8 (fixed-width packing), got {self.bits}")
-        if isinstance(self.bucket_size, bool) or not isinstance(self.bucket_size, int) or self.bucket_size < 1:
+        if isinstance(self.bucket_size, bool) or not isinstance(self.bucket_size, int):
             raise ValueError(f"bucket_size must be a positive integer, got {self.bucket_size!r}")
+        if self.bucket_size < 1:
+            raise ValueError(f"bucket_size must be positive, got {self.bucket_size}")
         if self.norm not in ("max", "l2"):
             raise ValueError(f"norm must be 'max' or 'l2', got {self.norm!r}")
 

@@ -11,34 +11,19 @@ import dataclasses
 import importlib
 import importlib.util
 import re
-from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, FrozenSet, Optional, Set, Tuple, Type, TypeVar, Union
 
 from hvd_compress.common import COMMON_OPTIONS
 from hvd_compress.core.spec import PATTERNS, CodecSpec
 from hvd_compress.core.specstring import parse
 
-# Names the frameworks build from their own classes (hvd_compress/torch/spec.py and
-# hvd_compress/tensorflow/spec.py). A user codec may not take one; their specs register with
-# ``builtin=True``.
-BUILTIN_NAMES = frozenset(
-    {
-        "none",
-        "fp16",
-        "bf16",
-        "qsgd",
-        "terngrad",
-        "onebit",
-        "efsign",
-        "signsgd",
-        "topk",
-        "doublesqueeze",
-        "gradiveq",
-        "powersgd",
-        "lattice",
-    }
-)
+# The built-in codecs' names are those their specs register with ``builtin=True`` (the modules of
+# ``hvd_compress/codecs/``, imported on first need): the frameworks build them from their own
+# classes (``hvd_compress/torch/codecs/``, ``hvd_compress/tensorflow/codecs/``), and a user codec
+# may not take one. ``BUILTIN_NAMES`` (a module attribute, computed on access) is that set.
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SPECS: Dict[str, Type[CodecSpec]] = {}
+_BUILTIN: Set[str] = set()
 _BUILTINS_LOADED = False
 
 S = TypeVar("S", bound=Type[CodecSpec])
@@ -55,7 +40,7 @@ def register_codec(name: str, *, builtin: bool = False) -> Callable[[S], S]:
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"codec name must match {_NAME.pattern} (spec strings are lower-cased), got {name!r}")
-    if name in BUILTIN_NAMES and not builtin:
+    if not builtin and name in builtin_names():
         raise ValueError(f"codec name {name!r} is a built-in codec; pick another name")
 
     def register(cls: S) -> S:
@@ -73,6 +58,8 @@ def register_codec(name: str, *, builtin: bool = False) -> Callable[[S], S]:
             raise ValueError(f"codec name {name!r} is already registered by {old.__module__}.{old.__qualname__}")
         cls.name = name
         _SPECS[name] = cls
+        if builtin:
+            _BUILTIN.add(name)
         return cls
 
     return register
@@ -90,6 +77,19 @@ def _load_builtins() -> None:
         _BUILTINS_LOADED = True
         if importlib.util.find_spec("hvd_compress.codecs") is not None:
             importlib.import_module("hvd_compress.codecs")
+
+
+def builtin_names() -> FrozenSet[str]:
+    """The built-in codecs' names: those registered with ``builtin=True`` by ``hvd_compress.codecs``
+    (imported here if it was not yet)."""
+    _load_builtins()
+    return frozenset(_BUILTIN)
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "BUILTIN_NAMES":  # computed: importing this module does not import the built-in specs
+        return builtin_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def registry() -> Dict[str, Type[CodecSpec]]:

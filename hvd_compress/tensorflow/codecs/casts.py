@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from hvd_compress.common import BF16Format, FP16Format, NoCompressionFormat
+from hvd_compress.codecs import casts as _specs
+from hvd_compress.common import SpecFormat
 from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.packing import bytes_f32, bytes_half, f32_bytes, half_bytes
 
 
-class NoCompression(NoCompressionFormat, Codec):
+class NoCompression(SpecFormat, Codec):
     """fp32 as is, through a plain allreduce; the baseline every codec is compared against."""
+
+    spec = _specs.NoCompression
+    summable = True
 
     def to_summable(self, x):
         return x
@@ -25,9 +29,12 @@ class NoCompression(NoCompressionFormat, Codec):
         return tf.reshape(bytes_f32(payload), [numel])
 
 
-class FP16(FP16Format, Codec):
+class FP16(SpecFormat, Codec):
     """fp16 cast, summed by the allreduce itself (Horovod's ``Compression.fp16`` with our stats and
     non-finite policy). Values above 65504 overflow to inf, as with Horovod's."""
+
+    spec = _specs.FP16
+    summable = True
 
     def to_summable(self, x):
         return tf.cast(x, tf.float16)
@@ -42,9 +49,11 @@ class FP16(FP16Format, Codec):
         return tf.reshape(tf.cast(bytes_half(payload, tf.float16), tf.float32), [numel])
 
 
-class BF16(BF16Format, Codec):
+class BF16(SpecFormat, Codec):
     """bfloat16 cast (round to nearest even): fp32's range, 8 bits of mantissa. Payloads travel as
     bytes through allgather or reduce-scatter and are summed in fp32, as in torch."""
+
+    spec = _specs.BF16
 
     def encode(self, x, seed=None, scale=None, noise=None):
         return half_bytes(x, tf.bfloat16)

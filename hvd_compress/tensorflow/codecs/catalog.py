@@ -17,7 +17,7 @@ from typing import Dict
 
 from hvd_compress._discover import codec_classes as _discover
 from hvd_compress._discover import named_codecs
-from hvd_compress.core.registry import BUILTIN_NAMES
+from hvd_compress.core.registry import builtin_names
 from hvd_compress.spec import build
 from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.codecs.reference import ReferenceCodec
@@ -26,7 +26,7 @@ from hvd_compress.tensorflow.codecs.reference import ReferenceCodec
 @functools.lru_cache(maxsize=None)
 def _named() -> Dict[str, type]:
     classes = _discover(__package__ or "hvd_compress.tensorflow.codecs", [os.path.dirname(__file__)], Codec)
-    return named_codecs(classes.values(), BUILTIN_NAMES)
+    return named_codecs(classes.values(), builtin_names())
 
 
 def codec_classes() -> Dict[str, type]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from hvd_compress.common import ScaledSignFormat, packed_nbytes
+from hvd_compress.codecs import sign as _specs
+from hvd_compress.common import SpecFormat, packed_nbytes
 from hvd_compress.tensorflow.codecs.base import Codec, nan_where_nonfinite, numel_of
 from hvd_compress.tensorflow.codecs.error_feedback import ErrorFeedback
 from hvd_compress.tensorflow import native
@@ -27,8 +28,11 @@ def unpack_signs(payload: tf.Tensor, numel: int) -> tf.Tensor:
     return tf.cast(unpack_bits(payload[:nb], 1, numel), tf.float32) * 2.0 - 1.0
 
 
-class ScaledSign(ScaledSignFormat, Codec):
+class ScaledSign(SpecFormat, Codec):
     """``(||v||_1 / d) * sign(v)`` per chunk: 1 bit per value plus one fp32 scale (as in torch)."""
+
+    spec = _specs.ScaledSign
+    name = "scaled_sign"  # the spec's "efsign" is EFSign, with error feedback
 
     def encode(self, x, seed=None, scale=None, noise=None):
         n = numel_of(x)

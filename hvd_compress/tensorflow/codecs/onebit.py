@@ -5,17 +5,21 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from hvd_compress.common import OneBitQuantizerFormat, packed_nbytes
+from hvd_compress.codecs import onebit as _specs
+from hvd_compress.common import SpecFormat, packed_nbytes
 from hvd_compress.tensorflow.codecs.base import Codec, bucket_view, nan_where_nonfinite, numel_of
 from hvd_compress.tensorflow.codecs.error_feedback import ErrorFeedback
 from hvd_compress.tensorflow import native
 from hvd_compress.tensorflow.packing import bytes_f32, f32_bytes, pack_bits, unpack_bits
 
 
-class OneBitQuantizer(OneBitQuantizerFormat, Codec):
+class OneBitQuantizer(SpecFormat, Codec):
     """The 1-bit quantizer alone (no error feedback): per bucket, the sign at threshold 0 and the
     means of the bucket's non-negative and of its negative entries. Wire format as in torch:
     ``ceil(n / 8)`` bytes of bits (1: non-negative), then per bucket the fp32 pair."""
+
+    spec = _specs.OneBit
+    name = "onebit_quantizer"  # the spec's "onebit" is OneBit, with error feedback
 
     def encode(self, x, seed=None, scale=None, noise=None):
         n = numel_of(x)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from hvd_compress.common import QSGDFormat, packed_nbytes
+from hvd_compress.codecs import qsgd as _specs
+from hvd_compress.common import SpecFormat, packed_nbytes
 from hvd_compress.tensorflow.codecs.base import Codec, bucket_view, nan_where_nonfinite, numel_of, reduce_max_nan
 from hvd_compress.tensorflow import native
 from hvd_compress.tensorflow.packing import bytes_f32, f32_bytes, pack_bits, unpack_bits
 
 
-class QSGD(QSGDFormat, Codec):
+class QSGD(SpecFormat, Codec):
     """QSGD with ``bits`` bits per value (sign included: ``s = 2**(bits-1) - 1`` levels a side) and
     one fp32 scale per bucket (max-abs, or the L2 norm with ``norm="l2"``), stochastic rounding.
 
@@ -24,6 +25,8 @@ class QSGD(QSGDFormat, Codec):
         import horovod.tensorflow as hvd, hvd_compress.tensorflow as hct
         tape = hvd.DistributedGradientTape(tape, compression=hct.QSGD(bits=4, bucket_size=512))
     """
+
+    spec = _specs.QSGD
 
     def encode(self, x, seed=None, scale=None, noise=None):
         n = numel_of(x)

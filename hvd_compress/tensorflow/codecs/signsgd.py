@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from hvd_compress.common import SignSGDFormat, packed_nbytes
+from hvd_compress.codecs import sign as _specs
+from hvd_compress.common import SpecFormat, packed_nbytes
 from hvd_compress.tensorflow.codecs.base import Codec, nan_where_nonfinite, numel_of
 from hvd_compress.tensorflow.codecs.efsign import mean_abs, sign_bits, unpack_signs
 from hvd_compress.tensorflow.packing import bytes_f32, f32_bytes
 
 
-class SignSGD(SignSGDFormat, Codec):
+class SignSGD(SpecFormat, Codec):
     """signSGD with majority vote: each worker sends ``sign(g)``; the result is the sign of the sum
     of the workers' signs, times the workers' mean ``|g|`` when ``scaled=True`` (the default; one
     fp32 per chunk on the wire), else the bare ``+-1`` vote. Ties go to the sign of the
     scale-weighted sum, then to +1. Same wire format and spec string as the torch codec."""
+
+    spec = _specs.SignSGD
 
     def encode(self, x, seed=None, scale=None, noise=None):
         n = numel_of(x)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from hvd_compress.common import TernGradFormat
+from hvd_compress.codecs import terngrad as _specs
+from hvd_compress.common import SpecFormat
 from hvd_compress.tensorflow.codecs.base import Codec, nan_where_nonfinite, numel_of, reduce_max_nan
 from hvd_compress.tensorflow import native
 from hvd_compress.tensorflow.packing import bytes_f32, f32_bytes, pack_base3, pack_bits, unpack_base3, unpack_bits
 
 
-class TernGrad(TernGradFormat, Codec):
+class TernGrad(SpecFormat, Codec):
     """TernGrad: each value becomes ``s * sign(g) * Bernoulli(|g| / s)``, unbiased for ``|g| <= s``.
 
     Each worker proposes ``s = min(max|g|, clip * std(g))``; the exchange takes the max over
@@ -22,6 +23,9 @@ class TernGrad(TernGradFormat, Codec):
     The proposal uses the sample standard deviation (Bessel-corrected, like ``torch.std``); its last
     bits may differ from torch's, which only matters before the max-allreduce agrees on one ``s``.
     """
+
+    spec = _specs.TernGrad
+    shared_scale = True  # local_scale() proposes, the exchange agrees on the max
 
     def local_scale(self, x):
         n = numel_of(x)

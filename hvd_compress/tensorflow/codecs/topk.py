@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from hvd_compress.common import TopKFormat
+from hvd_compress.codecs import topk as _specs
+from hvd_compress.common import SpecFormat
 from hvd_compress.tensorflow.codecs.base import Codec, numel_of
 from hvd_compress.tensorflow.codecs.error_feedback import ErrorFeedback
 from hvd_compress.tensorflow.packing import bytes_f32, bytes_i32, f32_bytes, i32_bytes
@@ -12,13 +13,16 @@ from hvd_compress.tensorflow.packing import bytes_f32, bytes_i32, f32_bytes, i32
 _FLT_MAX = 3.4028234663852886e38
 
 
-class TopKSparsifier(TopKFormat, Codec):
+class TopKSparsifier(SpecFormat, Codec):
     """Keep the ``k = ceil(ratio * n)`` largest-magnitude values of each chunk: ``k`` int32 indices
     (ascending; ties at the k-th magnitude to the lower indices), then their ``k`` fp32 values,
     as in torch. Sparse: the ``auto`` exchange is allgather + local sum."""
 
+    spec = _specs.TopK
+    name = "topk_sparsifier"  # the spec's "topk" is TopK, with error feedback
+
     def select(self, x: tf.Tensor, n: int, k: int) -> tf.Tensor:
-        """The canonical index set (int32, ascending) of :class:`hvd_compress.common.TopKFormat`."""
+        """The canonical index set (int32, ascending) of :class:`hvd_compress.codecs.TopK`."""
         mag = tf.abs(x)
         mag = tf.where(tf.math.is_inf(mag), _FLT_MAX, mag)  # torch.nan_to_num: +inf -> max
         mag = tf.where(tf.math.is_nan(mag), float("inf"), mag)  # NaN counts as the largest

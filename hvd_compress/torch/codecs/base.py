@@ -66,8 +66,10 @@ class Codec(_HorovodCompressor, CodecConfig):
 
     The configuration (common options ``min_numel``, ``compress_1d``, ``exchange``, ``nonfinite``,
     ``seed``; ``describe``/``fingerprint``; ``pattern``; payload sizes) is framework-neutral and
-    lives in :class:`hvd_compress.common.CodecConfig` and the per-algorithm ``*Format`` classes
-    there, shared with ``hvd_compress.tensorflow``. In torch:
+    lives in :class:`hvd_compress.common.CodecConfig`, shared with ``hvd_compress.tensorflow``; a
+    payload codec's knobs, validation and sizes come from its numpy spec through
+    :class:`hvd_compress.common.SpecFormat` (the wrappers and the multi-round codecs keep their
+    ``*Format`` classes there). In torch:
 
     * ``nonfinite="raise"`` (default) raises ``FloatingPointError`` naming the tensor on every
       rank when any rank's gradient holds NaN/Inf; ``"propagate"`` passes the non-finite values

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from hvd_compress.common import BF16Format, FP16Format, NoCompressionFormat
+from hvd_compress.codecs import casts as _specs
+from hvd_compress.common import SpecFormat
 from hvd_compress.torch.codecs.base import Codec
 
 
-class NoCompression(NoCompressionFormat, Codec):
+class NoCompression(SpecFormat, Codec):
     """fp32 as is, through a plain allreduce; the baseline every codec is compared against."""
+
+    spec = _specs.NoCompression
+    summable = True
 
     def to_summable(self, x):
         return x
@@ -24,9 +28,12 @@ class NoCompression(NoCompressionFormat, Codec):
         return payload.clone().view(torch.float32)
 
 
-class FP16(FP16Format, Codec):
+class FP16(SpecFormat, Codec):
     """fp16 cast, summed by the allreduce itself (Horovod's ``Compression.fp16``, with our stats
     and non-finite policy). Values above 65504 overflow to inf, as with Horovod's."""
+
+    spec = _specs.FP16
+    summable = True
 
     def to_summable(self, x):
         return x.to(torch.float16)
@@ -41,9 +48,11 @@ class FP16(FP16Format, Codec):
         return payload.clone().view(torch.float16).to(torch.float32)
 
 
-class BF16(BF16Format, Codec):
+class BF16(SpecFormat, Codec):
     """bfloat16 cast: fp32's range, 8 bits of mantissa. Horovod's torch allreduce has no bf16, so
     payloads travel as bytes through allgather or reduce-scatter and are summed in fp32."""
+
+    spec = _specs.BF16
 
     def encode(self, x, generator=None, scale=None):
         return x.to(torch.bfloat16).contiguous().view(torch.uint8)

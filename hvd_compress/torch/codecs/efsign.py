@@ -5,19 +5,23 @@ from __future__ import annotations
 import torch
 
 from hvd_compress._native import ops as native
-from hvd_compress.common import ScaledSignFormat
+from hvd_compress.codecs import sign as _specs
+from hvd_compress.common import SpecFormat
 from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, NativeDecoding, nan_where_nonfinite
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class ScaledSign(NativeDecoding, ScaledSignFormat, Codec):
+class ScaledSign(NativeDecoding, SpecFormat, Codec):
     """``(||v||_1 / d) * sign(v)`` per chunk: 1 bit per value plus one fp32 scale.
 
     Wire format per chunk of ``n`` values: ``ceil(n / 8)`` bytes of sign bits (1: non-negative),
     then the fp32 scale (mean absolute value of the chunk).
     """
+
+    spec = _specs.ScaledSign
+    name = "scaled_sign"  # the spec's "efsign" is EFSign, with error feedback
 
     # Speed: on CPU the native kernels (hvd_compress._native) run encode, decode, aggregate and the
     # fused error-feedback step (encode_with_residual); the torch code after each ``native`` call

@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 
 from hvd_compress._native import ops as native
-from hvd_compress.common import OneBitQuantizerFormat
+from hvd_compress.codecs import onebit as _specs
+from hvd_compress.common import SpecFormat
 from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, NativeDecoding, bucket_view, nan_where_nonfinite
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class OneBitQuantizer(NativeDecoding, OneBitQuantizerFormat, Codec):
+class OneBitQuantizer(NativeDecoding, SpecFormat, Codec):
     """The 1-bit quantizer alone (no error feedback): per bucket, the sign at threshold 0 and two
     reconstruction values, the means of the bucket's non-negative and of its negative entries.
 
@@ -21,7 +22,10 @@ class OneBitQuantizer(NativeDecoding, OneBitQuantizerFormat, Codec):
     value (1.0625 at the default 1024).
     """
 
-    # knobs, validation and sizes: hvd_compress.common.OneBitQuantizerFormat (shared with TensorFlow)
+    spec = _specs.OneBit
+    name = "onebit_quantizer"  # the spec's "onebit" is OneBit, with error feedback
+
+    # knobs, validation and sizes: ``spec`` (hvd_compress/codecs), through SpecFormat
     #
     # Speed: on CPU the native kernels (hvd_compress._native) run encode, decode, aggregate and the
     # fused error-feedback step (encode_with_residual); the torch code after each ``native`` call

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from hvd_compress._native import ops as native
-from hvd_compress.common import QSGDFormat
+from hvd_compress.codecs import qsgd as _specs
+from hvd_compress.common import SpecFormat
 from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, NativeDecoding, bucket_view, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class QSGD(NativeDecoding, QSGDFormat, Codec):
+class QSGD(NativeDecoding, SpecFormat, Codec):
     """QSGD stochastic quantization with ``bits`` bits per value and one fp32 scale per bucket.
 
     Bits-to-levels map: ``bits`` counts the sign. Each value lands on the grid
@@ -37,7 +38,9 @@ class QSGD(NativeDecoding, QSGDFormat, Codec):
                                        compression=hc.QSGD(bits=4, bucket_size=512))
     """
 
-    # knobs, validation and sizes: hvd_compress.common.QSGDFormat (shared with TensorFlow)
+    spec = _specs.QSGD
+
+    # knobs, validation and sizes: ``spec`` (hvd_compress/codecs), through SpecFormat
     #
     # Speed: on CPU, encode/decode/aggregate run the fused native kernels (hvd_compress._native:
     # same bytes given the same uniforms; the uniforms come from a counter-based stream seeded by

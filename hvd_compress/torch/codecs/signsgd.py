@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from hvd_compress._native import ops as native
-from hvd_compress.common import SignSGDFormat
+from hvd_compress.codecs import sign as _specs
+from hvd_compress.common import SpecFormat
 from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, NativeDecoding, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
 
 
-class SignSGD(NativeDecoding, SignSGDFormat, Codec):
+class SignSGD(NativeDecoding, SpecFormat, Codec):
     """signSGD with majority vote: each worker sends ``sign(g)``; the result is the sign of the sum
     of the workers' signs. Biased, no memory.
 
@@ -23,6 +24,8 @@ class SignSGD(NativeDecoding, SignSGDFormat, Codec):
     Wire format per chunk: ``ceil(n / 8)`` bytes of sign bits (1: non-negative), then the fp32
     scale. The vote is exactly representable, so the reduce-scatter re-encode loses nothing.
     """
+
+    spec = _specs.SignSGD
 
     # Speed: on CPU the native kernels (hvd_compress._native) encode (ScaledSign's kernel: the
     # same bits and mean |x|), decode and count the vote in one pass over the workers' sign bits;

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from hvd_compress._native import ops as native
-from hvd_compress.common import TernGradFormat
+from hvd_compress.codecs import terngrad as _specs
+from hvd_compress.common import SpecFormat
 from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, NativeDecoding, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_base3, pack_bits, unpack_base3, unpack_bits
 
 
-class TernGrad(NativeDecoding, TernGradFormat, Codec):
+class TernGrad(NativeDecoding, SpecFormat, Codec):
     """TernGrad: each value becomes ``s * sign(g) * Bernoulli(|g| / s)``, unbiased for ``|g| <= s``.
 
     Scaler sharing: each worker proposes ``s = min(max|g|, clip * std(g))`` (the reference code's
@@ -27,7 +28,10 @@ class TernGrad(NativeDecoding, TernGradFormat, Codec):
     paper; raise ``clip`` if your gradients are heavy-tailed and accuracy suffers.
     """
 
-    # knobs, validation and sizes: hvd_compress.common.TernGradFormat (shared with TensorFlow)
+    spec = _specs.TernGrad
+    shared_scale = True  # local_scale() proposes, the exchange agrees on the max
+
+    # knobs, validation and sizes: ``spec`` (hvd_compress/codecs), through SpecFormat
     #
     # Speed: on CPU the native kernels (hvd_compress._native) run local_scale, encode, decode and
     # aggregate; the torch code after each ``native`` call is the plain path (see QSGD).

@@ -5,24 +5,28 @@ from __future__ import annotations
 import torch
 
 from hvd_compress._native import ops as native
-from hvd_compress.common import TopKFormat
+from hvd_compress.codecs import topk as _specs
+from hvd_compress.common import SpecFormat
 from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 
 
-class TopKSparsifier(TopKFormat, Codec):
+class TopKSparsifier(SpecFormat, Codec):
     """Keep the ``k = ceil(ratio * n)`` largest-magnitude values of each chunk.
 
     Wire format per chunk: ``k`` int32 indices (within the chunk, ascending), then ``k`` fp32
     values: 64 bits per kept value, ``64 * ratio`` bits per value overall (0.64 at ratio 0.01).
     Ties at the k-th magnitude go to the lower indices, so the payload is canonical (identical in
-    torch and TensorFlow, see :class:`hvd_compress.common.TopKFormat`).
+    torch and TensorFlow, see :class:`hvd_compress.codecs.TopK`).
 
     Sparse payloads do not shrink under summation (N workers' top-k sets overlap little), so the
     ``auto`` exchange is allgather + local sum; wrap in :class:`DoubleSqueeze` for a compressed
     reduce-scatter with server-side error feedback.
     """
+
+    spec = _specs.TopK
+    name = "topk_sparsifier"  # the spec's "topk" is TopK, with error feedback
 
     def encode(self, x, generator=None, scale=None):
         k = self.k(x.numel())
