@@ -4,6 +4,7 @@ Subcommands::
 
     hvd-compress doctor                        # what is installed, and how to fix what is missing
     hvd-compress build-horovod [--gpu] [--wheel-dir DIR] [--jobs N] [--rebuild] [--dry-run]
+    hvd-compress codecs [--update-readme]       # the built-in codecs' table, from the registry
 
 ``build-horovod`` builds Horovod 0.28.1 with the fixes today's torch / TF need into the current
 environment (see :mod:`hvd_compress.horovod_build`). ``doctor`` checks, section by section, torch,
@@ -282,9 +283,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub.add_parser("doctor", help="report what is installed and how to fix what is missing")
     build = sub.add_parser("build-horovod", help="build and install Horovod 0.28.1 with today's fixes")
     horovod_build.add_arguments(build)
+    table = sub.add_parser("codecs", help="print the built-in codecs' table (Markdown), from the registry")
+    table.add_argument("--update-readme", action="store_true", help="rewrite README.md's codec table with it")
     args = ap.parse_args(argv)
     if args.command == "doctor":
         doctor()
+        return 0
+    if args.command == "codecs":
+        from hvd_compress import codec_table
+
+        if args.update_readme:
+            changed = codec_table.update_readme()
+            print(f"{codec_table.README}: {'updated' if changed else 'already up to date'}")
+        else:
+            print(codec_table.markdown())
         return 0
     return horovod_build.run_from_args(args)
 

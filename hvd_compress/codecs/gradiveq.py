@@ -27,7 +27,7 @@ Tensors below 3-D go to ``fallback`` (``"none"``: the fp32 mean; other codecs: p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -84,7 +84,8 @@ def fit_basis(
 @register_codec("gradiveq", builtin=True)
 @dataclass(frozen=True)
 class GradiVeQ(CodecSpec):
-    """GradiVeQ's exchange (see the module docstring), per tensor.
+    """GradiVeQ: conv-kernel slices projected on a PCA basis fitted from sampled gradients, the
+    ``d`` coefficients per slice summed by one allreduce (the whole schedule: module docstring).
 
     State (a dict, one tensor's): ``step``, ``phase``, ``basis`` (``K x d`` fp32), ``mean``
     (``K``), ``d``, ``K``, ``slices``, ``samples`` (``count``, ``sum``, ``outer``: float64),
@@ -92,6 +93,8 @@ class GradiVeQ(CodecSpec):
 
     Args: as the torch codec's; ``fallback`` and ``sampler`` are spec strings.
     """
+
+    bits_note: ClassVar[str] = "4.06 (QSGD-4) in warm-up and sampling, then 32 d / `slice_size` (d fitted to `energy`)"
 
     energy: float = 0.99
     warmup_steps: int = 2500

@@ -69,6 +69,9 @@ class CodecSpec:
     * ``stochastic`` (default True): whether encode uses ``rng``/``noise``. False skips making a
       generator per chunk.
     * ``name``: set by :func:`hvd_compress.register_codec`.
+    * ``bits_note`` (default None): for the README's codec table, the bits per value in words when
+      they depend on more than the tensor's length (GradiVeQ's phases); None shows
+      :meth:`nominal_bits`.
 
     How to tune: the knobs are the dataclass fields, set from spec strings
     (``"mycodec:bucket_size=128"``) or keywords (``MyCodec(bucket_size=128)``).
@@ -77,6 +80,7 @@ class CodecSpec:
     name: ClassVar[str] = ""
     pattern: ClassVar[str] = "allgather"
     stochastic: ClassVar[bool] = True
+    bits_note: ClassVar[Optional[str]] = None
 
     # ------------------------------------------------------------------ the codec (override)
     def payload_nbytes(self, numel: int) -> int:
