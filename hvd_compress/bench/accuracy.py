@@ -36,23 +36,13 @@ from typing import List, Optional
 
 from hvd_compress.bench.common import write_json
 from hvd_compress.bench.step import horovodrun_path
+from hvd_compress.core.registry import every_builtin_codec
+from hvd_compress.demo import PREFERRED, SKIPPED
 
 REPO = Path(__file__).resolve().parents[2]
 
-DEFAULT_CODECS = [
-    "fp32",
-    "hvd-fp16",
-    "fp16",
-    "bf16",
-    "qsgd:bits=8",
-    "qsgd:bits=4",
-    "terngrad",
-    "onebit",
-    "efsign",
-    "signsgd",
-    "topk:ratio=0.01",
-    "doublesqueeze:codec=onebit",
-]
+# fp32 and Horovod's fp16, then every built-in codec (hvd_compress.demo's settings and reasons)
+DEFAULT_CODECS = ["fp32", "hvd-fp16"] + every_builtin_codec(PREFERRED, SKIPPED)
 
 # What /work/shared/ALGORITHMS.md reports for each algorithm (other tasks; for orientation).
 PUBLISHED = {

@@ -69,16 +69,17 @@ SHORT_SCHEDULE = {
 }
 
 
-def default_codecs() -> List[str]:
-    """``none``, ``hvd-fp16``, then every registered codec (our ``none`` is Horovod's fp32 path)."""
-    from hvd_compress.torch.spec import registry
+SKIPPED = {
+    "none": "the fp32 baseline row",
+    "lattice": "SwarmSGD's gossip codec: it decodes against the receiver's model, no allreduce step",
+}
 
-    names = list(DEFAULT_CODECS)
-    for name, cls in registry().items():
-        # gossip-only codecs (Lattice) decode against the receiver's model: no allreduce step
-        if name != "none" and name not in names and not getattr(cls, "needs_reference", False):
-            names.append(SHORT_SCHEDULE.get(name, name))
-    return BASELINES + names
+
+def default_codecs() -> List[str]:
+    """``none``, ``hvd-fp16``, then every built-in codec (our ``none`` is Horovod's fp32 path)."""
+    from hvd_compress.core.registry import every_builtin_codec
+
+    return BASELINES + every_builtin_codec(DEFAULT_CODECS + list(SHORT_SCHEDULE.values()), SKIPPED)
 
 
 def format_table(result: dict) -> str:

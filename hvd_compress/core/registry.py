@@ -86,6 +86,18 @@ def builtin_names() -> FrozenSet[str]:
     return frozenset(_BUILTIN)
 
 
+def every_builtin_codec(preferred: "list[str]", skip: Dict[str, str]) -> "list[str]":
+    """The spec strings a demo or benchmark runs: ``preferred`` (chosen settings, in order), then
+    the bare name of every other built-in codec, except those in ``skip`` (name -> why not). So a
+    new built-in codec joins every such list without an edit, and leaving one out is written down.
+    """
+    unknown = sorted(({s.split(":")[0] for s in preferred} | set(skip)) - builtin_names())
+    if unknown:
+        raise ValueError(f"not built-in codecs: {unknown}")
+    covered = {s.split(":")[0] for s in preferred} | set(skip)
+    return list(preferred) + [name for name in sorted(builtin_names()) if name not in covered]
+
+
 def __getattr__(attr: str) -> Any:
     if attr == "BUILTIN_NAMES":  # computed: importing this module does not import the built-in specs
         return builtin_names()
