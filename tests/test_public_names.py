@@ -62,11 +62,13 @@ ALL = {
         "Wrapper",
         "broadcast_parameters",
         "collective_stats",
+        "compression_error",
         "ddp_comm_hook",
         "from_spec",
         "random_matching",
         "reset_collective_stats",
         "reset_wire_stats",
+        "track_compression_error",
         "wire_stats",
     ],
     "hvd_compress.torch.codecs": [

@@ -24,7 +24,7 @@ The same codecs serve torch.distributed's ``DistributedDataParallel`` (and Ray T
 from hvd_compress._lazy import lazy_attributes as _lazy_attributes
 from hvd_compress.torch import codecs as _codecs
 from hvd_compress.torch.codecs.base import install_stock_engine as _install_stock_engine
-from hvd_compress.torch.exchange import reset_wire_stats, wire_stats
+from hvd_compress.torch.stats import compression_error, reset_wire_stats, track_compression_error, wire_stats
 from hvd_compress.torch.spec import from_spec
 
 
@@ -64,6 +64,8 @@ __all__ = [
     "from_spec",
     "wire_stats",
     "reset_wire_stats",
+    "compression_error",
+    "track_compression_error",
     *_LAZY,
 ]
 

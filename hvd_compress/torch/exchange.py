@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import zlib
 from typing import Dict, Generator, List, Optional, Tuple
 
@@ -31,58 +30,7 @@ import torch
 from hvd_compress.common import UNCOMPRESSED, chunk_bounds, mix, ring_allreduce_bytes  # re-exported
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.fusion import FusedCollectives
-
-
-class WireStats:
-    """Bytes handed to collectives, per codec label, since start (or the last reset).
-
-    ``payload_bytes``: bytes this worker's encoder produced (what one copy of its message costs).
-    ``sent_bytes``: bytes this worker transmits to other ranks under the collective's standard
-    algorithm (ring allreduce ``2(N-1)/N n``; alltoall: the splits for other ranks; ring allgather
-    ``(N-1)/N`` of the gathered buffer). ``values``: tensor values exchanged.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self):
-        with self._lock:
-            self._rows: Dict[str, Dict[str, float]] = {}
-
-    def add(self, label: str, values: int, payload_bytes: int, sent_bytes: float, tensors: int = 1):
-        with self._lock:
-            row = self._rows.setdefault(label, {"values": 0, "payload_bytes": 0, "sent_bytes": 0.0, "tensors": 0})
-            row["values"] += int(values)
-            row["payload_bytes"] += int(payload_bytes)
-            row["sent_bytes"] += float(sent_bytes)
-            row["tensors"] += tensors
-
-    def snapshot(self) -> Dict[str, Dict[str, float]]:
-        with self._lock:
-            out = {}
-            for label, row in self._rows.items():
-                row = dict(row)
-                v = max(row["values"], 1)
-                row["bits_per_value"] = 8.0 * row["payload_bytes"] / v
-                row["sent_bits_per_value"] = 8.0 * row["sent_bytes"] / v
-                out[label] = row
-            return out
-
-
-WIRE_STATS = WireStats()
-
-
-def wire_stats() -> Dict[str, Dict[str, float]]:
-    """Bytes handed to collectives and values exchanged, per codec, since start or the last
-    :func:`reset_wire_stats`. Keys per codec: ``values``, ``payload_bytes``, ``sent_bytes``,
-    ``tensors``, ``bits_per_value`` and ``sent_bits_per_value``. Tensors that went uncompressed
-    (below ``min_numel``, 1-D, integer) are counted under ``"uncompressed"``."""
-    return WIRE_STATS.snapshot()
-
-
-def reset_wire_stats() -> None:
-    WIRE_STATS.reset()
+from hvd_compress.torch.stats import WIRE_STATS, WireStats, reset_wire_stats, wire_stats  # noqa: F401 (re-exported)
 
 
 _mix = mix  # the RNG stream seed hash (hvd_compress.common.mix)
@@ -211,7 +159,22 @@ class Exchange:
         out = yield self.comm.allreduce_async(t.contiguous(), name=f"hvdc.{key}.sum", op="average")
         nbytes = t.numel() * t.element_size()
         self.stats.add(self.label, flat.numel(), nbytes, _ring_allreduce_bytes(nbytes, self.comm.size))
+        if self.stats.track_error:  # the cast's rounding (FP16)
+            self.stats.add_error(self.label, self.codec.from_summable(t).to(flat.dtype) - flat, flat)
         return self.codec.from_summable(out)
+
+    def _track_error(self, key, flat, payloads, bounds):
+        """With ``stats.track_error``: this worker's ``||p - C(p)||^2`` and ``||p||^2``, where ``p``
+        is what it encoded: the gradient, or for error-feedback codecs the gradient plus the
+        residual (then ``p - C(p)`` is exactly the new residual)."""
+        if not self.stats.track_error:
+            return
+        decoded = torch.cat([self.codec.decode(p, b - a).reshape(-1) for p, (a, b) in zip(payloads, bounds)])
+        residual = self.codec.residual_of(key)
+        if residual is not None and residual.numel() == decoded.numel():
+            self.stats.add_error(self.label, residual, decoded + residual)
+        else:
+            self.stats.add_error(self.label, decoded - flat.to(decoded.dtype), flat)
 
     def _compressed(self, key, flat, pattern):
         codec, comm = self.codec, self.comm
@@ -234,6 +197,7 @@ class Exchange:
 
         if pattern == "allgather":
             payload = codec.worker_encode(flat, key, [(0, n)], draw, scale)[0]
+            self._track_error(key, flat, [payload], [(0, n)])
             gathered = yield comm.allgather_async(payload, name=f"hvdc.{key}.ag")
             nbytes = payload.numel()
             self._check_received(key, n, gathered, size * nbytes, "allgathered")
@@ -242,6 +206,7 @@ class Exchange:
 
         bounds = chunk_bounds(n, size, codec.alignment())
         payloads = codec.worker_encode(flat, key, bounds, draw, scale)
+        self._track_error(key, flat, payloads, bounds)
         splits = [p.numel() for p in payloads]
         received = yield comm.alltoall_async(torch.cat(payloads), splits, name=f"hvdc.{key}.a2a")
         lo, hi = bounds[rank]

@@ -138,6 +138,13 @@ class Codec(_HorovodCompressor, CodecConfig):
     def from_summable(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def residual_of(self, key: str) -> Optional[torch.Tensor]:
+        """The worker-side error-feedback residual of ``key`` (this codec's or a wrapped one's),
+        or ``None``; read by the compression-error counters (``hc.compression_error()``)."""
+        residual = self.state.get("residual", {}).get(key)
+        inner = getattr(self, "inner", None)
+        return residual if residual is not None or inner is None else inner.residual_of(key)
+
     # ------------------------------------------------------------------ stateful steps
     def worker_encode(
         self, x: torch.Tensor, key: str, bounds: Bounds, draw: Draw, scale: Optional[torch.Tensor] = None
