@@ -25,10 +25,22 @@ import functools
 import inspect
 import math
 import os
+import re
 import typing
+import zlib
 from typing import Any, Callable, ClassVar, Dict, List, Sequence, Tuple, TypeVar
 
 EXCHANGES = ("auto", "allgather", "reduce_scatter")
+
+
+def op_name(key: str, suffix: str) -> str:
+    """A TF-legal, rank-independent collective name for tensor ``key`` (plus a hash of the exact
+    key, so ``a/b`` and ``a_b`` never collide). Here, not in the TF collectives, because the TF
+    multi-round codecs name their rounds with it and codecs import nothing from the exchange."""
+    clean = re.sub(r"[^A-Za-z0-9_]", "_", key)[-80:]
+    return f"hvdc_{clean}_{zlib.crc32(key.encode()):08x}_{suffix}"
+
+
 NONFINITE_POLICIES = ("raise", "propagate")
 COMMON_OPTIONS = ("min_numel", "compress_1d", "exchange", "nonfinite", "seed", "hierarchical")
 HIERARCHICAL_MODES = ("auto", True, False)

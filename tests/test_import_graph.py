@@ -3,6 +3,7 @@
 * Imports flow one way (core -> codecs -> exchange -> frontends): no import circle among the
   modules of ``hvd_compress/``, counting imports inside functions too (a function-local import
   that closes a circle only postpones it to the first call).
+* The layers: every module belongs to one (:data:`LAYERS`), and no module imports a higher one.
 * Stack frames are read in one module only, :mod:`hvd_compress.horovod_names`, which says why.
 """
 
@@ -148,6 +149,102 @@ def test_the_checker_sees_function_local_and_from_package_imports(tmp_path):
     assert import_circles(graph) == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]]
     (pkg / "c.py").write_text("def f():\n    return 1\n")
     assert import_circles(import_graph(pkg)) == []
+
+
+# ---------------------------------------------------------------------------- layers
+# Lowest first. A module is in the layer of the longest prefix listed ("{fw}": torch and
+# tensorflow); a new module must be placed here, so where it sits is a decision.
+LAYERS = [
+    (
+        "core",  # framework-neutral: the specs (wire formats), the registry, C kernels, numpy helpers
+        [
+            "hvd_compress.core",
+            "hvd_compress.common",
+            "hvd_compress.spec",
+            "hvd_compress.codecs",
+            "hvd_compress._native",
+            "hvd_compress._lazy",
+            "hvd_compress._discover",
+            "hvd_compress.lowprec",
+            "hvd_compress.elastic",
+            "hvd_compress.data",
+            "hvd_compress.horovod_names",
+        ],
+    ),
+    # hvd_compress._native.ops: the torch binding of the C kernels (the TF one is tensorflow.native)
+    ("codecs", ["{fw}.codecs", "{fw}.kernels", "{fw}.packing", "{fw}.native", "{fw}.spec", "hvd_compress._native.ops"]),
+    ("exchange", ["{fw}.collectives", "{fw}.dist", "{fw}.fusion", "{fw}.exchange", "{fw}.hierarchical", "{fw}.stats"]),
+    (
+        "frontends",  # what users call: the Horovod APIs, DDP, Lightning, Keras, elastic state
+        [
+            "{fw}",
+            "{fw}.ddp",
+            "{fw}.optimizer",
+            "{fw}.stock",
+            "{fw}.lightning",
+            "{fw}.wrapped",
+            "{fw}.elastic",
+            "{fw}.tensorboard",
+            "{fw}.broadcast",
+            "{fw}.swarm",
+            "{fw}.reduce",
+            "{fw}.keras",
+        ],
+    ),
+    (
+        "tools",  # commands, benchmarks, demos, the conformance helper, the parameter-server study
+        [
+            "hvd_compress",
+            "hvd_compress.bench",
+            "hvd_compress.cli",
+            "hvd_compress.run",
+            "hvd_compress.ps",
+            "hvd_compress.testing",
+            "hvd_compress.demo",
+            "{fw}.demo",
+            "hvd_compress.horovod_build",
+            "hvd_compress.codec_table",
+        ],
+    ),
+]
+FRAMEWORKS = ("hvd_compress.torch", "hvd_compress.tensorflow")
+
+
+def layer_of(module: str) -> Optional[int]:
+    """Index in :data:`LAYERS` of the longest listed prefix of ``module`` (``None``: unplaced)."""
+    best: Optional[tuple] = None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for pattern in prefixes:
+            for prefix in {pattern.format(fw=fw) for fw in FRAMEWORKS}:
+                if module == prefix or module.startswith(prefix + "."):
+                    if best is None or len(prefix) > best[0]:
+                        best = (len(prefix), index)
+    return None if best is None else best[1]
+
+
+def test_every_module_is_in_a_layer():
+    unplaced = sorted(m for m in import_graph(PACKAGE) if layer_of(m) is None)
+    assert not unplaced, f"place these modules in LAYERS (tests/test_import_graph.py): {unplaced}"
+
+
+def test_imports_never_go_up_a_layer():
+    graph = import_graph(PACKAGE)
+    upward = [
+        f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"  # type: ignore[index]
+        for m in sorted(graph)
+        for d in sorted(graph[m])
+        if layer_of(m) is not None and layer_of(d) is not None and layer_of(d) > layer_of(m)  # type: ignore[operator]
+    ]
+    assert not upward, (
+        "imports against the layers (core -> codecs -> exchange -> frontends -> tools):\n  " + "\n  ".join(upward)
+    )
+
+
+def test_layer_of_takes_the_longest_prefix():
+    assert LAYERS[layer_of("hvd_compress.torch.codecs.qsgd")][0] == "codecs"  # type: ignore[index]
+    assert LAYERS[layer_of("hvd_compress.tensorflow.demo")][0] == "tools"  # type: ignore[index]
+    assert LAYERS[layer_of("hvd_compress.torch")][0] == "frontends"  # type: ignore[index]
+    assert layer_of("elsewhere.module") is None
 
 
 # ---------------------------------------------------------------------------- stack frames

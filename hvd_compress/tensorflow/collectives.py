@@ -7,18 +7,11 @@ Horovod matches them across ranks by name, whatever order the executor starts th
 
 from __future__ import annotations
 
-import re
-import zlib
 from typing import Optional, Sequence
 
 import tensorflow as tf
 
-
-def op_name(key: str, suffix: str) -> str:
-    """A TF-legal, rank-independent collective name for tensor ``key`` (plus a hash of the exact
-    key, so ``a/b`` and ``a_b`` never collide)."""
-    clean = re.sub(r"[^A-Za-z0-9_]", "_", key)[-80:]
-    return f"hvdc_{clean}_{zlib.crc32(key.encode()):08x}_{suffix}"
+from hvd_compress.common import op_name  # noqa: F401 (re-exported: the exchange names its ops with it)
 
 
 class HorovodCollectives:

@@ -16,11 +16,10 @@ from typing import Any, Dict, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from hvd_compress.common import GRADIVEQ_PHASES, GradiVeQFormat, compression_report_rows
+from hvd_compress.common import GRADIVEQ_PHASES, GradiVeQFormat, compression_report_rows, op_name
 from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.codecs.catalog import from_spec_with
 from hvd_compress.tensorflow.codecs.powersgd import tracked_allreduce
-from hvd_compress.tensorflow.collectives import op_name
 
 STATE = ("phase", "basis", "mean", "d", "K", "slices", "sample_count", "sample_sum", "sample_outer", "residual")
 

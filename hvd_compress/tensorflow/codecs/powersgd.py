@@ -15,9 +15,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from hvd_compress.common import PowerSGDFormat, ring_allreduce_bytes
+from hvd_compress.common import PowerSGDFormat, op_name, ring_allreduce_bytes
 from hvd_compress.tensorflow.codecs.base import Codec
-from hvd_compress.tensorflow.collectives import op_name
 
 
 # ---------------------------------------------------------------------------- layout
