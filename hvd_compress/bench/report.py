@@ -152,7 +152,7 @@ def aggregation_section(res: dict) -> List[str]:
 
     links = [(name, _rate(name)) for name in res.get("model_links", [])]
     return [
-        "## Aggregation time of the linear codecs (GradiVeQ, PowerSGD)",
+        f"## Aggregation time of the linear codecs (GradiVeQ, PowerSGD), {res['world_size']} workers",
         "",
         "```",
         format_table(res, links),
