@@ -97,9 +97,7 @@ def cluster_horovodrun(
     ``hvd_compress.bench.cluster.EmulatedCluster``: the other hosts' ranks start over ssh."""
     out = Path(out_dir or tempfile.mkdtemp(prefix="hvdc-test-"))
     out.mkdir(parents=True, exist_ok=True)
-    launch_args = cluster.horovodrun_args(per_host)
-    if controller != "gloo":
-        launch_args = [a for a in launch_args if a != "--gloo"] + [f"--{controller}"]
+    launch_args = cluster.horovodrun_args(per_host, controller=controller)
     cmd = cluster.command(
         cluster.hosts[0],
         [

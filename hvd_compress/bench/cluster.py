@@ -168,10 +168,13 @@ class EmulatedCluster:
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
-    def horovodrun_args(self, per_host: int) -> List[str]:
-        """``-np N -H host1:P,host2:P --gloo --network-interface eth0`` for ``per_host`` ranks per host."""
+    def horovodrun_args(self, per_host: int, controller: str = "gloo") -> List[str]:
+        """``-np N -H host1:P,host2:P --gloo --network-interface eth0`` for ``per_host`` ranks per
+        host (``controller="mpi"``: ``--mpi``, Open MPI's mpirun starting the other hosts' ranks)."""
+        if controller not in ("gloo", "mpi"):
+            raise ValueError(f"controller must be 'gloo' or 'mpi', got {controller!r}")
         hosts = ",".join(f"{h}:{per_host}" for h in self.hosts)
-        return ["-np", str(per_host * len(self.hosts)), "-H", hosts, "--gloo", "--network-interface", IFACE]
+        return ["-np", str(per_host * len(self.hosts)), "-H", hosts, f"--{controller}", "--network-interface", IFACE]
 
     # -- bytes on the inter-host link --------------------------------------------------------------
     def tx_bytes(self) -> Dict[str, int]:

@@ -199,6 +199,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--per-host", type=int, default=2, help="workers per host with --hosts (default 2)")
     ap.add_argument(
+        "--controller",
+        choices=["gloo", "mpi"],
+        default="gloo",
+        help="with --hosts: horovodrun --gloo (default) or --mpi (Open MPI: ranks on one host talk "
+        "over shared memory, as on a real node; across hosts TCP over the shaped eth0)",
+    )
+    ap.add_argument(
         "--model",
         choices=["mlp", "cnn", "resnet"],
         default="mlp",

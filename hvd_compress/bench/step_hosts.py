@@ -63,7 +63,7 @@ def format_hosts_table(result: dict) -> str:
         lines.append(
             f"{result['hosts']} hosts x {result['per_host']} workers, each host's link {link}, model "
             f"{result['model']} ({rows[0]['params'] / 1e6:.1f}M params, batch {rows[0]['batch']}/worker), "
-            f"compute alone {1000 * rows[0]['compute_time_s']:.0f} ms/step"
+            f"compute alone {1000 * rows[0]['compute_time_s']:.0f} ms/step, horovodrun --{result.get('controller', 'gloo')}"
         )
         head = (
             f"{'codec':<34} {'hierarchical':>12} {'ms/step':>9} {'vs fp32':>8} {'inter-host MB/step':>18} "
@@ -103,6 +103,7 @@ def main_hosts(args, rates, codecs: List[str], argv) -> int:
     result = {
         "hosts": args.hosts,
         "per_host": args.per_host,
+        "controller": getattr(args, "controller", "gloo"),
         "np": args.np,
         "model": args.model,
         "links": [r[0] for r in rates],

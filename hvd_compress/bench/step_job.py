@@ -61,7 +61,8 @@ def run_job(ns: ShapedNamespace, args, codecs: List[str], out_dir: Path, cluster
         cmd = ns.command([horovodrun_path(), "-np", str(args.np), "--gloo", "--network-interface", "lo"] + worker)
     else:
         worker += ["--iface", "eth0", "--per-host-counter"]
-        cmd = cluster.command("host1", [horovodrun_path(), *cluster.horovodrun_args(args.per_host)] + worker)
+        launch = cluster.horovodrun_args(args.per_host, controller=getattr(args, "controller", "gloo"))
+        cmd = cluster.command("host1", [horovodrun_path(), *launch] + worker)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update(
