@@ -261,7 +261,7 @@ def test_gradiveq_tf_and_torch_reconstruct_the_same_given_the_same_gradients_and
             ("slices", s),
             ("step", 1),
         ):
-            codec.state.setdefault(group, {})["w"] = value
+            codec.state[group]["w"] = value
         ex = TorchExchange(codec, comm, stats=TorchWireStats())
         return [drive({"w": ex.average("w", torch.from_numpy(grads[comm.rank, t]))})["w"].numpy() for t in range(3)]
 

@@ -10,14 +10,17 @@ Configuration (knobs, validation, descriptions, fingerprints, sizes, exchange pa
 with torch: :mod:`hvd_compress.common`.
 
 State (error-feedback residuals, server residuals, per-tensor step counters that seed the
-stochastic rounding) lives in ``tf.Variable``\\ s held in :attr:`Codec.state` (a tracked dict of
-dicts keyed by tensor name, ``state["residual"]["dense/kernel"]``) and named after the variables
-they serve (``hvd_compress/residual/dense/kernel``), so ``tf.train.Checkpoint(compression=codec)``
+stochastic rounding) lives in ``tf.Variable``\\ s held in :attr:`Codec.state`: the codec's typed
+state (its ``State``, the same dataclasses as torch's, :mod:`hvd_compress.core.state`), made
+trackable, one group per field keyed by tensor name (``state.residual["dense/kernel"]``), and
+named after the variables they serve (``hvd_compress/residual/dense/kernel``), so ``tf.train.Checkpoint(compression=codec)``
 (or a checkpoint of the optimizer that holds the codec) saves and restores them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -25,6 +28,7 @@ import tensorflow as tf
 
 from hvd_compress.common import EXCHANGES, NONFINITE_POLICIES  # noqa: F401 (re-exported)
 from hvd_compress.common import CodecConfig, DECODING_METHODS, WrapperFormat, check_payload, payload_validator
+from hvd_compress.core.state import TensorState
 
 try:
     _Trackable = tf.__internal__.tracking.AutoTrackable
@@ -34,7 +38,25 @@ except AttributeError:  # pragma: no cover - older TF
 Bounds = Sequence[Tuple[int, int]]
 Draw = Callable[[int, int], Optional[tf.Tensor]]
 
-STATE_GROUPS = ("step", "residual", "server_residual")
+
+@functools.lru_cache(maxsize=None)
+def trackable_state(state_class: type) -> type:
+    """``state_class`` (a :class:`~hvd_compress.core.state.TensorState` dataclass) as a TF
+    trackable: its groups become tracked dicts, so ``tf.train.Checkpoint`` saves the variables in
+    them under ``state/<group>/<tensor name>`` (the paths the untyped dict of dicts had)."""
+    name = "Trackable" + state_class.__name__
+    body = {"__module__": __name__, "__qualname__": name, "__reduce__": _reduce_state}
+    return dataclasses.dataclass(eq=False)(type(name, (state_class, _Trackable), body))
+
+
+def _reduce_state(state):
+    # The trackable class is made at run time, so pickle names the declared class instead.
+    declared = next(c for c in type(state).__mro__[1:] if issubclass(c, TensorState))
+    return _rebuild_state, (declared, {name: dict(group) for name, group in state.groups().items()})
+
+
+def _rebuild_state(state_class: type, groups: dict):
+    return trackable_state(state_class)(**groups)
 
 
 def check_tf_payload(codec, payload, numel: int) -> None:
@@ -85,9 +107,12 @@ class Codec(CodecConfig, _Trackable):
     step. Error-feedback residuals are reset, never poisoned, either way.
     """
 
+    # The codec's typed state (hvd_compress.core.state); a codec that keeps more declares its own.
+    State: type = TensorState
+
     def __init__(self, **options):
         CodecConfig.__init__(self, **options)
-        self.state = {group: {} for group in STATE_GROUPS}
+        self.state = trackable_state(self.State)()
         self._stock = None
 
     def __init_subclass__(cls, **kwargs):
@@ -164,6 +189,11 @@ class Codec(CodecConfig, _Trackable):
         """The ``tf.Variable`` of ``state[group][key]``, created on first use (zeros, or
         ``initial()``), outside any ``tf.function`` being traced (``tf.init_scope``), so it
         persists across steps."""
+        if group not in self.state:
+            raise ValueError(
+                f"hvd_compress: {type(self).__name__} keeps no state group {group!r} (its state, "
+                f"{self.State.__name__}, has {list(self.state)})"
+            )
         table = self.state[group]
         var = table.get(key)
         if var is None:
@@ -195,7 +225,7 @@ class Codec(CodecConfig, _Trackable):
 
     def residual_of(self, key: str) -> Optional[tf.Variable]:
         """The worker-side error-feedback residual of ``key`` (this codec's or a wrapped one's)."""
-        var = self.state["residual"].get(key)
+        var = getattr(self.state, "residual", {}).get(key)
         inner = getattr(self, "inner", None)
         return var if var is not None or inner is None else inner.residual_of(key)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hvd_compress.common import DoubleSqueezeFormat
+from hvd_compress.core.state import DoubleSqueezeState
 from hvd_compress.tensorflow.codecs.base import Codec, Wrapper, numel_of
 from hvd_compress.tensorflow.codecs.error_feedback import ErrorFeedback, finite_or_zero
 
@@ -13,8 +14,10 @@ class DoubleSqueeze(DoubleSqueezeFormat, Wrapper):
     Worker: ``v = g + e_w``; send ``C(v)``; ``e_w = v - C(v)`` (the inner codec's feedback when it
     has one, e.g. :class:`OneBit`). Owner of each 1/N chunk: ``u = mean of received C(v_i) + e_s``;
     send ``C(u)``; ``e_s = u - C(u)``, the server residual a ``tf.Variable`` of the owner's chunk
-    (``state["server_residual"][key]``). Spec ``doublesqueeze:codec=onebit``.
+    (``state.server_residual[key]``). Spec ``doublesqueeze:codec=onebit``.
     """
+
+    State = DoubleSqueezeState
 
     def __init__(self, codec: Codec, **options):
         self.check_inner(codec, Codec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from hvd_compress.common import ErrorFeedbackFormat
+from hvd_compress.core.state import ErrorFeedbackState
 from hvd_compress.tensorflow.codecs.base import Wrapper, numel_of
 
 
@@ -17,10 +18,12 @@ class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
     """Error feedback around any codec: ``p = g + e``; send ``C(p)``; keep ``e = p - C(p)``.
 
     The residual ``e`` of tensor ``key`` is the fp32 ``tf.Variable``
-    ``state["residual"][key]`` (variable name ``hvd_compress/residual/<key>``), created on the first
+    ``state.residual[key]`` (variable name ``hvd_compress/residual/<key>``), created on the first
     step or by :meth:`build_state`. The identity ``C(p) + e_new == g + e_old`` holds up to the fp32
     rounding of one subtraction.
     """
+
+    State = ErrorFeedbackState
 
     def build_state(self, key, numel, owner_numel=None):
         self.state_variable("residual", key, [numel])

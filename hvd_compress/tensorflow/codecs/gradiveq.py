@@ -11,17 +11,34 @@ with ``tf.switch_case`` on the tensor's step counter, so the codec runs eagerly 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from hvd_compress.common import GRADIVEQ_PHASES, GradiVeQFormat, compression_report_rows, op_name
+from hvd_compress.core.state import ErrorFeedbackState
 from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.codecs.catalog import from_spec_with
 from hvd_compress.tensorflow.codecs.powersgd import tracked_allreduce
 
-STATE = ("phase", "basis", "mean", "d", "K", "slices", "sample_count", "sample_sum", "sample_outer", "residual")
+
+@dataclass(eq=False)
+class GradiVeQVariables(ErrorFeedbackState):
+    """TF GradiVeQ's state: torch's :class:`~hvd_compress.core.state.GradiVeQState` groups, with
+    this cycle's sample moments as three variable groups (``sample_count``, ``sample_sum``,
+    ``sample_outer``) where torch keeps one dict per tensor: a ``tf.Variable`` holds one tensor."""
+
+    phase: Dict[str, Any] = field(default_factory=dict)
+    basis: Dict[str, Any] = field(default_factory=dict)
+    mean: Dict[str, Any] = field(default_factory=dict)
+    d: Dict[str, Any] = field(default_factory=dict)
+    K: Dict[str, Any] = field(default_factory=dict)
+    slices: Dict[str, Any] = field(default_factory=dict)
+    sample_count: Dict[str, Any] = field(default_factory=dict)
+    sample_sum: Dict[str, Any] = field(default_factory=dict)
+    sample_outer: Dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- layout
@@ -136,6 +153,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
     """
 
     filters_axis = -1
+    State = GradiVeQVariables
 
     def __init__(
         self,
@@ -164,8 +182,6 @@ class GradiVeQ(GradiVeQFormat, Codec):
             error_feedback,
             **options,
         )
-        for group in STATE:
-            self.state[group] = {}
 
     @staticmethod
     def build_codec(spec):
@@ -177,15 +193,15 @@ class GradiVeQ(GradiVeQFormat, Codec):
         """Per conv tensor with a fitted basis: ``K``, ``d``, ``ratio`` (``K/d``) and ``slices``;
         under ``"_total"`` the value-weighted ratio. Call it outside ``tf.function``."""
         layers = {}
-        for key, d in self.state["d"].items():
+        for key, d in self.state.d.items():
             d = int(d.numpy())
             if d > 0:
-                layers[key] = (int(self.state["K"][key].numpy()), d, int(self.state["slices"][key].numpy()))
+                layers[key] = (int(self.state.K[key].numpy()), d, int(self.state.slices[key].numpy()))
         return compression_report_rows(layers)
 
     def phases(self) -> Dict[str, str]:
         """The phase of each conv tensor's latest exchange: ``warmup``, ``sample`` or ``compress``."""
-        return {key: GRADIVEQ_PHASES[int(v.numpy())] for key, v in self.state["phase"].items()}
+        return {key: GRADIVEQ_PHASES[int(v.numpy())] for key, v in self.state.phase.items()}
 
     # ------------------------------------------------------------------ state
     def _variables(self, key: str, shape) -> Tuple[int, int, Dict[str, tf.Variable]]:

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from hvd_compress.common import PowerSGDFormat, op_name, ring_allreduce_bytes
+from hvd_compress.core.state import PowerSGDState
 from hvd_compress.tensorflow.codecs.base import Codec
 
 
@@ -146,6 +147,7 @@ class PowerSGD(PowerSGDFormat, Codec):
     iterations; ``min_compression_rate`` skips matrices where the factors would save little.
     """
 
+    State = PowerSGDState
     matrix_shape = staticmethod(matrix_shape)
 
     def __init__(
@@ -161,8 +163,6 @@ class PowerSGD(PowerSGDFormat, Codec):
         super().__init__(
             rank, start_iter, min_compression_rate, error_feedback, warm_start, orthogonalization_epsilon, **options
         )
-        for group in ("q",):
-            self.state[group] = {}
 
     # ------------------------------------------------------------------ state
     def _q_variable(self, key, m, r) -> tf.Variable:

@@ -4,7 +4,8 @@ A codec turns a flat fp32 tensor into a *payload* (one contiguous uint8 tensor: 
 per-bucket scales, little-endian) and back. The math methods (:meth:`Codec.encode`,
 :meth:`Codec.decode`, :meth:`Codec.aggregate`) are pure functions of their arguments; whatever must
 persist across steps (error-feedback residuals, RNG step counters) lives in :attr:`Codec.state`, a
-plain dict of dicts keyed by tensor name, saved by :meth:`Codec.state_dict`.
+typed dataclass the codec declares as ``State`` (:mod:`hvd_compress.core.state`; one field per
+group, each a dict keyed by tensor name), saved by :meth:`Codec.state_dict`.
 
 Every codec is also a Horovod ``Compressor``: pass it as ``compression=`` to
 ``hvd.DistributedOptimizer`` and it runs its own bit-packed exchange (see ``hvd_compress.torch.stock``).
@@ -20,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from hvd_compress._native import ops as native_ops
+from hvd_compress.core.state import TensorState
 from hvd_compress.torch import kernels
 
 try:  # Subclass Horovod's Compressor where Horovod is installed; the codecs work without it.
@@ -79,9 +81,12 @@ class Codec(_HorovodCompressor, CodecConfig):
       are reproducible and resumable.
     """
 
+    # The codec's typed state (hvd_compress.core.state); a codec that keeps more declares its own.
+    State: type = TensorState
+
     def __init__(self, **options):
         CodecConfig.__init__(self, **options)
-        self.state: Dict[str, Dict[str, Any]] = {"step": {}}
+        self.state = self.State()
         self._stock = None  # the Horovod stock-API engine, created on first compress()
 
     def __init_subclass__(cls, **kwargs):
@@ -141,7 +146,7 @@ class Codec(_HorovodCompressor, CodecConfig):
     def residual_of(self, key: str) -> Optional[torch.Tensor]:
         """The worker-side error-feedback residual of ``key`` (this codec's or a wrapped one's),
         or ``None``; read by the compression-error counters (``hc.compression_error()``)."""
-        residual = self.state.get("residual", {}).get(key)
+        residual = getattr(self.state, "residual", {}).get(key)
         inner = getattr(self, "inner", None)
         return residual if residual is not None or inner is None else inner.residual_of(key)
 
@@ -159,15 +164,14 @@ class Codec(_HorovodCompressor, CodecConfig):
         return self.encode(mean, draw(owner, 1), scale)
 
     def next_step(self, key: str) -> int:
-        steps = self.state.setdefault("step", {})
-        step = steps.get(key, 0)
-        steps[key] = step + 1
+        step = self.state.step.get(key, 0)
+        self.state.step[key] = step + 1
         return step
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
         """Everything that persists across steps, keyed by tensor name (tensors are cloned)."""
-        return {"codec": self.fingerprint(), "state": _clone(self.state)}
+        return {"codec": self.fingerprint(), "state": _clone(self.state.groups())}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         saved = state_dict.get("codec")
@@ -176,7 +180,7 @@ class Codec(_HorovodCompressor, CodecConfig):
                 f"hvd_compress: state was saved by {saved}, cannot load it into "
                 f"{self.fingerprint()}; construct the same codec as the saved run"
             )
-        self.state = _clone(state_dict["state"])
+        self.state = self.State.from_groups(_clone(state_dict["state"]), self.fingerprint())
 
     # ------------------------------------------------------------------ Horovod stock API
     def compress(self, tensor: torch.Tensor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hvd_compress.common import DoubleSqueezeFormat
+from hvd_compress.core.state import DoubleSqueezeState
 from hvd_compress.torch.codecs.base import Codec, Wrapper
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
 
@@ -22,6 +23,8 @@ class DoubleSqueeze(DoubleSqueezeFormat, Wrapper):
         compression = hvd_compress.torch.DoubleSqueeze(hvd_compress.torch.QSGD(bits=4))
     """
 
+    State = DoubleSqueezeState
+
     def __init__(self, codec: Codec, **options):
         self.check_inner(codec, Codec)
         inner = codec if getattr(codec, "worker_feedback", False) else ErrorFeedback(codec)
@@ -30,11 +33,11 @@ class DoubleSqueeze(DoubleSqueezeFormat, Wrapper):
 
     def worker_encode(self, x, key, bounds, draw, scale=None):
         # the full length, so an elastic reset can re-cut the server residual to new chunks
-        self.state.setdefault("numel", {})[key] = x.numel()
+        self.state.numel[key] = x.numel()
         return self.inner.worker_encode(x, key, bounds, draw, scale)
 
     def server_encode(self, mean, key, draw, owner, scale=None):
-        residuals = self.state.setdefault("server_residual", {})
+        residuals = self.state.server_residual
         e = residuals.get(key)
         u = mean + e if e is not None and e.numel() == mean.numel() else mean.clone()
         payload = self.inner.encode(u, draw(owner, 1), scale)

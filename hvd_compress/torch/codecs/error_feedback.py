@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from hvd_compress.common import ErrorFeedbackFormat
+from hvd_compress.core.state import ErrorFeedbackState
 from hvd_compress.torch.codecs.base import Codec, Wrapper
 
 
@@ -13,7 +14,7 @@ class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
 
     The identity ``C(p) + e_new == g + e_old`` holds exactly (up to fp32 rounding of one
     subtraction) every step, so nothing the codec drops is lost, only delayed. The residual ``e`` is
-    per tensor name, fp32, in ``state["residual"]``; a non-finite residual is reset to zero
+    per tensor name, fp32, in ``state.residual`` (:class:`~hvd_compress.core.state.ErrorFeedbackState`); a non-finite residual is reset to zero
     (never carried into later steps).
 
     Fused step: when the inner codec offers ``encode_with_residual(x, residual, bounds, draw,
@@ -26,9 +27,10 @@ class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
     # Its own work is elementwise tensor ops on the inner codec's device: it runs where the inner
     # codec's kernels run (read by hvd_compress.torch.kernels.runs_on_device).
     runs_inner_kernels = True
+    State = ErrorFeedbackState
 
     def worker_encode(self, x, key, bounds, draw, scale=None):
-        residuals = self.state.setdefault("residual", {})
+        residuals = self.state.residual
         r = residuals.get(key)
         fused = getattr(self.inner, "encode_with_residual", None)
         if fused is not None and type(self.inner).worker_encode is Codec.worker_encode:

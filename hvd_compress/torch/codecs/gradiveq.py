@@ -18,6 +18,7 @@ from hvd_compress.common import (
     filters_and_positions,
     slice_geometry_fp,
 )
+from hvd_compress.core.state import GradiVeQState
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.codecs.catalog import from_spec_with
 from hvd_compress.torch.codecs.powersgd import tracked_allreduce
@@ -126,7 +127,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
     Tensors that are not conv kernels (``dim < 3``: linear weights, biases) use ``fallback`` (a
     codec or a spec string, default 4-bit QSGD; ``"none"`` for fp32), with its own wire-stats row.
 
-    State (``codec.state``, per tensor name, saved by ``state_dict()`` along with the fallback's and
+    State (``codec.state``, a :class:`~hvd_compress.core.state.GradiVeQState`, per tensor name, saved by ``state_dict()`` along with the fallback's and
     the sampler's): ``step``, ``phase``, ``basis`` (``U_d``), ``mean`` (``mu``), ``d``, ``K``,
     ``samples`` (``count``, ``sum``, ``outer``: the float64 moments of this cycle's samples),
     ``residual`` (with ``error_feedback``: this worker's projection residual, flat fp32).
@@ -156,6 +157,8 @@ class GradiVeQ(GradiVeQFormat, Codec):
     ``sampler="none"`` to sample from exact fp32 aggregates (more bytes during sampling).
     """
 
+    State = GradiVeQState
+
     def __init__(
         self,
         energy: float = 0.99,
@@ -183,7 +186,6 @@ class GradiVeQ(GradiVeQFormat, Codec):
             error_feedback,
             **options,
         )
-        self.state.update({k: {} for k in ("phase", "basis", "mean", "d", "K", "slices", "samples", "residual")})
 
     @staticmethod
     def build_codec(spec):
@@ -194,7 +196,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
         """Per conv tensor with a fitted basis: ``K``, ``d``, ``ratio`` (``K/d``) and ``slices``;
         under ``"_total"`` the value-weighted ratio (values / compressed values)."""
         return compression_report_rows(
-            {key: (self.state["K"][key], d, self.state["slices"][key]) for key, d in self.state.get("d", {}).items()}
+            {key: (self.state.K[key], d, self.state.slices[key]) for key, d in self.state.d.items()}
         )
 
     # ------------------------------------------------------------------ the exchange
@@ -213,7 +215,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
         comm = exchange.comm
         step = self.next_step(key)
         phase, pos = self.phase_at(step)
-        self.state.setdefault("phase", {})[key] = phase
+        self.state.phase[key] = phase
         n = flat.numel()
         flat = self._with_residual(key, flat)
         if phase == "warmup":
@@ -223,7 +225,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
         if phase == "sample":
             sub = exchange.sub_exchange(self.sampler, exchange.label)
             out = (yield from sub.average(key, flat.view(shape), compress=True)).reshape(-1)
-            samples = self.state.setdefault("samples", {})
+            samples = self.state.samples
             if pos == 0 or key not in samples or samples[key]["sum"].numel() != k:
                 samples[key] = {
                     "count": 0,
@@ -239,7 +241,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
             if pos == self.sample_steps - 1:
                 yield from self._fit(exchange, key, k, s)
             return out
-        basis, mean = self.state.get("basis", {}).get(key), self.state.get("mean", {}).get(key)
+        basis, mean = self.state.basis.get(key), self.state.mean.get(key)
         if basis is None or basis.shape[0] != k:
             raise RuntimeError(
                 f"GradiVeQ: no basis for '{key}' in the compressed phase (state " "loaded from a different model?)"
@@ -249,7 +251,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
         if self.error_feedback:  # what this worker's projection drops: U U^T (g - mu/N) + mu/N kept
             own = from_slices(reconstruct(compressed, basis, mean / comm.size), shape)
             residual = flat - own  # reset where non-finite (never poisons later steps), no host sync
-            self.state["residual"][key] = torch.where(torch.isfinite(residual), residual, torch.zeros_like(residual))
+            self.state.residual[key] = torch.where(torch.isfinite(residual), residual, torch.zeros_like(residual))
         summed = yield from tracked_allreduce(exchange, compressed, f"hvdc.{key}.gvq.sum", "sum", n)
         return from_slices(reconstruct(summed, basis, mean), shape).div_(comm.size)
 
@@ -258,20 +260,20 @@ class GradiVeQ(GradiVeQFormat, Codec):
         (consumed here; only a compressed step sets a new one)."""
         if not self.error_feedback:
             return flat
-        residual = self.state.setdefault("residual", {}).pop(key, None)
+        residual = self.state.residual.pop(key, None)
         return flat if residual is None or residual.numel() != flat.numel() else flat + residual
 
     def _fit(self, exchange, key, k, s):
         """Rank 0 fits the basis on this cycle's samples and broadcasts ``d`` then ``[U_d, mu]``."""
         comm = exchange.comm
-        acc = self.state["samples"][key]
+        acc = self.state.samples[key]
         fitted = None
         if comm.rank == 0:
             if acc["count"] > 0:
                 fitted = fit_basis(acc["count"], acc["sum"], acc["outer"], self.energy, self.fixed_dim(k))
             else:  # every sample was non-finite: keep the old basis, or the identity
-                old = self.state.get("basis", {}).get(key)
-                mu = self.state.get("mean", {}).get(key)
+                old = self.state.basis.get(key)
+                mu = self.state.mean.get(key)
                 fitted = (old, mu, old.shape[1], None) if old is not None else (torch.eye(k), torch.zeros(k), k, None)
         header = torch.tensor([fitted[2] if fitted else 0], dtype=torch.int64)
         header = yield comm.broadcast_async(header, 0, name=f"hvdc.{key}.gvq.d")
@@ -280,11 +282,11 @@ class GradiVeQ(GradiVeQFormat, Codec):
         buf = yield comm.broadcast_async(buf.contiguous(), 0, name=f"hvdc.{key}.gvq.basis")
         nbytes = 8 + 4 * (k * d + k)
         exchange.stats.add(exchange.label, 0, nbytes, nbytes * (comm.size - 1) / max(comm.size, 1), tensors=0)
-        self.state.setdefault("basis", {})[key] = buf[: k * d].reshape(k, d).clone()
-        self.state.setdefault("mean", {})[key] = buf[k * d :].clone()
-        self.state.setdefault("d", {})[key] = d
-        self.state.setdefault("K", {})[key] = k
-        self.state.setdefault("slices", {})[key] = s
+        self.state.basis[key] = buf[: k * d].reshape(k, d).clone()
+        self.state.mean[key] = buf[k * d :].clone()
+        self.state.d[key] = d
+        self.state.K[key] = k
+        self.state.slices[key] = s
 
     # ------------------------------------------------------------------ state
     def state_dict(self):

@@ -15,6 +15,7 @@ from typing import Sequence, Tuple
 import torch
 
 from hvd_compress.common import PowerSGDFormat
+from hvd_compress.core.state import PowerSGDState
 from hvd_compress.torch.codecs.base import Codec
 
 
@@ -107,7 +108,8 @@ class PowerSGD(PowerSGDFormat, Codec):
     (``use_error_feedback=True, warm_start=True``) step for step; unlike it, state is per tensor
     name rather than per DDP bucket, and a zero gradient gives zeros, not NaN.
 
-    State (``codec.state``, saved by ``state_dict()``): ``step`` (exchanges per tensor),
+    State (``codec.state``, a :class:`~hvd_compress.core.state.PowerSGDState`, saved by
+    ``state_dict()``): ``step`` (exchanges per tensor),
     ``q`` (the warm-start Q, ``m x r``), ``residual`` (``e``, flat fp32). ``P`` is recomputed from
     ``M`` and ``Q`` every step, so it is not state.
 
@@ -126,6 +128,8 @@ class PowerSGD(PowerSGDFormat, Codec):
     little (small or thin layers).
     """
 
+    State = PowerSGDState
+
     def __init__(
         self,
         rank: int = 1,
@@ -139,7 +143,6 @@ class PowerSGD(PowerSGDFormat, Codec):
         super().__init__(
             rank, start_iter, min_compression_rate, error_feedback, warm_start, orthogonalization_epsilon, **options
         )
-        self.state.update({"q": {}, "residual": {}})
 
     matrix_shape = staticmethod(matrix_shape)
 
@@ -156,11 +159,11 @@ class PowerSGD(PowerSGDFormat, Codec):
         n, m = matrix_shape(shape)
         r = self.effective_rank(shape)
         M = flat.view(n, m)
-        residuals = self.state.setdefault("residual", {})
+        residuals = self.state.residual
         e = residuals.get(key)
         if self.error_feedback and e is not None and e.numel() == numel:
             M = M + e.view(n, m)
-        qs = self.state.setdefault("q", {})
+        qs = self.state.q
         q_prev = qs.get(key) if self.warm_start else None
         if q_prev is None or tuple(q_prev.shape) != (m, r):
             q = initial_q(self.seed, key, m, r)
