@@ -13,7 +13,7 @@ from hvd_compress.torch.exchange import Driver, agree, drive
 from hvd_compress.torch.fusion import cut_buckets, fused
 from hvd_compress.torch.hierarchical import make_exchange
 from hvd_compress.torch.spec import from_spec
-from hvd_compress.torch.wrapped import WrappedOptimizer
+from hvd_compress.torch.frontends.wrapped import WrappedOptimizer
 
 STATE_KEY = "hvd_compress"
 

@@ -20,7 +20,7 @@ callback's ``on_train_begin``), like Horovod's own eager ``broadcast_variables``
 Example::
 
     import horovod.tensorflow as hvd
-    from hvd_compress.tensorflow.broadcast import broadcast_variables
+    from hvd_compress.tensorflow.frontends.broadcast import broadcast_variables
     hvd.init()
     model = build_model(); model.build((None, 64))
     broadcast_variables(model.variables, root_rank=0, bits=8)

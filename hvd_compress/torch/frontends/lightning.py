@@ -7,7 +7,7 @@ the hook on every device type, so one line serves CPU clusters and GPUs alike::
 
     import lightning.pytorch as pl
     import hvd_compress.torch as hc
-    from hvd_compress.torch.lightning import DDPStrategy
+    from hvd_compress.torch.frontends.lightning import DDPStrategy
 
     module = MyLightningModule()
     state, hook = hc.ddp_comm_hook("qsgd:bits=4", named_parameters=module.named_parameters())

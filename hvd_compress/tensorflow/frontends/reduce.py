@@ -1,5 +1,5 @@
 """Average a list of gradients over Horovod ranks with a codec: the core of
-``hvd_compress.tensorflow.keras.DistributedOptimizer``, usable in any custom training loop.
+``hvd_compress.tensorflow.frontends.keras.DistributedOptimizer``, usable in any custom training loop.
 
 Example (a ``GradientTape`` loop, eager or inside ``tf.function``)::
 
@@ -25,7 +25,7 @@ from hvd_compress.tensorflow.collectives import HorovodCollectives
 from hvd_compress.tensorflow.exchange import Exchange
 from hvd_compress.tensorflow.hierarchical import make_exchange
 from hvd_compress.tensorflow.spec import from_spec
-from hvd_compress.tensorflow.stock import variable_key
+from hvd_compress.tensorflow.frontends.stock import variable_key
 
 
 class GradientReducer:

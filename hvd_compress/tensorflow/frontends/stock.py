@@ -78,7 +78,7 @@ class StockEngine:
                 warnings.warn(
                     "hvd_compress: could not find the variable of a gradient; error-feedback "
                     "state is keyed by call order. Use hvd.DistributedGradientTape or "
-                    "hvd_compress.tensorflow.keras.DistributedOptimizer."
+                    "hvd_compress.tensorflow.frontends.keras.DistributedOptimizer."
                 )
                 self._warned_anonymous = True
             if hasattr(tensor, "graph"):  # symbolic: the graph's tensor name is stable across retraces

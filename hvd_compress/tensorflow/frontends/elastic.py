@@ -1,14 +1,14 @@
 """Elastic Horovod (``hvd.elastic``) with TensorFlow codec state: commit, restore and re-sync.
 
 Horovod's TensorFlow states (``hvd.elastic.TensorFlowKerasState``, ``TensorFlowState``) have no
-handler registry (torch's ``TorchState`` has one, see :mod:`hvd_compress.torch.elastic`): their
+handler registry (torch's ``TorchState`` has one, see :mod:`hvd_compress.torch.frontends.elastic`): their
 extra keyword arguments are plain Python values, pickled and broadcast from rank 0. A codec holds
 ``tf.Variable``\\ s, some of which must not be broadcast (residuals) or change shape with the world
 (DoubleSqueeze's server residual), so this module subclasses both states::
 
     import horovod.tensorflow as hvd
-    import hvd_compress.tensorflow.keras as hck
-    from hvd_compress.tensorflow import elastic
+    import hvd_compress.tensorflow.frontends.keras as hck
+    from hvd_compress.tensorflow.frontends import elastic
 
     hvd.init()
     opt = hck.DistributedOptimizer(tf.keras.optimizers.SGD(0.05), compression="onebit")
@@ -203,7 +203,7 @@ class CodecState:
         self._world = self._saved_world
 
     def _all_exchanges(self) -> List[Exchange]:
-        from hvd_compress.tensorflow.stock import StockEngine
+        from hvd_compress.tensorflow.frontends.stock import StockEngine
 
         codec = self.codec
         if codec._stock is None:  # a worker that joined: the stock frontend has not run here yet
@@ -312,7 +312,7 @@ _KerasBase, _TFBase = _horovod_states()
 class CompressedKerasState(_state_mixin(_KerasBase)):  # type: ignore[misc]
     """``hvd.elastic.TensorFlowKerasState(model, optimizer, ...)`` plus the codec's state.
 
-    ``optimizer``: :func:`hvd_compress.tensorflow.keras.DistributedOptimizer` (its codec is found
+    ``optimizer``: :func:`hvd_compress.tensorflow.frontends.keras.DistributedOptimizer` (its codec is found
     on it) or Horovod's ``DistributedOptimizer(opt, compression=codec)`` with ``codec=codec``.
     Other keyword arguments are Horovod's (``backend``, and plain values to sync: ``epoch=0``).
     When the world changes, ``model``'s compiled functions are dropped so ``fit`` traces again."""

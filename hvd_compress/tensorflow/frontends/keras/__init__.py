@@ -5,7 +5,7 @@ since TF 2.16: ``'Variable' object has no attribute 'ref'``). This one works wit
 on both Keras 3 and tf-keras (``TF_USE_LEGACY_KERAS=1``), over Horovod's TensorFlow collectives::
 
     import keras, horovod.tensorflow as hvd
-    import hvd_compress.tensorflow.keras as hck
+    import hvd_compress.tensorflow.frontends.keras as hck
 
     hvd.init()
     keras.utils.set_random_seed(0)                       # same initial weights on every rank
@@ -26,7 +26,7 @@ from typing import Optional
 
 from hvd_compress._lazy import lazy_attributes as _lazy_attributes
 from hvd_compress.tensorflow.codecs.base import Codec
-from hvd_compress.tensorflow.reduce import GradientReducer
+from hvd_compress.tensorflow.frontends.reduce import GradientReducer
 
 
 def _is_keras3_optimizer(optimizer) -> bool:

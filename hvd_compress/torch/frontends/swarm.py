@@ -77,7 +77,7 @@ from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.codecs.lattice import Lattice
 from hvd_compress.torch.exchange import UNCOMPRESSED, WIRE_STATS, Driver, _mix, _ring_allreduce_bytes, agree, drive
 from hvd_compress.torch.spec import from_spec
-from hvd_compress.torch.wrapped import WrappedOptimizer
+from hvd_compress.torch.frontends.wrapped import WrappedOptimizer
 
 STATE_KEY = "hvd_compress.swarm"
 BUFFER_MODES = ("average", "local")

@@ -5,7 +5,7 @@ so ``hvd.elastic.TorchState`` treats hvd_compress objects like models and optimi
 
     import horovod.torch as hvd
     import hvd_compress.torch as hc
-    import hvd_compress.torch.elastic  # noqa: F401  (registers the handlers)
+    import hvd_compress.torch.frontends.elastic  # noqa: F401  (registers the handlers)
 
     hvd.init()
     codec = hc.from_spec("onebit")
@@ -57,7 +57,7 @@ import torch
 from hvd_compress import elastic as elastic_common
 from hvd_compress.elastic import LOCAL_STATE_KEYS, NESTED_KEYS, merge_state, split_state  # noqa: F401 (re-exported)
 from hvd_compress.torch.codecs.base import Codec
-from hvd_compress.torch.optimizer import DistributedOptimizer
+from hvd_compress.torch.frontends.optimizer import DistributedOptimizer
 
 
 def recut_server_residual(
