@@ -1,0 +1,7 @@
+"""Moved to :mod:`hvd_compress.tensorflow.frontends.stock`; this path stays importable (same module)."""
+
+import sys
+
+from hvd_compress.tensorflow.frontends import stock as _moved
+
+sys.modules[__name__] = _moved
