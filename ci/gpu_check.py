@@ -15,7 +15,7 @@ skipped"). Tests needing fixtures are reported as skipped. Exit 0 when nothing f
 
 ``ddp``: trains a small MLP on a synthetic, seeded classification task (Gaussian clusters, two
 per class; no data set to download) under DistributedDataParallel with the hvd_compress comm hook
-(hvd_compress/torch/ddp.py), once per codec from the same initial weights, ranks started as
+(hvd_compress/torch/frontends/ddp.py), once per codec from the same initial weights, ranks started as
 subprocesses (``torchrun``-style environment, a free local port). Checks:
 
 * accuracy: every codec within ``--max-gap`` (default 0.01, one point) of the first one (``none``);

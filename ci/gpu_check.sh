@@ -22,7 +22,7 @@
 #          (HVD_COMPRESS_BACKEND=plain) on the same GPU; the codecs with Triton kernels by default
 #          (GPU_CHECK_BENCH_CODECS: a ';'-separated list, or "all" for the bench's full default list).
 #          Dry mode: --device cpu --sizes 64k, two codecs.
-#   ddp    ci/gpu_check.py ddp: 2 ranks of the DDP comm hook (hvd_compress/torch/ddp.py) on CUDA
+#   ddp    ci/gpu_check.py ddp: 2 ranks of the DDP comm hook (hvd_compress/torch/frontends/ddp.py) on CUDA
 #          tensors, NCCL (Gloo if NCCL refuses two ranks on one GPU, plus a 1-rank NCCL run for the
 #          sync check), codecs none and qsgd:bits=4, 300 steps: accuracy within 1 point of none,
 #          replicas identical, and no host sync per compressed tensor inside the hook (torch's sync

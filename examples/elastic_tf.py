@@ -8,7 +8,7 @@ Runs as a plain job or as an elastic one:
 
 ``CompressedKerasState`` is Horovod's ``TensorFlowKerasState`` with the codec's state (error-feedback
 residuals, DoubleSqueeze's server residual, RNG steps, PowerSGD's Q, GradiVeQ's basis) committed,
-restored and re-synchronized with the model and optimizer; ``hvd_compress.tensorflow.elastic.run``
+restored and re-synchronized with the model and optimizer; ``hvd_compress.tensorflow.frontends.elastic.run``
 is ``hvd.elastic.run`` that also recognizes a failed compressed collective. The step function is
 a ``tf.function`` created inside the elastic function, so it is traced again for the new world
 after every reset (see docs/elastic.md).
@@ -23,8 +23,8 @@ import horovod.tensorflow as hvd
 import numpy as np
 import tensorflow as tf
 
-import hvd_compress.tensorflow.keras as hck
-from hvd_compress.tensorflow import elastic
+import hvd_compress.tensorflow.frontends.keras as hck
+from hvd_compress.tensorflow.frontends import elastic
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--codec", default="onebit")

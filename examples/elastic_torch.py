@@ -6,7 +6,7 @@ Runs as a plain job or as an elastic one:
     horovodrun -np 3 --min-np 2 --max-np 3 --host-discovery-script ./discover.sh --gloo \\
         python examples/elastic_torch.py --codec "doublesqueeze:codec=onebit"
 
-``import hvd_compress.torch.elastic`` registers the state handlers, so ``hvd.elastic.TorchState``
+``import hvd_compress.torch.frontends.elastic`` registers the state handlers, so ``hvd.elastic.TorchState``
 commits and restores the codec's state (error-feedback residuals, DoubleSqueeze's server
 residual, RNG steps, PowerSGD's Q, GradiVeQ's basis) together with the model and optimizer, and
 after a reset the exchange re-derives everything from the new world size (see docs/elastic.md).
@@ -18,7 +18,7 @@ import horovod.torch as hvd
 import torch
 
 import hvd_compress.torch as hc
-import hvd_compress.torch.elastic  # noqa: F401  (registers the TorchState handlers)
+import hvd_compress.torch.frontends.elastic  # noqa: F401  (registers the TorchState handlers)
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--codec", default="onebit")

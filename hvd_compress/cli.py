@@ -106,9 +106,9 @@ def check_tensorflow() -> Section:
     s.lines.append(f"tensorflow {tf}")
     keras = _version("tf-keras")
     if keras:
-        s.lines.append(f"tf-keras {keras} (hvd_compress.tensorflow.keras uses Keras 2)")
+        s.lines.append(f"tf-keras {keras} (hvd_compress.tensorflow.frontends.keras uses Keras 2)")
     else:
-        s.missing("tf-keras (Keras 2, for hvd_compress.tensorflow.keras)", f"pip install tf-keras=={tf}")
+        s.missing("tf-keras (Keras 2, for hvd_compress.tensorflow.frontends.keras)", f"pip install tf-keras=={tf}")
     return s
 
 

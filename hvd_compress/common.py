@@ -721,7 +721,7 @@ class PowerSGDFormat(CodecConfig):
 
 
 # ---------------------------------------------------------------------- fused buckets
-# The bucket knob of both frontends (hvd_compress.torch.fusion, hvd_compress.tensorflow.reduce).
+# The bucket knob of both frontends (hvd_compress.torch.fusion, hvd_compress.tensorflow.frontends.reduce).
 DEFAULT_BUCKET_BYTES = 64 << 20
 ENV_BUCKET_BYTES = "HVD_COMPRESS_BUCKET_BYTES"
 _T = TypeVar("_T")

@@ -19,7 +19,7 @@ Codec names: ``fp32`` (Horovod, no compression) and ``hvd-fp16`` (Horovod's own
 (``qsgd:bits=4``), separated by commas.
 
 ``--tensorboard DIR`` writes, per codec and epoch, the wire statistics and the compression error
-as TensorBoard scalars (:mod:`hvd_compress.torch.tensorboard`); ``tensorboard --logdir DIR``.
+as TensorBoard scalars (:mod:`hvd_compress.torch.frontends.tensorboard`); ``tensorboard --logdir DIR``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Elastic Horovod, the framework-neutral part: which codec state is shared, which is a worker's own,
 and DoubleSqueeze's server residual re-cut from one world's chunks to another's.
 
-Used by :mod:`hvd_compress.torch.elastic` (``hvd.elastic.TorchState`` handlers) and
-:mod:`hvd_compress.tensorflow.elastic` (``TensorFlowKerasState`` / ``TensorFlowState`` subclasses).
+Used by :mod:`hvd_compress.torch.frontends.elastic` (``hvd.elastic.TorchState`` handlers) and
+:mod:`hvd_compress.tensorflow.frontends.elastic` (``TensorFlowKerasState`` / ``TensorFlowState`` subclasses).
 A codec's state is seen here as a nested dict: ``{"state": {group: ...}, "inner": {...},
 "fallback": {...}, "sampler": {...}}`` (torch's ``Codec.state_dict()``; the TF module builds the
 same shape from the codec's ``tf.Variable``\\ s).

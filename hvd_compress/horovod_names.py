@@ -5,7 +5,7 @@ Why it exists. Horovod calls ``compression.compress(tensor)`` with the gradient 
 no parameter or variable, no optimizer, and Horovod 0.28.1 offers no public way to learn them.
 Codec state (error-feedback residuals, RNG streams) must be keyed by a name that is the same on
 every rank and every step, and the optimizer's ``state_dict`` must carry it. So the stock-API
-engines (:mod:`hvd_compress.torch.stock`, :mod:`hvd_compress.tensorflow.stock`) ask this module,
+engines (:mod:`hvd_compress.torch.frontends.stock`, :mod:`hvd_compress.tensorflow.frontends.stock`) ask this module,
 which looks in the frames of Horovod's functions that called ``compress`` for the names Horovod
 itself holds there. No other module reads frames (``tests/test_import_graph.py`` checks that).
 
@@ -57,7 +57,7 @@ def _first_frame_outside_hvd_compress() -> Optional[FrameType]:
 def torch_parameter_name(tensor) -> Tuple[Optional[str], Any]:
     """``(parameter name, Horovod optimizer)`` of the gradient ``tensor`` that Horovod's torch
     ``DistributedOptimizer`` passed to ``compress``; ``(None, None)`` where not found."""
-    import torch  # the caller, hvd_compress.torch.stock, has imported it already
+    import torch  # the caller, hvd_compress.torch.frontends.stock, has imported it already
 
     frame = _first_frame_outside_hvd_compress()
     param = None

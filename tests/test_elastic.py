@@ -1,4 +1,4 @@
-"""Spec: codec state under ``hvd.elastic.TorchState`` (hvd_compress.torch.elastic), in process.
+"""Spec: codec state under ``hvd.elastic.TorchState`` (hvd_compress.torch.frontends.elastic), in process.
 
 * ``commit()`` snapshots the codec state with the model and optimizer; ``restore()`` brings back
   exactly that snapshot (residuals, server residual, step counters, PowerSGD's Q, GradiVeQ's
@@ -21,7 +21,7 @@ hvd = pytest.importorskip("horovod.torch")
 
 import hvd_compress.torch as hc  # noqa: E402
 from hvd_compress.common import chunk_bounds  # noqa: E402
-from hvd_compress.torch import elastic  # noqa: E402
+from hvd_compress.torch.frontends import elastic  # noqa: E402
 
 SPECS = [
     "onebit",

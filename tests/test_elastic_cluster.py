@@ -16,7 +16,7 @@ Horovod alone (``hvd.DistributedOptimizer``, no compression) is the control and 
 test prints the seconds from the kill to the survivors' reset and to the first committed batch
 after it. The ``tf`` cases run the same job in TensorFlow (tf-keras, ``tests/mp/
 elastic_cluster_train_tf.py``): Horovod's Keras optimizer as the control, then hvd_compress's Keras
-optimizer in ``hvd_compress.tensorflow.elastic.CompressedKerasState``. Needs root, ``ip netns``, tc and openssh-server; skipped with the reason otherwise.
+optimizer in ``hvd_compress.tensorflow.frontends.elastic.CompressedKerasState``. Needs root, ``ip netns``, tc and openssh-server; skipped with the reason otherwise.
 On a single host (no namespaces) elastic horovodrun cannot do this: the kill blacklists the only
 host and ends the job.
 """
@@ -197,7 +197,7 @@ def test_training_survives_a_sigkilled_worker_and_its_return(cluster, tmp_path, 
 
 
 # TF (tf-keras): Horovod's own Keras optimizer as the control, then hvd_compress's Keras optimizer in
-# hvd_compress.tensorflow.elastic.CompressedKerasState
+# hvd_compress.tensorflow.frontends.elastic.CompressedKerasState
 TF_CODECS = CODECS
 
 

@@ -33,7 +33,7 @@ def test_bad_mode_is_a_clear_error():
 def test_ddp_hook_takes_the_hierarchical_setting():
     """The hook runs the hierarchical exchange over torch.distributed subgroups (across hosts:
     tests/test_cluster_mp.py); building the state needs no process group."""
-    from hvd_compress.torch.ddp import DDPHookState
+    from hvd_compress.torch.frontends.ddp import DDPHookState
 
     assert DDPHookState("onebit:hierarchical=true").codec.hierarchical is True
     assert DDPHookState("onebit").codec.hierarchical == "auto"

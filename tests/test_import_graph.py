@@ -164,6 +164,7 @@ LAYERS = [
             "hvd_compress.codecs",
             "hvd_compress._native",
             "hvd_compress._lazy",
+            "hvd_compress._moved",  # the old module paths kept importable (imports nothing of ours)
             "hvd_compress._discover",
             "hvd_compress.lowprec",
             "hvd_compress.elastic",
@@ -178,6 +179,9 @@ LAYERS = [
         "frontends",  # what users call: the Horovod APIs, DDP, Lightning, Keras, elastic state
         [
             "{fw}",
+            "{fw}.frontends",  # the frontends' own directory (hvd_compress/<framework>/frontends/)
+            # the old paths of the modules now in {fw}.frontends: shims that import the moved
+            # module (so they sit in its layer) and give it under the old name
             "{fw}.ddp",
             "{fw}.optimizer",
             "{fw}.stock",
@@ -244,6 +248,8 @@ def test_layer_of_takes_the_longest_prefix():
     assert LAYERS[layer_of("hvd_compress.torch.codecs.qsgd")][0] == "codecs"  # type: ignore[index]
     assert LAYERS[layer_of("hvd_compress.tensorflow.demo")][0] == "tools"  # type: ignore[index]
     assert LAYERS[layer_of("hvd_compress.torch")][0] == "frontends"  # type: ignore[index]
+    assert LAYERS[layer_of("hvd_compress.torch.frontends.ddp")][0] == "frontends"  # type: ignore[index]
+    assert LAYERS[layer_of("hvd_compress.tensorflow.frontends.keras.callbacks")][0] == "frontends"  # type: ignore[index]
     assert layer_of("elsewhere.module") is None
 
 

@@ -38,12 +38,13 @@ def test_torch_package_alone_imports_no_frontend_and_reaches_ddp_by_attribute():
         import sys
         import hvd_compress.torch as hc
         frontends = ['hvd_compress.torch.' + m for m in ('ddp', 'optimizer', 'stock', 'swarm', 'dist', 'broadcast')]
+        frontends += ['hvd_compress.torch.frontends.' + m for m in ('ddp', 'optimizer', 'stock', 'swarm', 'broadcast')]
         assert not any(m in sys.modules for m in frontends), 'a frontend was imported eagerly'
         assert {'ddp', 'swarm', 'optimizer', 'codecs', 'QSGD', 'ddp_comm_hook'} <= set(dir(hc))
         assert not any(m in sys.modules for m in frontends), 'dir() imported a frontend'
         assert callable(hc.ddp.ddp_comm_hook) and hc.ddp.ddp_comm_hook is hc.ddp_comm_hook
         assert hc.swarm.SwarmSGD is hc.SwarmSGD and hc.codecs.qsgd.QSGD is hc.QSGD
-        assert 'hvd_compress.torch.optimizer' not in sys.modules
+        assert 'hvd_compress.torch.frontends.optimizer' not in sys.modules
         print('ok')
     """)
     assert out.strip() == "ok"

@@ -1,4 +1,4 @@
-"""Spec: hvd_compress's DDP hook through PyTorch Lightning (hvd_compress.torch.lightning.DDPStrategy,
+"""Spec: hvd_compress's DDP hook through PyTorch Lightning (hvd_compress.torch.frontends.lightning.DDPStrategy,
 i.e. Lightning's DDPStrategy(ddp_comm_state=, ddp_comm_hook=)) and through Hugging Face Accelerate
 (accelerator.prepare, then register_comm_hook), 2 processes on CPU/Gloo: accuracy within 1 point
 of the same run uncompressed, replicas identical, and the codec carried every compressed value at

@@ -48,7 +48,9 @@ def test_wheel_ships_the_native_kernel_source_and_every_subpackage(wheel):
     for package in (
         "hvd_compress",
         "hvd_compress.torch",
-        "hvd_compress.tensorflow.keras",
+        "hvd_compress.torch.frontends",
+        "hvd_compress.tensorflow.frontends.keras",
+        "hvd_compress.tensorflow.keras",  # the old path, a shim: it must ship too
         "hvd_compress.ps",
         "hvd_compress.bench",
         "hvd_compress.torch.codecs",

@@ -1,4 +1,4 @@
-"""Spec: TF codec state under Horovod's TF elastic states (hvd_compress.tensorflow.elastic), in process.
+"""Spec: TF codec state under Horovod's TF elastic states (hvd_compress.tensorflow.frontends.elastic), in process.
 
 * ``commit()`` snapshots the codec's variables with the model's; ``restore()`` brings back exactly
   that snapshot (residuals, server residual, step counters, PowerSGD's Q, GradiVeQ's basis), and
@@ -23,7 +23,7 @@ hvd = pytest.importorskip("horovod.tensorflow")
 
 import hvd_compress.tensorflow as hct  # noqa: E402
 from hvd_compress.common import chunk_bounds  # noqa: E402
-from hvd_compress.tensorflow import elastic  # noqa: E402
+from hvd_compress.tensorflow.frontends import elastic  # noqa: E402
 from hvd_compress.tensorflow.collectives import HorovodCollectives  # noqa: E402
 
 SPECS = [

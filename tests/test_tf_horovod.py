@@ -6,10 +6,10 @@ per worker) once per (frontend, codec), each rank starting from different weight
 ``QuantizedBroadcastCallback`` (8 bits) makes identical:
 
 * tf-keras (``TF_USE_LEGACY_KERAS=1``): Horovod's stock ``horovod.tensorflow.keras.DistributedOptimizer
-  (compression=codec)`` with every codec, ``hvd_compress.tensorflow.keras.DistributedOptimizer``, a
+  (compression=codec)`` with every codec, ``hvd_compress.tensorflow.frontends.keras.DistributedOptimizer``, a
   ``tf.function`` GradientTape loop with the stock ``hvd.DistributedGradientTape(compression=codec)``
   and one with ``GradientReducer``; plus bad-input and checkpoint checks;
-* Keras 3: ``hvd_compress.tensorflow.keras.DistributedOptimizer`` with every codec (Horovod's own
+* Keras 3: ``hvd_compress.tensorflow.frontends.keras.DistributedOptimizer`` with every codec (Horovod's own
   Keras optimizer does not run on Keras 3) and a GradientTape loop with ``GradientReducer``;
   bad-input and checkpoint checks again.
 

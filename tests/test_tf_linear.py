@@ -529,11 +529,11 @@ def test_reducer_traced_in_tf_function_equals_eager_and_counts_every_step(hvd, s
 
 
 def test_keras3_model_fit_with_our_optimizer(hvd):
-    """Keras 3 ``model.fit`` (a traced train step) through hvd_compress.tensorflow.keras.DistributedOptimizer."""
+    """Keras 3 ``model.fit`` (a traced train step) through hvd_compress.tensorflow.frontends.keras.DistributedOptimizer."""
     keras = pytest.importorskip("keras")
     if not keras.__version__.startswith("3"):
         pytest.skip("Keras 3 only")
-    import hvd_compress.tensorflow.keras as hck
+    import hvd_compress.tensorflow.frontends.keras as hck
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(

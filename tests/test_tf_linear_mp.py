@@ -4,7 +4,7 @@ identical, K/d per conv layer printed.
 
 * ``-np 2``: Horovod's stock ``hvd.DistributedGradientTape(tape, compression=codec)`` in a
   ``tf.function`` training loop (the codec runs inside the function Horovod builds);
-* ``-np 3``: ``hvd_compress.tensorflow.keras.DistributedOptimizer`` with ``model.fit`` (our
+* ``-np 3``: ``hvd_compress.tensorflow.frontends.keras.DistributedOptimizer`` with ``model.fit`` (our
   ``GradientReducer`` inside Keras' traced train step).
 
 Both train 420 steps (20 and 30 epochs of the sharded digits; SGD 0.03, momentum 0.9, cosine decay

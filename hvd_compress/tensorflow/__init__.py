@@ -9,7 +9,7 @@ Pass a codec where you would pass Horovod's ``hvd.Compression.fp16``::
     tape = hvd.DistributedGradientTape(tape, compression=hct.QSGD(bits=4, bucket_size=512))
 
 (or to ``horovod.tensorflow.keras.DistributedOptimizer`` with tf-keras), or use
-``hvd_compress.tensorflow.keras.DistributedOptimizer``, which also works with Keras 3.
+``hvd_compress.tensorflow.frontends.keras.DistributedOptimizer``, which also works with Keras 3.
 :func:`wire_stats` returns the bytes each codec put on the wire (the same keys as torch's).
 Guide: ``docs/tensorflow.md``.
 """
@@ -25,7 +25,7 @@ def _stock_engine(codec):
     """The engine behind ``codec.compress`` / ``decompress`` when Horovod's stock TF APIs
     (``hvd.DistributedGradientTape(compression=codec)``, ...) call them. A frontend: installed here,
     not imported by the codec layer, and imported on first use (it imports Horovod)."""
-    from hvd_compress.tensorflow.stock import StockEngine
+    from hvd_compress.tensorflow.frontends.stock import StockEngine
 
     return StockEngine(codec)
 
@@ -53,8 +53,8 @@ __all__ = [
 # ...) on attribute access.
 _LAZY = {
     "Exchange": "hvd_compress.tensorflow.exchange",
-    "allreduce_gradients": "hvd_compress.tensorflow.reduce",
-    "GradientReducer": "hvd_compress.tensorflow.reduce",
-    "broadcast_variables": "hvd_compress.tensorflow.broadcast",
+    "allreduce_gradients": "hvd_compress.tensorflow.frontends.reduce",
+    "GradientReducer": "hvd_compress.tensorflow.frontends.reduce",
+    "broadcast_variables": "hvd_compress.tensorflow.frontends.broadcast",
 }
 __getattr__, __dir__ = _lazy_attributes(__name__, __path__, _LAZY, __all__)

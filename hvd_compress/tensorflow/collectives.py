@@ -56,7 +56,7 @@ class HorovodCollectives:
             tf.constant(traced, live.dtype),
             message=f"hvd_compress: this graph was traced for a world of (size, rank) {tuple(traced)}; Horovod "
             "now runs a different one (an elastic reset). Trace the training step again after a "
-            "reset: hvd_compress.tensorflow.elastic's states do it for Keras and Horovod's "
+            "reset: hvd_compress.tensorflow.frontends.elastic's states do it for Keras and Horovod's "
             "frontends; build your own tf.function inside the @hvd.elastic.run function",
         )
 

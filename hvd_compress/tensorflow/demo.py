@@ -14,7 +14,7 @@ bits per value on the wire, bytes sent per step, accuracy, time per step, replic
 ``--mode``: ``keras3`` (Keras 3, the default of TF >= 2.16) or ``tfkeras`` (sets
 ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported). A run is ``frontend:codec``:
 
-* ``ours``: ``hvd_compress.tensorflow.keras.DistributedOptimizer(opt, compression=codec)`` + ``model.fit``;
+* ``ours``: ``hvd_compress.tensorflow.frontends.keras.DistributedOptimizer(opt, compression=codec)`` + ``model.fit``;
 * ``hvd``: Horovod's ``horovod.tensorflow.keras.DistributedOptimizer(opt, compression=codec)`` +
   ``model.fit`` (tf-keras only: Horovod's Keras integration fails on Keras 3);
 * ``tape``: a ``tf.function`` GradientTape loop with ``hvd.DistributedGradientTape(tape, compression=codec)``
@@ -133,8 +133,11 @@ class Demo:
 
     # ---------------------------------------------------------------- training
     def train_fit(self, frontend: str, compression):
-        import hvd_compress.tensorflow.keras as hck
-        from hvd_compress.tensorflow.keras.callbacks import CompressionStatsCallback, QuantizedBroadcastCallback
+        import hvd_compress.tensorflow.frontends.keras as hck
+        from hvd_compress.tensorflow.frontends.keras.callbacks import (
+            CompressionStatsCallback,
+            QuantizedBroadcastCallback,
+        )
 
         model = self.make_model(1000 + self.rank)  # different per rank: the broadcast makes them equal
         base = self.keras.optimizers.SGD(self.lr, momentum=0.9)

@@ -32,7 +32,7 @@ def _stock_engine(codec):
     """The engine behind ``codec.compress`` / ``decompress`` when Horovod's stock
     ``hvd.DistributedOptimizer(compression=codec)`` calls them. A frontend: installed here, not
     imported by the codec layer, and imported on first use (like the frontends in ``_LAZY``)."""
-    from hvd_compress.torch.stock import StockEngine
+    from hvd_compress.torch.frontends.stock import StockEngine
 
     return StockEngine(codec)
 
@@ -42,14 +42,14 @@ _install_stock_engine(_stock_engine)
 # Imported on first use, so importing hvd_compress.torch needs neither Horovod nor an initialized
 # torch.distributed.
 _LAZY = {
-    "DistributedOptimizer": "hvd_compress.torch.optimizer",
-    "broadcast_parameters": "hvd_compress.torch.broadcast",
-    "BroadcastState": "hvd_compress.torch.broadcast",
-    "ddp_comm_hook": "hvd_compress.torch.ddp",
-    "DDPHookState": "hvd_compress.torch.ddp",
+    "DistributedOptimizer": "hvd_compress.torch.frontends.optimizer",
+    "broadcast_parameters": "hvd_compress.torch.frontends.broadcast",
+    "BroadcastState": "hvd_compress.torch.frontends.broadcast",
+    "ddp_comm_hook": "hvd_compress.torch.frontends.ddp",
+    "DDPHookState": "hvd_compress.torch.frontends.ddp",
     "TorchDistCollectives": "hvd_compress.torch.dist",
-    "SwarmSGD": "hvd_compress.torch.swarm",
-    "random_matching": "hvd_compress.torch.swarm",
+    "SwarmSGD": "hvd_compress.torch.frontends.swarm",
+    "random_matching": "hvd_compress.torch.frontends.swarm",
     "collective_stats": "hvd_compress.torch.fusion",
     "reset_collective_stats": "hvd_compress.torch.fusion",
 }

@@ -4,7 +4,7 @@
 offers -- ``rank``, ``size``, ``allreduce_async``, ``alltoall_async``, ``allgather_async``,
 ``broadcast_async``, each returning a :class:`~hvd_compress.torch.collectives.Pending` -- so the
 same :class:`~hvd_compress.torch.exchange.Exchange` (every codec, every pattern) runs over a
-torch.distributed process group. The DDP communication hook (:mod:`hvd_compress.torch.ddp`) uses it.
+torch.distributed process group. The DDP communication hook (:mod:`hvd_compress.torch.frontends.ddp`) uses it.
 
 Example (any process group; ``torchrun --nproc_per_node=2 this.py``)::
 

@@ -20,7 +20,7 @@ import horovod.torch as hvd
 import torch
 
 import hvd_compress.torch as hc
-import hvd_compress.torch.elastic  # noqa: F401  (registers the TorchState handlers for codec state)
+import hvd_compress.torch.frontends.elastic  # noqa: F401  (registers the TorchState handlers for codec state)
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--codec", default="onebit")

@@ -5,8 +5,8 @@ batch, ``reset``, ``done`` with accuracy and a parameter checksum), the same tea
 -> 10 MLP, SGD 0.05 momentum 0.9, 64 samples per worker and batch, seeded by (epoch, batch, rank)).
 
 ``--codec none``: Horovod alone, its tf-keras ``hvd.DistributedOptimizer`` in Horovod's
-``TensorFlowKerasState`` (the control); any other codec: ``hvd_compress.tensorflow.keras.
-DistributedOptimizer`` in :class:`hvd_compress.tensorflow.elastic.CompressedKerasState`. The step
+``TensorFlowKerasState`` (the control); any other codec: ``hvd_compress.tensorflow.frontends.keras.
+DistributedOptimizer`` in :class:`hvd_compress.tensorflow.frontends.elastic.CompressedKerasState`. The step
 is a ``tf.function`` built inside the elastic function, so it is traced again after every reset.
 """
 
@@ -24,8 +24,8 @@ import horovod.tensorflow.keras as hvdk
 import numpy as np
 import tensorflow as tf
 
-import hvd_compress.tensorflow.keras as hck
-from hvd_compress.tensorflow import elastic
+import hvd_compress.tensorflow.frontends.keras as hck
+from hvd_compress.tensorflow.frontends import elastic
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--codec", default="onebit")

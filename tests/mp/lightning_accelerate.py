@@ -43,7 +43,7 @@ def evaluate(model):
 def run_lightning(codec):
     import lightning.pytorch as pl
 
-    from hvd_compress.torch.lightning import DDPStrategy
+    from hvd_compress.torch.frontends.lightning import DDPStrategy
 
     class Digits(pl.LightningModule):
         def __init__(self):

@@ -1,4 +1,4 @@
-"""Worker script: hvd_compress.tensorflow.broadcast.broadcast_variables under horovodrun.
+"""Worker script: hvd_compress.tensorflow.frontends.broadcast.broadcast_variables under horovodrun.
 
 Rank-dependent starting values (Keras model + plain tf.Variables of several dtypes); records
 digests, deviations against the root's exact values, and the errors the bad-input cases raise.
@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 import horovod.tensorflow as hvd
-from hvd_compress.tensorflow.broadcast import BroadcastState, broadcast_variables
+from hvd_compress.tensorflow.frontends.broadcast import BroadcastState, broadcast_variables
 
 
 def digest(variables):

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import horovod.tensorflow as hvd
 import hvd_compress.tensorflow as hct
-import hvd_compress.tensorflow.keras as hck
+import hvd_compress.tensorflow.frontends.keras as hck
 from hvd_compress.tensorflow.collectives import HorovodCollectives
 
 args = parse_args({"--specs": {"required": True}, "--steps": {"type": int, "default": 3}})

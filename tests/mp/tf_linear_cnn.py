@@ -77,7 +77,7 @@ def describe(codec, model):
             "state": {g: sorted(t) for g, t in codec.state.items() if t},
         }
     if hasattr(codec, "compression_ratio"):
-        from hvd_compress.tensorflow.stock import variable_key
+        from hvd_compress.tensorflow.frontends.stock import variable_key
 
         comp = {
             variable_key(w): {"shape": list(w.shape), "ratio": codec.compression_ratio(w.shape)}

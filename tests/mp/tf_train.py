@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import hvd_compress.tensorflow as hct  # noqa: E402
-import hvd_compress.tensorflow.keras as hck  # noqa: E402
+import hvd_compress.tensorflow.frontends.keras as hck  # noqa: E402
 
 keras, hvd, RANK = demo.keras, demo.hvd, demo.rank
 

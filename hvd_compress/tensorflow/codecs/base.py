@@ -75,7 +75,7 @@ def check_tf_payload(codec, payload, numel: int) -> None:
 validates_payloads = payload_validator(check_tf_payload)
 
 
-# Builds the engine behind Codec.compress/decompress (hvd_compress.tensorflow.stock.StockEngine).
+# Builds the engine behind Codec.compress/decompress (hvd_compress.tensorflow.frontends.stock.StockEngine).
 _stock_engine: Optional[Callable[["Codec"], Any]] = None
 
 
@@ -98,7 +98,7 @@ class Codec(CodecConfig, _Trackable):
 
     Also a Horovod TensorFlow ``Compressor`` (duck-typed: ``compress``/``decompress``): pass it as
     ``compression=`` to ``hvd.DistributedGradientTape`` or ``horovod.tensorflow.keras.DistributedOptimizer``
-    and it runs its own bit-packed exchange (see :mod:`hvd_compress.tensorflow.stock`).
+    and it runs its own bit-packed exchange (see :mod:`hvd_compress.tensorflow.frontends.stock`).
 
     ``nonfinite="raise"`` (default): a NaN/Inf in any rank's gradient makes the step fail on every
     rank with ``tf.errors.InvalidArgumentError`` whose message names the tensor (the check runs on
@@ -251,12 +251,12 @@ class Codec(CodecConfig, _Trackable):
     # ------------------------------------------------------------------ Horovod stock API
     @tf.autograph.experimental.do_not_convert
     def compress(self, tensor):
-        """Horovod ``Compressor.compress`` (see :mod:`hvd_compress.tensorflow.stock`)."""
+        """Horovod ``Compressor.compress`` (see :mod:`hvd_compress.tensorflow.frontends.stock`)."""
         if self._stock is None:
             if _stock_engine is None:
                 raise RuntimeError(
                     "hvd_compress: no Horovod stock-API engine installed; import "
-                    "hvd_compress.tensorflow (it installs hvd_compress.tensorflow.stock)"
+                    "hvd_compress.tensorflow (it installs hvd_compress.tensorflow.frontends.stock)"
                 )
             self._stock = _stock_engine(self)
         return self._stock.compress(tensor)

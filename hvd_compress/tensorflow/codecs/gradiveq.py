@@ -143,7 +143,7 @@ class GradiVeQ(GradiVeQFormat, Codec):
         hvd.init()
         codec = hct.GradiVeQ(warmup_steps=2500, sample_steps=100, compress_steps=400)
         tape = hvd.DistributedGradientTape(tape, compression=codec)
-        # or hvd_compress.tensorflow.keras.DistributedOptimizer(opt, compression=codec) + model.fit
+        # or hvd_compress.tensorflow.frontends.keras.DistributedOptimizer(opt, compression=codec) + model.fit
         # short schedule for small jobs: "gradiveq:warmup_steps=20,sample_steps=10,compress_steps=60"
         ...
         print(codec.compression_report())   # per conv layer: K, d, K/d

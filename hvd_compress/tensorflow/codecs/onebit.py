@@ -86,7 +86,7 @@ class OneBit(ErrorFeedback):
 
     Example::
 
-        opt = hvd_compress.tensorflow.keras.DistributedOptimizer(keras.optimizers.SGD(0.05),
+        opt = hvd_compress.tensorflow.frontends.keras.DistributedOptimizer(keras.optimizers.SGD(0.05),
                                                                  compression="onebit")
     """
 

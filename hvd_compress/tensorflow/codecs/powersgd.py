@@ -140,7 +140,7 @@ class PowerSGD(PowerSGDFormat, Codec):
         hvd.init()
         tape = hvd.DistributedGradientTape(tape, compression=hct.PowerSGD(rank=2, start_iter=10))
         # or hct.from_spec("powersgd:rank=2,start_iter=10"), GradientReducer, or
-        # hvd_compress.tensorflow.keras.DistributedOptimizer(opt, compression="powersgd:rank=2")
+        # hvd_compress.tensorflow.frontends.keras.DistributedOptimizer(opt, compression="powersgd:rank=2")
 
     How to tune: as torch's guide says, start with ``rank=1`` and double it until accuracy is
     where you want it (1-4 is typical); ``start_iter`` defers compression past the first, fragile

@@ -8,7 +8,7 @@ typed dataclass the codec declares as ``State`` (:mod:`hvd_compress.core.state`;
 group, each a dict keyed by tensor name), saved by :meth:`Codec.state_dict`.
 
 Every codec is also a Horovod ``Compressor``: pass it as ``compression=`` to
-``hvd.DistributedOptimizer`` and it runs its own bit-packed exchange (see ``hvd_compress.torch.stock``).
+``hvd.DistributedOptimizer`` and it runs its own bit-packed exchange (see ``hvd_compress.torch.frontends.stock``).
 That engine is a frontend, a layer above the codecs: this module does not import it; the package
 (``hvd_compress/torch/__init__.py``) installs it with :func:`install_stock_engine`.
 """
@@ -50,7 +50,7 @@ def check_torch_payload(codec, payload, numel: int) -> None:
 
 validates_payloads = payload_validator(check_torch_payload)
 
-# Builds the engine behind Codec.compress/decompress (hvd_compress.torch.stock.StockEngine).
+# Builds the engine behind Codec.compress/decompress (hvd_compress.torch.frontends.stock.StockEngine).
 _stock_engine: Optional[Callable[["Codec"], Any]] = None
 
 
@@ -193,7 +193,7 @@ class Codec(_HorovodCompressor, CodecConfig):
             if _stock_engine is None:
                 raise RuntimeError(
                     "hvd_compress: no Horovod stock-API engine installed; import "
-                    "hvd_compress.torch (it installs hvd_compress.torch.stock)"
+                    "hvd_compress.torch (it installs hvd_compress.torch.frontends.stock)"
                 )
             self._stock = _stock_engine(self)
         return self._stock.compress(tensor)

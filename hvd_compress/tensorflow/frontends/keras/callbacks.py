@@ -11,7 +11,7 @@ from typing import Dict, Optional
 import tensorflow as tf
 
 from hvd_compress.common import UNCOMPRESSED
-from hvd_compress.tensorflow.broadcast import broadcast_variables
+from hvd_compress.tensorflow.frontends.broadcast import broadcast_variables
 from hvd_compress.tensorflow.stats import FIELDS, WIRE_STATS
 
 _Callback = tf.keras.callbacks.Callback
