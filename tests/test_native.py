@@ -444,12 +444,14 @@ def test_switching_off_gives_the_torch_rand_stream(monkeypatch):
     """HVD_COMPRESS_NATIVE=0: the plain path draws torch.rand from the generator (what the kernels
     reproduce byte for byte when handed the same uniforms)."""
     x = randn(30_001, 2)
-    q = quantizer("qsgd:bits=4")
     monkeypatch.setenv("HVD_COMPRESS_NATIVE", "0")
-    assert not _native.enabled() and ops.lib_for(x) is None
+    q = quantizer("qsgd:bits=4")  # the setting is read when a codec is built
+    assert not _native.enabled() and q.plan.path(x) == "plain"
     plain = q.encode(x, torch.Generator().manual_seed(4))
     monkeypatch.delenv("HVD_COMPRESS_NATIVE")
-    assert _native.enabled()
+    assert _native.enabled() and q.plan.path(x) == "plain"
+    q = quantizer("qsgd:bits=4")
+    assert q.plan.path(x) == "native"
     noise = torch.rand(x.numel(), generator=torch.Generator().manual_seed(4))
     assert torch.equal(plain, q.encode(x, None, noise=noise))
 

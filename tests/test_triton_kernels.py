@@ -488,10 +488,36 @@ def test_backend_env_forces_one_and_misuse_is_a_clear_error(monkeypatch):
 
 
 def test_plain_backend_keeps_the_c_kernels_out(monkeypatch):
-    from hvd_compress._native import ops
-
     monkeypatch.setenv("HVD_COMPRESS_BACKEND", "plain")
-    assert ops.lib_for(torch.ones(1)) is None
+    assert hc.QSGD(bits=4).plan.path(torch.ones(1)) == "plain"
+    assert hc.OneBit().inner.plan.for_device("cuda") == "plain"
+
+
+def test_the_backend_is_chosen_when_the_codec_is_built(monkeypatch):
+    """The environment is read by the constructor; the step only looks its plan up. A pickled
+    codec is planned again where it lands; a forced() block overrides every plan while it lasts."""
+    import pickle
+
+    from hvd_compress import _native
+
+    x = torch.ones(1000)
+    monkeypatch.setenv("HVD_COMPRESS_BACKEND", "plain")
+    codec = hc.QSGD(bits=4)
+    monkeypatch.delenv("HVD_COMPRESS_BACKEND")
+    native = "native" if _native.load() is not None else "plain"
+    assert codec.plan.path(x) == "plain"  # the setting it was built with
+    assert hc.QSGD(bits=4).plan.path(x) == native
+    assert pickle.loads(pickle.dumps(codec)).plan.path(x) == native  # this process's setting
+    with backend.forced("plain"):
+        assert hc.QSGD(bits=4).plan.path(x) == "plain"
+    with _native.forced(False):
+        assert hc.QSGD(bits=4).plan.path(x) == "plain"
+    assert codec.plan.path(x) == "plain" and "cpu: plain" in repr(codec.plan)
+    monkeypatch.setenv("HVD_COMPRESS_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    refused = hc.QSGD(bits=4)  # a forced backend that cannot run here is an error on use, not a fall-back
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        refused.encode(x)
 
 
 # ------------------------------------------------------------------- no host round trips

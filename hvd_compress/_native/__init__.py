@@ -16,7 +16,8 @@ in the last bits); results independent of the thread count. See ``docs/native.md
 
 Knobs (environment):
 
-* ``HVD_COMPRESS_NATIVE=0``: always use the plain torch codecs (read at every call).
+* ``HVD_COMPRESS_NATIVE=0``: use the plain torch codecs (read when a codec is built, into its plan:
+  :mod:`hvd_compress.torch.kernels.backend`).
 * ``HVD_COMPRESS_THREADS=N``: threads for the kernels (default: ``torch.get_num_threads()``).
 * ``HVD_COMPRESS_THP=0``: do not advise transparent huge pages for fresh multi-MiB outputs.
 * ``CC``: the compiler (default ``cc``); ``HVD_COMPRESS_CACHE``: the cache root.

@@ -1,9 +1,10 @@
 """Torch glue for the native kernels: tensors in, payload/decoded tensors out.
 
-Each function returns ``None`` when the native path does not apply (switched off, no library, a
-CUDA tensor, unusual ``noise``), so a codec writes::
+A codec calls them where its plan (:mod:`hvd_compress.torch.kernels.backend`) says ``"native"``.
+Each returns ``None`` when its kernel does not take the input (no library, a CUDA tensor, unusual
+``noise``), so a codec writes::
 
-    out = ops.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
+    out = ops.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise) if path == "native" else None
     if out is not None:
         return out
     ... plain torch path ...
@@ -29,16 +30,12 @@ _SEED_HIGH = 1 << 63
 
 
 def lib_for(*tensors) -> Optional[object]:
-    """The library if the native path applies to these tensors (all on the CPU), else ``None``."""
+    """The library if it loads and these tensors are all on the CPU, else ``None``. Whether the
+    native path is wanted at all (``HVD_COMPRESS_NATIVE``, ``HVD_COMPRESS_BACKEND``) is the
+    codec's plan's decision (:mod:`hvd_compress.torch.kernels.backend`), made when it was built."""
     for t in tensors:
         if t is not None and t.device.type != "cpu":
             return None
-    if not _native.enabled():
-        return None
-    from hvd_compress.torch.kernels.backend import native_allowed  # HVD_COMPRESS_BACKEND decides
-
-    if not native_allowed():
-        return None
     return _native.load()
 
 

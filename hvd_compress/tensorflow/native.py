@@ -32,8 +32,10 @@ from hvd_compress import _native
 _MASK64 = (1 << 64) - 1
 
 
+@tf.autograph.experimental.do_not_convert
 def lib():
-    """The loaded kernel library when the native path is on, else ``None``."""
+    """The loaded kernel library when the native path is on, else ``None``. Not converted by
+    autograph: the first call may load (and build) the library while a ``tf.function`` traces."""
     return _native.load() if _native.enabled() else None
 
 

@@ -23,6 +23,7 @@ import torch
 from hvd_compress._native import ops as native_ops
 from hvd_compress.core.state import TensorState
 from hvd_compress.torch import kernels
+from hvd_compress.torch.kernels import backend
 
 try:  # Subclass Horovod's Compressor where Horovod is installed; the codecs work without it.
     from horovod.torch.compression import Compressor as _HorovodCompressor
@@ -87,6 +88,9 @@ class Codec(_HorovodCompressor, CodecConfig):
     def __init__(self, **options):
         CodecConfig.__init__(self, **options)
         self.state = self.State()
+        # Which kernels run this codec's tensors (Triton, the C kernels or plain torch), per device
+        # type: chosen now, from HVD_COMPRESS_BACKEND / HVD_COMPRESS_NATIVE (kernels/backend.py).
+        self.plan = backend.plan()
         self._stock = None  # the Horovod stock-API engine, created on first compress()
 
     def __init_subclass__(cls, **kwargs):
@@ -205,7 +209,12 @@ class Codec(_HorovodCompressor, CodecConfig):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_stock"] = None
+        state.pop("plan", None)  # made again where the codec lands: that process's kernels
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.plan = backend.plan()
 
 
 class NativeDecoding:
@@ -221,23 +230,28 @@ class NativeDecoding:
         raise NotImplementedError
 
     def native_decode(self, payload, numel):
-        """The decoded payload from the kernel, or ``None`` where the native path does not apply."""
+        """The payload decoded by the kernel the plan picks, or ``None`` on the plain path."""
+        path = self.plan.path(payload)
+        if path == "plain":
+            return None
         kernel, *args = self.native_decoder()
-        out = kernels.decode(kernel, payload, numel, *args)
-        return out if out is not None else native_ops.decode(kernel, payload, numel, *args)
+        run = kernels.decode if path == "triton" else native_ops.decode
+        return run(kernel, payload, numel, *args)
 
     @validates_payloads
     def decode_into(self, payload, out):
+        path = self.plan.path(payload)
         kernel, *args = self.native_decoder()
-        if not (kernels.decode_to(kernel, payload, out, *args) or native_ops.decode_to(kernel, payload, out, *args)):
+        run = kernels.decode_to if path == "triton" else native_ops.decode_to if path == "native" else None
+        if run is None or not run(kernel, payload, out, *args):
             super().decode_into(payload, out)
 
     @validates_payloads
     def aggregate(self, payloads, numel):
+        path = self.plan.path(*payloads)
         kernel, *args = self.native_decoder()
-        out = kernels.aggregate(kernel, payloads, numel, *args)
-        if out is None:
-            out = native_ops.aggregate(kernel, payloads, numel, *args)
+        run = kernels.aggregate if path == "triton" else native_ops.aggregate if path == "native" else None
+        out = run(kernel, payloads, numel, *args) if run is not None else None
         return out if out is not None else super().aggregate(payloads, numel)
 
 

@@ -28,10 +28,10 @@ class ScaledSign(NativeDecoding, SpecFormat, Codec):
     # is the plain path (see QSGD).
 
     def encode(self, x, generator=None, scale=None):
-        out = kernels.sign_encode(x)
-        if out is not None:
-            return out
-        res = native.sign_encode(x)
+        path = self.plan.path(x)
+        if path == "triton":
+            return kernels.sign_encode(x)
+        res = native.sign_encode(x) if path == "native" else None
         if res is not None:
             return res[0]
         x = x.reshape(-1).to(torch.float32)
@@ -55,10 +55,12 @@ class ScaledSign(NativeDecoding, SpecFormat, Codec):
         """Fused error-feedback step for :class:`ErrorFeedback`: as
         :meth:`OneBitQuantizer.encode_with_residual`, in two passes per chunk (the chunk's mean
         |p| must be known before the residual)."""
-        done = kernels.fused_feedback("sign", x, residual, bounds)
-        if done is not None:
-            return done
-        return native.fused_feedback(native.sign_encode, x, residual, bounds)
+        path = self.plan.path(x)
+        if path == "triton":
+            return kernels.fused_feedback("sign", x, residual, bounds)
+        if path == "native":
+            return native.fused_feedback(native.sign_encode, x, residual, bounds)
+        return None
 
 
 class EFSign(ErrorFeedback):

@@ -249,7 +249,9 @@ class Lattice(Codec):
         eps = float(torch.as_tensor(eps, dtype=torch.float32).reshape(-1)[0])
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
         x = x.detach().reshape(-1)
-        fast = kernels.lattice_encode(x, self.bits, eps, seed, generator, noise)  # CUDA: Triton
+        fast = (
+            kernels.lattice_encode(x, self.bits, eps, seed, generator, noise) if self.plan.path(x) == "triton" else None
+        )
         if fast is not None:
             payload, top = fast  # top: max|x|, read only for a valid step and a non-empty x
             if top is not None and top < float("inf"):
@@ -321,7 +323,7 @@ class Lattice(Codec):
         ref = reference.detach().reshape(-1)
         n = ref.numel()
         self._check_size(payload, n)
-        fast = kernels.lattice_decode(payload, ref, self.bits)  # CUDA: Triton
+        fast = kernels.lattice_decode(payload, ref, self.bits) if self.plan.path(ref) == "triton" else None
         if fast is not None:
             return fast
         if ref.device.type != "cpu" or payload.device.type != "cpu":  # plain path on the host, as in encode

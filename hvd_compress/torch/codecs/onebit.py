@@ -32,10 +32,10 @@ class OneBitQuantizer(NativeDecoding, SpecFormat, Codec):
     # is the plain path (see QSGD).
 
     def encode(self, x, generator=None, scale=None):
-        out = kernels.onebit_encode(x, self.bucket_size)
-        if out is not None:
-            return out
-        res = native.onebit_encode(x, self.bucket_size)
+        path = self.plan.path(x)
+        if path == "triton":
+            return kernels.onebit_encode(x, self.bucket_size)
+        res = native.onebit_encode(x, self.bucket_size) if path == "native" else None
         if res is not None:
             return res[0]
         x = x.reshape(-1).to(torch.float32)
@@ -79,10 +79,12 @@ class OneBitQuantizer(NativeDecoding, SpecFormat, Codec):
         ``p = x + residual``; payloads of ``p`` per chunk; ``residual = p - decode(payloads)``,
         updated in place (zeroed if it holds a non-finite value). Returns ``(payloads, residual)``,
         or ``None`` where only the plain path applies."""
-        done = kernels.fused_feedback("onebit", x, residual, bounds, self.bucket_size)
-        if done is not None:
-            return done
-        return native.fused_feedback(native.onebit_encode, x, residual, bounds, self.bucket_size)
+        path = self.plan.path(x)
+        if path == "triton":
+            return kernels.fused_feedback("onebit", x, residual, bounds, self.bucket_size)
+        if path == "native":
+            return native.fused_feedback(native.onebit_encode, x, residual, bounds, self.bucket_size)
+        return None
 
 
 class OneBit(ErrorFeedback):

@@ -48,9 +48,14 @@ class QSGD(NativeDecoding, SpecFormat, Codec):
     # definition, used for CUDA tensors, with HVD_COMPRESS_NATIVE=0 or without a C compiler.
 
     def encode(self, x, generator=None, scale=None, noise=None):
-        out = kernels.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
-        if out is None:
-            out = native.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
+        path = self.plan.path(x)
+        if path == "triton":
+            return kernels.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
+        out = (
+            native.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
+            if path == "native"
+            else None
+        )
         if out is not None:
             return out
         x = x.reshape(-1).to(torch.float32)

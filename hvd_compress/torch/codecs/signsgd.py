@@ -32,10 +32,10 @@ class SignSGD(NativeDecoding, SpecFormat, Codec):
     # the torch code after each ``native`` call is the plain path that defines the result.
 
     def encode(self, x, generator=None, scale=None):
-        out = kernels.sign_encode(x, "mean" if self.scaled else "vote")  # CUDA: the Triton kernels
-        if out is not None:
-            return out
-        res = native.sign_encode(x)
+        path = self.plan.path(x)
+        if path == "triton":
+            return kernels.sign_encode(x, "mean" if self.scaled else "vote")
+        res = native.sign_encode(x) if path == "native" else None
         if res is not None:
             out = res[0]
             mean = float(bytes_f32(out[-4:]))
@@ -78,8 +78,11 @@ class SignSGD(NativeDecoding, SpecFormat, Codec):
         return signs.mul_(s)
 
     def aggregate(self, payloads, numel):
-        out = kernels.signsgd_vote(payloads, numel)
-        if out is None:
+        path = self.plan.path(*payloads)
+        out = None
+        if path == "triton":
+            out = kernels.signsgd_vote(payloads, numel)
+        elif path == "native":
             out = native.signsgd_vote(payloads, numel)
         if out is not None:
             return out

@@ -37,9 +37,10 @@ class TernGrad(NativeDecoding, SpecFormat, Codec):
     # aggregate; the torch code after each ``native`` call is the plain path (see QSGD).
 
     def local_scale(self, x):
-        s = kernels.terngrad_scale(x, self.clip)
-        if s is None:
-            s = native.terngrad_scale(x, self.clip)
+        path = self.plan.path(x)
+        if path == "triton":
+            return kernels.terngrad_scale(x, self.clip)
+        s = native.terngrad_scale(x, self.clip) if path == "native" else None
         if s is not None:
             return s
         x = x.reshape(-1).to(torch.float32)
@@ -52,9 +53,10 @@ class TernGrad(NativeDecoding, SpecFormat, Codec):
 
     def encode(self, x, generator=None, scale=None, noise=None):
         s = self.local_scale(x) if scale is None else scale.reshape(1).to(torch.float32)
-        out = kernels.terngrad_encode(x, s, self.packing == "base3", generator, noise)
-        if out is None:
-            out = native.terngrad_encode(x, s, self.packing == "base3", generator, noise)
+        path = self.plan.path(x)
+        if path == "triton":
+            return kernels.terngrad_encode(x, s, self.packing == "base3", generator, noise)
+        out = native.terngrad_encode(x, s, self.packing == "base3", generator, noise) if path == "native" else None
         if out is not None:
             return out
         x = x.reshape(-1).to(torch.float32)

@@ -30,9 +30,11 @@ class TopKSparsifier(SpecFormat, Codec):
 
     def encode(self, x, generator=None, scale=None):
         k = self.k(x.numel())
-        out = kernels.topk_encode(x, k)  # CUDA: selection and packing on the device
-        if out is None:  # CPU: the native kernel's sampled-threshold selection, the same bytes
-            out = native.topk_encode(x, k)
+        path = self.plan.path(x)
+        if path == "triton":  # selection and packing on the device
+            return kernels.topk_encode(x, k)
+        # the native kernel's sampled-threshold selection: the same bytes
+        out = native.topk_encode(x, k) if path == "native" else None
         if out is not None:
             return out
         if k == 0:
@@ -61,9 +63,8 @@ class TopKSparsifier(SpecFormat, Codec):
         return idx, values
 
     def decode(self, payload, numel):
-        out = kernels.topk_decode(payload, numel, self.k(numel))
-        if out is not None:
-            return out
+        if self.plan.path(payload) == "triton":
+            return kernels.topk_decode(payload, numel, self.k(numel))
         out = torch.zeros(numel)
         if numel:
             idx, values = self._unpack(payload, numel)
@@ -71,9 +72,8 @@ class TopKSparsifier(SpecFormat, Codec):
         return out
 
     def aggregate(self, payloads, numel):
-        out = kernels.topk_aggregate(payloads, numel, self.k(numel))
-        if out is not None:
-            return out
+        if payloads and self.plan.path(*payloads) == "triton":
+            return kernels.topk_aggregate(payloads, numel, self.k(numel))
         out = torch.zeros(numel)
         for p in payloads:
             idx, values = self._unpack(p, numel)

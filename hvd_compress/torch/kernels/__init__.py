@@ -1,12 +1,17 @@
-"""Triton kernels for the torch codecs, picked per tensor by :mod:`.backend`.
+"""Triton kernels for the torch codecs, run where the codec's plan (:mod:`.backend`) says so.
 
 One module per codec family (``qsgd``, ``terngrad``, ``onebit``, ``sign``, ``topk``, ``lattice``),
-imported lazily: importing this package does not import Triton. Each function here returns ``None`` when
-the Triton backend does not apply to its tensors, so a codec writes::
+imported lazily: importing this package does not import Triton. A codec writes::
 
-    out = kernels.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
-    if out is None:
-        out = native.qsgd_encode(...)   # then the plain torch path
+    path = self.plan.path(x)            # chosen when the codec was built
+    if path == "triton":
+        return kernels.qsgd_encode(x, self.bits, self.bucket_size, self.norm, generator, noise)
+    if path == "native":
+        ...                             # the C kernels, then the plain torch path
+
+The functions decide nothing about the backend; the few that return ``None`` do so for inputs
+their kernel does not take (a dtype, a non-contiguous output), and the codec then takes the plain
+path.
 
 Same wire format as the C kernels and the plain path: given the same uniforms (``noise=``) the
 payload is byte-identical. Without ``noise`` the stochastic codecs draw their uniforms in the
@@ -31,8 +36,6 @@ from __future__ import annotations
 
 import importlib
 
-from hvd_compress.torch.kernels.backend import choose, use_triton
-
 
 # Codec names (of the quantizer under error-feedback wrappers) whose whole step runs on Triton
 # (Lattice: encode and decode_relative; it serves SwarmSGD's gossip, never the DDP hook).
@@ -40,14 +43,14 @@ TRITON_CODECS = ("qsgd", "terngrad", "onebit_quantizer", "scaled_sign", "signsgd
 
 
 def runs_on_device(codec, device) -> bool:
-    """Whether ``codec`` encodes and decodes tensors on ``device`` without leaving it: the Triton
-    backend applies there and the codec is a Triton codec, bare or under a wrapper whose own work
-    is device tensor ops around its inner codec's kernels (``ErrorFeedback``, and the codecs built
-    on it, say so with ``runs_inner_kernels = True``; the kernels import no codec). The DDP hook
-    then skips its host staging."""
+    """Whether ``codec`` encodes and decodes tensors on ``device`` without leaving it: its plan
+    runs that device's tensors on Triton and the codec is a Triton codec, bare or under a wrapper
+    whose own work is device tensor ops around its inner codec's kernels (``ErrorFeedback``, and
+    the codecs built on it, say so with ``runs_inner_kernels = True``; the kernels import no
+    codec). The DDP hook then skips its host staging."""
     while getattr(codec, "runs_inner_kernels", False):
         codec = codec.inner
-    return getattr(codec, "name", None) in TRITON_CODECS and choose(device) == "triton"
+    return getattr(codec, "name", None) in TRITON_CODECS and codec.plan.for_device(device) == "triton"
 
 
 def family(name: str):
@@ -56,46 +59,34 @@ def family(name: str):
 
 
 def qsgd_encode(x, bits, bucket, norm, generator=None, noise=None):
-    if not use_triton(x):
-        return None
     return family("qsgd").encode(x, bits, bucket, norm, generator, noise)
 
 
 def terngrad_scale(x, clip):
-    if not use_triton(x):
-        return None
     return family("terngrad").local_scale(x, clip)
 
 
 def terngrad_encode(x, scale, base3, generator=None, noise=None):
-    if not use_triton(x):
-        return None
     return family("terngrad").encode(x, scale, base3, generator, noise)
 
 
 def onebit_encode(x, bucket):
-    if not use_triton(x):
-        return None
     return family("onebit").encode(x, bucket)
 
 
 def sign_encode(x, scale_mode="mean"):
-    if not use_triton(x):
-        return None
     return family("sign").encode(x, scale_mode)
 
 
 def fused_feedback(name, x, residual, bounds, *args):
     """The fused error-feedback step of ``onebit`` / ``sign`` (``None``: take the other paths)."""
-    if not use_triton(x):
-        return None
     from hvd_compress.torch.kernels.common import fused_feedback as run
 
     return run(family(name).encode_with_residual, x, residual, bounds, *args)
 
 
 def signsgd_vote(payloads, numel):
-    if not payloads or not use_triton(payloads[0]):
+    if not payloads:
         return None
     return family("sign").vote(payloads, numel)
 
@@ -107,32 +98,28 @@ _LATTICE_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16")
 
 def lattice_encode(x, bits, eps, shift_seed, generator=None, noise=None):
     """``(payload, max|x| or None)``; the codec raises on a too-small step (``None``: plain path)."""
-    if not use_triton(x) or str(x.dtype) not in _LATTICE_DTYPES:
+    if str(x.dtype) not in _LATTICE_DTYPES:
         return None
     return family("lattice").encode(x, bits, eps, shift_seed, generator, noise)
 
 
 def lattice_decode(payload, reference, bits):
     """``(values, ok)`` decoded relative to ``reference`` (``None``: take the plain path)."""
-    if not use_triton(reference) or str(reference.dtype) not in _LATTICE_DTYPES:
+    if str(reference.dtype) not in _LATTICE_DTYPES:
         return None
     return family("lattice").decode_relative(payload, reference, bits)
 
 
 def topk_encode(x, k):
-    if not use_triton(x):
-        return None
     return family("topk").encode(x, k)
 
 
 def topk_decode(payload, numel, k):
-    if not use_triton(payload):
-        return None
     return family("topk").decode(payload, numel, k)
 
 
 def topk_aggregate(payloads, numel, k):
-    if not payloads or not use_triton(payloads[0]):
+    if not payloads:
         return None
     return family("topk").aggregate(payloads, numel, k)
 
@@ -148,8 +135,6 @@ _DECODERS = {
 
 
 def decode(native_kernel, payload, numel, *args):
-    if not use_triton(payload):
-        return None
     import torch
 
     out = torch.empty(numel, dtype=torch.float32, device=payload.device)
@@ -158,14 +143,14 @@ def decode(native_kernel, payload, numel, *args):
 
 
 def decode_to(native_kernel, payload, out, *args) -> bool:
-    if not use_triton(payload) or str(out.dtype) != "torch.float32" or not out.is_contiguous():
+    if str(out.dtype) != "torch.float32" or not out.is_contiguous():
         return False
     family(_DECODERS[native_kernel.__name__]).decode_into(payload, out, *args)
     return True
 
 
 def aggregate(native_kernel, payloads, numel, *args):
-    if not payloads or not use_triton(payloads[0]):
+    if not payloads:
         return None
     from hvd_compress.torch.kernels.common import aggregate as run
 

@@ -1,6 +1,13 @@
 """The one place that picks how a torch codec runs: Triton kernels, native C kernels or plain torch.
 
-``HVD_COMPRESS_BACKEND`` (read at every call, so tests and jobs can switch it):
+Each codec holds a :class:`Plan`, made when the codec is built (and again when it is unpickled in
+another process): the backend asked for (``HVD_COMPRESS_BACKEND``, read then) and, per device type,
+the path its tensors take, resolved once, on the codec's first tensor of that type (so a CPU-only
+job never imports Triton, and the native library is compiled only when a CPU tensor needs it).
+The codec's methods ask ``self.plan.path(x)`` and run that path: no environment is read and no
+availability is checked in the step.
+
+``HVD_COMPRESS_BACKEND`` (read when a codec is built):
 
 * unset or ``auto`` (default): ``triton`` for CUDA tensors when Triton imports, ``native`` (the C
   kernels of :mod:`hvd_compress._native`, which fall back to plain by themselves without a
@@ -13,9 +20,13 @@
 * ``native``: the C kernels (CPU tensors only; CUDA tensors take the plain path);
 * ``plain``: the plain torch path everywhere (the wire format's definition).
 
+``HVD_COMPRESS_NATIVE=0`` (also read when a codec is built) keeps the C kernels off.
+
 How to tune: leave it unset. Force ``plain`` to bisect a suspected kernel bug (same bytes given
 the same uniforms, see ``docs/gpu.md``); force ``triton`` with ``TRITON_INTERPRET=1`` to run the
-GPU kernels on a laptop.
+GPU kernels on a laptop. Within a :func:`forced` block (and ``hvd_compress._native.forced``) every
+codec's plan is overridden: that is how tests run one codec object down each path and compare the
+bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 BACKENDS = ("triton", "native", "plain")
 _override: Optional[str] = None
@@ -69,9 +80,12 @@ def interpreting() -> bool:
 
 
 def choose(device) -> str:
-    """``"triton"``, ``"native"`` or ``"plain"`` for tensors on ``device`` (a ``torch.device``)."""
-    name = requested()
-    kind = getattr(device, "type", device)
+    """``"triton"``, ``"native"`` or ``"plain"`` for tensors on ``device`` (a ``torch.device`` or
+    its type), with the backend asked for now."""
+    return _choose(getattr(device, "type", device), requested())
+
+
+def _choose(kind: str, name: str) -> str:
     if name == "auto":
         if kind == "cuda" and triton_unavailable() is None:
             return "triton"
@@ -96,20 +110,6 @@ def choose(device) -> str:
     return name
 
 
-def use_triton(*tensors) -> bool:
-    """Whether the codecs should run these tensors (the first one's device decides) on Triton."""
-    for t in tensors:
-        if t is not None:
-            return choose(t.device) == "triton"
-    return False
-
-
-def native_allowed() -> bool:
-    """False when a backend other than ``native`` is forced (the C kernels then stand aside)."""
-    name = requested()
-    return name in ("auto", "native")
-
-
 @contextlib.contextmanager
 def forced(name: Optional[str]):
     """Force a backend within a block (tests, benchmarks); ``None`` restores the environment's."""
@@ -121,3 +121,80 @@ def forced(name: Optional[str]):
         yield
     finally:
         _override = saved
+
+
+class Plan:
+    """How one codec's tensors run, per device type: ``"triton"``, ``"native"`` or ``"plain"``.
+
+    Made by the codec's constructor (:func:`plan`); the backend asked for is fixed then, and each
+    device type's path is resolved once, on the first tensor of that type. A forced backend (a
+    :func:`forced` block, or ``hvd_compress._native.forced``) overrides the plan while it lasts."""
+
+    __slots__ = ("requested", "native_wanted", "_paths")
+
+    def __init__(self, requested_backend: str, native_wanted: bool):
+        self.requested = requested_backend
+        self.native_wanted = native_wanted
+        self._paths: Dict[str, Tuple[str, Optional[str]]] = {}
+
+    def path(self, *tensors) -> str:
+        """The path for these tensors (the first one's device decides; ``"plain"`` for none)."""
+        device = next((t.device for t in tensors if t is not None), None)
+        return "plain" if device is None else self.for_device(device)
+
+    def for_device(self, device) -> str:
+        """The path for tensors on ``device`` (a ``torch.device`` or its type)."""
+        kind = getattr(device, "type", device)
+        if _override is not None or _native_forced() is not None:
+            return _checked(_resolve(kind, requested(), _native_on()))
+        resolved = self._paths.get(kind)
+        if resolved is None:
+            resolved = self._paths[kind] = _resolve(kind, self.requested, self.native_wanted)
+        return _checked(resolved)
+
+    def __repr__(self) -> str:
+        paths = ", ".join(f"{kind}: {path}" for kind, (path, _) in sorted(self._paths.items()))
+        return f"Plan(requested={self.requested!r}; {paths or 'no tensor yet'})"
+
+
+def plan() -> Plan:
+    """A codec's plan: ``HVD_COMPRESS_BACKEND`` and ``HVD_COMPRESS_NATIVE`` as they are now."""
+    return Plan(requested(), _native_on())
+
+
+def _native_forced() -> Optional[bool]:
+    from hvd_compress import _native
+
+    return _native._override
+
+
+def _native_on() -> bool:
+    """Whether the C kernels are wanted (``HVD_COMPRESS_NATIVE`` / ``_native.forced``); whether
+    they load is found out on the first CPU tensor."""
+    from hvd_compress import _native
+
+    if _native._override is not None:
+        return _native._override
+    return os.environ.get("HVD_COMPRESS_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _resolve(kind: str, name: str, native_wanted: bool) -> Tuple[str, Optional[str]]:
+    """``(path, error)`` for tensors of device type ``kind``; an error (a forced backend that
+    cannot run here) is raised on every call that would use it, never replaced by another path."""
+    try:
+        path = _choose(kind, name)
+    except RuntimeError as exc:
+        return "error", str(exc)
+    if path == "native":
+        from hvd_compress import _native
+
+        if kind != "cpu" or not native_wanted or _native.load() is None:
+            path = "plain"
+    return path, None
+
+
+def _checked(resolved: Tuple[str, Optional[str]]) -> str:
+    path, error = resolved
+    if error is not None:
+        raise RuntimeError(error)
+    return path
