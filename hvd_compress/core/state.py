@@ -110,10 +110,10 @@ class PowerSGDState(ErrorFeedbackState):
 
 
 @dataclass(eq=False)
-class GradiVeQState(ErrorFeedbackState):
-    """GradiVeQ, per conv tensor: ``phase`` (warmup / sample / compress), the fitted ``basis`` and
-    ``mean`` with their dimensions ``d`` (slice length), ``K`` (kept components) and ``slices``;
-    ``samples``, this worker's gradient slices gathered for the next fit; and the ``residual``."""
+class GradiVeQBasisState(ErrorFeedbackState):
+    """GradiVeQ's state but the samples, per conv tensor: ``phase`` (warmup / sample / compress),
+    the fitted ``basis`` and ``mean`` with their dimensions ``d`` (slice length), ``K`` (kept
+    components) and ``slices``; and the ``residual``."""
 
     phase: Dict[str, Any] = field(default_factory=dict)
     basis: Dict[str, Any] = field(default_factory=dict)
@@ -121,4 +121,11 @@ class GradiVeQState(ErrorFeedbackState):
     d: Dict[str, Any] = field(default_factory=dict)
     K: Dict[str, Any] = field(default_factory=dict)
     slices: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class GradiVeQState(GradiVeQBasisState):
+    """GradiVeQ (torch): the basis state and ``samples``, this worker's moments of the gradient
+    slices gathered for the next fit (one dict per tensor: count, sum, outer)."""
+
     samples: Dict[str, Any] = field(default_factory=dict)

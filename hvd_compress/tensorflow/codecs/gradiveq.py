@@ -18,24 +18,18 @@ import numpy as np
 import tensorflow as tf
 
 from hvd_compress.common import GRADIVEQ_PHASES, GradiVeQFormat, compression_report_rows, op_name
-from hvd_compress.core.state import ErrorFeedbackState
+from hvd_compress.core.state import GradiVeQBasisState
 from hvd_compress.tensorflow.codecs.base import Codec
 from hvd_compress.tensorflow.codecs.catalog import from_spec_with
 from hvd_compress.tensorflow.codecs.powersgd import tracked_allreduce
 
 
 @dataclass(eq=False)
-class GradiVeQVariables(ErrorFeedbackState):
-    """TF GradiVeQ's state: torch's :class:`~hvd_compress.core.state.GradiVeQState` groups, with
-    this cycle's sample moments as three variable groups (``sample_count``, ``sample_sum``,
-    ``sample_outer``) where torch keeps one dict per tensor: a ``tf.Variable`` holds one tensor."""
+class GradiVeQVariables(GradiVeQBasisState):
+    """TF GradiVeQ's state: the basis state, with this cycle's sample moments as three variable
+    groups (``sample_count``, ``sample_sum``, ``sample_outer``) where torch keeps one dict per
+    tensor (:class:`~hvd_compress.core.state.GradiVeQState`): a ``tf.Variable`` holds one tensor."""
 
-    phase: Dict[str, Any] = field(default_factory=dict)
-    basis: Dict[str, Any] = field(default_factory=dict)
-    mean: Dict[str, Any] = field(default_factory=dict)
-    d: Dict[str, Any] = field(default_factory=dict)
-    K: Dict[str, Any] = field(default_factory=dict)
-    slices: Dict[str, Any] = field(default_factory=dict)
     sample_count: Dict[str, Any] = field(default_factory=dict)
     sample_sum: Dict[str, Any] = field(default_factory=dict)
     sample_outer: Dict[str, Any] = field(default_factory=dict)
