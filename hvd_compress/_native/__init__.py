@@ -226,15 +226,23 @@ def load():
         return _lib or None
 
 
+def wanted() -> bool:
+    """Whether the native kernels are asked for: :func:`forced`'s setting inside its block, else
+    ``HVD_COMPRESS_NATIVE`` (not whether the library loads)."""
+    if _override is not None:
+        return _override
+    return os.environ.get("HVD_COMPRESS_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def is_forced() -> bool:
+    """True inside a :func:`forced` block."""
+    return _override is not None
+
+
 def enabled() -> bool:
     """Whether the codecs should use the native kernels (for CPU tensors): not switched off by
     ``HVD_COMPRESS_NATIVE=0`` or :func:`forced`, and the library loads."""
-    if _override is not None:
-        if not _override:
-            return False
-    elif os.environ.get("HVD_COMPRESS_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return load() is not None
+    return wanted() and load() is not None
 
 
 def unavailable_reason() -> str:

@@ -229,30 +229,35 @@ class NativeDecoding:
         """``(decode_into_kernel, *args)`` from ``hvd_compress._native.ops``."""
         raise NotImplementedError
 
+    def _decoding_ops(self, *tensors):
+        """The module whose ``decode`` / ``decode_to`` / ``aggregate`` run the plan's path for these
+        tensors (``kernels`` or the native ops: the same three functions), ``None`` for plain."""
+        return _DECODING_OPS.get(self.plan.path(*tensors))
+
     def native_decode(self, payload, numel):
         """The payload decoded by the kernel the plan picks, or ``None`` on the plain path."""
-        path = self.plan.path(payload)
-        if path == "plain":
+        ops = self._decoding_ops(payload)
+        if ops is None:
             return None
         kernel, *args = self.native_decoder()
-        run = kernels.decode if path == "triton" else native_ops.decode
-        return run(kernel, payload, numel, *args)
+        return ops.decode(kernel, payload, numel, *args)
 
     @validates_payloads
     def decode_into(self, payload, out):
-        path = self.plan.path(payload)
+        ops = self._decoding_ops(payload)
         kernel, *args = self.native_decoder()
-        run = kernels.decode_to if path == "triton" else native_ops.decode_to if path == "native" else None
-        if run is None or not run(kernel, payload, out, *args):
+        if ops is None or not ops.decode_to(kernel, payload, out, *args):
             super().decode_into(payload, out)
 
     @validates_payloads
     def aggregate(self, payloads, numel):
-        path = self.plan.path(*payloads)
+        ops = self._decoding_ops(*payloads)
         kernel, *args = self.native_decoder()
-        run = kernels.aggregate if path == "triton" else native_ops.aggregate if path == "native" else None
-        out = run(kernel, payloads, numel, *args) if run is not None else None
+        out = ops.aggregate(kernel, payloads, numel, *args) if ops is not None else None
         return out if out is not None else super().aggregate(payloads, numel)
+
+
+_DECODING_OPS = {"triton": kernels, "native": native_ops}
 
 
 class Wrapper(WrapperFormat, Codec):

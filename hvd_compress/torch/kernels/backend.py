@@ -36,6 +36,8 @@ import os
 import sys
 from typing import Dict, Optional, Tuple
 
+from hvd_compress import _native
+
 BACKENDS = ("triton", "native", "plain")
 _override: Optional[str] = None
 _triton_error: Optional[str] = None
@@ -145,8 +147,8 @@ class Plan:
     def for_device(self, device) -> str:
         """The path for tensors on ``device`` (a ``torch.device`` or its type)."""
         kind = getattr(device, "type", device)
-        if _override is not None or _native_forced() is not None:
-            return _checked(_resolve(kind, requested(), _native_on()))
+        if _override is not None or _native.is_forced():
+            return _checked(_resolve(kind, requested(), _native.wanted()))
         resolved = self._paths.get(kind)
         if resolved is None:
             resolved = self._paths[kind] = _resolve(kind, self.requested, self.native_wanted)
@@ -158,24 +160,9 @@ class Plan:
 
 
 def plan() -> Plan:
-    """A codec's plan: ``HVD_COMPRESS_BACKEND`` and ``HVD_COMPRESS_NATIVE`` as they are now."""
-    return Plan(requested(), _native_on())
-
-
-def _native_forced() -> Optional[bool]:
-    from hvd_compress import _native
-
-    return _native._override
-
-
-def _native_on() -> bool:
-    """Whether the C kernels are wanted (``HVD_COMPRESS_NATIVE`` / ``_native.forced``); whether
-    they load is found out on the first CPU tensor."""
-    from hvd_compress import _native
-
-    if _native._override is not None:
-        return _native._override
-    return os.environ.get("HVD_COMPRESS_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+    """A codec's plan: ``HVD_COMPRESS_BACKEND`` and ``HVD_COMPRESS_NATIVE`` as they are now
+    (whether the C kernels load is found out on the first CPU tensor)."""
+    return Plan(requested(), _native.wanted())
 
 
 def _resolve(kind: str, name: str, native_wanted: bool) -> Tuple[str, Optional[str]]:
@@ -186,8 +173,6 @@ def _resolve(kind: str, name: str, native_wanted: bool) -> Tuple[str, Optional[s
     except RuntimeError as exc:
         return "error", str(exc)
     if path == "native":
-        from hvd_compress import _native
-
         if kind != "cpu" or not native_wanted or _native.load() is None:
             path = "plain"
     return path, None
