@@ -1,7 +1,6 @@
 """Moved to :mod:`hvd_compress.torch.frontends.wrapped`; this path stays importable (same module)."""
 
-import sys
-
+from hvd_compress._moved import alias
 from hvd_compress.torch.frontends import wrapped as _moved
 
-sys.modules[__name__] = _moved
+alias(__name__, _moved)
