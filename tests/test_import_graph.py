@@ -173,7 +173,18 @@ LAYERS = [
         ],
     ),
     # hvd_compress._native.ops: the torch binding of the C kernels (the TF one is tensorflow.native)
-    ("codecs", ["{fw}.codecs", "{fw}.kernels", "{fw}.packing", "{fw}.native", "{fw}.spec", "hvd_compress._native.ops"]),
+    (
+        "codecs",
+        [
+            "{fw}.codecs",
+            "{fw}.kernels",
+            "{fw}.packing",
+            "{fw}.finite",
+            "{fw}.native",
+            "{fw}.spec",
+            "hvd_compress._native.ops",
+        ],
+    ),
     ("exchange", ["{fw}.collectives", "{fw}.dist", "{fw}.fusion", "{fw}.exchange", "{fw}.hierarchical", "{fw}.stats"]),
     (
         "frontends",  # what users call: the Horovod APIs, DDP, Lightning, Keras, elastic state

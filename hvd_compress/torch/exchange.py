@@ -29,6 +29,7 @@ import torch
 
 from hvd_compress.common import UNCOMPRESSED, chunk_bounds, mix, ring_allreduce_bytes  # re-exported
 from hvd_compress.torch.codecs.base import Codec
+from hvd_compress.torch.finite import all_finite, sum_is_finite
 from hvd_compress.torch.fusion import FusedCollectives
 from hvd_compress.torch.stats import WIRE_STATS, WireStats, reset_wire_stats, wire_stats  # noqa: F401 (re-exported)
 
@@ -130,10 +131,11 @@ class Exchange:
         :class:`FiniteCheck` of the averaged ``out``, which raises ``FloatingPointError`` naming
         ``key`` when ``out`` holds NaN/Inf (every rank holds the same ``out``, so every rank raises
         alike). The flag stays on ``out``'s device: the driver reads all of a step's flags at once,
-        one host sync per step instead of one per tensor on a GPU."""
+        one host sync per step instead of one per tensor on a GPU. The flag is a finite sum (one
+        cheap reduction, :mod:`hvd_compress.torch.finite`); a false one is confirmed exactly."""
         if self.codec.nonfinite == "raise" and tensor.dtype.is_floating_point:
             yield FiniteCheck(
-                torch.isfinite(out).all(),
+                out,
                 FloatingPointError(
                     f"hvd_compress: gradient '{key}' holds NaN or Inf on at least one rank "
                     f"(codec {self.label}). Fix the loss or learning rate, or pass nonfinite='propagate' "
@@ -325,14 +327,19 @@ def _side_stream(device: torch.device):
 
 
 class FiniteCheck:
-    """Yielded by an exchange generator between collectives: ``flag``, a device-side bool tensor
-    ("every value finite"), and the ``error`` to raise when it is false. The :class:`Driver` sends
-    the generator on at once and reads every flag of the step together in :meth:`Driver.finish`."""
+    """Yielded by an exchange generator between collectives: the averaged ``tensor`` to check and
+    the ``error`` to raise when it holds NaN/Inf. ``flag`` is :func:`sum_is_finite` of it, a
+    device-side bool (true proves every value finite). The :class:`Driver` sends the generator on
+    at once, reads every flag of the step together in :meth:`Driver.finish`, and confirms a false
+    one exactly (:meth:`failed`) before raising: finite values can overflow a sum."""
 
-    __slots__ = ("flag", "error")
+    __slots__ = ("tensor", "flag", "error")
 
-    def __init__(self, flag: torch.Tensor, error: BaseException):
-        self.flag, self.error = flag, error
+    def __init__(self, tensor: torch.Tensor, error: BaseException):
+        self.tensor, self.flag, self.error = tensor, sum_is_finite(tensor), error
+
+    def failed(self) -> bool:
+        return not all_finite(self.tensor)
 
 
 class Driver:
@@ -406,7 +413,9 @@ class Driver:
         if checks:
             flags = torch.stack([c.flag.reshape(()) for c in checks]).cpu()  # host sync (allow-listed): once per step
             if not bool(flags.all()):  # host sync (allow-listed): flags are on the host already
-                raise checks[int((~flags).nonzero()[0])].error  # host sync (allow-listed): host tensor
+                for index in (~flags).nonzero().flatten().tolist():  # host sync (allow-listed): host tensor
+                    if checks[index].failed():
+                        raise checks[index].error
         return results
 
     @property

@@ -6,6 +6,7 @@ from hvd_compress.common import DoubleSqueezeFormat
 from hvd_compress.core.state import DoubleSqueezeState
 from hvd_compress.torch.codecs.base import Codec, Wrapper
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
+from hvd_compress.torch.finite import all_finite
 
 
 class DoubleSqueeze(DoubleSqueezeFormat, Wrapper):
@@ -42,7 +43,7 @@ class DoubleSqueeze(DoubleSqueezeFormat, Wrapper):
         u = mean + e if e is not None and e.numel() == mean.numel() else mean.clone()
         payload = self.inner.encode(u, draw(owner, 1), scale)
         e = u.sub_(self.inner.decode(payload, u.numel()))
-        if not e.isfinite().all():
+        if not all_finite(e):
             e.zero_()
         residuals[key] = e
         return payload

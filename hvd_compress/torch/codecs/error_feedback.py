@@ -7,6 +7,7 @@ import torch
 from hvd_compress.common import ErrorFeedbackFormat
 from hvd_compress.core.state import ErrorFeedbackState
 from hvd_compress.torch.codecs.base import Codec, Wrapper
+from hvd_compress.torch.finite import all_finite, finite_flag
 
 
 class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
@@ -43,8 +44,8 @@ class ErrorFeedback(ErrorFeedbackFormat, Wrapper):
         decoded = torch.cat([self.inner.decode(pl, b - a) for pl, (a, b) in zip(payloads, bounds)])
         r = p.sub_(decoded)
         if r.device.type != "cpu":  # no host round trip on a GPU: reset on the device
-            r.masked_fill_(~torch.isfinite(r).all().reshape(1), 0.0)
-        elif not torch.isfinite(r).all():
+            r.masked_fill_(~finite_flag(r).reshape(1), 0.0)
+        elif not all_finite(r):
             r.zero_()
         residuals[key] = r
         return payloads

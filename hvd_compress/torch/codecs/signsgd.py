@@ -10,6 +10,7 @@ from hvd_compress.common import SpecFormat
 from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec, NativeDecoding, nan_where_nonfinite
 from hvd_compress.torch.packing import bytes_f32, f32_bytes, pack_bits, packed_nbytes, unpack_bits
+from hvd_compress.torch.finite import all_finite
 
 
 class SignSGD(NativeDecoding, SpecFormat, Codec):
@@ -48,7 +49,7 @@ class SignSGD(NativeDecoding, SpecFormat, Codec):
             s = x.abs().mean().reshape(1) if x.numel() else torch.zeros(1)
         else:
             s = self._vote_scale(x)
-        if x.numel() and not torch.isfinite(x).all():
+        if not all_finite(x):
             s = torch.full((1,), float("nan"))
         bits = pack_bits((x >= 0).to(torch.uint8), 1)
         return torch.cat([bits, f32_bytes(nan_where_nonfinite(s))])
@@ -58,7 +59,7 @@ class SignSGD(NativeDecoding, SpecFormat, Codec):
         """The bare vote's scale: 1, but 0 for an all-zero chunk (it must stay exactly zero) and
         NaN for a non-finite one."""
         s = (x.abs().amax() > 0).to(torch.float32).reshape(1) if x.numel() else torch.zeros(1)
-        if x.numel() and not torch.isfinite(x).all():
+        if not all_finite(x):
             s = torch.full((1,), float("nan"))
         return s
 

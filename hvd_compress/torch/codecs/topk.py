@@ -10,6 +10,7 @@ from hvd_compress.common import SpecFormat
 from hvd_compress.torch import kernels
 from hvd_compress.torch.codecs.base import Codec
 from hvd_compress.torch.codecs.error_feedback import ErrorFeedback
+from hvd_compress.torch.finite import all_finite
 
 
 class TopKSparsifier(SpecFormat, Codec):
@@ -47,7 +48,7 @@ class TopKSparsifier(SpecFormat, Codec):
         ties &= torch.cumsum(ties, 0) <= k - int(above.sum())
         idx = torch.nonzero(above | ties).view(-1).to(torch.int32)
         values = x[idx.long()].to(torch.float32)
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             values[0] = float("nan")  # a non-finite gradient must not pass as a finite one
         return torch.cat([idx.view(torch.uint8), values.view(torch.uint8)])
 

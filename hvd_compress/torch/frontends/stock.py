@@ -26,6 +26,7 @@ import warnings
 import torch
 
 from hvd_compress.horovod_names import torch_parameter_name
+from hvd_compress.torch.finite import all_finite
 from hvd_compress.torch.collectives import HorovodCollectives
 from hvd_compress.torch.fusion import bucket_bytes_from_env, fused
 from hvd_compress.torch.exchange import UNCOMPRESSED, WIRE_STATS, Driver, _ring_allreduce_bytes
@@ -122,7 +123,7 @@ class StockEngine:
             return out * self.comm.size if ctx[3] else out
         out = tensor if kind == "plain" else self.codec.from_summable(tensor.reshape(-1)).view(tensor.shape)
         out = out.to(dtype)
-        if self.codec.nonfinite == "raise" and out.dtype.is_floating_point and not torch.isfinite(out).all():
+        if self.codec.nonfinite == "raise" and not all_finite(out):
             raise FloatingPointError(
                 f"hvd_compress: gradient '{name}' holds NaN or Inf on at least one rank. Fix the loss "
                 "or learning rate, or pass nonfinite='propagate' to the codec."
