@@ -89,7 +89,7 @@ class Codec(_HorovodCompressor, CodecConfig):
         CodecConfig.__init__(self, **options)
         self.state = self.State()
         # Which kernels run this codec's tensors (Triton, the C kernels or plain torch), per device
-        # type: chosen now, from HVD_COMPRESS_BACKEND / HVD_COMPRESS_NATIVE (kernels/backend.py).
+        # kind: chosen now, from HVD_COMPRESS_BACKEND / HVD_COMPRESS_NATIVE (kernels/backend.py).
         self.plan = backend.plan()
         self._stock = None  # the Horovod stock-API engine, created on first compress()
 
