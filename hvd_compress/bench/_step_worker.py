@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = ("mlp", "cnn", "resnet")
+MODELS = ("mlp", "deepmlp", "cnn", "resnet")
 UNFUSED = "@unfused"  # spec suffix: the same codec exchanged tensor by tensor (HVD_COMPRESS_BUCKET_BYTES=0)
 HC = "@hc"  # spec suffix: through hc.DistributedOptimizer (buckets started from gradient hooks)
 BASELINES = ["none", "hvd-fp16"]  # Horovod's own fp32 and fp16 paths, not hvd_compress codecs
@@ -25,7 +25,9 @@ BASELINES = ["none", "hvd-fp16"]  # Horovod's own fp32 and fp16 paths, not hvd_c
 def make_model(name: str, seed: int = 0, width: int = 0):
     """``mlp``: 1024-4096-4096-1024-10, about 25.2M parameters (three large dense layers: the
     communication-bound case). ``cnn``: a small conv net on 3x32x32 inputs (about 2.2M parameters,
-    most in its first dense layer). Returns (model, input shape without batch, classes)."""
+    most in its first dense layer). ``deepmlp``: 50 dense layers, 1024-372x49-10, 100 parameter
+    tensors and about 7.0M parameters (issue #13's many-layer model: per-tensor latency and fusion
+    matter, compute is small). Returns (model, input shape without batch, classes)."""
     import torch
 
     torch.manual_seed(seed)
@@ -42,6 +44,13 @@ def make_model(name: str, seed: int = 0, width: int = 0):
             nn.Linear(1024, 10),
         )
         return model, (1024,), 10
+    if name == "deepmlp":
+        w = width or 372
+        layers = [nn.Linear(1024, w), nn.ReLU()]
+        for _ in range(48):
+            layers += [nn.Linear(w, w), nn.ReLU()]
+        layers.append(nn.Linear(w, 10))
+        return nn.Sequential(*layers), (1024,), 10
     if name == "cnn":
         c = width or 64
         model = nn.Sequential(
@@ -223,6 +232,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--iface", default="lo")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bucket-mb", type=float, default=0.0, help="fused rows' bucket size (0: the default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--per-host-counter",
@@ -278,7 +288,8 @@ def main(argv=None):
     for spec in [s for s in args.codecs.split(";") if s]:
         spec_only, fused, frontend = split_spec(spec)
         # read when the codec's stock engine is built, at its first step below
-        os.environ[ENV_BUCKET_BYTES] = str(DEFAULT_BUCKET_BYTES) if fused else "0"
+        bucket_bytes = int(args.bucket_mb * 2**20) or DEFAULT_BUCKET_BYTES
+        os.environ[ENV_BUCKET_BYTES] = str(bucket_bytes) if fused else "0"
         model, _, _ = make_model(args.model, args.seed, args.width)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -297,12 +308,12 @@ def main(argv=None):
 
             if type(compression).custom_exchange is Codec.custom_exchange:
                 timer = CodecTimer(compression)
-        if frontend == "hc":  # buckets of DEFAULT_BUCKET_BYTES started from gradient hooks
+        if frontend == "hc":  # buckets of bucket_bytes started from gradient hooks
             dopt = hc.DistributedOptimizer(
                 opt,
                 named_parameters=model.named_parameters(),
                 compression=compression,
-                bucket_bytes=DEFAULT_BUCKET_BYTES if fused else 0,
+                bucket_bytes=bucket_bytes if fused else 0,
             )
         else:
             dopt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), compression=compression)

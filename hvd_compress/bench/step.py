@@ -207,9 +207,10 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--model",
-        choices=["mlp", "cnn", "resnet"],
+        choices=["mlp", "deepmlp", "cnn", "resnet"],
         default="mlp",
-        help="resnet: a ResNet-50-shaped stack, 161 parameter tensors (see --unfused)",
+        help="resnet: a ResNet-50-shaped stack, 161 parameter tensors (see --unfused); deepmlp: "
+        "50 dense layers, 100 parameter tensors, 7.0M parameters, little compute",
     )
     ap.add_argument(
         "--unfused",
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
         "started from gradient hooks during backward), beside the stock-API row; a "
         "single spec can ask for it with the suffix @hc",
     )
-    ap.add_argument("--width", type=int, default=0, help="hidden width (mlp, default 4096) or channels (cnn, 64)")
+    ap.add_argument("--width", type=int, default=0, help="hidden width (mlp 4096, deepmlp 372) or channels (cnn, 64)")
     ap.add_argument(
         "--codecs", default=None, help="';'-separated: none, hvd-fp16 and hvd_compress specs (default: all)"
     )
@@ -232,6 +233,12 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per codec first")
     ap.add_argument("--batch", type=int, default=16, help="samples per worker per step")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    ap.add_argument(
+        "--bucket-mb",
+        type=float,
+        default=0.0,
+        help="fused rows: bucket size in MB of fp32 gradient (default: HVD_COMPRESS_BUCKET_BYTES's 25 MB)",
+    )
     ap.add_argument(
         "--per-worker",
         action="store_true",
@@ -287,6 +294,7 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "warmup": args.warmup,
         "threads_per_worker": args.threads,
+        "bucket_mb": args.bucket_mb,
         "cpu_count": os.cpu_count(),
         "thp": args.thp,
         "command": "python -m hvd_compress.bench step " + " ".join(argv if argv is not None else sys.argv[1:]),

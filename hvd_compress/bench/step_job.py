@@ -57,6 +57,8 @@ def run_job(ns: ShapedNamespace, args, codecs: List[str], out_dir: Path, cluster
     ]
     if args.width:
         worker += ["--width", str(args.width)]
+    if getattr(args, "bucket_mb", 0):
+        worker += ["--bucket-mb", str(args.bucket_mb)]
     if cluster is None:
         cmd = ns.command([horovodrun_path(), "-np", str(args.np), "--gloo", "--network-interface", "lo"] + worker)
     else:
