@@ -93,6 +93,9 @@ def main(argv=None):
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         gathered = hvd.allgather(flat.unsqueeze(0), name=f"acc.replicas.{index}")
         identical = bool(all(torch.equal(gathered[0], gathered[i]) for i in range(size)))
+        # the stock engine's exchange: hierarchical where the codec's "auto" (or True) turned it on
+        engine = getattr(compression, "_stock", None)
+        hierarchical = bool(getattr(getattr(engine, "exchange", None), "hierarchical", False))
         stats = hc.wire_stats()
         if spec in ("fp32", "hvd-fp16"):
             bits = 32.0 if spec == "fp32" else 16.0
@@ -117,6 +120,7 @@ def main(argv=None):
                             compression.compression_report() if hasattr(compression, "compression_report") else None
                         ),
                         "replicas_identical": identical,
+                        "hierarchical": hierarchical,
                         "curve": curve,
                     }
                 )

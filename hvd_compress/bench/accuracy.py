@@ -78,12 +78,10 @@ def bits_to_target(curve, target: float) -> Optional[float]:
     return None
 
 
-def run_job(args, codecs: List[str], out_dir: Path) -> List[dict]:
-    cmd = [
-        horovodrun_path(),
-        "-np",
-        str(args.np),
-        "--gloo",
+def run_job(args, codecs: List[str], out_dir: Path, cluster=None) -> List[dict]:
+    """One ``horovodrun`` over every codec: ``-np N --gloo`` on this host, or with ``cluster`` (an
+    :class:`~hvd_compress.bench.cluster.EmulatedCluster`) ``-H host1:P,host2:P`` over ssh."""
+    worker = [
         sys.executable,
         "-m",
         "hvd_compress.bench._accuracy_worker",
@@ -107,6 +105,14 @@ def run_job(args, codecs: List[str], out_dir: Path) -> List[dict]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update({"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+    if cluster is None:
+        cmd = [horovodrun_path(), "-np", str(args.np), "--gloo"] + worker
+    else:
+        launch = cluster.horovodrun_args(args.per_host, controller=args.controller)
+        cmd = cluster.command(cluster.hosts[0], [horovodrun_path(), *launch] + worker)
+        # the codecs' default hierarchical="auto" then averages inside each host uncompressed and
+        # compresses the cross-host leg (it needs process sets)
+        env = cluster.env(env, HOROVOD_DYNAMIC_PROCESS_SETS="1")
     proc = subprocess.Popen(
         cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -159,8 +165,14 @@ def format_table(result: dict) -> str:
         if result.get("model") == "cnn"
         else f"MLP 64-{result['hidden']}-{result['hidden']}-10"
     )
+    where = (
+        f"{result['hosts']} hosts x {result['per_host']} (horovodrun --{result['controller']} over ssh, "
+        f"{result['link']} between hosts), "
+        if result.get("hosts", 1) > 1
+        else ""
+    )
     lines = [
-        f"digits {model}, {result['np']} workers, "
+        f"digits {model}, {where}{result['np']} workers, "
         f"{result['epochs']} epochs; target training loss {result['target_loss']}",
         head,
         "-" * (NAME_WIDTH + 76),
@@ -170,6 +182,8 @@ def format_table(result: dict) -> str:
         few = f"{r['fewer_bits_than_fp32']:7.1f}x" if r["fewer_bits_than_fp32"] else f"{'-':>8}"
         delta = f"{r['delta_points']:+7.2f}" if r["delta_points"] is not None else f"{'-':>7}"
         flag = "" if r["within_bar"] else " (!)"
+        flag += "" if r.get("replicas_identical", True) else " (replicas differ)"
+        flag += " [hier]" if r.get("hierarchical") else ""
         lines.append(
             f"{row_name(r):<{NAME_WIDTH}} {(r['bits_per_value'] or 0):6.2f} {100 * r['accuracy']:7.2f} "
             f"{delta:>8}{flag} {r['final_train_loss']:7.4f} {mb} {few} "
@@ -177,7 +191,7 @@ def format_table(result: dict) -> str:
         )
     lines.append(
         "vs fp32: accuracy difference in points ((!): outside the project's bar of 1 point, 3 for "
-        "TernGrad and SignSGD); bytes: bytes per step against fp32's over the whole run; MB to target: megabytes one worker sent until the training loss first "
+        "TernGrad and SignSGD); [hier]: the hierarchical exchange ran; bytes: bytes per step against fp32's over the whole run; MB to target: megabytes one worker sent until the training loss first "
         f"fell below {result['target_loss']}."
     )
     return "\n".join(lines)
@@ -216,6 +230,18 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--np", type=int, default=2)
     ap.add_argument(
+        "--hosts",
+        type=int,
+        default=0,
+        help="emulated hosts (netns + sshd each, bench/cluster.py; needs root): horovodrun -H over ssh "
+        "with --per-host ranks each (--np is ignored); codecs run hierarchical where 'auto' turns it on",
+    )
+    ap.add_argument("--per-host", type=int, default=2, help="ranks per host with --hosts")
+    ap.add_argument("--link", default="1gbit", help="with --hosts: each host's NIC rate")
+    ap.add_argument(
+        "--controller", choices=["gloo", "mpi"], default="gloo", help="with --hosts: horovodrun --gloo or --mpi"
+    )
+    ap.add_argument(
         "--codecs", default=";".join(DEFAULT_CODECS), help="';'-separated: fp32, hvd-fp16 and hvd_compress specs"
     )
     ap.add_argument("--epochs", type=int, default=12)
@@ -242,10 +268,27 @@ def main(argv=None) -> int:
         if c not in ("fp32", "hvd-fp16"):
             from_spec(c)
     with tempfile.TemporaryDirectory(prefix="hvdc-acc-") as tmp:
-        rows = run_job(args, codecs, Path(tmp))
+        if args.hosts > 1:
+            from hvd_compress.bench.cluster import EmulatedCluster, check_available
+            from hvd_compress.bench.netns import NamespaceUnavailable
+
+            try:
+                check_available()
+            except NamespaceUnavailable as exc:
+                print(f"bench accuracy --hosts: {exc}", file=sys.stderr)
+                return 2
+            args.np = args.hosts * args.per_host
+            with EmulatedCluster(hosts=args.hosts, link=args.link) as cluster:
+                rows = run_job(args, codecs, Path(tmp), cluster=cluster)
+        else:
+            rows = run_job(args, codecs, Path(tmp))
     summarize(rows, args.target)
     result = {
         "np": args.np,
+        "hosts": args.hosts or 1,
+        "per_host": args.per_host if args.hosts > 1 else args.np,
+        "link": args.link if args.hosts > 1 else None,
+        "controller": args.controller if args.hosts > 1 else "gloo",
         "epochs": args.epochs,
         "hidden": 256,
         "model": args.model,
