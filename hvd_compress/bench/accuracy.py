@@ -13,9 +13,15 @@ interface.
 The published numbers come from other models and data sets (ImageNet, CIFAR, speech); they are
 shown for the direction and size of the effect, not as like-for-like targets.
 
-Example::
+Across emulated hosts (``--hosts H --per-host P``: :mod:`hvd_compress.bench.cluster`, needs root),
+the job is ``horovodrun -H host1:P,host2:P`` over ssh with ``HOROVOD_DYNAMIC_PROCESS_SETS=1``, so the
+codecs' default ``hierarchical="auto"`` runs the hierarchical exchange; each row says whether it
+did (``"hierarchical"``), and every row checks that the replicas are bit-identical.
+
+Examples::
 
     python -m hvd_compress.bench accuracy --np 2 --json bench/results/accuracy.json --plot docs/bench/loss-vs-bytes.png
+    python -m hvd_compress.bench accuracy --hosts 2 --per-host 2 --link 1gbit --json bench/results/accuracy-hosts-2x2-gloo.json
 
 JSON: ``{"rows": [{"codec": "fp32", "accuracy": .., "delta_points": .., "bits_to_target": ..,
 "final_train_loss": .., "bits_per_value": .., "published": "..", "curve": [[step, bytes, loss], ...]}, ...],
