@@ -72,3 +72,10 @@ def test_huge_but_finite_gradients_do_not_raise_and_a_nan_still_does(spec):
         return False
 
     assert run_workers(2, work) == [True, True]
+
+
+def test_16_bit_floats_are_summed_in_fp32():
+    """1000 x 100 overflows an fp16 sum (65504 at most), not the fp32 one: no slow re-check for
+    ordinary fp16 gradients."""
+    assert bool(sum_is_finite(torch.full((1000,), 100.0, dtype=torch.float16)))
+    assert not bool(sum_is_finite(torch.tensor([1.0, float("nan")], dtype=torch.bfloat16)))

@@ -20,7 +20,10 @@ _WIDE = (torch.float16, torch.bfloat16, torch.float32)
 
 def sum_is_finite(t: torch.Tensor) -> torch.Tensor:
     """0-d bool on ``t``'s device, no host sync. True proves every value finite; False means a value
-    is NaN/Inf *or* the sum overflowed: confirm with :func:`all_finite` before acting on it."""
+    is NaN/Inf *or* the sum overflowed: confirm with :func:`all_finite` before acting on it.
+    16-bit floats are summed in fp32, where their sum rarely overflows (fp16 tops out at 65504)."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return torch.isfinite(t.sum(dtype=torch.float32))
     return torch.isfinite(t.sum())
 
 
