@@ -278,16 +278,6 @@ def main(argv=None):
         split[:] = [t1 - t0, t2 - t1]
         return t2 - t0
 
-    # Horovod's control plane alone: what the hosts' eth0 send while no tensor is exchanged (the
-    # cluster test subtracts it the same way); rows report their bytes with and without it
-    idle_rate = 0.0
-    if args.per_host_counter:
-        barrier()
-        idle0, idle_t0 = read_tx(args.iface), time.perf_counter()
-        time.sleep(2.0)
-        mine = (read_tx(args.iface) - idle0) / (time.perf_counter() - idle_t0) if hvd.local_rank() == 0 else 0.0
-        idle_rate = float(hvd.allreduce(torch.tensor([mine], dtype=torch.float64), op=hvd.Sum, name="bench.idle"))
-
     # compute alone (no communication), every rank at once as in training
     base = torch.optim.SGD(model0.parameters(), lr=1e-3)
     for _ in range(args.warmup):
@@ -334,16 +324,15 @@ def main(argv=None):
         reset_collective_stats()
         if timer is not None:
             timer.total = 0.0
-        tx0, tx_t0 = read_tx(args.iface), time.perf_counter()
+        tx0 = read_tx(args.iface)
         times, fb, st = [], [], []
         for _ in range(args.steps):
             times.append(one_step(model, dopt))
             fb.append(split[0])
             st.append(split[1])
         barrier()
-        tx1, tx_t1 = read_tx(args.iface), time.perf_counter()
+        tx1 = read_tx(args.iface)
         inter_host = inter_host_bytes(hvd, torch, args, tx1 - tx0, spec) if args.per_host_counter else None
-        idle_per_step = idle_rate * (tx_t1 - tx_t0) / args.steps
         codec_s = (timer.total / args.steps) if timer is not None else None
         stats = hc.wire_stats()
         colls = collective_stats()
@@ -392,7 +381,6 @@ def main(argv=None):
             if inter_host is not None:
                 result.update(
                     inter_host_bytes_per_step=inter_host,
-                    inter_host_idle_bytes_per_step=idle_per_step if args.per_host_counter else None,
                     local_size=hvd.local_size(),
                     nominal_inter_host_bytes_per_step=nominal_inter_host(
                         compression, model, size, hvd.local_size(), stats, args.steps

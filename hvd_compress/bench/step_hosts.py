@@ -67,27 +67,24 @@ def format_hosts_table(result: dict) -> str:
         )
         head = (
             f"{'codec':<34} {'hierarchical':>12} {'ms/step':>9} {'vs fp32':>8} {'inter-host MB/step':>18} "
-            f"{'nominal':>9} {'meas/nom':>8} {'-idle/nom':>9}"
+            f"{'nominal':>9} {'meas/nom':>8}"
         )
         lines += [head, "-" * len(head)]
         fp32 = next((r for r in rows if r["codec"] == "none" and not r["hierarchical"]), None)
         for r in rows:
             nom = r.get("nominal_inter_host_bytes_per_step")
             ratio = r["inter_host_bytes_per_step"] / nom if nom else None
-            idle = r.get("inter_host_idle_bytes_per_step")
-            net = (r["inter_host_bytes_per_step"] - idle) / nom if nom and idle is not None else None
             vs = fp32["step_time_s"] / r["step_time_s"] if fp32 else None
             lines.append(
                 f"{r['label'][:34]:<34} {str(r['hierarchical']).lower():>12} {1000 * r['step_time_s']:9.1f} "
                 f"{(f'{vs:7.2f}x' if vs else '-'):>8} {r['inter_host_bytes_per_step'] / 1e6:18.2f} "
                 f"{(f'{nom / 1e6:9.2f}' if nom else '-'):>9} "
-                f"{(f'{ratio:8.3f}' if ratio else '-'):>8} {(f'{net:9.3f}' if net else '-'):>9}"
+                f"{(f'{ratio:8.3f}' if ratio else '-'):>8}"
             )
         lines.append("")
     lines.append(
         "inter-host MB/step: bytes that crossed hosts per step, all hosts' eth0 tx counters summed "
-        "(includes Horovod's control plane); nominal: payload x exchange pattern; -idle/nom: the "
-        "same less the control plane's rate measured idle at the start of the job."
+        "(includes Horovod's control plane); nominal: payload x exchange pattern."
     )
     return "\n".join(lines)
 
