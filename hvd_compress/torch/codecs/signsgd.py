@@ -45,12 +45,10 @@ class SignSGD(NativeDecoding, SpecFormat, Codec):
             elif not self.scaled:  # all zero, non-finite, or a mean the kernel could not round
                 out[-4:] = f32_bytes(self._vote_scale(x.reshape(-1)))
             return out
-        if self.scaled:
+        if self.scaled:  # a NaN/Inf in x makes the mean non-finite: NaN on the wire below
             s = x.abs().mean().reshape(1) if x.numel() else torch.zeros(1)
         else:
-            s = self._vote_scale(x)
-        if not all_finite(x):
-            s = torch.full((1,), float("nan"))
+            s = self._vote_scale(x)  # NaN for a non-finite x
         bits = pack_bits((x >= 0).to(torch.uint8), 1)
         return torch.cat([bits, f32_bytes(nan_where_nonfinite(s))])
 
