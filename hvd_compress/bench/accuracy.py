@@ -40,6 +40,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
+from hvd_compress.bench.cluster import add_launch_arguments
 from hvd_compress.bench.common import write_json
 from hvd_compress.bench.step import horovodrun_path
 from hvd_compress.core.registry import every_builtin_codec
@@ -235,18 +236,12 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--np", type=int, default=2)
-    ap.add_argument(
-        "--hosts",
-        type=int,
-        default=0,
-        help="emulated hosts (netns + sshd each, bench/cluster.py; needs root): horovodrun -H over ssh "
+    add_launch_arguments(
+        ap,
+        "emulated hosts (netns + sshd each, bench/cluster.py; needs root); > 1: horovodrun -H over ssh "
         "with --per-host ranks each (--np is ignored); codecs run hierarchical where 'auto' turns it on",
     )
-    ap.add_argument("--per-host", type=int, default=2, help="ranks per host with --hosts")
     ap.add_argument("--link", default="1gbit", help="with --hosts: each host's NIC rate")
-    ap.add_argument(
-        "--controller", choices=["gloo", "mpi"], default="gloo", help="with --hosts: horovodrun --gloo or --mpi"
-    )
     ap.add_argument(
         "--codecs", default=";".join(DEFAULT_CODECS), help="';'-separated: fp32, hvd-fp16 and hvd_compress specs"
     )
@@ -291,7 +286,7 @@ def main(argv=None) -> int:
     summarize(rows, args.target)
     result = {
         "np": args.np,
-        "hosts": args.hosts or 1,
+        "hosts": args.hosts,
         "per_host": args.per_host if args.hosts > 1 else args.np,
         "link": args.link if args.hosts > 1 else None,
         "controller": args.controller if args.hosts > 1 else "gloo",

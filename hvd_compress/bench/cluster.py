@@ -65,6 +65,20 @@ from hvd_compress.bench.netns import NamespaceUnavailable, parse_rate, tbf_args,
 IFACE = "eth0"  # every host's interface toward the switch, as on a real node
 
 
+def add_launch_arguments(ap, hosts_help: str) -> None:
+    """The benches' ``--hosts``, ``--per-host`` and ``--controller`` (``bench step``, ``bench
+    accuracy``): ``--hosts`` > 1 runs the job on an :class:`EmulatedCluster`."""
+    ap.add_argument("--hosts", type=int, default=1, help=hosts_help)
+    ap.add_argument("--per-host", type=int, default=2, help="workers per host with --hosts (default 2)")
+    ap.add_argument(
+        "--controller",
+        choices=["gloo", "mpi"],
+        default="gloo",
+        help="with --hosts: horovodrun --gloo (default) or --mpi (Open MPI: ranks on one host talk "
+        "over shared memory, as on a real node; across hosts TCP over the shaped eth0)",
+    )
+
+
 def check_available() -> None:
     """Raise :class:`NamespaceUnavailable` unless an emulated cluster can be made here."""
     netns.check_available()

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import List
 
 from hvd_compress.bench._step_worker import BASELINES, HC, UNFUSED, split_spec
+from hvd_compress.bench.cluster import add_launch_arguments
 from hvd_compress.bench.common import write_json
 from hvd_compress.bench.netns import NamespaceUnavailable, ShapedNamespace, check_available, format_rate, parse_rate
 from hvd_compress.bench.step_hosts import main_hosts
@@ -190,20 +191,10 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--link", required=True, help="link rate, e.g. 1gbit; several: 1gbit,10gbit")
     ap.add_argument("--np", type=int, default=4, help="workers (default 4)")
-    ap.add_argument(
-        "--hosts",
-        type=int,
-        default=1,
-        help="emulated hosts (netns + sshd each, bench/cluster.py); > 1: horovodrun -H over ssh, "
+    add_launch_arguments(
+        ap,
+        "emulated hosts (netns + sshd each, bench/cluster.py); > 1: horovodrun -H over ssh, "
         "--link is each host's NIC, bytes counted between hosts",
-    )
-    ap.add_argument("--per-host", type=int, default=2, help="workers per host with --hosts (default 2)")
-    ap.add_argument(
-        "--controller",
-        choices=["gloo", "mpi"],
-        default="gloo",
-        help="with --hosts: horovodrun --gloo (default) or --mpi (Open MPI: ranks on one host talk "
-        "over shared memory, as on a real node; across hosts TCP over the shaped eth0)",
     )
     ap.add_argument(
         "--model",
