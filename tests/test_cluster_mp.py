@@ -9,13 +9,15 @@ we check, per codec:
 * the bytes that left the hosts' eth0 (kernel counters on the inter-host veths) within 10% of the
   nominal inter-host bytes of the codec's exchange pattern (``inter_host_factor``), after
   subtracting Horovod's idle control-plane traffic measured in the same job. Bytes are counted on
-  a wider MLP (hidden 1024, 2 epochs), where payloads outweigh per-message overhead;
+  a wider MLP (hidden 2048, 4.3M values, 2 epochs), where payloads outweigh Horovod's control
+  plane (0.1-0.3 MB/s while training, 1-6% of a row's bytes here);
 * hierarchical compression (``hierarchical=true``: fp32 average inside the host, compressed
   exchange of a 1/2 shard across hosts, allgather inside the host; onebit through the stock
   ``hvd.DistributedOptimizer``, QSGD-4 through ``hc.DistributedOptimizer``) trains within 1 point
   of fp32 with identical replicas, and its inter-host bytes are at most half of flat compression's
   for TopK (allgather: nominal 2 B vs 6 B per step for a B-byte payload), at most 0.6x for OneBit
-  and QSGD (reduce-scatter: 2 B vs 3.5 B, see ``test_hierarchical_...``).
+  and QSGD (reduce-scatter: 2 B vs 3.5 B, see ``test_hierarchical_...``): the nominal ratio is held
+  to that bound and the measured one to within 10% of the nominal.
 
 The same job under ``horovodrun --mpi`` (Open MPI's mpirun over ssh): fp32, flat OneBit and
 hierarchical QSGD-4, within 1 point of fp32 with identical replicas.
@@ -85,7 +87,7 @@ def job():
                 "--epochs",
                 "16",
                 "--bytes-hidden",
-                "1024",
+                "2048",
                 "--bytes-epochs",
                 "2",
                 timeout=600,
@@ -158,27 +160,33 @@ def _nominal_inter_host_bytes(row):
     return per_step * row["counted_steps"]
 
 
-def _measured_inter_host_bytes(job, i):
-    """Bytes that left both hosts' eth0 during byte row ``i``, idle control plane subtracted."""
+def _raw_inter_host_bytes(job, i):
+    """Bytes that left both hosts' eth0 during byte row ``i``, Horovod's control plane included."""
     leaders = [r for r in job.values() if r["local_rank"] == 0]  # one counter reader per host
-    return sum(
-        r["byte_rows"][i]["host_tx_bytes"] - r["idle_tx_bytes_per_s"] * r["byte_rows"][i]["counted_seconds"]
-        for r in leaders
-    )
+    return sum(r["byte_rows"][i]["host_tx_bytes"] for r in leaders)
+
+
+def _measured_inter_host_bytes(job, i):
+    """Bytes that left both hosts' eth0 during byte row ``i``, idle control plane subtracted.
+
+    Over-subtracts: the idle rate (about 0.6 MB/s at a 10 ms cycle) is 2-10x what the control plane
+    sends while training, and a loaded machine stretches the rows; a lower estimate, never a ratio's
+    denominator (a stretched row made it negative once)."""
+    leaders = [r for r in job.values() if r["local_rank"] == 0]
+    idle = sum(r["idle_tx_bytes_per_s"] * r["byte_rows"][i]["counted_seconds"] for r in leaders)
+    return _raw_inter_host_bytes(job, i) - idle
 
 
 def test_inter_host_bytes_on_the_veths_within_10_percent_of_nominal(job):
     leaders = [r for r in job.values() if r["local_rank"] == 0]  # one counter reader per host
     idle_rate = sum(r["idle_tx_bytes_per_s"] for r in leaders)
-    for i, row in enumerate(job[0]["byte_rows"]):
-        if row.get("hierarchical"):  # compared with flat compression below; its per-set control
-            continue  # traffic crosses hosts on top of the idle rate measured here
+    for i, row in enumerate(job[0]["byte_rows"]):  # flat and hierarchical rows alike
         # Bracketed, because the control plane's share is only estimated: the raw counters include
         # it (so they must reach the payload), the corrected figure subtracts the idle rate over the
         # whole row, which over-subtracts when a loaded machine stretches the steps (seen here at
         # load 6-13: 0.84 of nominal after subtraction, with the raw count above nominal).
         measured = _measured_inter_host_bytes(job, i)
-        raw = sum(r["byte_rows"][i]["host_tx_bytes"] for r in leaders)
+        raw = _raw_inter_host_bytes(job, i)
         nominal = _nominal_inter_host_bytes(row)
         context = (
             f"{row['codec']}: raw {raw / 1e6:.2f} MB, {measured / 1e6:.2f} MB with the idle control plane "
@@ -196,17 +204,23 @@ def test_hierarchical_compression_crosses_hosts_with_at_most_half_of_flat_bytes(
     (OneBit, QSGD) flat moves 3.5 B (2 B of alltoall chunks + 1.5 B of ring allgather), and 2 B
     is also the least any exchange that hands the other host one B-byte compressed tensor can
     move: the ratio is 4/7 = 0.571 there at 2 ranks per host (it falls as ranks per host grow:
-    ``inter_host_factor``), so those rows are held to 0.6."""
+    ``inter_host_factor``), so those rows are held to 0.6. The nominal ratio (payload bytes of the
+    rows' own exchanges, uncompressed biases and shard headers included) must meet the bound, and
+    the ratio of the raw counters must be within 10% of the nominal one: the control plane rides
+    on both rows, and subtracting an estimate of it is less exact than the 1-6% it adds."""
     index = {row["codec"]: i for i, row in enumerate(job[0]["byte_rows"])}
     for hier, (flat, bound) in HIERARCHICAL_VS_FLAT.items():
-        h, f = _measured_inter_host_bytes(job, index[hier]), _measured_inter_host_bytes(job, index[flat])
-        raw_h, raw_f = (sum(r["byte_rows"][index[c]]["host_tx_bytes"] for r in job.values()) for c in (hier, flat))
-        print(
-            f"{hier}: {h / 1e6:.2f} MB across hosts vs flat {f / 1e6:.2f} MB ({h / f:.3f}x; "
-            f"raw counters, both hosts' leaders and followers summed: {raw_h / raw_f:.3f}x)"
+        h, f = (job[0]["byte_rows"][index[c]] for c in (hier, flat))
+        assert h["hierarchical"] and not f["hierarchical"]
+        nominal = _nominal_inter_host_bytes(h) / _nominal_inter_host_bytes(f)
+        raw_h, raw_f = _raw_inter_host_bytes(job, index[hier]), _raw_inter_host_bytes(job, index[flat])
+        context = (
+            f"{hier}: {raw_h / 1e6:.2f} MB across hosts vs flat {raw_f / 1e6:.2f} MB "
+            f"({raw_h / raw_f:.3f}x, nominal {nominal:.3f}x, bound {bound})"
         )
-        assert h <= bound * f, f"{hier}: {h / 1e6:.2f} MB across hosts vs flat {f / 1e6:.2f} MB ({h / f:.3f}x)"
-        assert job[0]["byte_rows"][index[hier]]["hierarchical"] and not job[0]["byte_rows"][index[flat]]["hierarchical"]
+        print(context)
+        assert nominal <= bound, context
+        assert raw_h / raw_f <= 1.10 * nominal, context
 
 
 # ---------------------------------------------------------------------- horovodrun --mpi across hosts
