@@ -20,11 +20,19 @@ args = parse_args(
     }
 )
 
+import atexit  # noqa: E402
+import time  # noqa: E402
+
 import horovod.torch as hvd  # noqa: E402
 import torch  # noqa: E402
 
 import hvd_compress.torch as hc  # noqa: E402
 
+# horovodrun (non-elastic Gloo) terminates the other workers as soon as one exits non-zero. Linger
+# after Horovod's own shutdown (atexit runs last-registered first, and hvd.init registers it), so
+# the test sees how the other rank reacts instead of a race with the launcher's SIGTERM (lost once
+# in CI on a loaded machine). A rank that hung would still be cut off: the test's limit is 120 s.
+atexit.register(time.sleep, 5.0)
 hvd.init()
 rank = hvd.rank()
 out = Path(args.out)
