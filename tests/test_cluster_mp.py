@@ -160,10 +160,14 @@ def _nominal_inter_host_bytes(row):
     return per_step * row["counted_steps"]
 
 
+def _leaders(job):
+    """One counter reader per host: the ranks at local_rank 0."""
+    return [r for r in job.values() if r["local_rank"] == 0]
+
+
 def _raw_inter_host_bytes(job, i):
     """Bytes that left both hosts' eth0 during byte row ``i``, Horovod's control plane included."""
-    leaders = [r for r in job.values() if r["local_rank"] == 0]  # one counter reader per host
-    return sum(r["byte_rows"][i]["host_tx_bytes"] for r in leaders)
+    return sum(r["byte_rows"][i]["host_tx_bytes"] for r in _leaders(job))
 
 
 def _measured_inter_host_bytes(job, i):
@@ -172,14 +176,12 @@ def _measured_inter_host_bytes(job, i):
     Over-subtracts: the idle rate (about 0.6 MB/s at a 10 ms cycle) is 2-10x what the control plane
     sends while training, and a loaded machine stretches the rows; a lower estimate, never a ratio's
     denominator (a stretched row made it negative once)."""
-    leaders = [r for r in job.values() if r["local_rank"] == 0]
-    idle = sum(r["idle_tx_bytes_per_s"] * r["byte_rows"][i]["counted_seconds"] for r in leaders)
+    idle = sum(r["idle_tx_bytes_per_s"] * r["byte_rows"][i]["counted_seconds"] for r in _leaders(job))
     return _raw_inter_host_bytes(job, i) - idle
 
 
 def test_inter_host_bytes_on_the_veths_within_10_percent_of_nominal(job):
-    leaders = [r for r in job.values() if r["local_rank"] == 0]  # one counter reader per host
-    idle_rate = sum(r["idle_tx_bytes_per_s"] for r in leaders)
+    idle_rate = sum(r["idle_tx_bytes_per_s"] for r in _leaders(job))
     for i, row in enumerate(job[0]["byte_rows"]):  # flat and hierarchical rows alike
         # Bracketed, because the control plane's share is only estimated: the raw counters include
         # it (so they must reach the payload), the corrected figure subtracts the idle rate over the
